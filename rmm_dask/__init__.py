@@ -1,0 +1,13 @@
+"""rmm-dask: the Robust Mask Maker (Sadri et al., J. Appl. Cryst. 2022) for X-ray pixel detectors."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("rmm-dask")
+except PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0+unknown"
+
+from .codes import BadPixel
+from .robust import fit_gaussian, robust_gaussian
+
+__all__ = ["BadPixel", "fit_gaussian", "robust_gaussian", "__version__"]

@@ -1,0 +1,445 @@
+"""The feature kernels of the Robust Mask Maker (paper section 3), on plain arrays.
+
+Every kernel takes numpy arrays with the frame axis and the pixel axes last,
+``(..., frame, y, x)``, and loops over the leading axes (cells, modules): a
+Dask chunk of one module and a few cells is passed in as it is. Nothing here
+knows about Dask, files or detectors beyond the window shapes it is given.
+
+- F1 :func:`frame_levels`, :func:`frame_filter`: robust mean of each frame, outlying frames dropped.
+- F2, F3, F5 :func:`pixel_moments`: per-pixel mean and std over frames in one pass
+  (exact integer accumulation for raw uint16 data).
+- F4 :func:`gain_separation`: gain stages whose indicator levels overlap.
+- F6 :func:`flat_snr`: SNR of each pixel against a robust local plane, averaged over flat frames.
+- :func:`local_snr`: a feature's SNR against its robust model per window (one ASIC).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from .robust import fit_gaussian, truncation_factor
+
+__all__ = [
+    "frame_levels",
+    "frame_filter",
+    "pixel_moments",
+    "gain_separation",
+    "local_snr",
+    "flat_snr",
+]
+
+
+def _split(frames, n_tail):
+    """(lead..., tail...) -> array (L, tail...) and the lead shape."""
+    frames = np.asarray(frames)
+    lead = frames.shape[: frames.ndim - n_tail]
+    return frames.reshape((-1,) + frames.shape[frames.ndim - n_tail :]), lead
+
+
+def _keep_rows(keep, lead, n_frames):
+    if keep is None:
+        return np.ones((max(1, math.prod(lead)), n_frames), dtype=np.bool_)
+    keep = np.asarray(keep, dtype=np.bool_)
+    if keep.shape != lead + (n_frames,):
+        raise ValueError(f"keep has shape {keep.shape}, expected {lead + (n_frames,)}")
+    return keep.reshape(-1, n_frames)
+
+
+# ---------------------------------------------------------------- F1 frame filter
+
+
+def frame_levels(frames, *, n_pixels: int = 4096, method: str = "rmm") -> np.ndarray:
+    """F1 feature: the robust mean of each frame's pixels, ``(..., frame, y, x) -> (..., frame)``.
+
+    The robust mean is estimated from a regular subsample of about ``n_pixels``
+    pixels (the same pixels in every frame), which is all a frame-level
+    statistic needs and keeps F1 cheap beside the per-pixel features.
+    ``method`` names the statistics (see :data:`rmm_dask.robust.METHODS`).
+    """
+    frames = np.asarray(frames)
+    flat = frames.reshape(frames.shape[:-2] + (-1,))
+    step = max(1, flat.shape[-1] // max(1, n_pixels))
+    mu, _ = fit_gaussian(flat[..., ::step], -1, method=method)
+    return mu
+
+
+def frame_filter(levels, *, lam: float = 8.0, min_sigma: float = 1.0, method: str = "rmm") -> np.ndarray:
+    """F1 decision: True for frames to keep, ``(..., frame) -> (..., frame)`` bool.
+
+    A frame is dropped when its level is more than ``lam`` robust sigmas from the
+    robust mean of the series. The series of frame levels is often nearly
+    constant (averages over thousands of pixels), so its robust sigma can be ~0:
+    ``min_sigma`` (in data units) floors it, so that only real excursions of the
+    whole frame are rejected. Frames without a level (all NaN) are dropped.
+    """
+    levels = np.asarray(levels, dtype=np.float64)
+    mu, sigma = fit_gaussian(levels, -1, method=method, min_sigma=min_sigma)
+    with np.errstate(invalid="ignore"):
+        return np.abs(levels - mu[..., None]) <= lam * sigma[..., None]
+
+
+# ---------------------------------------------------------------- F2, F3, F5 moments
+
+
+def pixel_moments(frames, keep=None):
+    """Per-pixel mean, standard deviation (ddof=1) and frame count over the kept frames.
+
+    ``frames`` is ``(..., frame, y, x)``; ``keep`` an optional ``(..., frame)`` bool.
+    Integer data is accumulated exactly in int64 in one pass over the frames (no
+    cancellation, whatever the offset); float data ignores NaN per pixel.
+    Returns float64 ``mean``, ``std`` of shape ``(..., y, x)`` and int ``count``
+    (frames that contributed, per pixel). With fewer than 2 frames std is NaN.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim < 3:
+        raise ValueError(f"frames must be (..., frame, y, x), got shape {frames.shape}")
+    x, lead = _split(frames, 3)
+    n_frames, ny, nx = x.shape[1:]
+    x = x.reshape(x.shape[0], n_frames, ny * nx)
+    keep = _keep_rows(keep, lead, n_frames)
+    if frames.dtype.kind in "iu":
+        n = keep.sum(axis=1)
+        vmax = float(np.iinfo(frames.dtype).max)
+        if float(n.max(initial=0)) ** 2 * vmax * vmax >= 2.0**62:
+            raise ValueError(f"too many frames ({n.max()}) for exact accumulation of {frames.dtype} data")
+        mean, var = _moments_int(x, keep)
+        count = np.broadcast_to(n[:, None], mean.shape)
+    elif frames.dtype.kind == "f":
+        mean, var, count = _moments_float(x, keep)
+    else:
+        raise TypeError(f"cannot compute moments of {frames.dtype} data")
+    out = (lead + (ny, nx)) if lead else (ny, nx)
+    with np.errstate(invalid="ignore"):
+        std = np.sqrt(var)
+    return mean.reshape(out), std.reshape(out), np.ascontiguousarray(count).reshape(out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _moments_int(x, keep):
+    rows, n_frames, n_pix = x.shape
+    mean = np.empty((rows, n_pix))
+    var = np.empty((rows, n_pix))
+    s = np.empty(n_pix, dtype=np.int64)
+    ss = np.empty(n_pix, dtype=np.int64)
+    for r in range(rows):
+        s[:] = 0
+        ss[:] = 0
+        n = 0
+        for f in range(n_frames):
+            if not keep[r, f]:
+                continue
+            n += 1
+            for p in range(n_pix):
+                v = np.int64(x[r, f, p])
+                s[p] += v
+                ss[p] += v * v
+        for p in range(n_pix):
+            if n == 0:
+                mean[r, p] = np.nan
+                var[r, p] = np.nan
+                continue
+            mean[r, p] = s[p] / n
+            # n * sum(x^2) - sum(x)^2 is exact in integers
+            var[r, p] = (n * ss[p] - s[p] * s[p]) / (n * (n - 1.0)) if n > 1 else np.nan
+    return mean, var
+
+
+@numba.njit(cache=True, nogil=True)
+def _moments_float(x, keep):
+    rows, n_frames, n_pix = x.shape
+    mean = np.zeros((rows, n_pix))
+    var = np.zeros((rows, n_pix))
+    count = np.zeros((rows, n_pix), dtype=np.int64)
+    for r in range(rows):
+        for f in range(n_frames):
+            if keep[r, f]:
+                for p in range(n_pix):
+                    v = x[r, f, p]
+                    if np.isfinite(v):
+                        mean[r, p] += v
+                        count[r, p] += 1
+        for p in range(n_pix):
+            mean[r, p] = mean[r, p] / count[r, p] if count[r, p] > 0 else np.nan
+        for f in range(n_frames):
+            if keep[r, f]:
+                for p in range(n_pix):
+                    v = x[r, f, p]
+                    if np.isfinite(v):
+                        d = v - mean[r, p]
+                        var[r, p] += d * d
+        for p in range(n_pix):
+            var[r, p] = var[r, p] / (count[r, p] - 1) if count[r, p] > 1 else np.nan
+    return mean, var, count
+
+
+# ---------------------------------------------------------------- F4 gain stages
+
+
+def gain_separation(mean, std, *, lam: float = 8.0) -> np.ndarray:
+    """F4: True where a pixel's gain stages are not separable, ``(gain, ...) -> (gain, ...)``.
+
+    ``mean`` and ``std`` are the temporal mean and std of the gain indicator in
+    each stage's dark run, stages ordered by increasing indicator level (AGIPD:
+    high, medium, low). Stages H and H+1 overlap when
+    ``mean[H] + lam * std[H] > mean[H+1] - lam * std[H+1]``; both are flagged.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    bad = np.zeros(mean.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        overlap = mean[:-1] + lam * std[:-1] > mean[1:] - lam * std[1:]
+    bad[:-1] |= overlap
+    bad[1:] |= overlap
+    return bad
+
+
+# ---------------------------------------------------------------- the local robust model
+
+
+def local_snr(feature, window, *, method: str = "rmm", min_sigma: float = 0.0, exclude=None):
+    """SNR of each pixel's feature against the model of its window: ``(x - R_mu) / R_sigma``.
+
+    ``feature`` is ``(..., y, x)``; the model (R_mu, R_sigma) is fitted with the
+    named statistics (``"rmm"``, ``"mad"``, ``"nonrobust"``) over the pixels of each
+    ``window`` (one ASIC: offsets and noise differ from ASIC to ASIC by far more
+    than a pixel's sigma). ``exclude`` is a ``(y, x)`` bool map of pixels left out
+    of the fits (ASIC edges). NaN features give NaN SNR. A window whose inliers
+    are all equal (sigma 0) gives SNR 0 to those and +-inf to any other value.
+    """
+    feature = np.asarray(feature, dtype=np.float64)
+    ny, nx = feature.shape[-2:]
+    wy, wx = window
+    if ny % wy or nx % wx:
+        raise ValueError(f"model window {window} does not tile the module {(ny, nx)}")
+    fit_on = feature if exclude is None else np.where(exclude, np.nan, feature)
+    lead = feature.shape[:-2]
+    blocks = fit_on.reshape(lead + (ny // wy, wy, nx // wx, wx))
+    blocks = np.moveaxis(blocks, -3, -2).reshape(lead + (ny // wy, nx // wx, wy * wx))
+    mu, sigma = fit_gaussian(blocks, -1, method=method, min_sigma=min_sigma)
+    mu = np.repeat(np.repeat(mu, wy, axis=-2), wx, axis=-1)
+    sigma = np.repeat(np.repeat(sigma, wy, axis=-2), wx, axis=-1)
+    dev = feature - mu
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(sigma > 0, dev / sigma, np.where(dev == 0, 0.0, np.sign(dev) * np.inf))
+    return np.where(np.isnan(feature) | np.isnan(sigma), np.nan, snr)
+
+
+# ---------------------------------------------------------------- F6 flat field
+
+
+def flat_snr(
+    frames,
+    offset=None,
+    *,
+    tile=(16, 16),
+    exclude=None,
+    keep=None,
+    min_sigma: float = 0.0,
+    likely: float = 0.5,
+    certain: float = 0.35,
+    msse_lambda: float = 3.0,
+    n_iter: int = 12,
+):
+    """F6: each pixel's SNR against a robust local plane, averaged over the flat frames.
+
+    ``frames`` is ``(..., frame, y, x)`` (raw or float), ``offset`` the dark offset
+    ``(..., y, x)`` subtracted first (None: none). Each frame is cut into tiles
+    of ``tile`` pixels (16 x 16 tiles the 64 x 64 AGIPD ASICs, the paper's ~15 x 15
+    window, and never straddles an ASIC border where offsets and gains jump); in
+    each tile a plane is fitted robustly (FLkOS on the residuals, MSSE scale,
+    refit on the inliers), and ``(v - plane) / sigma`` is the pixel's SNR in that
+    frame. ``exclude`` pixels, ``(y, x)`` or ``(..., y, x)`` bool (ASIC edges, pixels
+    known bad from the dark), are left out of the fits; NaN
+    values are missing. Returns the mean SNR per pixel, float32 ``(..., y, x)``.
+    """
+    x, lead = _split(frames, 3)
+    n_frames, ny, nx = x.shape[1:]
+    ty, tx = tile
+    if ny % ty or nx % tx:
+        raise ValueError(f"flat tile {tile} does not tile the module {(ny, nx)}")
+    if offset is None:
+        off = np.zeros((x.shape[0], ny, nx), dtype=np.float32)
+    else:
+        off = np.ascontiguousarray(np.broadcast_to(offset, lead + (ny, nx)), dtype=np.float32)
+        off = off.reshape(x.shape[0], ny, nx)
+    exclude = np.zeros((ny, nx), dtype=np.bool_) if exclude is None else np.asarray(exclude, dtype=np.bool_)
+    use = ~np.broadcast_to(exclude, lead + (ny, nx)).reshape(x.shape[0], ny, nx)
+    keep = _keep_rows(keep, lead, n_frames)
+    corr = truncation_factor(msse_lambda)
+    out = _flat_snr(x, off, use, keep, ty, tx, likely, certain, msse_lambda, n_iter, corr, min_sigma)
+    return out.reshape(lead + (ny, nx)) if lead else out[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def _plane_lsq(xs, ys, zs, idx, a_, b_):
+    """Least-squares plane z = a x + b y + c through the points idx[a_:b_]."""
+    n = b_ - a_
+    mx = my = mz = 0.0
+    for j in range(a_, b_):
+        i = idx[j]
+        mx += xs[i]
+        my += ys[i]
+        mz += zs[i]
+    mx /= n
+    my /= n
+    mz /= n
+    sxx = syy = sxy = sxz = syz = 0.0
+    for j in range(a_, b_):
+        i = idx[j]
+        dx = xs[i] - mx
+        dy = ys[i] - my
+        dz = zs[i] - mz
+        sxx += dx * dx
+        syy += dy * dy
+        sxy += dx * dy
+        sxz += dx * dz
+        syz += dy * dz
+    det = sxx * syy - sxy * sxy
+    if det > 1e-9 * (sxx * syy + 1e-30):
+        a = (syy * sxz - sxy * syz) / det
+        b = (sxx * syz - sxy * sxz) / det
+    else:
+        a = 0.0
+        b = 0.0
+    return a, b, mz - a * mx - b * my
+
+
+@numba.njit(cache=True, nogil=True)
+def _msse_sorted(r2s, k0, lam2):
+    cum = 0.0
+    for i in range(k0):
+        cum += r2s[i]
+    i = k0
+    n = r2s.shape[0]
+    while i < n and i * r2s[i] <= lam2 * cum:
+        cum += r2s[i]
+        i += 1
+    return math.sqrt(cum / (i - 1)) if i > 1 else 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _select(idx, key, lo, hi, k):
+    """Reorder idx[lo:hi] so that idx[k] holds the k-th smallest key, smaller keys before it."""
+    while hi - lo > 1:
+        m = (lo + hi - 1) // 2  # median of three as pivot: deterministic, no quadratic runs on sorted data
+        p0, p1, p2 = key[idx[lo]], key[idx[m]], key[idx[hi - 1]]
+        pivot = max(min(p0, p1), min(max(p0, p1), p2))
+        i, j = lo, hi - 1
+        while i <= j:
+            while key[idx[i]] < pivot:
+                i += 1
+            while key[idx[j]] > pivot:
+                j -= 1
+            if i <= j:
+                idx[i], idx[j] = idx[j], idx[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j + 1
+        elif k >= i:
+            lo = i
+        else:
+            return
+
+
+@numba.njit(cache=True, nogil=True)
+def _robust_plane(xs, ys, zs, n, likely, certain, lam, n_iter, corr):
+    """FLkOS plane fit to the first n points; returns (a, b, c, sigma).
+
+    Each step takes the points whose residual ranks between ``certain * n`` and
+    ``likely * n`` (found by selection, not sorting) and fits a least-squares
+    plane to them; it stops early when that set no longer changes.
+    """
+    k1 = int(n * certain)
+    k2 = int(n * likely)
+    r = np.empty(n)
+    idx = np.arange(n)
+    a, b, c = 0.0, 0.0, np.median(zs[:n])
+    prev = (-1, -1)
+    for _ in range(n_iter):
+        for i in range(n):
+            r[i] = abs(zs[i] - (a * xs[i] + b * ys[i] + c))
+        _select(idx, r, 0, n, k2 - 1)
+        _select(idx, r, 0, k2 - 1, k1)
+        key = (0, 0)  # the sample as a set: sum and sum of squares of its indices
+        for j in range(k1, k2):
+            key = (key[0] + idx[j], key[1] + idx[j] * idx[j])
+        if key == prev:
+            break
+        prev = key
+        a, b, c = _plane_lsq(xs, ys, zs, idx, k1, k2)
+    lam2 = lam * lam
+    k0 = max(k2, 3)
+    for _ in range(2):  # MSSE scale, then least squares on the inliers
+        for i in range(n):
+            d = zs[i] - (a * xs[i] + b * ys[i] + c)
+            r[i] = d * d
+        sigma = _msse_sorted(np.sort(r), k0, lam2)
+        m = 0
+        for i in range(n):
+            if r[i] <= lam2 * sigma * sigma:
+                idx[m] = i
+                m += 1
+        if m < 4:
+            break
+        a, b, c = _plane_lsq(xs, ys, zs, idx, 0, m)
+    # final scale: std of the inlier residuals, made consistent for the truncation
+    ss = 0.0
+    m = 0
+    for i in range(n):
+        d = zs[i] - (a * xs[i] + b * ys[i] + c)
+        if d * d <= lam2 * sigma * sigma:
+            ss += d * d
+            m += 1
+    sigma = math.sqrt(ss / (m - 3)) / corr if m > 3 else sigma
+    return a, b, c, sigma
+
+
+@numba.njit(cache=True, nogil=True)
+def _flat_snr(x, off, use, keep, ty, tx, likely, certain, lam, n_iter, corr, min_sigma):
+    rows, n_frames, ny, nx = x.shape
+    total = np.zeros((rows, ny, nx))
+    count = np.zeros((rows, ny, nx), dtype=np.int64)
+    npt = ty * tx
+    xs = np.empty(npt)
+    ys = np.empty(npt)
+    zs = np.empty(npt)
+    for r in range(rows):
+        for f in range(n_frames):
+            if not keep[r, f]:
+                continue
+            for y0 in range(0, ny, ty):
+                for x0 in range(0, nx, tx):
+                    n = 0
+                    for yy in range(y0, y0 + ty):
+                        for xx in range(x0, x0 + tx):
+                            v = float(x[r, f, yy, xx]) - off[r, yy, xx]
+                            if use[r, yy, xx] and np.isfinite(v):
+                                xs[n] = xx - x0
+                                ys[n] = yy - y0
+                                zs[n] = v
+                                n += 1
+                    if n < 12:
+                        continue
+                    a, b, c, sigma = _robust_plane(xs, ys, zs, n, likely, certain, lam, n_iter, corr)
+                    sigma = max(sigma, min_sigma)
+                    for yy in range(y0, y0 + ty):
+                        for xx in range(x0, x0 + tx):
+                            v = float(x[r, f, yy, xx]) - off[r, yy, xx]
+                            if not np.isfinite(v):
+                                continue
+                            d = v - (a * (xx - x0) + b * (yy - y0) + c)
+                            if sigma > 0:
+                                total[r, yy, xx] += d / sigma
+                            elif d != 0:
+                                total[r, yy, xx] += np.inf if d > 0 else -np.inf
+                            count[r, yy, xx] += 1
+    out = np.empty((rows, ny, nx), dtype=np.float32)
+    for r in range(rows):
+        for yy in range(ny):
+            for xx in range(nx):
+                out[r, yy, xx] = total[r, yy, xx] / count[r, yy, xx] if count[r, yy, xx] > 0 else np.nan
+    return out

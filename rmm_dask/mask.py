@@ -1,0 +1,177 @@
+"""From runs to a mask, in memory: the features F1-F6 of one module and their verdicts.
+
+This is the numerical recipe of the paper (Fig. 3) for one detector module and
+any number of memory cells, on numpy arrays. The Dask pipeline calls the same
+functions per chunk; here they are also usable directly on small data.
+
+Per gain stage (dark run): F1 drops outlying frames, then F2 offset, F3 noise and
+F5 gain-indicator level are per-pixel moments, each compared with the robust
+model of its ASIC. F4 compares the gain stages of each pixel. F6 uses the flat
+run, offset-corrected with the dark of the same stage, and its bits apply to
+every gain stage (a pixel that over- or under-responds is bad whatever stage it
+switches to). ASIC edge pixels get ASIC_EDGE only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import features as F
+from .codes import MASK_DTYPE, BadPixel
+from .detectors import Detector
+
+FEATURES = ("offset", "noise", "gain_separation", "gain_level", "flat")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Parameters of the mask maker; the defaults are the paper's."""
+
+    lam: float = 8.0  #: outlier threshold in robust sigmas (paper Appendix B)
+    method: str = "rmm"  #: statistics of the normal-pixel model: rmm, mad, nonrobust
+    window: tuple[int, int] | None = None  #: local model window; None: one ASIC
+    flat_tile: tuple[int, int] = (16, 16)  #: F6 background plane tile (~15 x 15 window)
+    f1_lambda: float = 8.0  #: F1 frame rejection threshold in robust sigmas
+    f1_min_sigma: float = 1.0  #: F1 floor of the frame-level sigma, in ADU
+    f1_pixels: int = 4096  #: pixels sampled per frame for its F1 level
+    min_frames: int = 10  #: fewer valid frames than this: NO_DATA
+    features: tuple[str, ...] = FEATURES  #: which features to use
+
+    def __post_init__(self):
+        unknown = set(self.features) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"unknown features {sorted(unknown)}; known: {', '.join(FEATURES)}")
+
+
+@dataclass
+class DarkStage:
+    """Per-pixel statistics of one dark run (one gain stage) of one module: (cell, ...) arrays."""
+
+    keep: np.ndarray  #: (cell, frame) bool: frames that passed F1
+    levels: np.ndarray  #: (cell, frame) F1 frame levels
+    offset: np.ndarray  #: (cell, y, x) F2
+    noise: np.ndarray  #: (cell, y, x) F3
+    count: np.ndarray  #: (cell, y, x) frames used per pixel
+    gain_mean: np.ndarray | None = None  #: (cell, y, x) F5
+    gain_std: np.ndarray | None = None  #: (cell, y, x) for F4
+
+
+@dataclass
+class ModuleMask:
+    """Result for one module: mask (gain, cell, y, x) and the features that explain it."""
+
+    mask: np.ndarray  #: uint8 (gain, cell, y, x)
+    features: dict[str, np.ndarray] = field(default_factory=dict)  #: name -> (gain, cell, y, x) float32
+    snr: dict[str, np.ndarray] = field(default_factory=dict)  #: feature name -> SNR against its ASIC model
+    rejected_frames: np.ndarray | None = None  #: (gain, cell, frame) bool, F1
+
+
+def _set(mask, where, bit):
+    """Set ``bit`` in ``mask`` where ``where`` (a bool array or an index) holds."""
+    mask[where] |= MASK_DTYPE(bit)
+
+
+def dark_stage(analog, gain, detector: Detector, params: Params = Params()) -> DarkStage:
+    """F1, F2, F3, F5 statistics of one dark run of one module, ``(cell, frame, y, x)`` arrays."""
+    levels = F.frame_levels(analog, n_pixels=params.f1_pixels, method=params.method)
+    keep = F.frame_filter(levels, lam=params.f1_lambda, min_sigma=params.f1_min_sigma, method=params.method)
+    offset, noise, count = F.pixel_moments(analog, keep)
+    stage = DarkStage(keep=keep, levels=levels, offset=offset, noise=noise, count=count)
+    if gain is not None:
+        stage.gain_mean, stage.gain_std, _ = F.pixel_moments(gain, keep)
+    return stage
+
+
+def flat_stage(analog, offset, detector: Detector, params: Params = Params(), exclude=None) -> np.ndarray:
+    """F6 mean SNR of one module's flat run ``(cell, frame, y, x)``, after subtracting ``offset``.
+
+    ``exclude`` (``(cell, y, x)`` or ``(y, x)`` bool) are pixels kept out of the background
+    fits besides the ASIC edges: the pixels the dark runs already found bad, so that a
+    dead region cannot become the local background of its normal neighbours.
+    """
+    edges = detector.asic_edges()
+    return F.flat_snr(
+        analog,
+        offset,
+        tile=params.flat_tile,
+        exclude=edges if exclude is None else edges | exclude,
+        min_sigma=detector.min_sigma,
+    )
+
+
+def _outliers(feature, detector: Detector, params: Params):
+    """SNR of a (cell, y, x) feature against its ASIC model, and where |SNR| > lambda."""
+    window = params.window or detector.asic_shape
+    snr = F.local_snr(feature, window, method=params.method, min_sigma=detector.min_sigma, exclude=detector.asic_edges())
+    with np.errstate(invalid="ignore"):
+        return snr, np.abs(snr) > params.lam
+
+
+#: per-pixel dark features, the switch that enables them and the bit they set
+_DARK = (("offset", "offset", BadPixel.OFFSET), ("noise", "noise", BadPixel.NOISE), ("gain_mean", "gain_level", BadPixel.GAIN_LEVEL))
+
+
+def classify_dark(stages: list[DarkStage], detector: Detector, params: Params = Params()) -> ModuleMask:
+    """Bits per (gain, cell, y, x) from the dark stages, in gain order (F2-F5)."""
+    use = set(params.features)
+    planes, nodata, features, snrs = [], [], {}, {}
+    for s in stages:
+        code = np.zeros(s.offset.shape, dtype=MASK_DTYPE)
+        for name, switch, bit in _DARK:
+            values = getattr(s, name)
+            if values is None:
+                continue
+            snr, bad = _outliers(values, detector, params)
+            if switch in use:
+                _set(code, bad, bit)
+            features.setdefault(name, []).append(values)
+            snrs.setdefault(name, []).append(snr)
+        if s.gain_std is not None:
+            features.setdefault("gain_std", []).append(s.gain_std)
+        planes.append(code)
+        nodata.append((s.count < params.min_frames) | ~np.isfinite(s.offset))
+    mask = np.stack(planes)
+
+    if len(features.get("gain_std", ())) == len(stages) > 1 and "gain_separation" in use:
+        sep = F.gain_separation(np.stack(features["gain_mean"]), np.stack(features["gain_std"]), lam=params.lam)
+        _set(mask, sep, BadPixel.GAIN_SEPARATION)
+
+    mask[np.stack(nodata)] = MASK_DTYPE(BadPixel.NO_DATA)  # alone: the other verdicts are void
+    mask[..., detector.asic_edges()] = MASK_DTYPE(BadPixel.ASIC_EDGE)
+    return ModuleMask(
+        mask=mask,
+        features={k: np.stack(v).astype(np.float32) for k, v in features.items()},
+        snr={k: np.stack(v).astype(np.float32) for k, v in snrs.items()},
+        rejected_frames=np.stack([~s.keep for s in stages]),
+    )
+
+
+def classify_flat(result: ModuleMask, flat_snr, detector: Detector, params: Params = Params()) -> None:
+    """Add F6 to ``result``: FLAT_HIGH / FLAT_LOW on every gain stage of the cell."""
+    snr, _ = _outliers(flat_snr, detector, params)
+    n_gain = result.mask.shape[0]
+    if "flat" in params.features:
+        with np.errstate(invalid="ignore"):
+            flags = np.where(snr > params.lam, BadPixel.FLAT_HIGH, 0) | np.where(snr < -params.lam, BadPixel.FLAT_LOW, 0)
+        unanalysed = (result.mask == BadPixel.NO_DATA) | (result.mask == BadPixel.ASIC_EDGE)
+        result.mask |= np.where(unanalysed, 0, flags[None]).astype(MASK_DTYPE)
+    result.features["flat_snr"] = np.repeat(np.asarray(flat_snr, dtype=np.float32)[None], n_gain, axis=0)
+    result.snr["flat_snr"] = np.repeat(snr.astype(np.float32)[None], n_gain, axis=0)
+
+
+def module_mask(dark: list[tuple], flat, detector: Detector, params: Params = Params(), flat_stage_index: int = 0):
+    """The whole recipe for one module.
+
+    ``dark`` is a list of ``(analog, gain)`` per gain stage in order, each
+    ``(cell, frame, y, x)`` (``gain`` may be None); ``flat`` the flat run's analog
+    ``(cell, frame, y, x)`` or None, taken in stage ``flat_stage_index``.
+    """
+    stages = [dark_stage(a, g, detector, params) for a, g in dark]
+    result = classify_dark(stages, detector, params)
+    if flat is not None:
+        dark_bad = result.mask[flat_stage_index] != 0
+        snr = flat_stage(flat, stages[flat_stage_index].offset, detector, params, exclude=dark_bad)
+        classify_flat(result, snr, detector, params)
+    return result
