@@ -148,30 +148,6 @@ def _nearest_window(v, n, theta, k):
 
 
 @numba.njit(cache=True, nogil=True)
-def _lower_bound(v, n, value):
-    a, b = 0, n
-    while a < b:
-        m = (a + b) // 2
-        if v[m] < value:
-            a = m + 1
-        else:
-            b = m
-    return a
-
-
-@numba.njit(cache=True, nogil=True)
-def _upper_bound(v, n, value):
-    a, b = 0, n
-    while a < b:
-        m = (a + b) // 2
-        if v[m] <= value:
-            a = m + 1
-        else:
-            b = m
-    return a
-
-
-@numba.njit(cache=True, nogil=True)
 def _msse(v, p1, p2, n, theta, k0, lam2):
     """MSSE scale around ``theta``: grow the k0 nearest points while i*r2 <= lam2*sum."""
     lo = _nearest_window(v, n, theta, k0)
@@ -200,8 +176,8 @@ def _msse(v, p1, p2, n, theta, k0, lam2):
 
 @numba.njit(cache=True, nogil=True)
 def _inlier_mean(v, p1, n, theta, radius):
-    a = _lower_bound(v, n, theta - radius)
-    b = _upper_bound(v, n, theta + radius)
+    a = np.searchsorted(v[:n], theta - radius, side="left")
+    b = np.searchsorted(v[:n], theta + radius, side="right")
     if b <= a:
         return theta, a, b
     return (p1[b] - p1[a]) / (b - a), a, b
@@ -262,8 +238,9 @@ def _fit_sorted_row(row, v, p1, p2, likely, certain, lam, n_iter, corr, backgrou
         # one by one, but their density shows in the empty shell (2-4) x lam x sigma
         # around the mode: subtract their expected count, sum and sum of squares.
         r = lam * sigma
-        nl = (_lower_bound(v, n, theta - 2.0 * r) - _lower_bound(v, n, theta - 4.0 * r)) * 0.5
-        nr = (_upper_bound(v, n, theta + 4.0 * r) - _upper_bound(v, n, theta + 2.0 * r)) * 0.5
+        w = v[:n]
+        nl = (np.searchsorted(w, theta - 2.0 * r) - np.searchsorted(w, theta - 4.0 * r)) * 0.5
+        nr = (np.searchsorted(w, theta + 4.0 * r, side="right") - np.searchsorted(w, theta + 2.0 * r, side="right")) * 0.5
         if nl + nr > 0.0 and nk - nl - nr >= 2.0:
             ml, mr = theta - 0.5 * r, theta + 0.5 * r  # mean of a uniform half band
             q = r * r / 12.0  # its variance
