@@ -1,0 +1,14 @@
+"""Errors the user can fix. The command line prints them as one line and exits non-zero."""
+
+from __future__ import annotations
+
+import os
+
+
+class InputError(ValueError):
+    """Bad input: names the file (or run, or store) and what is wrong with it."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
