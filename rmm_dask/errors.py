@@ -12,3 +12,6 @@ class InputError(ValueError):
         self.path = os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):  # raised inside Dask tasks: must survive pickling back to the client
+        return type(self), (self.path, self.problem)

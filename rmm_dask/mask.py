@@ -63,8 +63,9 @@ class ModuleMask:
     """Result for one module: mask (gain, cell, y, x) and the features that explain it."""
 
     mask: np.ndarray  #: uint8 (gain, cell, y, x)
-    features: dict[str, np.ndarray] = field(default_factory=dict)  #: name -> (gain, cell, y, x) float32
-    snr: dict[str, np.ndarray] = field(default_factory=dict)  #: feature name -> SNR against its ASIC model
+    #: name -> (gain, cell, y, x) float32; flat_snr (F6) is (cell, y, x)
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    snr: dict[str, np.ndarray] = field(default_factory=dict)  #: feature name -> SNR against its ASIC model, same shapes
     rejected_frames: np.ndarray | None = None  #: (gain, cell, frame) bool, F1
 
 
@@ -149,16 +150,38 @@ def classify_dark(stages: list[DarkStage], detector: Detector, params: Params = 
 
 
 def classify_flat(result: ModuleMask, flat_snr, detector: Detector, params: Params = Params()) -> None:
-    """Add F6 to ``result``: FLAT_HIGH / FLAT_LOW on every gain stage of the cell."""
+    """Add F6 to ``result``: FLAT_HIGH / FLAT_LOW on every gain stage of the cell.
+
+    The F6 feature and its SNR are stored per (cell, y, x): they have no gain axis.
+    """
     snr, _ = _outliers(flat_snr, detector, params)
-    n_gain = result.mask.shape[0]
     if "flat" in params.features:
         with np.errstate(invalid="ignore"):
             flags = np.where(snr > params.lam, BadPixel.FLAT_HIGH, 0) | np.where(snr < -params.lam, BadPixel.FLAT_LOW, 0)
         unanalysed = (result.mask == BadPixel.NO_DATA) | (result.mask == BadPixel.ASIC_EDGE)
         result.mask |= np.where(unanalysed, 0, flags[None]).astype(MASK_DTYPE)
-    result.features["flat_snr"] = np.repeat(np.asarray(flat_snr, dtype=np.float32)[None], n_gain, axis=0)
-    result.snr["flat_snr"] = np.repeat(snr.astype(np.float32)[None], n_gain, axis=0)
+    result.features["flat_snr"] = np.asarray(flat_snr, dtype=np.float32)
+    result.snr["flat_snr"] = snr.astype(np.float32)
+
+
+def flat_excess(flat, stage: DarkStage) -> float:
+    """Median over pixels of the flat run's mean above the dark offset, in dark-noise sigmas.
+
+    A flat run that is really a dark run gives ~0: the caller turns that into a clear error.
+    """
+    mean, _, _ = F.pixel_moments(flat)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.nanmedian((mean - stage.offset) / np.nanmedian(stage.noise)))
+
+
+def mask_from_stages(stages: list[DarkStage], flat, detector: Detector, params: Params = Params(), flat_stage_index: int = 0):
+    """Verdicts from the dark stages (in gain order) and the flat run's analog ``(cell, frame, y, x)`` or None."""
+    result = classify_dark(stages, detector, params)
+    if flat is not None:
+        dark_bad = result.mask[flat_stage_index] != 0
+        snr = flat_stage(flat, stages[flat_stage_index].offset, detector, params, exclude=dark_bad)
+        classify_flat(result, snr, detector, params)
+    return result
 
 
 def module_mask(dark: list[tuple], flat, detector: Detector, params: Params = Params(), flat_stage_index: int = 0):
@@ -169,9 +192,4 @@ def module_mask(dark: list[tuple], flat, detector: Detector, params: Params = Pa
     ``(cell, frame, y, x)`` or None, taken in stage ``flat_stage_index``.
     """
     stages = [dark_stage(a, g, detector, params) for a, g in dark]
-    result = classify_dark(stages, detector, params)
-    if flat is not None:
-        dark_bad = result.mask[flat_stage_index] != 0
-        snr = flat_stage(flat, stages[flat_stage_index].offset, detector, params, exclude=dark_bad)
-        classify_flat(result, snr, detector, params)
-    return result
+    return mask_from_stages(stages, flat, detector, params, flat_stage_index)

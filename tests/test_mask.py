@@ -65,8 +65,9 @@ def test_bits_and_features_are_consistent(calib, robust):
     edges = calib.truth.edges
     assert res.mask.shape == (3, 2, 512, 128) and res.mask.dtype == np.uint8
     assert np.all(res.mask[..., edges] == BadPixel.ASIC_EDGE)
-    for name in ("offset", "noise", "gain_mean", "gain_std", "flat_snr"):
+    for name in ("offset", "noise", "gain_mean", "gain_std"):
         assert res.features[name].shape == res.mask.shape and res.features[name].dtype == np.float32
+    assert res.features["flat_snr"].shape == res.snr["flat_snr"].shape == res.mask.shape[1:]
     offset_bad = (res.mask & BadPixel.OFFSET) > 0
     assert np.all(np.abs(res.snr["offset"][offset_bad]) > 8)
     inner = ~edges[None, None] & ~offset_bad & (res.mask & BadPixel.NO_DATA == 0)

@@ -1,0 +1,60 @@
+"""Parameters in dask.config under ``rmm``: package defaults, a user's YAML, the command line.
+
+As dask-jobqueue does, the defaults ship as YAML inside the package (``rmm_dask/rmm.yaml``,
+also at ``configs/rmm.yaml``) and are merged into ``dask.config`` at import, so that a
+user's file, ``DASK_RMM__...`` environment variables and explicit options override them
+in Dask's usual order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dask.config
+import yaml
+
+from .errors import InputError
+from .mask import FEATURES, Params
+
+DEFAULTS = Path(__file__).with_name("rmm.yaml")
+
+with open(DEFAULTS) as f:
+    dask.config.update_defaults(yaml.safe_load(f))
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Merge a user's YAML file (keys under ``rmm:``, as in configs/rmm.yaml) into dask.config."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise InputError(path, f"cannot read the configuration: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise InputError(path, f"not valid YAML: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rmm", {}), dict):
+        raise InputError(path, "expected a mapping with the parameters under 'rmm:'")
+    unknown = set(data.get("rmm", {})) - set(dask.config.get("rmm"))
+    if unknown:
+        raise InputError(path, f"unknown parameters {sorted(unknown)} under 'rmm:'")
+    dask.config.update(dask.config.config, data, priority="new")
+    return data
+
+
+def params_from_config(**overrides) -> Params:
+    """Params from dask.config's ``rmm`` section; keyword overrides (None = not given) win."""
+    c = dask.config.get("rmm")
+    window = c.get("window")
+    values = dict(
+        lam=float(c["lambda"]),
+        method=c["method"],
+        window=tuple(window) if window else None,
+        flat_tile=tuple(c["flat-tile"]),
+        f1_lambda=float(c["f1"]["lambda"]),
+        f1_min_sigma=float(c["f1"]["min-sigma"]),
+        f1_pixels=int(c["f1"]["pixels"]),
+        min_frames=int(c["min-frames"]),
+        features=tuple(name for name in FEATURES if c["features"].get(name.replace("_", "-"), True)),
+    )
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Params(**values)

@@ -1,0 +1,220 @@
+"""The mask as a Dask graph: the kernels of :mod:`rmm_dask.mask` mapped per (module, cells) chunk.
+
+``build_mask(darks, flat)`` takes the lazy datasets of :func:`rmm_dask.io.open_run`
+and returns a lazy ``xarray.Dataset``: nothing is read until it is computed. Per
+chunk of one module and a few memory cells (all frames, full module image):
+
+    read dark run g  ->  dark_stage (F1, F2, F3, F5)        one task per gain stage
+    dark stages + read flat  ->  mask_from_stages (F4, F6, verdicts)
+
+Each task holds at most one run's chunk and small per-pixel results, so worker
+memory is bounded by the chunk size, not by the length of the runs. A chunk's
+result depends only on its own cells, so the mask is the same whatever the
+chunking, the number of workers or the cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .codes import MASK_DTYPE, BadPixel
+from .detectors import Detector, get_detector
+from .errors import InputError
+from .mask import DarkStage, Params, dark_stage, flat_excess, mask_from_stages
+
+#: a flat run whose median signal above the dark offset is below this many dark sigmas is a dark run
+MIN_FLAT_EXCESS = 3.0
+
+DIMS = ("module", "gain", "cell", "y", "x")
+GAINLESS = {"flat_snr"}  #: features without a gain axis: F6 is measured once per pixel and cell
+
+
+def _path(ds: xr.Dataset) -> str:
+    return str(ds.attrs.get("path", "<run>"))
+
+
+def _check_runs(darks: dict[str, xr.Dataset], flat: xr.Dataset | None, detector: Detector, params: Params):
+    """Metadata checks: same modules, cells and module shape in every run; enough frames."""
+    runs = list(darks.items()) + ([("flat", flat)] if flat is not None else [])
+    ref_name, ref = runs[0]
+    for name, ds in runs:
+        if "analog" not in ds:
+            raise InputError(_path(ds), f"{name} run has no 'analog' data")
+        if ds.analog.dims != ("module", "cell", "frame", "y", "x"):
+            raise InputError(_path(ds), f"{name} run has dims {ds.analog.dims}, expected (module, cell, frame, y, x)")
+        shape = (ds.sizes["y"], ds.sizes["x"])
+        if shape != detector.module_shape:
+            raise InputError(_path(ds), f"{name} run has modules of {shape} pixels, {detector.name} has {detector.module_shape}")
+        for coord in ("module", "cell"):
+            if not np.array_equal(ds[coord].values, ref[coord].values):
+                raise InputError(
+                    _path(ds),
+                    f"{name} run has {coord}s {_short(ds[coord].values)}, but the {ref_name} run "
+                    f"({_path(ref)}) has {_short(ref[coord].values)}",
+                )
+        if ds.sizes["frame"] < params.min_frames:
+            raise InputError(_path(ds), f"{name} run has {ds.sizes['frame']} frames per cell, at least {params.min_frames} needed")
+
+
+def _short(values) -> str:
+    values = list(np.asarray(values).tolist())
+    return str(values) if len(values) <= 8 else f"[{values[0]}, ..., {values[-1]}] ({len(values)})"
+
+
+def _blocks(ds: xr.Dataset, var: str, cell_chunks) -> np.ndarray | None:
+    """Delayed (module, cell-block) chunks of a variable, all frames and pixels in each."""
+    if var not in ds:
+        return None
+    arr = ds[var].data
+    if not isinstance(arr, da.Array):
+        arr = da.from_array(arr, chunks=(1, cell_chunks, -1, -1, -1))
+    arr = arr.rechunk((1, cell_chunks, -1, -1, -1))
+    return arr.to_delayed()[:, :, 0, 0, 0]
+
+
+def _checked_mask(stages: list[DarkStage], flat, detector, params, flat_index, flat_path):
+    """Chunk task: verdicts of one (module, cells) chunk, after checking the flat is lit."""
+    flat = None if flat is None else flat[0]
+    if flat is not None:
+        excess = flat_excess(flat, stages[flat_index])
+        if not excess >= MIN_FLAT_EXCESS:
+            raise InputError(
+                flat_path,
+                f"the flat run is not lit: its median signal above the dark offset is {excess:.2f} dark-noise "
+                f"sigmas (at least {MIN_FLAT_EXCESS:g} expected); is it a dark run?",
+            )
+    return mask_from_stages(stages, flat, detector, params, flat_index)
+
+
+def _stage_task(analog, gain, detector, params):
+    return dark_stage(analog[0], None if gain is None else gain[0], detector, params)
+
+
+def build_mask(
+    darks: dict[str, xr.Dataset],
+    flat: xr.Dataset | None = None,
+    *,
+    detector: Detector | str | None = None,
+    params: Params = Params(),
+    flat_stage: str | None = None,
+) -> xr.Dataset:
+    """The lazy mask of the given runs.
+
+    ``darks`` maps gain-stage names (the detector's, e.g. ``high``) to dark runs;
+    ``flat`` is the flat-field run, taken in ``flat_stage`` (default: the first
+    stage given). Returns a Dataset with ``mask`` (uint8, dims module, gain, cell,
+    y, x), the features and their SNRs (float32, same dims, but ``flat_snr`` has no
+    gain axis; attrs ``role`` ``feature`` or ``snr``) and ``rejected_frames_<stage>`` (bool, module, cell,
+    frame_<stage>).
+    """
+    if not darks:
+        raise ValueError("at least one dark run is needed")
+    first = next(iter(darks.values()))
+    detector = get_detector(detector or first.attrs.get("detector", "AGIPD1M")) if not isinstance(detector, Detector) else detector
+    unknown = set(darks) - set(detector.gain_stages)
+    if unknown:
+        raise ValueError(f"{detector.name} has gain stages {detector.gain_stages}, not {sorted(unknown)}")
+    stages = [g for g in detector.gain_stages if g in darks]
+    flat_stage = flat_stage or stages[0]
+    if flat is not None and flat_stage not in darks:
+        raise ValueError(f"the flat run is in the {flat_stage} stage, but no dark run of that stage is given")
+    _check_runs({g: darks[g] for g in stages}, flat, detector, params)
+    flat_index = stages.index(flat_stage)
+
+    ref = darks[stages[0]]
+    cell_chunks = ref.analog.data.chunks[1] if isinstance(ref.analog.data, da.Array) else (ref.sizes["cell"],)
+    analog = {g: _blocks(darks[g], "analog", cell_chunks) for g in stages}
+    gain = {g: _blocks(darks[g], "gain", cell_chunks) for g in stages}
+    flat_blocks = _blocks(flat, "analog", cell_chunks) if flat is not None else None
+    has_gain = all(gain[g] is not None for g in stages)
+
+    n_mod, n_gain = ref.sizes["module"], len(stages)
+    ny, nx = detector.module_shape
+    names = ["offset", "noise"] + (["gain_mean"] if has_gain else [])
+    feature_names = names + (["gain_std"] if has_gain else []) + (["flat_snr"] if flat is not None else [])
+    snr_names = names + (["flat_snr"] if flat is not None else [])
+
+    pieces = {"mask": [], **{f: [] for f in feature_names}, **{"snr_" + f: [] for f in snr_names}}
+    pieces.update({f"rejected_frames_{g}": [] for g in stages})
+    task = dask.delayed(_stage_task, pure=True)
+    finish = dask.delayed(_checked_mask, pure=True)
+    for m in range(n_mod):
+        row = {k: [] for k in pieces}
+        for b, nc in enumerate(cell_chunks):
+            st = [task(analog[g][m, b], gain[g][m, b] if has_gain else None, detector, params) for g in stages]
+            flat_block = flat_blocks[m, b] if flat is not None else None
+            res = finish(st, flat_block, detector, params, flat_index, _path(flat) if flat is not None else "")
+            plane = (n_gain, nc, ny, nx)
+            row["mask"].append(da.from_delayed(res.mask, plane, dtype=MASK_DTYPE))
+            for f in feature_names:
+                row[f].append(da.from_delayed(res.features[f], _shape(f, plane), dtype=np.float32))
+            for f in snr_names:
+                row["snr_" + f].append(da.from_delayed(res.snr[f], _shape(f, plane), dtype=np.float32))
+            for i, g in enumerate(stages):
+                nf = darks[g].sizes["frame"]
+                row[f"rejected_frames_{g}"].append(da.from_delayed(res.rejected_frames[i], (nc, nf), dtype=bool))
+        for k, v in row.items():
+            pieces[k].append(da.concatenate(v, axis=1 if v[0].ndim == 4 else 0))  # along cells
+
+    coords = {
+        "module": ref.module.values,
+        "gain": np.arange(n_gain),
+        "cell": ref.cell.values,
+        "y": np.arange(ny),
+        "x": np.arange(nx),
+    }
+    data_vars = {"mask": (DIMS, da.stack(pieces["mask"]), {"role": "mask", "flag_meanings": _bit_names()})}
+    for f in feature_names:
+        data_vars[f] = (_dims(f), da.stack(pieces[f]), {"role": "feature"})
+    for f in snr_names:
+        data_vars["snr_" + f] = (_dims(f), da.stack(pieces["snr_" + f]), {"role": "snr", "feature": f})
+    for g in stages:
+        frame = f"frame_{g}"
+        data_vars[f"rejected_frames_{g}"] = (("module", "cell", frame), da.stack(pieces[f"rejected_frames_{g}"]), {"role": "rejected_frames", "gain_stage": g})
+        if "train_id" in darks[g].coords:
+            coords[f"train_id_{g}"] = (frame, darks[g].train_id.values)
+    inputs = {f"dark-{g}": _describe(darks[g]) for g in stages}
+    if flat is not None:
+        inputs["flat"] = _describe(flat)
+    attrs = {
+        "detector": detector.name,
+        "gain_stages": list(stages),
+        "flat_stage": flat_stage if flat is not None else None,
+        "parameters": _jsonable(asdict(params)),
+        "inputs": inputs,
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _shape(feature: str, plane: tuple) -> tuple:
+    return plane[1:] if feature in GAINLESS else plane
+
+
+def _dims(feature: str) -> tuple:
+    return tuple(d for d in DIMS if d != "gain") if feature in GAINLESS else DIMS
+
+
+def _bit_names() -> str:
+    return " ".join(f"{b.name}={int(b)}" for b in BadPixel)
+
+
+def _describe(ds: xr.Dataset) -> dict:
+    keep = ("path", "run", "format", "source", "notes", "files", "dataset")
+    return {k: _jsonable(ds.attrs[k]) for k in keep if k in ds.attrs} | {"frames": int(ds.sizes["frame"])}
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

@@ -1,0 +1,98 @@
+"""What a published mask says: counts per bit, module, gain and cell; figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .codes import BadPixel
+
+
+def count_bits(root: zarr.Group) -> dict:
+    """Pixels per bit, overall and per module, gain stage and cell, read one module at a time.
+
+    Returns ``{"total": n_pixels_per_plane_set, "any": n, "bits": {name: n},
+    "module": {id: {name: n, "any": n}}, "gain": {...}, "cell": {...}}``; edge pixels
+    are counted under ASIC_EDGE and in ``any``.
+    """
+    mask = root["mask"]
+    modules, cells = root["module"][:], root["cell"][:]
+    gains = root.attrs.get("gain_stages") or [str(g) for g in root["gain"][:]]
+    per = {"module": {}, "gain": {g: _zero() for g in gains}, "cell": {int(c): _zero() for c in cells}}
+    total = _zero()
+    for i, m in enumerate(modules):
+        block = mask[i]  # (gain, cell, y, x)
+        per["module"][int(m)] = row = _zero()
+        for b in (*BadPixel, None):
+            hit = block != 0 if b is None else (block & np.uint8(b)) != 0
+            name = "any" if b is None else b.name
+            by_gain = hit.sum(axis=(1, 2, 3))
+            by_cell = hit.sum(axis=(0, 2, 3))
+            row[name] += int(by_gain.sum())
+            total[name] += int(by_gain.sum())
+            for g, n in zip(gains, by_gain):
+                per["gain"][g][name] += int(n)
+            for c, n in zip(cells, by_cell):
+                per["cell"][int(c)][name] += int(n)
+    return {"pixels": int(np.prod(mask.shape)), "total": total, **per}
+
+
+def _zero() -> dict:
+    return {b.name: 0 for b in BadPixel} | {"any": 0}
+
+
+def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None) -> list[Path]:
+    """Per-module mask images and SNR histograms per feature, as PNG files in ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lam = lam if lam is not None else float(root.attrs.get("parameters", {}).get("lam", 8.0))
+    gains = root.attrs.get("gain_stages") or [str(g) for g in root["gain"][:]]
+    written = []
+    mask = root["mask"]
+    for i, m in enumerate(root["module"][:]):
+        block = mask[i]  # (gain, cell, y, x)
+        fig, axes = plt.subplots(1, len(gains), figsize=(2.2 * len(gains) + 1, 7), squeeze=False)
+        for ax, g, plane in zip(axes[0], gains, block):
+            bad = ((plane != 0) & (plane != BadPixel.ASIC_EDGE)).mean(axis=0)
+            im = ax.imshow(bad, cmap="magma", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+            ax.set_title(f"{g} gain")
+            ax.set_xlabel("x")
+        axes[0][0].set_ylabel("y")
+        fig.colorbar(im, ax=axes[0].tolist(), label="fraction of cells masked (edges left out)")
+        fig.suptitle(f"module {int(m)}: masked pixels")
+        path = out_dir / f"mask_module{int(m):02d}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+
+    snr = root["snr"] if "snr" in root else None
+    if snr is not None:
+        names = sorted(snr.array_keys())
+        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
+        clip = max(4 * lam, 1.0)
+        edges = np.linspace(-clip, clip, 201)
+        for ax, name in zip(axes[0], names):
+            counts = np.zeros(200, dtype=np.int64)
+            for i in range(snr[name].shape[0]):  # one module at a time
+                values = np.asarray(snr[name][i], dtype=np.float64).ravel()
+                counts += np.histogram(np.clip(values[~np.isnan(values)], -clip, clip), bins=edges)[0]
+            ax.stairs(counts, edges, fill=True, color="0.3")
+            ax.set_yscale("log")
+            for s in (-lam, lam):
+                ax.axvline(s, color="tab:red", lw=1)
+            ax.set_title(f"{name}: SNR against the ASIC model")
+            ax.set_xlabel(f"SNR (clipped to +-{clip:g}; red: +-lambda)")
+        axes[0][0].set_ylabel("pixels")
+        fig.tight_layout()
+        path = out_dir / "snr_histograms.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written
