@@ -10,4 +10,13 @@ except PackageNotFoundError:  # running from a source tree without install
 from .codes import BadPixel
 from .robust import fit_gaussian, robust_gaussian
 
-__all__ = ["BadPixel", "fit_gaussian", "robust_gaussian", "__version__"]
+__all__ = ["BadPixel", "fit_gaussian", "robust_gaussian", "open_run", "__version__"]
+
+
+def __getattr__(name):
+    # the readers pull in xarray, dask and EXtra-data: only when asked for
+    if name == "open_run":
+        from .io import open_run
+
+        return open_run
+    raise AttributeError(f"module 'rmm_dask' has no attribute {name!r}")

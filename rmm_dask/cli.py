@@ -1,69 +1,214 @@
-"""The ``rmm`` command line. Each command is ``main([...]) -> exit code``."""
+"""The ``rmm`` command line. Each command is ``main([...]) -> exit code``.
+
+User errors (a missing run, a truncated file, runs that do not match, an existing
+output) print one line naming the file and the problem and exit with 2; nothing
+is written.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import tempfile
 import time
-
-import numpy as np
+from pathlib import Path
 
 from . import __version__
+from .errors import InputError
+
+GAIN_OPTIONS = ("high", "medium", "low")
 
 
-class UserError(Exception):
-    """A problem with what the user asked for: printed as one line, exit code 2."""
+def _console():
+    from rich.console import Console
+
+    # wide enough for the count tables when writing to a log rather than a terminal
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _setup_config(args):
+    """Merge --config into dask.config; Params from it and the explicit options."""
+    from .config import load_config, params_from_config
+
+    if getattr(args, "config", None):
+        load_config(args.config)
+    return params_from_config(lam=getattr(args, "lam", None), method=getattr(args, "method", None))
+
+
+def _cells_per_chunk(args) -> int:
+    import dask.config
+
+    return args.cells_per_chunk or int(dask.config.get("rmm-dask.chunking.cells-per-chunk"))
+
+
+def _open_runs(args, detector):
+    from .io import open_run
+
+    cpc = _cells_per_chunk(args)
+    darks = {}
+    for g in GAIN_OPTIONS:
+        path = getattr(args, f"dark_{g}")
+        if path:
+            darks[g] = open_run(path, detector, dataset=args.dataset, cells_per_chunk=cpc)
+    flat = open_run(args.flat, detector, dataset=args.dataset, cells_per_chunk=cpc) if args.flat else None
+    return darks, flat
+
+
+@contextlib.contextmanager
+def _report(path):
+    if not path:
+        yield
+        return
+    from distributed import performance_report
+
+    with performance_report(filename=str(path)):
+        yield
+
+
+def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=None, report=None, overwrite=False, echo=print, flat_stage=None):
+    """Build the mask graph of the opened runs, compute it on a cluster and publish the store."""
+    from .cluster import dask_client
+    from .pipeline import build_mask
+    from .store import write_store
+
+    for name, ds in list(darks.items()) + ([("flat", flat)] if flat is not None else []):
+        for note in ds.attrs.get("notes", []):
+            echo(f"{name} run {ds.attrs.get('path')}: {note}")
+    ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage)
+    with dask_client(cluster, n_workers=n_workers, echo=echo), _report(report):
+        return write_store(ds, out, overwrite=overwrite)
+
+
+def _mask(args) -> int:
+    console = _console()
+    if not any(getattr(args, f"dark_{g}") for g in GAIN_OPTIONS):
+        raise InputError("--dark-high", "at least one dark run is needed")
+    params = _setup_config(args)
+    darks, flat = _open_runs(args, args.detector)
+    t0 = time.perf_counter()
+    path = run_mask(
+        darks, flat, args.out, params=params, detector=args.detector, cluster=args.cluster, n_workers=args.workers,
+        report=args.report, overwrite=args.overwrite, echo=console.print, flat_stage=args.flat_stage,
+    )
+    console.print(f"mask store: {path}  ({time.perf_counter() - t0:.1f} s)")
+    _print_counts(console, path, per_cell=False)
+    if args.report:
+        console.print(f"performance report: {Path(args.report).absolute()}")
+    return 0
+
+
+def _print_counts(console, store, per_cell: bool):
+    from rich.table import Table
+
+    from .codes import BadPixel
+    from .store import open_store
+    from .summary import count_bits
+
+    counts = count_bits(open_store(store))
+    names = [b.name for b in BadPixel] + ["any"]
+    per_plane = counts["pixels"]
+    table = Table(title=f"masked pixels in {store}")
+    table.add_column("")
+    for n in names:
+        table.add_column(n, justify="right")
+    table.add_row("all", *(f"{counts['total'][n]}" for n in names))
+    table.add_row("fraction", *(f"{counts['total'][n] / per_plane:.2e}" for n in names))
+    for axis in ("module", "gain") + (("cell",) if per_cell else ()):
+        for key, row in counts[axis].items():
+            table.add_row(f"{axis} {key}", *(str(row[n]) for n in names))
+    console.print(table)
+    if not per_cell and len(counts["cell"]) > 1:
+        any_bad = [row["any"] for row in counts["cell"].values()]
+        console.print(f"per cell (any bit): min {min(any_bad)}, max {max(any_bad)} over {len(any_bad)} cells; --cells lists them")
+
+
+def _show(args) -> int:
+    from .store import open_store
+    from .summary import write_figures
+
+    console = _console()
+    root = open_store(args.store)
+    attrs = root.attrs
+    console.print(f"{args.store}: {attrs.get('detector')} mask, {attrs.get('software')}, {attrs.get('start_time')} - {attrs.get('end_time')}")
+    for name, info in attrs.get("inputs", {}).items():
+        console.print(f"  {name}: {info.get('path')} ({info.get('frames')} frames per cell)")
+    console.print(f"  parameters: {attrs.get('parameters')}")
+    _print_counts(console, args.store, per_cell=args.cells)
+    if args.png:
+        for path in write_figures(root, args.png):
+            console.print(f"figure: {path}")
+    return 0
+
+
+def _export(args) -> int:
+    from .store import export_h5
+
+    if args.to != "h5":
+        raise InputError(args.store, f"export to {args.to!r} is not available; choose h5")
+    path = export_h5(args.store, args.out, overwrite=args.overwrite)
+    print(f"exported: {path}")
+    return 0
+
+
+def _synth(args) -> int:
+    from .io.synthetic import write_synthetic
+    from .synth import SynthConfig, synthesize
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(out, "exists and is not empty")
+    cfg = SynthConfig(modules=args.modules, cells=args.cells, frames=args.frames, flat_frames=args.flat_frames or args.frames, seed=args.seed)
+    paths = write_synthetic(synthesize(cfg), out, compression=args.compression)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
 
 
 def _demo(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
-    from .mask import Params, module_mask
-    from .synth import GAINS, SynthConfig, score, synthesize
+    from .config import params_from_config
+    from .io import open_run
+    from .io.synthetic import read_truth, write_synthetic
+    from .store import export_h5, open_store
+    from .synth import SynthConfig, score, synthesize
 
-    console = Console()
+    console = _console()
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rmm-demo-"))
+    if out.exists() and any(out.iterdir()):
+        raise InputError(out, "exists and is not empty")
     cfg = SynthConfig(modules=args.modules, cells=args.cells, frames=args.frames, flat_frames=args.frames, seed=args.seed)
     t0 = time.perf_counter()
     with console.status("synthesising an AGIPD-like calibration set with planted defects"):
-        calib = synthesize(cfg)
+        runs = write_synthetic(synthesize(cfg), out)
     console.print(
-        f"synthetic AGIPD-like set: {cfg.modules} module(s) x {cfg.cells} cells x {cfg.frames} frames, "
-        f"dark runs for {', '.join(GAINS)} + a flat run ({time.perf_counter() - t0:.1f} s)"
+        f"synthetic AGIPD-like set: {cfg.modules} modules x {cfg.cells} cells x {cfg.frames} frames, EuXFEL RAW runs "
+        f"(3 dark gain stages + flat) in {out / 'raw'} ({time.perf_counter() - t0:.1f} s)"
     )
-    results = {}
-    for method in args.methods:
-        params = Params(method=method)
-        t0 = time.perf_counter()
-        masks, rejected = [], 0
-        for m in range(cfg.modules):
-            dark = [(calib.dark[g].analog[m], calib.dark[g].gain[m]) for g in GAINS]
-            with console.status(f"{method}: module {m + 1}/{cfg.modules}"):
-                res = module_mask(dark, calib.flat.analog[m], cfg.detector, params)
-            masks.append(res.mask)
-            rejected += int(res.rejected_frames.sum())
-        results[method] = score(np.stack(masks), calib.truth)
-        console.print(f"{method}: masked in {time.perf_counter() - t0:.1f} s, {rejected} frames rejected by F1")
+    darks = {g: open_run(runs[f"dark-{g}"], "AGIPD1M") for g in GAIN_OPTIONS}
+    flat = open_run(runs["flat"], "AGIPD1M")
+    params = params_from_config()
+    t0 = time.perf_counter()
+    store = run_mask(darks, flat, out / "mask.zarr", params=params, detector="AGIPD1M", n_workers=args.workers, echo=console.print)
+    console.print(f"masked in {time.perf_counter() - t0:.1f} s on a LocalCluster")
+    h5 = export_h5(store, out / "mask.h5")
 
-    planted = sum(int(calib.truth.outlier_frames[g].sum()) for g in GAINS)
-    table = Table(title=f"Score against the planted truth (lambda = {Params().lam:g})")
-    table.add_column("defect kind")
-    table.add_column("planted", justify="right")
-    for method in args.methods:
-        table.add_column(f"recall {method}", justify="right")
-    for kind, (_, n) in results[args.methods[0]]["recall"].items():
-        row = [kind, str(n)]
-        for method in args.methods:
-            found, _ = results[method]["recall"][kind]
-            row.append(f"{100 * found / n:.1f}%")
-        table.add_row(*row)
-    table.add_row(
-        "clean pixels flagged",
-        str(results[args.methods[0]]["clean"]),
-        *(f"{r['false_positive_fraction']:.2e}" for r in results.values()),
-    )
+    truth = read_truth(runs["truth"])
+    root = open_store(store)
+    scores = score(root["mask"][:], truth)
+    table = Table(title=f"RMM mask against the planted truth (lambda = {params.lam:g})")
+    for col in ("defect kind", "planted", "found", "recall"):
+        table.add_column(col, justify="left" if col == "defect kind" else "right")
+    for kind, (found, n) in scores["recall"].items():
+        table.add_row(kind, str(n), str(found), f"{100 * found / n:.1f}%")
+    table.add_row("clean pixels flagged", str(scores["clean"]), str(scores["false_positives"]), f"{scores['false_positive_fraction']:.1e}")
     console.print(table)
-    console.print(f"outlying frames planted: {planted}")
+    planted = sum(int(v.sum()) for v in truth.outlier_frames.values())
+    rejected = sum(int(root["rejected_frames"][g][:].sum()) for g in GAIN_OPTIONS)
+    console.print(f"outlying dark frames: {planted} planted, {rejected} rejected by F1")
+    console.print(f"Zarr store: {store}")
+    console.print(f"HDF5 export: {h5}")
     return 0
 
 
@@ -72,19 +217,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rmm-dask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="synthetic detector with planted defects -> mask -> score table")
-    demo.add_argument("--modules", type=int, default=1)
-    demo.add_argument("--cells", type=int, default=2)
-    demo.add_argument("--frames", type=int, default=100, help="frames per cell in each run")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument(
-        "--methods",
-        nargs="+",
-        default=["rmm", "mad", "nonrobust"],
-        choices=["rmm", "mad", "nonrobust"],
-        help="statistics of the normal-pixel model to compare",
-    )
-    demo.set_defaults(run=_demo)
+    p = sub.add_parser("mask", help="make a mask from dark runs (one per gain stage) and an optional flat run")
+    for g in GAIN_OPTIONS:
+        p.add_argument(f"--dark-{g}", metavar="RUN", help=f"dark run in {g} gain (a run directory, or an HDF5 stack with --dataset)")
+    p.add_argument("--flat", metavar="RUN", help="flat-field run")
+    p.add_argument("--flat-stage", choices=GAIN_OPTIONS, help="gain stage of the flat run (default: the first dark given)")
+    p.add_argument("--out", required=True, metavar="STORE", help="the Zarr store to publish")
+    p.add_argument("--detector", default="AGIPD1M")
+    p.add_argument("--dataset", help="dataset path inside HDF5 stack files")
+    p.add_argument("--config", metavar="FILE", help="YAML with parameters under 'rmm-dask:' (see configs/rmm.yaml)")
+    p.add_argument("--lambda", dest="lam", type=float, help="outlier threshold in robust sigmas (default 8)")
+    p.add_argument("--method", choices=["rmm", "mad", "nonrobust"], help="statistics of the normal-pixel model")
+    p.add_argument("--cells-per-chunk", type=int, help="memory cells per task")
+    p.add_argument("--cluster", default="local", help="'local' or a scheduler address tcp://host:port")
+    p.add_argument("--workers", type=int, help="LocalCluster worker processes")
+    p.add_argument("--report", metavar="FILE.html", help="save Dask's performance report")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store (only once the new one is complete)")
+    p.set_defaults(run=_mask)
+
+    p = sub.add_parser("synth", help="write a synthetic AGIPD-like calibration set as EuXFEL RAW runs, with its truth")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--modules", type=int, default=2)
+    p.add_argument("--cells", type=int, default=2)
+    p.add_argument("--frames", type=int, default=100, help="dark frames (trains) per cell")
+    p.add_argument("--flat-frames", type=int, help="flat frames per cell (default: --frames)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compression", choices=["gzip"], help="compress the image data as the facility may")
+    p.set_defaults(run=_synth)
+
+    p = sub.add_parser("export", help="export a mask store to another format")
+    p.add_argument("store")
+    p.add_argument("--to", required=True, choices=["h5"])
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("show", help="counts per bit, module, gain and cell; --png for figures")
+    p.add_argument("store")
+    p.add_argument("--cells", action="store_true", help="list the counts of every memory cell")
+    p.add_argument("--png", metavar="DIR", help="write per-module mask images and SNR histograms here")
+    p.set_defaults(run=_show)
+
+    p = sub.add_parser("demo", help="synthetic runs with planted defects -> mask on a LocalCluster -> export -> score")
+    p.add_argument("--out", metavar="DIR", help="where to write (default: a new temporary directory)")
+    p.add_argument("--modules", type=int, default=2)
+    p.add_argument("--cells", type=int, default=2)
+    p.add_argument("--frames", type=int, default=100, help="frames per cell in each run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(run=_demo)
     return parser
 
 
@@ -92,11 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except UserError as err:
+    except InputError as err:
         print(f"rmm {args.command}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"rmm {args.command}: interrupted", file=sys.stderr)
+        print(f"rmm {args.command}: interrupted; nothing was published", file=sys.stderr)
         return 130
 
 

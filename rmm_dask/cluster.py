@@ -8,18 +8,20 @@ import sys
 import dask
 import dask.config
 
+from . import config as _config  # noqa: F401  (the rmm-dask defaults in dask.config)
+
 
 @contextlib.contextmanager
 def dask_client(cluster: str = "local", *, n_workers: int | None = None, threads_per_worker: int | None = None, memory_limit=None, echo=print):
     """A ``distributed.Client`` for the duration of the block, shut down afterwards.
 
     ``cluster`` is ``"local"`` (a LocalCluster of worker processes sized from the
-    ``rmm.cluster`` config) or a scheduler address (``tcp://host:8786``). The
+    ``rmm-dask.cluster`` config) or a scheduler address (``tcp://host:8786``). The
     dashboard link is echoed at start.
     """
     from distributed import Client, LocalCluster
 
-    conf = dask.config.get("rmm.cluster")
+    conf = dask.config.get("rmm-dask.cluster")
     if cluster == "local":
         local = LocalCluster(
             n_workers=n_workers or conf["n-workers"],

@@ -1,9 +1,10 @@
-"""Parameters in dask.config under ``rmm``: package defaults, a user's YAML, the command line.
+"""Parameters in dask.config under ``rmm-dask``: package defaults, a user's YAML, the command line.
 
 As dask-jobqueue does, the defaults ship as YAML inside the package (``rmm_dask/rmm.yaml``,
 also at ``configs/rmm.yaml``) and are merged into ``dask.config`` at import, so that a
-user's file, ``DASK_RMM__...`` environment variables and explicit options override them
-in Dask's usual order.
+user's file, ``DASK_RMM_DASK__...`` environment variables and explicit options override them
+in Dask's usual order. The key is ``rmm-dask``, not ``rmm``: distributed renames a
+top-level ``rmm`` (the RAPIDS memory manager's old key) to ``distributed.rmm``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from .errors import InputError
 from .mask import FEATURES, Params
 
 DEFAULTS = Path(__file__).with_name("rmm.yaml")
+KEY = "rmm-dask"
 
 with open(DEFAULTS) as f:
     dask.config.update_defaults(yaml.safe_load(f))
 
 
 def load_config(path: str | os.PathLike) -> dict:
-    """Merge a user's YAML file (keys under ``rmm:``, as in configs/rmm.yaml) into dask.config."""
+    """Merge a user's YAML file (keys under ``rmm-dask:``, as in configs/rmm.yaml) into dask.config."""
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
@@ -32,18 +34,18 @@ def load_config(path: str | os.PathLike) -> dict:
         raise InputError(path, f"cannot read the configuration: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise InputError(path, f"not valid YAML: {err}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("rmm", {}), dict):
-        raise InputError(path, "expected a mapping with the parameters under 'rmm:'")
-    unknown = set(data.get("rmm", {})) - set(dask.config.get("rmm"))
+    if not isinstance(data, dict) or not isinstance(data.get(KEY, {}), dict) or set(data) - {KEY}:
+        raise InputError(path, f"expected a mapping with the parameters under '{KEY}:'")
+    unknown = set(data.get(KEY, {})) - set(dask.config.get(KEY))
     if unknown:
-        raise InputError(path, f"unknown parameters {sorted(unknown)} under 'rmm:'")
+        raise InputError(path, f"unknown parameters {sorted(unknown)} under '{KEY}:'")
     dask.config.update(dask.config.config, data, priority="new")
     return data
 
 
 def params_from_config(**overrides) -> Params:
-    """Params from dask.config's ``rmm`` section; keyword overrides (None = not given) win."""
-    c = dask.config.get("rmm")
+    """Params from dask.config's ``rmm-dask`` section; keyword overrides (None = not given) win."""
+    c = dask.config.get(KEY)
     window = c.get("window")
     values = dict(
         lam=float(c["lambda"]),

@@ -27,8 +27,9 @@ from .detectors import Detector, get_detector
 from .errors import InputError
 from .mask import DarkStage, Params, dark_stage, flat_excess, mask_from_stages
 
-#: a flat run whose median signal above the dark offset is below this many dark sigmas is a dark run
-MIN_FLAT_EXCESS = 3.0
+#: a lit flat run: median signal above the dark offset, in dark sigmas, and photon noise over dark noise
+MIN_FLAT_SIGNAL = 3.0
+MIN_FLAT_NOISE_RATIO = 1.5
 
 DIMS = ("module", "gain", "cell", "y", "x")
 GAINLESS = {"flat_snr"}  #: features without a gain axis: F6 is measured once per pixel and cell
@@ -81,12 +82,13 @@ def _checked_mask(stages: list[DarkStage], flat, detector, params, flat_index, f
     """Chunk task: verdicts of one (module, cells) chunk, after checking the flat is lit."""
     flat = None if flat is None else flat[0]
     if flat is not None:
-        excess = flat_excess(flat, stages[flat_index])
-        if not excess >= MIN_FLAT_EXCESS:
+        signal, ratio = flat_excess(flat, stages[flat_index])
+        if not (signal >= MIN_FLAT_SIGNAL and ratio >= MIN_FLAT_NOISE_RATIO):
             raise InputError(
                 flat_path,
-                f"the flat run is not lit: its median signal above the dark offset is {excess:.2f} dark-noise "
-                f"sigmas (at least {MIN_FLAT_EXCESS:g} expected); is it a dark run?",
+                f"the flat run is not lit: its median signal above the dark offset is {signal:.2f} dark-noise sigmas "
+                f"and its frame-to-frame noise {ratio:.2f} times the dark noise (a lit flat has at least "
+                f"{MIN_FLAT_SIGNAL:g} and {MIN_FLAT_NOISE_RATIO:g}); is it a dark run?",
             )
     return mask_from_stages(stages, flat, detector, params, flat_index)
 

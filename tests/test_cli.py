@@ -1,0 +1,118 @@
+"""The `rmm` command line end to end on synthetic EuXFEL runs written to disk."""
+
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from rmm_dask.cli import main
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    assert main(["synth", "--out", str(out), "--modules", "1", "--cells", "2", "--frames", "24", "--seed", "2"]) == 0
+    return out
+
+
+def raw(runs, n):
+    return str(runs / "raw" / f"r{n:04d}")
+
+
+def mask_args(runs, out, *extra):
+    return ["mask", "--dark-high", raw(runs, 1), "--dark-medium", raw(runs, 2), "--dark-low", raw(runs, 3), "--flat", raw(runs, 4), "--out", str(out), "--workers", "1", *extra]
+
+
+def one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    for needle in needles:
+        assert needle in err, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture(scope="module")
+def store(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mask") / "mask.zarr"
+    report = out.with_name("report.html")
+    assert main(mask_args(runs, out, "--report", str(report), "--lambda", "8")) == 0
+    assert report.stat().st_size > 10_000
+    return out
+
+
+def test_mask_show_export(store, tmp_path, capsys):
+    root = zarr.open_group(store, mode="r")
+    assert root["mask"].shape == (1, 3, 2, 512, 128)
+    assert root.attrs["inputs"]["flat"]["path"].endswith("r0004")
+    assert main(["show", str(store), "--cells", "--png", str(tmp_path / "png")]) == 0
+    out = capsys.readouterr().out
+    for word in ("OFFSET", "NOISE", "module 0", "gain high", "cell 1"):
+        assert word in out
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["mask_module00.png", "snr_histograms.png"]
+    assert main(["export", str(store), "--to", "h5", "--out", str(tmp_path / "m.h5")]) == 0
+    import h5py
+
+    with h5py.File(tmp_path / "m.h5") as f:
+        np.testing.assert_array_equal(f["mask"][:], root["mask"][:])
+
+
+def test_missing_run(tmp_path, capsys):
+    assert main(["mask", "--dark-high", str(tmp_path / "r0099"), "--out", str(tmp_path / "m.zarr")]) == 2
+    one_line_error(capsys, "r0099", "no such file or directory")
+    assert not (tmp_path / "m.zarr").exists()
+
+
+def test_truncated_file(runs, tmp_path, capsys):
+    bad = tmp_path / "r0001"
+    shutil.copytree(raw(runs, 1), bad)
+    victim = sorted(bad.glob("*.h5"))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 3])
+    args = mask_args(runs, tmp_path / "m.zarr")
+    args[args.index("--dark-high") + 1] = str(bad)
+    assert main(args) == 2
+    one_line_error(capsys, victim.name)
+    assert [p.name for p in tmp_path.iterdir()] == ["r0001"]
+
+
+def test_runs_of_different_cells(runs, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["synth", "--out", str(other), "--modules", "1", "--cells", "3", "--frames", "12"]) == 0
+    capsys.readouterr()
+    args = mask_args(runs, tmp_path / "m.zarr")
+    args[args.index("--dark-low") + 1] = str(other / "raw" / "r0003")
+    assert main(args) == 2
+    one_line_error(capsys, "r0003", "cells")
+    assert not (tmp_path / "m.zarr").exists()
+
+
+def test_dark_run_given_as_flat(runs, tmp_path, capsys):
+    args = mask_args(runs, tmp_path / "m.zarr")
+    args[args.index("--flat") + 1] = raw(runs, 2)
+    assert main(args) == 2
+    one_line_error(capsys, "r0002", "flat run is not lit")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_kept(store, runs, capsys):
+    before = zarr.open_group(store, mode="r").attrs["end_time"]
+    assert main(mask_args(runs, store)) == 2
+    one_line_error(capsys, "exists already")
+    assert zarr.open_group(store, mode="r").attrs["end_time"] == before
+
+
+def test_bad_config(runs, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("rmm-dask:\n  lamda: 7\n")
+    assert main(mask_args(runs, tmp_path / "m.zarr", "--config", str(cfg))) == 2
+    one_line_error(capsys, "c.yaml", "unknown parameters ['lamda']")
+
+
+def test_demo(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--modules", "1", "--cells", "1", "--frames", "40", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    for word in ("dashboard: http", "HOT", "UNDER_RESPONDING", "clean pixels flagged", "Zarr store:", "HDF5 export:"):
+        assert word in out
+    assert (tmp_path / "d" / "mask.zarr").is_dir() and (tmp_path / "d" / "mask.h5").is_file()
