@@ -15,6 +15,8 @@ chunking, the number of workers or the cluster.
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 from dataclasses import asdict
 
 import dask
@@ -206,8 +208,16 @@ def _bit_names() -> str:
 
 
 def _describe(ds: xr.Dataset) -> dict:
-    keep = ("path", "run", "format", "source", "notes", "files", "dataset")
-    return {k: _jsonable(ds.attrs[k]) for k in keep if k in ds.attrs} | {"frames": int(ds.sizes["frame"])}
+    """Provenance of an input run: where it is, what it holds, and its files' sizes and times."""
+    keep = ("path", "run", "format", "source", "notes", "dataset")
+    info = {k: _jsonable(ds.attrs[k]) for k in keep if k in ds.attrs} | {"frames": int(ds.sizes["frame"])}
+    files = ds.attrs.get("files") or ([ds.attrs["path"]] if os.path.isfile(ds.attrs.get("path", "")) else [])
+    info["files"] = []
+    for name in files:
+        st = os.stat(name)
+        mtime = dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).isoformat(timespec="seconds")
+        info["files"].append({"path": str(name), "size": st.st_size, "mtime": mtime})
+    return info
 
 
 def _jsonable(value):

@@ -58,13 +58,15 @@ def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None) -> lis
     mask = root["mask"]
     for i, m in enumerate(root["module"][:]):
         block = mask[i]  # (gain, cell, y, x)
-        fig, axes = plt.subplots(1, len(gains), figsize=(2.2 * len(gains) + 1, 7), squeeze=False)
+        fig, axes = plt.subplots(1, len(gains), figsize=(2.2 * len(gains) + 1, 7), squeeze=False, sharey=True)
         for ax, g, plane in zip(axes[0], gains, block):
             bad = ((plane != 0) & (plane != BadPixel.ASIC_EDGE)).mean(axis=0)
             im = ax.imshow(bad, cmap="magma", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
             ax.set_title(f"{g} gain")
             ax.set_xlabel("x")
         axes[0][0].set_ylabel("y")
+        for ax in axes[0]:
+            ax.label_outer()
         fig.colorbar(im, ax=axes[0].tolist(), label="fraction of cells masked (edges left out)")
         fig.suptitle(f"module {int(m)}: masked pixels")
         path = out_dir / f"mask_module{int(m):02d}.png"

@@ -46,6 +46,8 @@ def test_mask_show_export(store, tmp_path, capsys):
     root = zarr.open_group(store, mode="r")
     assert root["mask"].shape == (1, 3, 2, 512, 128)
     assert root.attrs["inputs"]["flat"]["path"].endswith("r0004")
+    files = root.attrs["inputs"]["dark-low"]["files"]
+    assert files and files[0]["path"].endswith(".h5") and files[0]["size"] > 0 and files[0]["mtime"].startswith("20")
     assert main(["show", str(store), "--cells", "--png", str(tmp_path / "png")]) == 0
     out = capsys.readouterr().out
     for word in ("OFFSET", "NOISE", "module 0", "gain high", "cell 1"):
