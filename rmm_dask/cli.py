@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from . import __version__
-from .errors import InputError
+from .errors import ClusterError, InputError
 
 GAIN_OPTIONS = ("high", "medium", "low")
 
@@ -28,11 +30,14 @@ def _console():
 
 
 def _setup_config(args):
-    """Merge --config into dask.config; Params from it and the explicit options."""
-    from .config import load_config, params_from_config
+    """Merge --config and --jobqueue into dask.config; Params from it and the explicit options."""
+    from .config import load_config, load_jobqueue_config, params_from_config
 
     if getattr(args, "config", None):
         load_config(args.config)
+    jobqueue = getattr(args, "jobqueue", None) or os.environ.get("RMM_JOBQUEUE_CONFIG")
+    if jobqueue:
+        load_jobqueue_config(jobqueue)
     return params_from_config(lam=getattr(args, "lam", None), method=getattr(args, "method", None))
 
 
@@ -76,7 +81,9 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
         for note in ds.attrs.get("notes", []):
             echo(f"{name} run {ds.attrs.get('path')}: {note}")
     ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage)
-    with dask_client(cluster, n_workers=n_workers, echo=echo), _report(report):
+    blocks = ds.mask.data.numblocks
+    parallel = blocks[0] * blocks[2] * (len(darks) + (flat is not None))  # read and feature tasks at once
+    with dask_client(cluster, n_workers=n_workers, max_workers=parallel, echo=echo), _report(report):
         return write_store(ds, out, overwrite=overwrite)
 
 
@@ -212,12 +219,24 @@ def _demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rmm", description="Robust Mask Maker: bad-pixel masks for X-ray detectors.")
-    parser.add_argument("--version", action="version", version=f"rmm-dask {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+#: options of `rmm mask` that `rmm submit` passes on: (dest, flag, is a path)
+_MASK_OPTIONS = (
+    *((f"dark_{g}", f"--dark-{g}", True) for g in GAIN_OPTIONS),
+    ("flat", "--flat", True),
+    ("flat_stage", "--flat-stage", False),
+    ("out", "--out", True),
+    ("detector", "--detector", False),
+    ("dataset", "--dataset", False),
+    ("config", "--config", True),
+    ("lam", "--lambda", False),
+    ("method", "--method", False),
+    ("cells_per_chunk", "--cells-per-chunk", False),
+    ("workers", "--workers", False),
+    ("jobqueue", "--jobqueue", True),
+)
 
-    p = sub.add_parser("mask", help="make a mask from dark runs (one per gain stage) and an optional flat run")
+
+def _add_mask_arguments(p):
     for g in GAIN_OPTIONS:
         p.add_argument(f"--dark-{g}", metavar="RUN", help=f"dark run in {g} gain (a run directory, or an HDF5 stack with --dataset)")
     p.add_argument("--flat", metavar="RUN", help="flat-field run")
@@ -229,11 +248,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda", dest="lam", type=float, help="outlier threshold in robust sigmas (default 8)")
     p.add_argument("--method", choices=["rmm", "mad", "nonrobust"], help="statistics of the normal-pixel model")
     p.add_argument("--cells-per-chunk", type=int, help="memory cells per task")
-    p.add_argument("--cluster", default="local", help="'local' or a scheduler address tcp://host:port")
-    p.add_argument("--workers", type=int, help="LocalCluster worker processes")
-    p.add_argument("--report", metavar="FILE.html", help="save Dask's performance report")
+    p.add_argument("--workers", type=int, help="worker processes (local) or a fixed number of worker jobs (slurm)")
+    p.add_argument("--jobqueue", metavar="FILE", help="dask-jobqueue YAML for Slurm (default: configs/jobqueue.yaml, or $RMM_JOBQUEUE_CONFIG)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store (only once the new one is complete)")
+
+
+def _submit(args) -> int:
+    from .submit import submit
+
+    if not any(getattr(args, f"dark_{g}") for g in GAIN_OPTIONS):
+        raise InputError("--dark-high", "at least one dark run is needed")
+    _setup_config(args)
+    _open_runs(args, args.detector)  # metadata only: bad input fails here, not in the queue
+    out = Path(args.out).absolute()
+    if out.exists() and not args.overwrite:
+        raise InputError(out, "exists already (give --overwrite to replace it)")
+    if args.jobqueue is None and os.environ.get("RMM_JOBQUEUE_CONFIG"):
+        args.jobqueue = os.environ["RMM_JOBQUEUE_CONFIG"]
+    mask_args = []
+    for dest, flag, is_path in _MASK_OPTIONS:
+        value = getattr(args, dest)
+        if value is not None:
+            mask_args += [flag, str(Path(value).absolute()) if is_path else str(value)]
+    if args.overwrite:
+        mask_args.append("--overwrite")
+    job_id, log, script = submit(mask_args, out, log_dir=args.log_dir)
+    print(f"submitted batch job {job_id}")
+    print(f"log: {log}")
+    print(f"script: {script}")
+    print(f"result: {out} (published when the job succeeds)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rmm", description="Robust Mask Maker: bad-pixel masks for X-ray detectors.")
+    parser.add_argument("--version", action="version", version=f"rmm-dask {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("mask", help="make a mask from dark runs (one per gain stage) and an optional flat run")
+    _add_mask_arguments(p)
+    p.add_argument("--cluster", default="local", help="'local', 'slurm' (dask-jobqueue) or a scheduler address tcp://host:port")
+    p.add_argument("--report", metavar="FILE.html", help="save Dask's performance report")
     p.set_defaults(run=_mask)
+
+    p = sub.add_parser("submit", help="run `rmm mask --cluster slurm` as one Slurm batch job and return at once")
+    _add_mask_arguments(p)
+    p.add_argument("--log-dir", metavar="DIR", help="where the batch script and its log go (default: beside --out)")
+    p.set_defaults(run=_submit)
 
     p = sub.add_parser("synth", help="write a synthetic AGIPD-like calibration set as EuXFEL RAW runs, with its truth")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -271,11 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the scheduler runs in this process: its routine messages (and the tracebacks it logs
+    # at INFO level when worker jobs are cancelled at the end) are not for the user
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         return args.run(args)
     except InputError as err:
         print(f"rmm {args.command}: {err}", file=sys.stderr)
         return 2
+    except ClusterError as err:
+        print(f"rmm {args.command}: {err}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"rmm {args.command}: interrupted; nothing was published", file=sys.stderr)
         return 130

@@ -19,10 +19,26 @@ from .errors import InputError
 from .mask import FEATURES, Params
 
 DEFAULTS = Path(__file__).with_name("rmm.yaml")
+JOBQUEUE_DEFAULTS = Path(__file__).with_name("jobqueue.yaml")
 KEY = "rmm-dask"
 
 with open(DEFAULTS) as f:
     dask.config.update_defaults(yaml.safe_load(f))
+
+
+def _jobqueue_defaults() -> None:
+    """Our SLURMCluster defaults over dask-jobqueue's own (which it registers on import).
+
+    update_defaults replaces only values still equal to the previous defaults, so a
+    user's ~/.config/dask/jobqueue.yaml and DASK_JOBQUEUE__... variables keep winning.
+    """
+    import dask_jobqueue  # noqa: F401  (registers its defaults first)
+
+    with open(JOBQUEUE_DEFAULTS) as f:
+        dask.config.update_defaults(yaml.safe_load(f))
+
+
+_jobqueue_defaults()
 
 
 def load_config(path: str | os.PathLike) -> dict:
@@ -41,6 +57,20 @@ def load_config(path: str | os.PathLike) -> dict:
         raise InputError(path, f"unknown parameters {sorted(unknown)} under '{KEY}:'")
     dask.config.update(dask.config.config, data, priority="new")
     return data
+
+
+def load_jobqueue_config(path: str | os.PathLike) -> None:
+    """Merge a dask-jobqueue YAML file (``jobqueue: slurm: ...``) into dask.config."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise InputError(path, f"cannot read the jobqueue configuration: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise InputError(path, f"not valid YAML: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("jobqueue"), dict):
+        raise InputError(path, "expected dask-jobqueue settings under 'jobqueue: slurm:'")
+    dask.config.update(dask.config.config, data, priority="new")
 
 
 def params_from_config(**overrides) -> Params:

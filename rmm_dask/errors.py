@@ -15,3 +15,7 @@ class InputError(ValueError):
 
     def __reduce__(self):  # raised inside Dask tasks: must survive pickling back to the client
         return type(self), (self.path, self.problem)
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not run the job (no worker started, sbatch refused the job, ...)."""

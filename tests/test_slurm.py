@@ -1,0 +1,150 @@
+"""Mask jobs on a real Slurm (dask-jobqueue): same store as on a LocalCluster, robust to a
+cancelled worker, batch submission, clear failure when no worker can start, no job left over.
+
+Run for real in CI (.ci/run starts a single-node Slurm from deploy/slurm-local/); skipped
+elsewhere when no Slurm is reachable, failed instead when RMM_REQUIRE_SLURM=1.
+"""
+
+import re
+import subprocess
+import threading
+import time
+
+import dask
+import numpy as np
+import pytest
+import zarr
+
+from rmm_dask.cli import main
+from rmm_dask.io import open_run
+from rmm_dask.io.synthetic import write_synthetic
+from rmm_dask.pipeline import build_mask
+from rmm_dask.store import write_store
+from rmm_dask.synth import GAINS, SynthConfig, synthesize
+
+from .conftest import wait_queue_empty
+
+pytestmark = pytest.mark.slurm
+
+
+def make_runs(tmp_path_factory, name, **cfg):
+    """Synthetic runs on disk and the store a LocalCluster-free local computation gives."""
+    out = tmp_path_factory.mktemp(name)
+    paths = write_synthetic(synthesize(SynthConfig(**cfg)), out / "data")
+    darks = {g: open_run(paths[f"dark-{g}"]) for g in GAINS}
+    ref = write_store(build_mask(darks, open_run(paths["flat"])), out / "local.zarr", compute=lambda d: dask.compute(d, scheduler="threads"))
+    jobqueue = out / "jobqueue.yaml"
+    jobqueue.write_text(f"jobqueue:\n  slurm:\n    memory: 2GiB\n    walltime: '00:20:00'\n    log-directory: {out / 'logs'}\n")
+    return out, paths, ref, jobqueue
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return make_runs(tmp_path_factory, "small", modules=2, cells=2, frames=30, flat_frames=30, seed=4)
+
+
+def mask_argv(paths, out, jobqueue, *extra):
+    return [
+        "mask", *(a for g in GAINS for a in (f"--dark-{g}", str(paths[f"dark-{g}"]))), "--flat", str(paths["flat"]),
+        "--out", str(out), "--cluster", "slurm", "--jobqueue", str(jobqueue), *extra,
+    ]
+
+
+def arrays(path):
+    out = {}
+
+    def walk(group, prefix=""):
+        for name, arr in group.arrays():
+            out[prefix + name] = arr[:]
+        for name, sub in group.groups():
+            walk(sub, f"{prefix}{name}/")
+
+    walk(zarr.open_group(path, mode="r"))
+    return out
+
+
+def assert_same_store(a, b):
+    sa, sb = arrays(a), arrays(b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+
+
+def squeue(*args) -> list[str]:
+    return subprocess.run(["squeue", "-h", *args], capture_output=True, text=True).stdout.split("\n")
+
+
+def test_slurm_store_identical_to_local(slurm, small, capsys):
+    out, paths, ref, jobqueue = small
+    assert main(mask_argv(paths, out / "slurm.zarr", jobqueue)) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"Slurm worker jobs: \d+", text) and "dashboard: http" in text
+    assert_same_store(ref, out / "slurm.zarr")
+    assert wait_queue_empty(), "worker jobs left behind"
+
+
+def test_cancelled_worker_job_does_not_fail_the_mask(slurm, tmp_path_factory):
+    out, paths, ref, jobqueue = make_runs(tmp_path_factory, "long", modules=2, cells=4, frames=100, flat_frames=100, seed=5)
+    target = out / "slurm.zarr"
+    result = {}
+    job = threading.Thread(target=lambda: result.setdefault("code", main(mask_argv(paths, target, jobqueue, "--workers", "2"))))
+    job.start()
+    # wait until both worker jobs run and the store is being written, then cancel one
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        running = [line.split()[0] for line in squeue("-n", "rmm-worker", "-t", "R", "-o", "%i") if line.strip()]
+        writing = any(p.name.startswith(".slurm.zarr.partial") for p in out.iterdir())
+        if len(running) == 2 and writing:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the worker jobs did not start")
+    time.sleep(3)
+    assert job.is_alive() and not target.exists(), "the job ended before a worker could be cancelled"
+    subprocess.run(["scancel", running[0]], check=True)
+    job.join(timeout=300)
+    assert not job.is_alive() and result["code"] == 0
+    assert_same_store(ref, target)
+    assert wait_queue_empty(), "worker jobs left behind"
+
+
+def test_rmm_submit_runs_as_a_batch_job(slurm, small, capsys):
+    out, paths, ref, jobqueue = small
+    target = out / "submitted.zarr"
+    argv = mask_argv(paths, target, jobqueue)
+    argv[0] = "submit"
+    cut = argv.index("--cluster")
+    del argv[cut : cut + 2]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    job_id = re.search(r"submitted batch job (\d+)", text).group(1)
+    log = re.search(r"log: (\S+)", text).group(1)
+    assert re.search(rf"result: {re.escape(str(target))}", text)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and any(line.strip() for line in squeue("-j", job_id)):
+        time.sleep(1)
+    content = open(log).read()
+    assert "mask store:" in content and "finished" in content, content[-3000:]
+    assert_same_store(ref, target)
+    assert wait_queue_empty(), "jobs left behind"
+
+
+def test_workers_that_never_start_fail_clearly(slurm, small, tmp_path, capsys):
+    out, paths, _, _ = small
+    pending = tmp_path / "jobqueue.yaml"
+    # accepted by Slurm, but never started within the timeout
+    pending.write_text("jobqueue:\n  slurm:\n    memory: 1GiB\n    job-extra-directives: ['--begin=now+3600']\n")
+    cfg = tmp_path / "rmm.yaml"
+    cfg.write_text("rmm-dask:\n  cluster:\n    slurm:\n      worker-start-timeout: 5\n")
+    t0 = time.monotonic()
+    assert main(mask_argv(paths, tmp_path / "m.zarr", pending, "--config", str(cfg))) == 3
+    assert time.monotonic() - t0 < 60
+    err = capsys.readouterr().err.strip()
+    assert "no Slurm worker job started within 5 s" in err and err.count("\n") == 0
+    assert not (tmp_path / "m.zarr").exists()
+    assert wait_queue_empty(), "the pending worker job was not cancelled"
+
+    refused = tmp_path / "refused.yaml"
+    refused.write_text("jobqueue:\n  slurm:\n    queue: no-such-partition\n")
+    assert main(mask_argv(paths, tmp_path / "m.zarr", refused)) == 3
+    assert "Slurm refuses the worker job" in capsys.readouterr().err
