@@ -147,61 +147,126 @@ def _nearest_window(v, n, theta, k):
     return lo
 
 
+BLOCK = 32  #: values per block of the prefix sums
+
+
 @numba.njit(cache=True, nogil=True)
-def _msse(v, p1, p2, n, theta, k0, lam2):
-    """MSSE scale around ``theta``: grow the k0 nearest points while i*r2 <= lam2*sum."""
+def _block_prefix(v, n, P1, P2):
+    """Prefix sums of v and v**2 at block boundaries: P[j] = sum(v[:j * BLOCK]).
+
+    Four partial sums per block in a fixed order break the chain of dependent
+    additions (4x faster than a running sum) and stay bit-identical on every CPU,
+    which reassociation by the compiler (fastmath) would not.
+    """
+    P1[0] = 0.0
+    P2[0] = 0.0
+    for j in range((n + BLOCK - 1) // BLOCK):
+        a = j * BLOCK
+        b = min(a + BLOCK, n)
+        s0 = s1 = s2 = s3 = 0.0
+        q0 = q1 = q2 = q3 = 0.0
+        i = a
+        while i + 4 <= b:
+            s0 += v[i]
+            s1 += v[i + 1]
+            s2 += v[i + 2]
+            s3 += v[i + 3]
+            q0 += v[i] * v[i]
+            q1 += v[i + 1] * v[i + 1]
+            q2 += v[i + 2] * v[i + 2]
+            q3 += v[i + 3] * v[i + 3]
+            i += 4
+        while i < b:
+            s0 += v[i]
+            q0 += v[i] * v[i]
+            i += 1
+        P1[j + 1] = P1[j] + ((s0 + s1) + (s2 + s3))
+        P2[j + 1] = P2[j] + ((q0 + q1) + (q2 + q3))
+
+
+@numba.njit(cache=True, nogil=True)
+def _prefix(v, P1, P2, k):
+    """(sum(v[:k]), sum(v[:k]**2)): the block prefix plus the rest of k's block."""
+    j = k // BLOCK
+    s1 = P1[j]
+    s2 = P2[j]
+    for i in range(j * BLOCK, k):
+        s1 += v[i]
+        s2 += v[i] * v[i]
+    return s1, s2
+
+
+@numba.njit(cache=True, nogil=True)
+def _sums(v, P1, P2, lo, hi):
+    """(sum, sum of squares) of v[lo:hi]."""
+    a1, a2 = _prefix(v, P1, P2, lo)
+    b1, b2 = _prefix(v, P1, P2, hi)
+    return b1 - a1, b2 - a2
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_ss(v, P1, P2, lo, hi, theta):
+    """Sum of (v - theta)**2 over v[lo:hi]."""
+    s1, s2 = _sums(v, P1, P2, lo, hi)
+    return max(s2 - 2.0 * theta * s1 + (hi - lo) * theta * theta, 0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _msse(v, P1, P2, n, theta, k0, lam2):
+    """MSSE scale around ``theta``: grow the k0 nearest points while i * r2 <= lam2 * sum.
+
+    The same answer as adding the next nearest point one at a time, in O(log N)
+    steps: m points are taken at once when even the farthest of them, counted with
+    the largest i and the smallest sum, passes; m doubles after a success and halves
+    after a failure, and a failure with m = 1 is the exact stop.
+    """
     lo = _nearest_window(v, n, theta, k0)
     hi = lo + k0
-    s1 = p1[hi] - p1[lo]
-    s2 = p2[hi] - p2[lo]
-    cum = s2 - 2.0 * theta * s1 + k0 * theta * theta
-    if cum < 0.0:
-        cum = 0.0
+    cum = _window_ss(v, P1, P2, lo, hi, theta)
     i = k0
-    while lo > 0 or hi < n:
-        dl = theta - v[lo - 1] if lo > 0 else np.inf
-        dh = v[hi] - theta if hi < n else np.inf
-        d = dl if dl <= dh else dh
-        r2 = d * d
-        if i * r2 > lam2 * cum:
+    m = 1
+    while i < n:
+        m = min(m, n - i)
+        k = i + m
+        lo2 = min(max(_nearest_window(v, n, theta, k), hi - k), lo)  # contains [lo, hi)
+        hi2 = lo2 + k
+        d = max(theta - v[lo2], v[hi2 - 1] - theta)  # the farthest of the k nearest
+        if (k - 1) * d * d <= lam2 * cum:
+            cum = _window_ss(v, P1, P2, lo2, hi2, theta)
+            lo, hi, i = lo2, hi2, k
+            m *= 2
+        elif m == 1:
             break
-        cum += r2
-        i += 1
-        if dl <= dh:
-            lo -= 1
         else:
-            hi += 1
+            m //= 2
     return math.sqrt(cum / (i - 1)) if i > 1 else 0.0
 
 
 @numba.njit(cache=True, nogil=True)
-def _inlier_mean(v, p1, n, theta, radius):
+def _inlier_mean(v, P1, P2, n, theta, radius):
     a = np.searchsorted(v[:n], theta - radius, side="left")
     b = np.searchsorted(v[:n], theta + radius, side="right")
     if b <= a:
         return theta, a, b
-    return (p1[b] - p1[a]) / (b - a), a, b
+    return _sums(v, P1, P2, a, b)[0] / (b - a), a, b
 
 
 @numba.njit(cache=True, nogil=True)
-def _fit_sorted_row(row, v, p1, p2, likely, certain, lam, n_iter, corr, background):
-    """Fit one sorted row; ``v``, ``p1``, ``p2`` are work buffers. Returns (mu, sigma)."""
+def _fit_sorted_row(row, v, P1, P2, likely, certain, lam, n_iter, corr, background):
+    """Fit one sorted row; ``v``, ``P1``, ``P2`` are work buffers. Returns (mu, sigma)."""
     lo, hi = _finite_span(row)
     n = hi - lo
     if n == 0:
         return np.nan, np.nan
     # values relative to the median, so that prefix sums keep their precision
     center = float(row[lo + n // 2])
-    p1[0] = 0.0
-    p2[0] = 0.0
     for i in range(n):
-        d = float(row[lo + i]) - center
-        v[i] = d
-        p1[i + 1] = p1[i] + d
-        p2[i + 1] = p2[i] + d * d
+        v[i] = float(row[lo + i]) - center
+    _block_prefix(v, n, P1, P2)
     if n < 5:  # too few for order statistics: plain mean and std
-        mean = p1[n] / n
-        var = (p2[n] - n * mean * mean) / (n - 1) if n > 1 else 0.0
+        s1, s2 = _sums(v, P1, P2, 0, n)
+        mean = s1 / n
+        var = (s2 - n * mean * mean) / (n - 1) if n > 1 else 0.0
         return mean + center, math.sqrt(max(var, 0.0))
 
     # 1. mode: FLkOS steps on the nested windows of nearest points
@@ -213,7 +278,7 @@ def _fit_sorted_row(row, v, p1, p2, likely, certain, lam, n_iter, corr, backgrou
             lo2 = _nearest_window(v, n, theta, k2)
             lo1 = _nearest_window(v, n, theta, k1) if k1 > 0 else lo2
             lo1 = min(max(lo1, lo2), lo2 + k2 - k1)  # keep the inner window inside the outer
-            s = (p1[lo2 + k2] - p1[lo2]) - (p1[lo1 + k1] - p1[lo1])
+            s = _sums(v, P1, P2, lo2, lo2 + k2)[0] - _sums(v, P1, P2, lo1, lo1 + k1)[0]
             new = s / (k2 - k1)
             if new == theta:
                 break
@@ -222,16 +287,15 @@ def _fit_sorted_row(row, v, p1, p2, likely, certain, lam, n_iter, corr, backgrou
     # 2. scale by MSSE, 3. refine the mode on the inliers, twice, as the reference library
     k0 = max(k2, 2)
     lam2 = lam * lam
-    sigma = _msse(v, p1, p2, n, theta, k0, lam2)
-    theta, a, b = _inlier_mean(v, p1, n, theta, lam * sigma)
-    sigma = _msse(v, p1, p2, n, theta, k0, lam2)
-    theta, a, b = _inlier_mean(v, p1, n, theta, lam * sigma)
+    sigma = _msse(v, P1, P2, n, theta, k0, lam2)
+    theta, a, b = _inlier_mean(v, P1, P2, n, theta, lam * sigma)
+    sigma = _msse(v, P1, P2, n, theta, k0, lam2)
+    theta, a, b = _inlier_mean(v, P1, P2, n, theta, lam * sigma)
     # final inliers: mean and std of the points within lam * sigma
     k = b - a
     if k < 2:
         return theta + center, 0.0
-    s1 = p1[b] - p1[a]
-    s2 = p2[b] - p2[a]
+    s1, s2 = _sums(v, P1, P2, a, b)
     nk = float(k)
     if background:
         # Outliers spread evenly over the inlier band are indistinguishable from inliers
@@ -257,10 +321,10 @@ def _fit_sorted_row(row, v, p1, p2, likely, certain, lam, n_iter, corr, backgrou
 def _fit_sorted_rows(srt, likely, certain, lam, n_iter, corr, background, min_sigma, mu, sigma):
     n = srt.shape[1]
     v = np.empty(n)
-    p1 = np.empty(n + 1)
-    p2 = np.empty(n + 1)
+    P1 = np.empty(n // BLOCK + 2)
+    P2 = np.empty(n // BLOCK + 2)
     for r in range(srt.shape[0]):
-        m, s = _fit_sorted_row(srt[r], v, p1, p2, likely, certain, lam, n_iter, corr, background)
+        m, s = _fit_sorted_row(srt[r], v, P1, P2, likely, certain, lam, n_iter, corr, background)
         mu[r] = m
         sigma[r] = max(s, min_sigma) if s == s else s
 
