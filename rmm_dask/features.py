@@ -88,8 +88,9 @@ def pixel_moments(frames, keep=None):
     """Per-pixel mean, standard deviation (ddof=1) and frame count over the kept frames.
 
     ``frames`` is ``(..., frame, y, x)``; ``keep`` an optional ``(..., frame)`` bool.
-    Integer data is accumulated exactly in int64 in one pass over the frames (no
-    cancellation, whatever the offset); float data ignores NaN per pixel.
+    Raw unsigned 16-bit data (up to 32767 frames) is accumulated exactly in 64-bit
+    integers in one pass over the frames (no cancellation, whatever the offset); other
+    data in two float64 passes, ignoring NaN per pixel.
     Returns float64 ``mean``, ``std`` of shape ``(..., y, x)`` and int ``count``
     (frames that contributed, per pixel). With fewer than 2 frames std is NaN.
     """
@@ -100,15 +101,13 @@ def pixel_moments(frames, keep=None):
     n_frames, ny, nx = x.shape[1:]
     x = x.reshape(x.shape[0], n_frames, ny * nx)
     keep = _keep_rows(keep, lead, n_frames)
-    if frames.dtype.kind in "iu":
-        n = keep.sum(axis=1)
-        vmax = float(np.iinfo(frames.dtype).max)
-        if float(n.max(initial=0)) ** 2 * vmax * vmax >= 2.0**62:
-            raise ValueError(f"too many frames ({n.max()}) for exact accumulation of {frames.dtype} data")
+    n = keep.sum(axis=1)
+    if frames.dtype.kind == "u" and frames.dtype.itemsize <= 2 and float(n.max(initial=0)) < 2**15:
+        # n * sum(v^2) < 2**63: the variance is exact in integers
         mean, var = _moments_int(x, keep)
         count = np.broadcast_to(n[:, None], mean.shape)
-    elif frames.dtype.kind == "f":
-        mean, var, count = _moments_float(x, keep)
+    elif frames.dtype.kind in "iuf":
+        mean, var, count = _moments_float(x if frames.dtype.kind == "f" else x.astype(np.float64), keep)
     else:
         raise TypeError(f"cannot compute moments of {frames.dtype} data")
     out = (lead + (ny, nx)) if lead else (ny, nx)
@@ -117,33 +116,39 @@ def pixel_moments(frames, keep=None):
     return mean.reshape(out), std.reshape(out), np.ascontiguousarray(count).reshape(out)
 
 
+PIXEL_BLOCK = 2048  #: pixels whose accumulators (32 KiB) stay in L1 while all frames stream by
+
+
 @numba.njit(cache=True, nogil=True)
 def _moments_int(x, keep):
+    """Exact per-pixel sums of unsigned 16-bit values: one pass, frames streamed per pixel block."""
     rows, n_frames, n_pix = x.shape
     mean = np.empty((rows, n_pix))
     var = np.empty((rows, n_pix))
-    s = np.empty(n_pix, dtype=np.int64)
-    ss = np.empty(n_pix, dtype=np.int64)
+    s = np.empty(PIXEL_BLOCK, dtype=np.uint64)
+    ss = np.empty(PIXEL_BLOCK, dtype=np.uint64)
     for r in range(rows):
-        s[:] = 0
-        ss[:] = 0
-        n = 0
-        for f in range(n_frames):
-            if not keep[r, f]:
-                continue
-            n += 1
-            for p in range(n_pix):
-                v = np.int64(x[r, f, p])
-                s[p] += v
-                ss[p] += v * v
-        for p in range(n_pix):
-            if n == 0:
-                mean[r, p] = np.nan
-                var[r, p] = np.nan
-                continue
-            mean[r, p] = s[p] / n
-            # n * sum(x^2) - sum(x)^2 is exact in integers
-            var[r, p] = (n * ss[p] - s[p] * s[p]) / (n * (n - 1.0)) if n > 1 else np.nan
+        frames = np.nonzero(keep[r])[0]
+        n = frames.shape[0]
+        for p0 in range(0, n_pix, PIXEL_BLOCK):
+            m = min(PIXEL_BLOCK, n_pix - p0)
+            s[:m] = 0
+            ss[:m] = 0
+            for f in frames:
+                row = x[r, f, p0 : p0 + m]
+                for p in range(m):
+                    v = np.uint32(row[p])
+                    s[p] += v
+                    ss[p] += v * v  # < 2**32 for 16-bit values
+            for p in range(m):
+                if n == 0:
+                    mean[r, p0 + p] = np.nan
+                    var[r, p0 + p] = np.nan
+                    continue
+                mean[r, p0 + p] = s[p] / n
+                # n * sum(x^2) - sum(x)^2 is exact in integers
+                t1 = np.int64(s[p])
+                var[r, p0 + p] = (n * np.int64(ss[p]) - t1 * t1) / (n * (n - 1.0)) if n > 1 else np.nan
     return mean, var
 
 
