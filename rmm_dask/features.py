@@ -323,14 +323,23 @@ def _plane_lsq(xs, ys, zs, idx, a_, b_):
 
 
 @numba.njit(cache=True, nogil=True)
-def _msse_sorted(r2s, k0, lam2):
+def _msse_sorted(r2, n, k0, lam2, idx):
+    """MSSE scale of the squared residuals r2[:n], starting from the k0 smallest.
+
+    The k0 smallest are found by selection; only the rest is sorted, as the walk needs it.
+    """
+    for i in range(n):
+        idx[i] = i
+    _select(idx, r2, 0, n, k0 - 1)
     cum = 0.0
     for i in range(k0):
-        cum += r2s[i]
+        cum += r2[idx[i]]
+    rest = np.sort(r2[idx[k0:n]])
     i = k0
-    n = r2s.shape[0]
-    while i < n and i * r2s[i] <= lam2 * cum:
-        cum += r2s[i]
+    for v in rest:
+        if i * v > lam2 * cum:
+            break
+        cum += v
         i += 1
     return math.sqrt(cum / (i - 1)) if i > 1 else 0.0
 
@@ -361,30 +370,25 @@ def _select(idx, key, lo, hi, k):
 
 
 @numba.njit(cache=True, nogil=True)
-def _robust_plane(xs, ys, zs, n, likely, certain, lam, n_iter, corr):
+def _robust_plane(xs, ys, zs, n, likely, certain, lam, n_iter, corr, r, idx):
     """FLkOS plane fit to the first n points; returns (a, b, c, sigma).
 
     Each step takes the points whose residual ranks between ``certain * n`` and
     ``likely * n`` (found by selection, not sorting) and fits a least-squares
-    plane to them; it stops early when that set no longer changes.
+    plane to them. ``r`` (float)
+    and ``idx`` (int) are work buffers of at least n values.
     """
     k1 = int(n * certain)
     k2 = int(n * likely)
-    r = np.empty(n)
-    idx = np.arange(n)
-    a, b, c = 0.0, 0.0, np.median(zs[:n])
-    prev = (-1, -1)
+    for i in range(n):
+        idx[i] = i
+    _select(idx, zs, 0, n, n // 2)
+    a, b, c = 0.0, 0.0, zs[idx[n // 2]]  # start at the median
     for _ in range(n_iter):
         for i in range(n):
             r[i] = abs(zs[i] - (a * xs[i] + b * ys[i] + c))
         _select(idx, r, 0, n, k2 - 1)
         _select(idx, r, 0, k2 - 1, k1)
-        key = (0, 0)  # the sample as a set: sum and sum of squares of its indices
-        for j in range(k1, k2):
-            key = (key[0] + idx[j], key[1] + idx[j] * idx[j])
-        if key == prev:
-            break
-        prev = key
         a, b, c = _plane_lsq(xs, ys, zs, idx, k1, k2)
     lam2 = lam * lam
     k0 = max(k2, 3)
@@ -392,7 +396,7 @@ def _robust_plane(xs, ys, zs, n, likely, certain, lam, n_iter, corr):
         for i in range(n):
             d = zs[i] - (a * xs[i] + b * ys[i] + c)
             r[i] = d * d
-        sigma = _msse_sorted(np.sort(r), k0, lam2)
+        sigma = _msse_sorted(r, n, k0, lam2, idx)
         m = 0
         for i in range(n):
             if r[i] <= lam2 * sigma * sigma:
@@ -422,6 +426,8 @@ def _flat_snr(x, off, use, keep, ty, tx, likely, certain, lam, n_iter, corr, min
     xs = np.empty(npt)
     ys = np.empty(npt)
     zs = np.empty(npt)
+    work = np.empty(npt)
+    idx = np.empty(npt, dtype=np.int64)
     for r in range(rows):
         for f in range(n_frames):
             if not keep[r, f]:
@@ -439,7 +445,7 @@ def _flat_snr(x, off, use, keep, ty, tx, likely, certain, lam, n_iter, corr, min
                                 n += 1
                     if n < 12:
                         continue
-                    a, b, c, sigma = _robust_plane(xs, ys, zs, n, likely, certain, lam, n_iter, corr)
+                    a, b, c, sigma = _robust_plane(xs, ys, zs, n, likely, certain, lam, n_iter, corr, work, idx)
                     sigma = max(sigma, min_sigma)
                     for yy in range(y0, y0 + ty):
                         for xx in range(x0, x0 + tx):
