@@ -28,7 +28,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-bench
-	@for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	@for b in dark robust flat e2e quality; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -375,8 +375,7 @@ def _robust_plane(xs, ys, zs, n, likely, certain, lam, n_iter, corr, r, idx):
 
     Each step takes the points whose residual ranks between ``certain * n`` and
     ``likely * n`` (found by selection, not sorting) and fits a least-squares
-    plane to them. ``r`` (float)
-    and ``idx`` (int) are work buffers of at least n values.
+    plane to them. ``r`` (float) and ``idx`` (int) are work buffers of at least n values.
     """
     k1 = int(n * certain)
     k2 = int(n * likely)
