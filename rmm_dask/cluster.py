@@ -30,11 +30,19 @@ def dask_client(
     ``rmm-dask.cluster`` config), ``"slurm"`` (dask-jobqueue's SLURMCluster from the
     ``jobqueue.slurm`` config, scaled adaptively up to ``max_workers``), or a scheduler
     address (``tcp://host:8786``). The dashboard link is echoed at start. The workers
-    end with the block, whether it succeeds, fails or is interrupted (Ctrl-C).
+    end with the block, whether it succeeds, fails or is interrupted (Ctrl-C). The
+    schedulers started here queue read tasks with ``rmm-dask.cluster.worker-saturation``.
     """
+    conf = dask.config.get("rmm-dask.cluster")
+    with dask.config.set({"distributed.scheduler.worker-saturation": conf["worker-saturation"]}):
+        with _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, echo) as client:
+            yield client
+
+
+@contextlib.contextmanager
+def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, echo):
     from distributed import Client, LocalCluster
 
-    conf = dask.config.get("rmm-dask.cluster")
     if cluster == "local":
         local = LocalCluster(
             n_workers=n_workers or conf["n-workers"],

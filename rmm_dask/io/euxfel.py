@@ -16,10 +16,11 @@ one instrument source ``<detector id>/DET/<module>CH0:xtdf`` with
 
 :func:`open_euxfel_run` reads the run's metadata through EXtra-data (sources, trains,
 per-frame cell ids), keeps the trains that have the same cell sequence in every
-module, and builds ONE dask array ``(module, cell, frame, 2, y, x)`` from its own
+module, and builds ONE dask array ``(module, cell, 2, frame, y, x)`` from its own
 h5py read tasks, one per (module, block of cells): each task reads the frames of its
-cells for all kept trains (a strided selection per sequence file) straight into its
-output. ``analog`` and ``gain`` are slices of that array, so computing both reads once.
+cells for all kept trains (one read per frame, in file order) into its output, where
+each (cell, plane) is a contiguous (frame, y, x) array. ``analog`` and ``gain`` are
+slices of that array, so computing both reads once.
 """
 
 from __future__ import annotations
@@ -298,12 +299,16 @@ class _RawBlock:
 
 
 def _read_raw_block(block: _RawBlock) -> np.ndarray:
-    """Read (1, cells, frame, 2, y, x): for each cell of the block, its frame in every kept train.
+    """Read (1, cells, 2, frame, y, x): for each cell of the block, its frame in every kept train.
 
-    One HDF5 read per frame (a frame is one chunk), in file order, straight into the
-    output: a strided hyperslab over the same frames is 30-60 times slower in HDF5 1.14.
+    One HDF5 read per frame (a frame is one chunk), in file order: a strided hyperslab
+    over the same frames is 30-60 times slower in HDF5 1.14. The analog and gain planes
+    of a frame go to separate places, so that each (cell, plane) is one contiguous
+    (frame, y, x) array: the kernels then read it in place instead of copying it.
     """
-    out = np.empty((1, len(block.positions), block.n_frames, *block.frame_shape), dtype=np.uint16)
+    planes, ny, nx = block.frame_shape
+    out = np.empty((1, len(block.positions), planes, block.n_frames, ny, nx), dtype=np.uint16)
+    frame = np.empty((1, *block.frame_shape), dtype=np.uint16)
     step = block.n_cells
     for index, path in enumerate(block.files):
         segments = block.segments[block.segments[:, 0] == index]
@@ -322,7 +327,8 @@ def _read_raw_block(block: _RawBlock) -> np.ndarray:
                     for k in range(n):
                         for i, pos in enumerate(block.positions):
                             file_space.select_hyperslab((start + k * step + pos, *zeros), count)
-                            dsid.read(mem_space, file_space, out[0, i, dest + k : dest + k + 1])
+                            dsid.read(mem_space, file_space, frame)
+                            out[0, i, :, dest + k] = frame[0]
         except InputError:
             raise
         except (OSError, KeyError, ValueError) as e:
@@ -601,6 +607,8 @@ def open_euxfel_run(
     detector_id, sources = _find_sources(run, run_dir, det, detector_id, modules)
     mods = [_module_frames(run, m, s, det) for m, s in sources.items()]
     n_run_trains = len(run.train_ids)
+    for fa in run.files:  # metadata read: close EXtra-data's handles now rather than at garbage collection,
+        fa.close()  # or a file replaced or damaged meanwhile is read through the stale handle
     del run
     kept, reference, notes = _select_trains(mods, run_dir)
     cell_ids = np.frombuffer(reference, dtype=np.uint16).astype(np.int64)
@@ -646,7 +654,7 @@ def open_euxfel_run(
     name = "euxfel-raw-" + tokenize(
         file_token(files), detector_id, sorted(sources.items()), kept, reference, cells_per_chunk, frame_shape
     )
-    chunks = ((1,) * len(mods), cell_chunks, (n_frames,), (2,), (frame_shape[1],), (frame_shape[2],))
+    chunks = ((1,) * len(mods), cell_chunks, (2,), (n_frames,), (frame_shape[1],), (frame_shape[2],))
     raw = graph_array(name, tasks, chunks, np.uint16)
 
     coords = {
@@ -658,7 +666,7 @@ def open_euxfel_run(
     if pulse_ids is not None:
         coords["pulse_id"] = ("cell", pulse_ids)
     return xr.Dataset(
-        {"analog": (DIMS, raw[:, :, :, 0]), "gain": (DIMS, raw[:, :, :, 1])},
+        {"analog": (DIMS, raw[:, :, 0]), "gain": (DIMS, raw[:, :, 1])},
         coords=coords,
         attrs={
             "detector": det.name,
