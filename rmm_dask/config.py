@@ -41,15 +41,19 @@ def _jobqueue_defaults() -> None:
 _jobqueue_defaults()
 
 
-def load_config(path: str | os.PathLike) -> dict:
-    """Merge a user's YAML file (keys under ``rmm-dask:``, as in configs/rmm.yaml) into dask.config."""
+def _read_yaml(path: str | os.PathLike):
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            return yaml.safe_load(f) or {}
     except OSError as err:
         raise InputError(path, f"cannot read the configuration: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise InputError(path, f"not valid YAML: {err}") from None
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Merge a user's YAML file (keys under ``rmm-dask:``, as in configs/rmm.yaml) into dask.config."""
+    data = _read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get(KEY, {}), dict) or set(data) - {KEY}:
         raise InputError(path, f"expected a mapping with the parameters under '{KEY}:'")
     unknown = set(data.get(KEY, {})) - set(dask.config.get(KEY))
@@ -61,13 +65,7 @@ def load_config(path: str | os.PathLike) -> dict:
 
 def load_jobqueue_config(path: str | os.PathLike) -> None:
     """Merge a dask-jobqueue YAML file (``jobqueue: slurm: ...``) into dask.config."""
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except OSError as err:
-        raise InputError(path, f"cannot read the jobqueue configuration: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise InputError(path, f"not valid YAML: {err}") from None
+    data = _read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("jobqueue"), dict):
         raise InputError(path, "expected dask-jobqueue settings under 'jobqueue: slurm:'")
     dask.config.update(dask.config.config, data, priority="new")

@@ -164,12 +164,12 @@ def open_store(path) -> zarr.Group:
     return root
 
 
-def _walk(group: zarr.Group, prefix: str = ""):
+def walk_arrays(group: zarr.Group, prefix: str = ""):
     """(path, array) for every array below ``group``, depth first, in name order."""
     for name in sorted(group.array_keys()):
         yield prefix + name, group[name]
     for name in sorted(group.group_keys()):
-        yield from _walk(group[name], f"{prefix}{name}/")
+        yield from walk_arrays(group[name], f"{prefix}{name}/")
 
 
 def export_h5(store, out, *, overwrite: bool = False) -> Path:
@@ -183,7 +183,7 @@ def export_h5(store, out, *, overwrite: bool = False) -> Path:
     tmp = _partial_path(target, "partial")
     try:
         with h5py.File(tmp, "w") as f:
-            for path, arr in _walk(root):
+            for path, arr in walk_arrays(root):
                 plane = arr.chunks if arr.ndim >= 3 else None
                 ds = f.create_dataset(
                     path, shape=arr.shape, dtype=arr.dtype, chunks=plane, compression="gzip" if plane else None, compression_opts=1 if plane else None, shuffle=bool(plane)

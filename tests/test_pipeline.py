@@ -5,13 +5,14 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-import zarr
 
 from rmm_dask.errors import InputError
 from rmm_dask.mask import Params, module_mask
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import export_h5, open_store, write_store
 from rmm_dask.synth import GAINS, SynthConfig, synthesize
+
+from .stores import assert_same_store, store_arrays
 
 DIMS = ("module", "cell", "frame", "y", "x")
 
@@ -66,30 +67,6 @@ def test_graph_equals_the_in_memory_recipe(calib):
         np.testing.assert_array_equal(ds.offset.values[m], ref.features["offset"])
         np.testing.assert_array_equal(ds.snr_flat_snr.values[m], ref.snr["flat_snr"])
         np.testing.assert_array_equal(ds.rejected_frames_low.values[m], ref.rejected_frames[2])
-
-
-def store_arrays(path):
-    root = zarr.open_group(path, mode="r")
-    out = {}
-
-    def walk(group, prefix=""):
-        for name, arr in group.arrays():
-            out[prefix + name] = arr[:]
-        for name, sub in group.groups():
-            walk(sub, f"{prefix}{name}/")
-
-    walk(root)
-    return out
-
-
-def assert_same_store(a, b, skip=""):
-    sa, sb = store_arrays(a), store_arrays(b)
-    if skip:
-        sa = {k: v for k, v in sa.items() if not k.startswith(skip)}
-        sb = {k: v for k, v in sb.items() if not k.startswith(skip)}
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
 
 
 @pytest.fixture(scope="module")

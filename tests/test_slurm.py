@@ -11,9 +11,7 @@ import threading
 import time
 
 import dask
-import numpy as np
 import pytest
-import zarr
 
 from rmm_dask.cli import main
 from rmm_dask.io import open_run
@@ -23,6 +21,7 @@ from rmm_dask.store import write_store
 from rmm_dask.synth import GAINS, SynthConfig, synthesize
 
 from .conftest import wait_queue_empty
+from .stores import assert_same_store
 
 pytestmark = pytest.mark.slurm
 
@@ -48,26 +47,6 @@ def mask_argv(paths, out, jobqueue, *extra):
         "mask", *(a for g in GAINS for a in (f"--dark-{g}", str(paths[f"dark-{g}"]))), "--flat", str(paths["flat"]),
         "--out", str(out), "--cluster", "slurm", "--jobqueue", str(jobqueue), *extra,
     ]
-
-
-def arrays(path):
-    out = {}
-
-    def walk(group, prefix=""):
-        for name, arr in group.arrays():
-            out[prefix + name] = arr[:]
-        for name, sub in group.groups():
-            walk(sub, f"{prefix}{name}/")
-
-    walk(zarr.open_group(path, mode="r"))
-    return out
-
-
-def assert_same_store(a, b):
-    sa, sb = arrays(a), arrays(b)
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
 
 
 def squeue(*args) -> list[str]:
