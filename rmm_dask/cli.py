@@ -77,6 +77,8 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     from .pipeline import build_mask
     from .store import write_store
 
+    if Path(out).exists() and not overwrite:  # before any cluster is started
+        raise InputError(Path(out).absolute(), "exists already (give --overwrite to replace it)")
     for name, ds in list(darks.items()) + ([("flat", flat)] if flat is not None else []):
         for note in ds.attrs.get("notes", []):
             echo(f"{name} run {ds.attrs.get('path')}: {note}")
