@@ -11,8 +11,10 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,13 +40,35 @@ def _setup_config(args):
     jobqueue = getattr(args, "jobqueue", None) or os.environ.get("RMM_JOBQUEUE_CONFIG")
     if jobqueue:
         load_jobqueue_config(jobqueue)
-    return params_from_config(lam=getattr(args, "lam", None), method=getattr(args, "method", None))
+    try:
+        return params_from_config(lam=getattr(args, "lam", None), method=getattr(args, "method", None))
+    except (ValueError, TypeError, KeyError) as err:
+        raise InputError(getattr(args, "config", None) or "parameters", f"invalid parameters: {err}") from None
+
+
+def _check_run_options(args):
+    """What argparse cannot check: a dark run, a known detector, a flat stage with its dark."""
+    from .detectors import get_detector
+
+    given = [g for g in GAIN_OPTIONS if getattr(args, f"dark_{g}")]
+    if not given:
+        raise InputError("--dark-high", "at least one dark run is needed")
+    try:
+        get_detector(args.detector)
+    except KeyError as err:
+        raise InputError("--detector", err.args[0]) from None
+    if args.flat and args.flat_stage and args.flat_stage not in given:
+        raise InputError("--flat-stage", f"the flat run is in {args.flat_stage} gain, but no --dark-{args.flat_stage} run is given")
+    if args.cells_per_chunk is not None and args.cells_per_chunk < 1:
+        raise InputError("--cells-per-chunk", "must be at least 1")
 
 
 def _cells_per_chunk(args) -> int:
     import dask.config
 
-    return args.cells_per_chunk or int(dask.config.get("rmm-dask.chunking.cells-per-chunk"))
+    if args.cells_per_chunk is not None:
+        return args.cells_per_chunk
+    return int(dask.config.get("rmm-dask.chunking.cells-per-chunk"))
 
 
 def _open_runs(args, detector):
@@ -91,8 +115,7 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
 
 def _mask(args) -> int:
     console = _console()
-    if not any(getattr(args, f"dark_{g}") for g in GAIN_OPTIONS):
-        raise InputError("--dark-high", "at least one dark run is needed")
+    _check_run_options(args)
     params = _setup_config(args)
     darks, flat = _open_runs(args, args.detector)
     t0 = time.perf_counter()
@@ -258,10 +281,12 @@ def _add_mask_arguments(p):
 def _submit(args) -> int:
     from .submit import submit
 
-    if not any(getattr(args, f"dark_{g}") for g in GAIN_OPTIONS):
-        raise InputError("--dark-high", "at least one dark run is needed")
-    _setup_config(args)
-    _open_runs(args, args.detector)  # metadata only: bad input fails here, not in the queue
+    from .pipeline import build_mask
+
+    _check_run_options(args)
+    params = _setup_config(args)
+    darks, flat = _open_runs(args, args.detector)  # metadata only: bad input fails here, not in the queue
+    build_mask(darks, flat, detector=args.detector, params=params, flat_stage=args.flat_stage)  # the graph's checks
     out = Path(args.out).absolute()
     if out.exists() and not args.overwrite:
         raise InputError(out, "exists already (give --overwrite to replace it)")
@@ -332,8 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # scancel and Slurm's time limit send SIGTERM: clean up as on Ctrl-C (cancel the
+        # worker jobs, remove the partial store) rather than die on the spot
+        signal.signal(signal.SIGTERM, _terminated)
     # the scheduler runs in this process: its routine messages (and the tracebacks it logs
     # at INFO level when worker jobs are cancelled at the end) are not for the user
     logging.getLogger("distributed").setLevel(logging.WARNING)

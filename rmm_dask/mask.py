@@ -40,9 +40,22 @@ class Params:
     features: tuple[str, ...] = FEATURES  #: which features to use
 
     def __post_init__(self):
+        from .robust import METHODS
+
         unknown = set(self.features) - set(FEATURES)
         if unknown:
             raise ValueError(f"unknown features {sorted(unknown)}; known: {', '.join(FEATURES)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown statistics {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("lam", "f1_lambda", "f1_min_sigma"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        for name in ("window", "flat_tile"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 2 or min(value) < 1):
+                raise ValueError(f"{name} must be two positive sizes [y, x], not {list(value)}")
+        if self.min_frames < 2 or self.f1_pixels < 1:
+            raise ValueError("min_frames must be at least 2 and f1_pixels at least 1")
 
 
 @dataclass
@@ -66,7 +79,8 @@ class ModuleMask:
     #: name -> (gain, cell, y, x) float32; flat_snr (F6) is (cell, y, x)
     features: dict[str, np.ndarray] = field(default_factory=dict)
     snr: dict[str, np.ndarray] = field(default_factory=dict)  #: feature name -> SNR against its ASIC model, same shapes
-    rejected_frames: np.ndarray | None = None  #: (gain, cell, frame) bool, F1
+    #: F1: per gain stage a (cell, frame) bool array; the stages' runs may differ in length
+    rejected_frames: list[np.ndarray] = field(default_factory=list)
 
 
 def _set(mask, where, bit):
@@ -145,7 +159,7 @@ def classify_dark(stages: list[DarkStage], detector: Detector, params: Params = 
         mask=mask,
         features={k: np.stack(v).astype(np.float32) for k, v in features.items()},
         snr={k: np.stack(v).astype(np.float32) for k, v in snrs.items()},
-        rejected_frames=np.stack([~s.keep for s in stages]),
+        rejected_frames=[~s.keep for s in stages],
     )
 
 

@@ -11,7 +11,8 @@ Layout (DESIGN.md, Stores), the same in Zarr and HDF5:
 
 A store is written under a hidden temporary name beside its target and renamed into
 place only when every array is written: a reader never sees half a mask, and a job
-that fails or is interrupted leaves the previous store as it was.
+that fails or is interrupted leaves the previous store as it was (see ``_publish`` for
+how ``--overwrite`` swaps a directory).
 """
 
 from __future__ import annotations
@@ -55,7 +56,24 @@ def _partial_path(target: Path, what: str) -> Path:
 
 
 def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
-    """Rename the complete ``tmp`` into place; an old target is removed only once replaced."""
+    """Move the complete ``tmp`` into place; never over an existing target unless ``overwrite``.
+
+    A file is published with one atomic step (a hard link that fails if the target
+    appeared meanwhile, or ``os.replace`` when overwriting). A directory store cannot be
+    swapped atomically: an existing one is renamed aside, the new one renamed in, and
+    the old one deleted only then (restored if the second rename fails); readers may
+    see no store for the moment between the two renames, never a partial one.
+    """
+    if tmp.is_file():
+        if overwrite:
+            os.replace(tmp, target)
+            return
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise InputError(target, "exists already (give --overwrite to replace it)") from None
+        tmp.unlink()
+        return
     if not target.exists():
         os.rename(tmp, target)
         return
@@ -84,7 +102,7 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
     ``compute`` is called with the dask collection that writes every array (default:
     :func:`rmm_dask.cluster.compute`, with a progress bar); the store appears at
     ``path`` only when it is complete. An existing ``path`` is refused unless
-    ``overwrite``, and is then replaced in one rename after the new store is complete.
+    ``overwrite``, and is then replaced only after the new store is complete.
     """
     import dask.array as da
 
@@ -180,6 +198,8 @@ def export_h5(store, out, *, overwrite: bool = False) -> Path:
     target = Path(out).absolute()
     if target.exists() and not overwrite:
         raise InputError(target, "exists already (give --overwrite to replace it)")
+    if not target.parent.is_dir():
+        raise InputError(target.parent, "no such directory for the export")
     tmp = _partial_path(target, "partial")
     try:
         with h5py.File(tmp, "w") as f:

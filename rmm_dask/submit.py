@@ -9,6 +9,7 @@ script comes from ``deploy/slurm/rmm-mask.sbatch`` (shipped as
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shlex
 import subprocess
 import sys
@@ -30,7 +31,8 @@ def job_script(mask_args: list[str], out: Path, *, log_dir: Path | None = None) 
     conf = dask.config.get("rmm-dask.submit")
     slurm = dask.config.get("jobqueue.slurm")
     log_dir = Path(log_dir or conf.get("log-directory") or out.parent).absolute()
-    log = log_dir / f"rmm-mask-{out.name}-%j.log"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", out.name)  # a job name and file names without spaces or quotes
+    log = log_dir / f"rmm-mask-{name}-%j.log"
     directives = []
     if slurm.get("queue"):
         directives.append(f"#SBATCH --partition={slurm['queue']}")
@@ -39,7 +41,7 @@ def job_script(mask_args: list[str], out: Path, *, log_dir: Path | None = None) 
     directives += [f"#SBATCH {d}" for d in slurm.get("job-extra-directives") or []]
     command = [sys.executable, "-m", "rmm_dask", "mask", *mask_args, "--cluster", "slurm"]
     script = Template(TEMPLATE.read_text()).substitute(
-        job_name=f"rmm-mask-{out.name}",
+        job_name=f"rmm-mask-{name}",
         log=log,
         walltime=conf["walltime"],
         cpus=int(conf["cpus"]),
@@ -57,7 +59,7 @@ def submit(mask_args: list[str], out: Path, *, log_dir: Path | None = None) -> t
     script, log = job_script(mask_args, out, log_dir=log_dir)
     log.parent.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = log.parent / f"rmm-mask-{out.name}-{stamp}.sbatch"
+    path = log.parent / (log.name.replace("-%j.log", "") + f"-{stamp}.sbatch")
     path.write_text(script)
     try:
         proc = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, timeout=60)

@@ -118,3 +118,47 @@ def test_demo(tmp_path, capsys):
     for word in ("dashboard: http", "HOT", "UNDER_RESPONDING", "clean pixels flagged", "Zarr store:", "HDF5 export:"):
         assert word in out
     assert (tmp_path / "d" / "mask.zarr").is_dir() and (tmp_path / "d" / "mask.h5").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        (["--flat-stage", "low", "--detector", "AGIPD1M"], ["--flat-stage", "no --dark-low"]),
+        (["--detector", "EIGER99"], ["--detector", "unknown detector 'EIGER99'"]),
+        (["--cells-per-chunk", "0"], ["--cells-per-chunk", "at least 1"]),
+        (["--lambda", "-1"], ["parameters", "lam must be positive"]),
+    ],
+)
+def test_bad_options(runs, tmp_path, capsys, extra, needles):
+    args = mask_args(runs, tmp_path / "m.zarr", *extra)
+    if "--flat-stage" in extra:  # only a high dark and the flat
+        args = ["mask", "--dark-high", raw(runs, 1), "--flat", raw(runs, 4), "--out", str(tmp_path / "m.zarr"), *extra]
+    assert main(args) == 2
+    one_line_error(capsys, *needles)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_method_in_config_and_export_to_a_missing_directory(store, runs, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("rmm-dask:\n  method: median\n")
+    assert main(mask_args(runs, tmp_path / "m.zarr", "--config", str(cfg))) == 2
+    one_line_error(capsys, "c.yaml", "unknown statistics 'median'")
+    assert main(["export", str(store), "--to", "h5", "--out", str(tmp_path / "no" / "m.h5")]) == 2
+    one_line_error(capsys, "no such directory")
+
+
+def test_sigterm_cleans_up_like_ctrl_c(runs, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "m.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "rmm_dask", *mask_args(runs, out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(p.name.startswith(".m.zarr.partial") for p in tmp_path.iterdir()):
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.terminate()
+    assert proc.wait(timeout=60) == 130
+    assert "interrupted; nothing was published" in proc.stderr.read()
+    assert list(tmp_path.iterdir()) == []

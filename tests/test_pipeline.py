@@ -197,3 +197,11 @@ def test_a_dark_run_given_as_flat_is_refused(calib, tmp_path):
     with pytest.raises(InputError, match="/runs/flat-that-is-dark: the flat run is not lit"):
         write_store(ds, tmp_path / "m.zarr", compute=lambda d: dask.compute(d, scheduler="sync"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dark_runs_of_different_lengths(calib):
+    darks, flat = runs(calib)
+    darks["medium"] = as_dataset(calib.dark["medium"], "short-medium", frames=20)
+    ds = build_mask(darks, flat).compute(scheduler="sync")
+    assert ds.rejected_frames_high.shape == (2, 2, 30) and ds.rejected_frames_medium.shape == (2, 2, 20)
+    assert ds.mask.shape == (2, 3, 2, 512, 128)
