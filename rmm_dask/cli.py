@@ -99,7 +99,7 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     """Build the mask graph of the opened runs, compute it on a cluster and publish the store."""
     from .cluster import dask_client
     from .pipeline import build_mask
-    from .store import write_store
+    from .store import remove_partial, write_store
 
     if Path(out).exists() and not overwrite:  # before any cluster is started
         raise InputError(Path(out).absolute(), "exists already (give --overwrite to replace it)")
@@ -109,8 +109,13 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage)
     blocks = ds.mask.data.numblocks
     parallel = blocks[0] * blocks[2] * (len(darks) + (flat is not None))  # read and feature tasks at once
-    with dask_client(cluster, n_workers=n_workers, max_workers=parallel, echo=echo), _report(report):
-        return write_store(ds, out, overwrite=overwrite)
+    partials = []
+    try:
+        with dask_client(cluster, n_workers=n_workers, max_workers=parallel, echo=echo), _report(report):
+            return write_store(ds, out, overwrite=overwrite, partials=partials)
+    finally:
+        for path in partials:  # again, now that no worker can still be writing into it
+            remove_partial(path)
 
 
 def _mask(args) -> int:
@@ -363,24 +368,53 @@ def _terminated(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        # scancel and Slurm's time limit send SIGTERM: clean up as on Ctrl-C (cancel the
-        # worker jobs, remove the partial store) rather than die on the spot
-        signal.signal(signal.SIGTERM, _terminated)
     # the scheduler runs in this process: its routine messages (and the tracebacks it logs
     # at INFO level when worker jobs are cancelled at the end) are not for the user
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    with _sigterm_as_interrupt(), _config_scope():
+        try:
+            return args.run(args)
+        except InputError as err:
+            print(f"rmm {args.command}: {err}", file=sys.stderr)
+            return 2
+        except ClusterError as err:
+            print(f"rmm {args.command}: {err}", file=sys.stderr)
+            return 3
+        except KeyboardInterrupt:
+            print(f"rmm {args.command}: interrupted; nothing was published", file=sys.stderr)
+            return 130
+
+
+@contextlib.contextmanager
+def _config_scope():
+    """--config and --jobqueue change dask.config for one command, not for the process."""
+    import copy
+
+    import dask.config
+
+    from . import config as _defaults  # noqa: F401  (merged before the snapshot, so they stay)
+
+    saved = copy.deepcopy(dask.config.config)
     try:
-        return args.run(args)
-    except InputError as err:
-        print(f"rmm {args.command}: {err}", file=sys.stderr)
-        return 2
-    except ClusterError as err:
-        print(f"rmm {args.command}: {err}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print(f"rmm {args.command}: interrupted; nothing was published", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        dask.config.config.clear()
+        dask.config.config.update(saved)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """scancel and Slurm's time limit send SIGTERM: clean up as on Ctrl-C (cancel the worker
+    jobs, remove the partial store) rather than die on the spot. Only for the duration of the
+    command, and only in the main thread (where Python handles signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,11 @@ def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
     _remove(old)
 
 
+def remove_partial(path: Path) -> None:
+    """Remove a temporary store left by a failed job, if it is there."""
+    _remove(Path(path))
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
@@ -96,13 +101,16 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, extra_attrs: dict | None = None) -> Path:
+def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, extra_attrs: dict | None = None, partials: list | None = None) -> Path:
     """Compute the lazy mask ``ds`` (from :func:`rmm_dask.pipeline.build_mask`) into a Zarr v3 store.
 
     ``compute`` is called with the dask collection that writes every array (default:
     :func:`rmm_dask.cluster.compute`, with a progress bar); the store appears at
     ``path`` only when it is complete. An existing ``path`` is refused unless
-    ``overwrite``, and is then replaced only after the new store is complete.
+    ``overwrite``, and is then replaced only after the new store is complete. The
+    temporary store is removed on failure; ``partials``, if given, receives its path, for
+    the caller to remove it again once the cluster is shut down (a write task that was
+    already running on a worker when the job failed may still land after the removal).
     """
     import dask.array as da
 
@@ -114,6 +122,8 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
     if not target.parent.is_dir():
         raise InputError(target.parent, "no such directory for the output store")
     tmp = _partial_path(target, "partial")
+    if partials is not None:
+        partials.append(tmp)
     attrs = {
         "format": STORE_FORMAT,
         "software": f"rmm-dask {__version__}",
