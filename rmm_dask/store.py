@@ -55,6 +55,16 @@ def _partial_path(target: Path, what: str) -> Path:
     return target.with_name(f".{target.name}.{what}-{uuid.uuid4().hex[:8]}")
 
 
+def _new_output(path, overwrite: bool, what: str) -> tuple[Path, Path]:
+    """The absolute target and a temporary name beside it, after checking the target may be written."""
+    target = Path(path).absolute()
+    if target.exists() and not overwrite:
+        raise InputError(target, "exists already (give --overwrite to replace it)")
+    if not target.parent.is_dir():
+        raise InputError(target.parent, f"no such directory for {what}")
+    return target, _partial_path(target, "partial")
+
+
 def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
     """Move the complete ``tmp`` into place; never over an existing target unless ``overwrite``.
 
@@ -116,12 +126,7 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
 
     from .cluster import compute as default_compute
 
-    target = Path(path).absolute()
-    if target.exists() and not overwrite:
-        raise InputError(target, "exists already (give --overwrite to replace it)")
-    if not target.parent.is_dir():
-        raise InputError(target.parent, "no such directory for the output store")
-    tmp = _partial_path(target, "partial")
+    target, tmp = _new_output(path, overwrite, "the output store")
     if partials is not None:
         partials.append(tmp)
     attrs = {
@@ -205,12 +210,7 @@ def export_h5(store, out, *, overwrite: bool = False) -> Path:
     import h5py
 
     root = open_store(store)
-    target = Path(out).absolute()
-    if target.exists() and not overwrite:
-        raise InputError(target, "exists already (give --overwrite to replace it)")
-    if not target.parent.is_dir():
-        raise InputError(target.parent, "no such directory for the export")
-    tmp = _partial_path(target, "partial")
+    target, tmp = _new_output(out, overwrite, "the export")
     try:
         with h5py.File(tmp, "w") as f:
             for path, arr in walk_arrays(root):
