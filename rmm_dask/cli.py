@@ -188,6 +188,36 @@ def _export(args) -> int:
     return 0
 
 
+def _diff(args) -> int:
+    import json
+
+    from rich.table import Table
+
+    from .diff import diff_masks
+
+    console = _console()
+    result = diff_masks(args.old, args.new)
+    console.print(f"{args.old} -> {args.new}: {result['newly_bad']} pixels newly bad, {result['recovered']} recovered")
+    table = Table(title="bits set and cleared")
+    for col in ("bit", "set", "cleared"):
+        table.add_column(col, justify="left" if col == "bit" else "right")
+    for name, row in result["bits"].items():
+        table.add_row(name, str(row["set"]), str(row["cleared"]))
+    console.print(table)
+    table = Table(title="newly bad / recovered")
+    for col in ("", "newly bad", "recovered"):
+        table.add_column(col, justify="left" if not col else "right")
+    for axis in ("module", "gain") + (("cell",) if args.cells else ()):
+        for key, row in result[axis].items():
+            table.add_row(f"{axis} {key}", str(row["newly_bad"]), str(row["recovered"]))
+    console.print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        console.print(f"json: {Path(args.json).absolute()}")
+    return 0
+
+
 def _synth(args) -> int:
     from .io.synthetic import write_synthetic
     from .synth import SynthConfig, synthesize
@@ -344,6 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_export)
+
+    p = sub.add_parser("diff", help="pixels newly bad and recovered between two masks, per bit, module, gain and cell")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--cells", action="store_true", help="list every memory cell")
+    p.add_argument("--json", metavar="FILE", help="also write the counts as JSON")
+    p.set_defaults(run=_diff)
 
     p = sub.add_parser("show", help="counts per bit, module, gain and cell; --png for figures")
     p.add_argument("store")

@@ -162,3 +162,31 @@ def test_sigterm_cleans_up_like_ctrl_c(runs, tmp_path):
     assert proc.wait(timeout=60) == 130
     assert "interrupted; nothing was published" in proc.stderr.read()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_diff(store, tmp_path, capsys):
+    import json
+    import shutil
+
+    from rmm_dask.codes import BadPixel
+
+    new = tmp_path / "new.zarr"
+    shutil.copytree(store, new)
+    root = zarr.open_group(new, mode="r+")
+    mask = root["mask"][:]
+    good = np.argwhere(mask[0, :, 0] == 0)[:5]  # (gain, y, x) of 5 good pixels in module 0, cell 0
+    for g, y, x in good:
+        mask[0, g, 0, y, x] = BadPixel.NOISE
+    bad = np.argwhere(mask[0, 0, 1] == BadPixel.OFFSET)[:2]  # 2 offset-only pixels of cell 1, high gain
+    for y, x in bad:
+        mask[0, 0, 1, y, x] = 0
+    root["mask"][:] = mask
+    assert main(["diff", str(store), str(new), "--cells", "--json", str(tmp_path / "d.json")]) == 0
+    result = json.loads((tmp_path / "d.json").read_text())
+    assert result["newly_bad"] == 5 and result["recovered"] == len(bad) == 2
+    assert result["bits"]["NOISE"]["set"] == 5 and result["bits"]["OFFSET"]["cleared"] == 2
+    assert result["cell"]["0"]["newly_bad"] == 5 and result["cell"]["1"]["recovered"] == 2
+    assert result["module"]["0"] == {"newly_bad": 5, "recovered": 2}
+    assert "5 pixels newly bad, 2 recovered" in capsys.readouterr().out
+    assert main(["diff", str(store), str(tmp_path / "nothing.zarr")]) == 2
+    one_line_error(capsys, "nothing.zarr", "no such mask store")

@@ -1,0 +1,53 @@
+"""What changed between two masks of the same detector: pixels newly bad, recovered, per bit,
+module, gain stage and cell. Read one module at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .codes import BadPixel
+from .errors import InputError
+from .store import open_store
+
+
+def diff_masks(old, new) -> dict:
+    """Compare two published stores; a JSON-able dict of counts.
+
+    ``newly_bad``: good in ``old`` (0), bad in ``new``; ``recovered``: the reverse; per bit
+    ``set`` / ``cleared``: the bit absent in old and present in new, and the reverse.
+    """
+    a, b = open_store(old), open_store(new)
+    for name in ("module", "gain", "cell"):
+        if not np.array_equal(a[name][:], b[name][:]):
+            raise InputError(new, f"has {name}s {b[name][:].tolist()}, but {old} has {a[name][:].tolist()}: not the same detector layout")
+    if a["mask"].shape != b["mask"].shape:
+        raise InputError(new, f"mask shape {b['mask'].shape} differs from {a['mask'].shape} in {old}")
+    gains = b.attrs.get("gain_stages") or [str(g) for g in b["gain"][:]]
+    cells = [int(c) for c in b["cell"][:]]
+    out = {
+        "old": str(old),
+        "new": str(new),
+        "newly_bad": 0,
+        "recovered": 0,
+        "bits": {bit.name: {"set": 0, "cleared": 0} for bit in BadPixel},
+        "module": {},
+        "gain": {g: {"newly_bad": 0, "recovered": 0} for g in gains},
+        "cell": {c: {"newly_bad": 0, "recovered": 0} for c in cells},
+    }
+    for i, m in enumerate(b["module"][:]):
+        ma, mb = a["mask"][i], b["mask"][i]  # (gain, cell, y, x)
+        row = out["module"][int(m)] = {}
+        for key, hit in (("newly_bad", (ma == 0) & (mb != 0)), ("recovered", (ma != 0) & (mb == 0))):
+            per_gain = hit.sum(axis=(1, 2, 3))
+            per_cell = hit.sum(axis=(0, 2, 3))
+            row[key] = int(per_gain.sum())
+            out[key] += row[key]
+            for g, n in zip(gains, per_gain):
+                out["gain"][g][key] += int(n)
+            for c, n in zip(cells, per_cell):
+                out["cell"][c][key] += int(n)
+        for bit in BadPixel:
+            va, vb = (ma & np.uint8(bit)) != 0, (mb & np.uint8(bit)) != 0
+            out["bits"][bit.name]["set"] += int((~va & vb).sum())
+            out["bits"][bit.name]["cleared"] += int((va & ~vb).sum())
+    return out
