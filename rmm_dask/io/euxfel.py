@@ -492,6 +492,18 @@ def _module_frames(run, number: int, source: str, det: Detector) -> _Module:
     return mod
 
 
+def _ranges(numbers: list[int]) -> str:
+    """[2, 3, 4, 7] -> 'modules 2-4, 7'."""
+    parts, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            parts.append(str(n) if n == start else f"{start}-{n}")
+            start = None
+    return ("module " if len(numbers) == 1 else "modules ") + ", ".join(parts)
+
+
 def _describe_cells(key: bytes) -> str:
     cells = np.frombuffer(key, dtype=np.uint16)
     if cells.size == 0:
@@ -615,7 +627,7 @@ def open_euxfel_run(
     n_cells, n_frames = cell_ids.size, kept.size
     absent = sorted(set(range(det.n_modules)) - {m.number for m in mods}) if modules is None else []
     if absent:
-        notes.insert(0, f"no data source for module(s) {absent} of {det.name}")
+        notes.insert(0, f"{det.n_modules - len(absent)} of {det.name}'s {det.n_modules} modules in the run; no data source for {_ranges(absent)}")
     with_data = set().union(*(m.trains for m in mods))
     only_suspect = set().union(*(m.suspect for m in mods)) - with_data
     if only_suspect:
