@@ -57,7 +57,10 @@ AGIPD1M = Detector(
 DETECTORS = {d.name.lower(): d for d in (AGIPD1M,)}
 
 
-def get_detector(name: str) -> Detector:
+def get_detector(name: str | Detector) -> Detector:
+    """A :class:`Detector` from its name (KeyError for an unknown one), or the detector itself."""
+    if isinstance(name, Detector):
+        return name
     try:
         return DETECTORS[name.lower()]
     except KeyError:

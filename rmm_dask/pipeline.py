@@ -119,7 +119,7 @@ def build_mask(
     if not darks:
         raise ValueError("at least one dark run is needed")
     first = next(iter(darks.values()))
-    detector = get_detector(detector or first.attrs.get("detector", "AGIPD1M")) if not isinstance(detector, Detector) else detector
+    detector = get_detector(detector or first.attrs.get("detector", "AGIPD1M"))
     unknown = set(darks) - set(detector.gain_stages)
     if unknown:
         raise ValueError(f"{detector.name} has gain stages {detector.gain_stages}, not {sorted(unknown)}")

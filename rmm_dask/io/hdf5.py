@@ -34,10 +34,8 @@ _TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")
 
 def resolve_detector(detector: str | Detector) -> Detector:
     """A :class:`Detector` from itself or its name (ValueError for an unknown name)."""
-    if isinstance(detector, Detector):
-        return detector
     try:
-        return get_detector(str(detector))
+        return get_detector(detector)
     except KeyError as e:
         raise ValueError(e.args[0]) from None
 
