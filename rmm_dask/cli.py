@@ -84,46 +84,14 @@ def _open_runs(args, detector):
     return darks, flat
 
 
-@contextlib.contextmanager
-def _report(path):
-    if not path:
-        yield
-        return
-    from distributed import performance_report
-
-    with performance_report(filename=str(path)):
-        yield
-
-
-def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=None, report=None, overwrite=False, echo=print, flat_stage=None):
-    """Build the mask graph of the opened runs, compute it on a cluster and publish the store."""
-    from .cluster import dask_client
-    from .pipeline import build_mask
-    from .store import remove_partial, write_store
-
-    if Path(out).exists() and not overwrite:  # before any cluster is started
-        raise InputError(Path(out).absolute(), "exists already (give --overwrite to replace it)")
-    for name, ds in list(darks.items()) + ([("flat", flat)] if flat is not None else []):
-        for note in ds.attrs.get("notes", []):
-            echo(f"{name} run {ds.attrs.get('path')}: {note}")
-    ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage)
-    blocks = ds.mask.data.numblocks
-    parallel = blocks[0] * blocks[2] * (len(darks) + (flat is not None))  # read and feature tasks at once
-    partials = []
-    try:
-        with dask_client(cluster, n_workers=n_workers, max_workers=parallel, echo=echo), _report(report):
-            return write_store(ds, out, overwrite=overwrite, partials=partials)
-    finally:
-        for path in partials:  # again, now that no worker can still be writing into it
-            remove_partial(path)
-
-
 def _mask(args) -> int:
     console = _console()
     _check_run_options(args)
     params = _setup_config(args)
     darks, flat = _open_runs(args, args.detector)
     t0 = time.perf_counter()
+    from .job import run_mask
+
     path = run_mask(
         darks, flat, args.out, params=params, detector=args.detector, cluster=args.cluster, n_workers=args.workers,
         report=args.report, overwrite=args.overwrite, echo=console.print, flat_stage=args.flat_stage,
@@ -218,6 +186,46 @@ def _diff(args) -> int:
     return 0
 
 
+def _nightly(args) -> int:
+    from .config import merge_sections, params_from_config
+    from .nightly import read_settings, run_nightly
+
+    settings = read_settings(args.config)
+    merge_sections(settings.path, settings.sections)
+    try:
+        params_from_config()
+    except (ValueError, TypeError, KeyError) as err:
+        raise InputError(settings.path, f"invalid parameters under 'rmm-dask:': {err}") from None
+    if args.status:
+        _print_status(_console(), settings)
+        return 0
+    # plain lines with a time stamp each, flushed: the output goes to journald, cron mail or a log
+    return run_nightly(settings, once=args.once, dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
+
+
+def _print_status(console, settings):
+    import json
+
+    from rich.table import Table
+
+    from .nightly import status_rows
+
+    rows, pointers = status_rows(settings)
+    table = Table(title=f"catalog {settings.state / 'catalog.sqlite'}")
+    for col in ("id", "detector", "version", "status", "tries", "runs", "finished", "s", "flagged", "new bad", "recovered", "message"):
+        table.add_column(col)
+    for r in rows:
+        runs = ", ".join(Path(p).name for p in json.loads(r["runs"]).values())
+        fraction = "" if r["bad_fraction"] is None else f"{r['bad_fraction']:.2e}"
+        table.add_row(
+            str(r["id"]), r["detector"], f"v{r['version']:04d}", r["status"], str(r["attempts"]), runs, r["finished"] or "",
+            "" if r["seconds"] is None else f"{r['seconds']:.0f}", fraction, "" if r["newly_bad"] is None else str(r["newly_bad"]), "" if r["recovered"] is None else str(r["recovered"]), r["message"] or "",
+        )
+    console.print(table)
+    for name, version in pointers.items():
+        console.print(f"{name}: current -> {'none' if version is None else f'v{version:04d}'}  ({settings.publish / name})")
+
+
 def _synth(args) -> int:
     from .io.synthetic import write_synthetic
     from .synth import SynthConfig, synthesize
@@ -257,6 +265,8 @@ def _demo(args) -> int:
     flat = open_run(runs["flat"], "AGIPD1M")
     params = params_from_config()
     t0 = time.perf_counter()
+    from .job import run_mask
+
     store = run_mask(darks, flat, out / "mask.zarr", params=params, detector="AGIPD1M", n_workers=args.workers, echo=console.print)
     console.print(f"masked in {time.perf_counter() - t0:.1f} s on a LocalCluster")
     h5 = export_h5(store, out / "mask.h5")
@@ -381,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", action="store_true", help="list every memory cell")
     p.add_argument("--json", metavar="FILE", help="also write the counts as JSON")
     p.set_defaults(run=_diff)
+
+    p = sub.add_parser("nightly", help="re-mask new calibration runs of facility trees and publish versioned masks")
+    p.add_argument("--config", required=True, metavar="FILE", help="the service's YAML (see configs/nightly.yaml)")
+    p.add_argument("--once", action="store_true", help="one pass, then exit (for timers, cron and scrontab)")
+    p.add_argument("--dry-run", action="store_true", help="show what a pass would do; change nothing")
+    p.add_argument("--status", action="store_true", help="print the catalog and the current versions")
+    p.set_defaults(run=_nightly)
 
     p = sub.add_parser("show", help="counts per bit, module, gain and cell; --png for figures")
     p.add_argument("store")

@@ -111,8 +111,14 @@ def _check_job_script(script: str) -> None:
         raise ClusterError(f"Slurm refuses the worker job ({message}); check configs/jobqueue.yaml")
 
 
-def compute(*collections, progress: bool = True):
-    """Compute dask collections together on the current scheduler, with a progress bar."""
+def compute(*collections, progress: bool | None = None):
+    """Compute dask collections together on the current scheduler, with a progress bar.
+
+    ``progress`` defaults to whether stderr is a terminal: a bar redrawn ten times a
+    second is for people, not for the logs of batch jobs, timers and cron.
+    """
+    if progress is None:
+        progress = sys.stderr.isatty()
     try:
         from distributed import get_client, progress as distributed_progress
 

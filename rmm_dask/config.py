@@ -41,7 +41,7 @@ def _jobqueue_defaults() -> None:
 _jobqueue_defaults()
 
 
-def _read_yaml(path: str | os.PathLike):
+def read_yaml(path: str | os.PathLike):
     try:
         with open(path) as f:
             return yaml.safe_load(f) or {}
@@ -53,22 +53,33 @@ def _read_yaml(path: str | os.PathLike):
 
 def load_config(path: str | os.PathLike) -> dict:
     """Merge a user's YAML file (keys under ``rmm-dask:``, as in configs/rmm.yaml) into dask.config."""
-    data = _read_yaml(path)
-    if not isinstance(data, dict) or not isinstance(data.get(KEY, {}), dict) or set(data) - {KEY}:
+    data = read_yaml(path)
+    if not isinstance(data, dict) or set(data) - {KEY}:
         raise InputError(path, f"expected a mapping with the parameters under '{KEY}:'")
-    unknown = set(data.get(KEY, {})) - set(dask.config.get(KEY))
-    if unknown:
-        raise InputError(path, f"unknown parameters {sorted(unknown)} under '{KEY}:'")
-    dask.config.update(dask.config.config, data, priority="new")
+    merge_sections(path, data)
     return data
 
 
 def load_jobqueue_config(path: str | os.PathLike) -> None:
     """Merge a dask-jobqueue YAML file (``jobqueue: slurm: ...``) into dask.config."""
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("jobqueue"), dict):
         raise InputError(path, "expected dask-jobqueue settings under 'jobqueue: slurm:'")
-    dask.config.update(dask.config.config, data, priority="new")
+    merge_sections(path, {"jobqueue": data["jobqueue"]})
+
+
+def merge_sections(path: str | os.PathLike, data: dict) -> None:
+    """Merge the ``rmm-dask:`` and ``jobqueue:`` sections of a file's ``data`` into dask.config."""
+    params = data.get(KEY, {})
+    if not isinstance(params, dict):
+        raise InputError(path, f"expected a mapping with the parameters under '{KEY}:'")
+    unknown = set(params) - set(dask.config.get(KEY))
+    if unknown:
+        raise InputError(path, f"unknown parameters {sorted(unknown)} under '{KEY}:'")
+    if not isinstance(data.get("jobqueue", {}), dict):
+        raise InputError(path, "expected dask-jobqueue settings under 'jobqueue: slurm:'")
+    sections = {k: data[k] for k in (KEY, "jobqueue") if data.get(k)}
+    dask.config.update(dask.config.config, sections, priority="new")
 
 
 def params_from_config(**overrides) -> Params:

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from .codes import BadPixel
+from .codes import BadPixel, describe
 from .errors import InputError
 from .store import open_store
 
 
-def diff_masks(old, new) -> dict:
-    """Compare two published stores; a JSON-able dict of counts.
+def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
+    """Compare two published stores; a JSON-able dict of counts and pixels.
 
-    ``newly_bad``: good in ``old`` (0), bad in ``new``; ``recovered``: the reverse; per bit
-    ``set`` / ``cleared``: the bit absent in old and present in new, and the reverse.
+    Counts are of pixel-planes (module, gain, cell, y, x): ``newly_bad``: good in ``old``
+    (0), bad in ``new``; ``recovered``: the reverse; per bit ``set`` / ``cleared``: the
+    bit absent in old and present in new, and the reverse. ``newly_bad_pixels`` and
+    ``recovered_pixels`` list the pixels (module, y, x) with such planes: how many planes,
+    and the bits of the bad side ('OFFSET|NOISE') (``new`` for newly bad, ``old`` for recovered); at most
+    ``max_pixels`` each, in (module, y, x) order, with ``pixels_truncated`` saying so.
     """
     a, b = open_store(old), open_store(new)
     for name in ("module", "gain", "cell"):
@@ -33,6 +37,9 @@ def diff_masks(old, new) -> dict:
         "module": {},
         "gain": {g: {"newly_bad": 0, "recovered": 0} for g in gains},
         "cell": {c: {"newly_bad": 0, "recovered": 0} for c in cells},
+        "newly_bad_pixels": [],
+        "recovered_pixels": [],
+        "pixels_truncated": False,
     }
     for i, m in enumerate(b["module"][:]):
         ma, mb = a["mask"][i], b["mask"][i]  # (gain, cell, y, x)
@@ -46,8 +53,20 @@ def diff_masks(old, new) -> dict:
                 out["gain"][g][key] += int(n)
             for c, n in zip(cells, per_cell):
                 out["cell"][c][key] += int(n)
+            out["pixels_truncated"] |= _list_pixels(out[f"{key}_pixels"], int(m), hit, mb if key == "newly_bad" else ma, max_pixels)
         for bit in BadPixel:
             va, vb = (ma & np.uint8(bit)) != 0, (mb & np.uint8(bit)) != 0
             out["bits"][bit.name]["set"] += int((~va & vb).sum())
             out["bits"][bit.name]["cleared"] += int((va & ~vb).sum())
     return out
+
+
+def _list_pixels(rows: list, module: int, hit: np.ndarray, bad_side: np.ndarray, limit: int) -> bool:
+    """Append the pixels of one module with ``hit`` planes (gain, cell, y, x) to ``rows``; True if cut."""
+    planes = hit.sum(axis=(0, 1))
+    bits = np.bitwise_or.reduce(np.where(hit, bad_side, 0).reshape(-1, *planes.shape), axis=0)
+    ys, xs = np.nonzero(planes)
+    room = max(limit - len(rows), 0)
+    for y, x in zip(ys[:room], xs[:room]):
+        rows.append({"module": module, "y": int(y), "x": int(x), "planes": int(planes[y, x]), "bits": describe(bits[y, x])})
+    return len(ys) > room

@@ -13,9 +13,10 @@ from .codes import BadPixel
 def count_bits(root: zarr.Group) -> dict:
     """Pixels per bit, overall and per module, gain stage and cell, read one module at a time.
 
-    Returns ``{"total": n_pixels_per_plane_set, "any": n, "bits": {name: n},
-    "module": {id: {name: n, "any": n}}, "gain": {...}, "cell": {...}}``; edge pixels
-    are counted under ASIC_EDGE and in ``any``.
+    Returns ``{"pixels": n pixel-planes, "total": {name: n}, "module": {id: {name: n}},
+    "gain": {...}, "cell": {...}}`` where the names are the bits, ``any`` and ``flagged``:
+    edge pixels are counted under ASIC_EDGE and in ``any``; ``flagged`` counts the pixels
+    with any other bit (found bad by the analysis).
     """
     mask = root["mask"]
     modules, cells = root["module"][:], root["cell"][:]
@@ -25,9 +26,8 @@ def count_bits(root: zarr.Group) -> dict:
     for i, m in enumerate(modules):
         block = mask[i]  # (gain, cell, y, x)
         per["module"][int(m)] = row = _zero()
-        for b in (*BadPixel, None):
-            hit = block != 0 if b is None else (block & np.uint8(b)) != 0
-            name = "any" if b is None else b.name
+        for name, bits in _SELECTIONS:
+            hit = (block & np.uint8(bits)) != 0
             by_gain = hit.sum(axis=(1, 2, 3))
             by_cell = hit.sum(axis=(0, 2, 3))
             row[name] += int(by_gain.sum())
@@ -39,8 +39,12 @@ def count_bits(root: zarr.Group) -> dict:
     return {"pixels": int(np.prod(mask.shape)), "total": total, **per}
 
 
+#: what count_bits counts: each bit, "any" bit, and "flagged" (any bit but ASIC_EDGE: by the analysis)
+_SELECTIONS = [(b.name, int(b)) for b in BadPixel] + [("any", 0xFF), ("flagged", 0xFF ^ int(BadPixel.ASIC_EDGE))]
+
+
 def _zero() -> dict:
-    return {b.name: 0 for b in BadPixel} | {"any": 0}
+    return {name: 0 for name, _ in _SELECTIONS}
 
 
 def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None) -> list[Path]:

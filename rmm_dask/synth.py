@@ -133,7 +133,7 @@ PIXEL_KINDS = (
 CELL_SPECIFIC_KINDS = (Defect.HOT, Defect.NOISY)
 
 # Purposes of the random streams (second element of every spawn key).
-_PARAMETERS, _DEFECTS, _DARK, _FLAT = range(4)
+_PARAMETERS, _DEFECTS, _DARK, _FLAT, _NEW_HOT = range(5)
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,9 @@ class SynthConfig:
     frames: int = 100  #: dark frames per cell per gain run
     flat_frames: int = 100  #: flat frames per cell
     seed: int = 0
+    #: which acquisition of the detector: another number gives new frames (noise, outlying
+    #: frames, photons) of the same pixels and defects, as the next night's dark runs
+    acquisition: int = 0
     defect_fraction: float = 2e-3  #: fraction of a module's non-edge pixels per pixel defect kind
     outlier_frame_fraction: float = 0.02  #: probability of a dark frame being an outlier
     dtype: str = "uint16"  #: "uint16" (raw) or "float32" (NO_DATA planted as NaN)
@@ -158,8 +161,8 @@ class SynthConfig:
         for name in ("modules", "cells", "frames", "flat_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.seed < 0:
-            raise ValueError("seed must be non-negative")
+        if self.seed < 0 or self.acquisition < 0:
+            raise ValueError("seed and acquisition must be non-negative")
         if not 0.0 <= self.outlier_frame_fraction < 1.0:
             raise ValueError("outlier_frame_fraction must be in [0, 1)")
         if self.defect_fraction < 0:
@@ -482,7 +485,7 @@ def _stuck_value(mod: _Module, gain: str, cell: int) -> np.ndarray:
 
 def _dark_cell(mod: _Module, gain: str, cell: int, config: SynthConfig):
     """(analog, gain, outlier flags) of one dark cell: (frame, y, x) arrays and bool (frame,)."""
-    rng = _rng(config, mod.index, _DARK, GAINS.index(gain), cell)
+    rng = _rng(config, mod.index, _DARK, config.acquisition, GAINS.index(gain), cell)
     frames = config.frames
     analog = _signal_frames(mod, gain, cell, frames, rng)
     outliers = rng.random(frames) < config.outlier_frame_fraction
@@ -495,7 +498,7 @@ def _dark_cell(mod: _Module, gain: str, cell: int, config: SynthConfig):
 
 def _flat_cell(mod: _Module, cell: int, config: SynthConfig):
     """(analog, gain) of one flat cell in high gain: dark frames plus photons x ADU x response."""
-    rng = _rng(config, mod.index, _FLAT, cell)
+    rng = _rng(config, mod.index, _FLAT, config.acquisition, cell)
     frames = config.flat_frames
     analog = _signal_frames(mod, "high", cell, frames, rng)
     photons = rng.poisson(mod.model["intensity"], (frames, *mod.model["intensity"].shape)).astype(np.float32)
@@ -535,6 +538,29 @@ def synthesize(config: SynthConfig = SynthConfig()) -> SyntheticCalibration:
     truth = Truth(np.stack(defects), outliers, config.detector.asic_edges())
     model = {name: np.stack([mdl[name] for mdl in models]) for name in models[0]}
     return SyntheticCalibration(config, dark, flat, truth, model)
+
+
+def plant_hot(calib: SyntheticCalibration, n: int, *, seed: int = 0) -> np.ndarray:
+    """Turn ``n`` clean pixels of every module hot in all cells and runs, in place (a pixel that
+    went bad since the last acquisition); the truth is updated. Returns the (module, y, x) rows.
+
+    The offset shift is drawn as for the planted HOT pixels; clean means no defect in any
+    gain or cell and not on an ASIC edge.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_NEW_HOT,)))
+    truth, det = calib.truth, calib.config.detector
+    rows = []
+    for m in range(calib.config.modules):
+        clean = ~(truth.edges | (truth.defects[m] != 0).any(axis=(0, 1)))
+        pixels = rng.choice(np.flatnonzero(clean), size=n, replace=False)
+        ys, xs = np.unravel_index(np.sort(pixels), det.module_shape)
+        shift = (OFFSET_STEP * rng.uniform(*OFFSET_STEPS, n)).astype(np.float32)
+        for run in (*calib.dark.values(), calib.flat):
+            values = run.analog[m][..., ys, xs]  # (cell, frame, n)
+            run.analog[m][..., ys, xs] = np.clip(np.rint(values + shift), 0, ADC_MAX).astype(run.analog.dtype)
+        truth.defects[m][..., ys, xs] |= np.uint16(Defect.HOT)
+        rows += [(m, int(y), int(x)) for y, x in zip(ys, xs)]
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
 def ideal_mask(truth: Truth) -> np.ndarray:

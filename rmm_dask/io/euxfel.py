@@ -83,6 +83,7 @@ def write_raw_run(
     train_ids=None,
     module_numbers=None,
     proposal: int = 700000,
+    run_type: str = "synthetic",
 ) -> Path:
     """Write ``(module, cell, frame, y, x)`` uint16 analog and gain arrays as a EuXFEL RAW run.
 
@@ -91,7 +92,8 @@ def write_raw_run(
     cell ids of the cells, in the order the detector stores them in a train; an array
     broadcastable to ``(module, frame, cell)`` gives every module and train its own
     sequence (to write irregular runs). ``module_numbers`` are the module numbers of the
-    first axis (default ``0..modules-1``). ``trains_per_file`` splits each module into
+    first axis (default ``0..modules-1``). ``run_type`` goes to ``METADATA/runType``, where
+    the DAQ records the run type chosen by the operator. ``trains_per_file`` splits each module into
     sequence files (default: one file). ``compression="gzip"``: gzip level 1 with
     shuffle on ``image.data``, as the facility compresses RAW data.
 
@@ -163,6 +165,7 @@ def write_raw_run(
                     run_number=run_number,
                     sequence=seq,
                     proposal=proposal,
+                    run_type=run_type,
                 )
         if run_dir.exists():
             run_dir.rmdir()  # empty (checked above)
@@ -173,7 +176,7 @@ def write_raw_run(
     return run_dir
 
 
-def _write_module_file(path, analog, gain, cells, tids, *, source, compression, run_number, sequence, proposal):
+def _write_module_file(path, analog, gain, cells, tids, *, source, compression, run_number, sequence, proposal, run_type):
     """One RAW file: one module's source for the trains ``tids``; analog/gain (cell, train, y, x)."""
     n_cells, n_trains, ny, nx = analog.shape
     n_frames = n_trains * n_cells
@@ -260,7 +263,7 @@ def _write_module_file(path, analog, gain, cells, tids, *, source, compression, 
         meta["updateDate"] = [now]
         meta["daqLibrary"] = [b"rmm-dask"]
         meta["karaboFramework"] = [b"synthetic"]
-        meta["runType"] = [b"synthetic"]
+        meta["runType"] = [run_type.encode()]
         meta["sample"] = [b"No Sample"]
         meta.create_dataset("proposalNumber", data=[proposal], dtype="u4")
         meta.create_dataset("runNumber", data=[run_number], dtype="u4")

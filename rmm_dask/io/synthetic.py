@@ -26,18 +26,31 @@ from ..synth import EXPECTED, GAINS, Defect, SyntheticCalibration, Truth
 from .euxfel import write_raw_run
 from .hdf5 import open_hdf5
 
-__all__ = ["write_synthetic", "read_truth", "RUNS"]
+__all__ = ["write_synthetic", "read_truth", "RUNS", "RUN_TYPES"]
 
-#: run key -> (run number, where the run is in a SyntheticCalibration)
+#: run key -> run number, by default
 RUNS = {"dark-high": 1, "dark-medium": 2, "dark-low": 3, "flat": 4}
+#: run key -> the run type recorded in METADATA/runType (what `rmm nightly`'s rules match)
+RUN_TYPES = {"dark-high": "Dark (high gain)", "dark-medium": "Dark (medium gain)", "dark-low": "Dark (low gain)", "flat": "Flat field"}
 _TRAIN_SPACING = 100_000  #: first train ids of consecutive runs are this far apart
 
 
-def write_synthetic(calib: SyntheticCalibration, out_dir: str | os.PathLike, *, compression: str | None = None) -> dict:
+def write_synthetic(
+    calib: SyntheticCalibration,
+    out_dir: str | os.PathLike,
+    *,
+    compression: str | None = None,
+    run_numbers: dict | None = None,
+    truth: str | os.PathLike | None = "truth.h5",
+) -> dict:
     """Write the dark runs, the flat run (EuXFEL RAW under ``out_dir/raw``) and ``out_dir/truth.h5``.
 
     Returns ``{"dark-high", "dark-medium", "dark-low", "flat": run directory, "truth": truth file}``.
-    Only uint16 sets can be written as RAW (ValueError for float32 ones).
+    ``run_numbers`` (default :data:`RUNS`) chooses the runs and their numbers, e.g.
+    ``{"dark-high": 5, "dark-medium": 6, "dark-low": 7}`` for a second night's darks;
+    ``truth`` is the truth file's path relative to ``out_dir`` (None: not written). Each
+    run records its :data:`RUN_TYPES` entry as run type. Only uint16 sets can be written
+    as RAW (ValueError for float32 ones).
     """
     config = calib.config
     if config.dtype != "uint16":
@@ -45,9 +58,12 @@ def write_synthetic(calib: SyntheticCalibration, out_dir: str | os.PathLike, *, 
     out = Path(out_dir)
     runs = {f"dark-{gain}": calib.dark[gain] for gain in GAINS}
     runs["flat"] = calib.flat
+    numbers = RUNS if run_numbers is None else run_numbers
+    if set(numbers) - set(runs):
+        raise ValueError(f"run_numbers has unknown keys {sorted(set(numbers) - set(runs))}; known: {sorted(runs)}")
     paths = {}
-    for key, run in runs.items():
-        number = RUNS[key]
+    for key, number in numbers.items():
+        run = runs[key]
         paths[key] = write_raw_run(
             out / "raw" / f"r{number:04d}",
             run.analog,
@@ -55,8 +71,10 @@ def write_synthetic(calib: SyntheticCalibration, out_dir: str | os.PathLike, *, 
             run_number=number,
             first_train_id=10000 + (number - 1) * _TRAIN_SPACING,
             compression=compression,
+            run_type=RUN_TYPES[key],
         )
-    paths["truth"] = write_truth(calib, out / "truth.h5")
+    if truth is not None:
+        paths["truth"] = write_truth(calib, out / truth)
     return paths
 
 

@@ -1,0 +1,42 @@
+"""One mask job: the graph of opened runs, computed on a cluster and published as a store."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from .errors import InputError
+
+
+@contextlib.contextmanager
+def _report(path):
+    if not path:
+        yield
+        return
+    from distributed import performance_report
+
+    with performance_report(filename=str(path)):
+        yield
+
+
+def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=None, report=None, overwrite=False, echo=print, flat_stage=None):
+    """Build the mask graph of the opened runs, compute it on a cluster and publish the store."""
+    from .cluster import dask_client
+    from .pipeline import build_mask
+    from .store import remove_partial, write_store
+
+    if Path(out).exists() and not overwrite:  # before any cluster is started
+        raise InputError(Path(out).absolute(), "exists already (give --overwrite to replace it)")
+    for name, ds in list(darks.items()) + ([("flat", flat)] if flat is not None else []):
+        for note in ds.attrs.get("notes", []):
+            echo(f"{name} run {ds.attrs.get('path')}: {note}")
+    ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage)
+    blocks = ds.mask.data.numblocks
+    parallel = blocks[0] * blocks[2] * (len(darks) + (flat is not None))  # read and feature tasks at once
+    partials = []
+    try:
+        with dask_client(cluster, n_workers=n_workers, max_workers=parallel, echo=echo), _report(report):
+            return write_store(ds, out, overwrite=overwrite, partials=partials)
+    finally:
+        for path in partials:  # again, now that no worker can still be writing into it
+            remove_partial(path)

@@ -1,0 +1,198 @@
+"""The catalog of the nightly service: which sets were processed, how, and what was published.
+
+An SQLite database in WAL mode (``<state>/catalog.sqlite``): every change is one
+transaction, so the state survives a crash or a kill at any point, and readers
+(``rmm nightly --status``, notebooks) never block the writer. It belongs on a local
+disk: WAL needs shared memory between the processes that open it.
+
+Tables:
+
+* ``sets``: one row per calibration set (unique per detector and runs): runs, status
+  (``running``, ``published``, ``held``, ``failed``, ``interrupted``), attempts, version,
+  store, parameters, software, host/pid, start/end, seconds, counts and the message;
+* ``events``: what happened, in order (claimed, published, held, failed, interrupted,
+  current switched);
+* ``pointers``: the version ``current`` points to, per detector.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import sqlite3
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sets (
+    id          INTEGER PRIMARY KEY,
+    detector    TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    runs        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    version     INTEGER,
+    store       TEXT,
+    parameters  TEXT,
+    software    TEXT,
+    host        TEXT,
+    pid         INTEGER,
+    discovered  TEXT NOT NULL,
+    started     TEXT,
+    finished    TEXT,
+    seconds     REAL,
+    bad_fraction REAL,
+    newly_bad   INTEGER,
+    recovered   INTEGER,
+    message     TEXT,
+    UNIQUE (detector, key),
+    UNIQUE (detector, version)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY,
+    set_id  INTEGER REFERENCES sets(id),
+    detector TEXT NOT NULL,
+    time    TEXT NOT NULL,
+    event   TEXT NOT NULL,
+    detail  TEXT
+);
+CREATE TABLE IF NOT EXISTS pointers (
+    detector TEXT PRIMARY KEY,
+    version  INTEGER NOT NULL,
+    switched TEXT NOT NULL
+);
+"""
+
+#: statuses after which a set is not processed again
+DONE = ("published", "held")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Catalog:
+    """The catalog database; ``readonly`` opens an existing one without changing anything."""
+
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
+        self.path = Path(path)
+        if readonly:
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+        self.db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, detector: str, key: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM sets WHERE detector = ? AND key = ?", (detector, key)).fetchone()
+
+    def sets(self, detector: str | None = None) -> list[sqlite3.Row]:
+        if detector is None:
+            return self.db.execute("SELECT * FROM sets ORDER BY id").fetchall()
+        return self.db.execute("SELECT * FROM sets WHERE detector = ? ORDER BY id", (detector,)).fetchall()
+
+    def events(self, detector: str | None = None) -> list[sqlite3.Row]:
+        sql, args = "SELECT * FROM events", ()
+        if detector is not None:
+            sql, args = sql + " WHERE detector = ?", (detector,)
+        return self.db.execute(sql + " ORDER BY id", args).fetchall()
+
+    def pointer(self, detector: str) -> int | None:
+        row = self.db.execute("SELECT version FROM pointers WHERE detector = ?", (detector,)).fetchone()
+        return None if row is None else row["version"]
+
+    # ------------------------------------------------------------------ writing
+
+    def claim(self, detector: str, key: str, runs: dict, *, parameters: dict, software: str) -> sqlite3.Row:
+        """Mark a set running (a new row, or the next attempt of an earlier one) and give it a version.
+
+        The version is the detector's next free number the first time, and kept on later
+        attempts, so a re-run after a crash publishes under the same number.
+        """
+        with self._transaction():
+            row = self.get(detector, key)
+            started = now()
+            if row is None:
+                (version,) = self.db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM sets WHERE detector = ?", (detector,)).fetchone()
+                self.db.execute(
+                    "INSERT INTO sets (detector, key, runs, status, attempts, version, discovered) VALUES (?, ?, ?, 'new', 0, ?, ?)",
+                    (detector, key, json.dumps(runs), version, started),
+                )
+                row = self.get(detector, key)
+            self.db.execute(
+                "UPDATE sets SET status = 'running', attempts = attempts + 1, parameters = ?, software = ?, host = ?, pid = ?,"
+                " started = ?, finished = NULL, seconds = NULL, message = NULL WHERE id = ?",
+                (json.dumps(parameters), software, socket.gethostname(), os.getpid(), started, row["id"]),
+            )
+            self._event(row["id"], detector, "claimed", f"attempt {row['attempts'] + 1}, version {row['version']}")
+        return self.get(detector, key)
+
+    def finish(self, set_id: int, status: str, *, message: str | None = None, **fields) -> None:
+        """Record the outcome of an attempt (``fields``: store, seconds, bad_fraction, newly_bad, recovered)."""
+        allowed = {"store", "seconds", "bad_fraction", "newly_bad", "recovered"}
+        if set(fields) - allowed:
+            raise ValueError(f"unknown fields {sorted(set(fields) - allowed)}")
+        cols = "".join(f", {k} = ?" for k in fields)
+        with self._transaction():
+            self.db.execute(
+                f"UPDATE sets SET status = ?, finished = ?, message = ?{cols} WHERE id = ?",
+                (status, now(), message, *fields.values(), set_id),
+            )
+            detector = self.db.execute("SELECT detector FROM sets WHERE id = ?", (set_id,)).fetchone()[0]
+            self._event(set_id, detector, status, message)
+
+    def interrupt_stale(self) -> list[sqlite3.Row]:
+        """Sets left 'running' by a process that ended without finishing them: mark them interrupted.
+
+        Call only while holding the service's lock (then nothing else is running).
+        """
+        with self._transaction():
+            stale = self.db.execute("SELECT * FROM sets WHERE status = 'running' ORDER BY id").fetchall()
+            for row in stale:
+                detail = f"attempt {row['attempts']} by pid {row['pid']} on {row['host']} (started {row['started']}) did not finish"
+                self.db.execute("UPDATE sets SET status = 'interrupted', message = ? WHERE id = ?", (detail, row["id"]))
+                self._event(row["id"], row["detector"], "interrupted", detail)
+        return stale
+
+    def set_pointer(self, detector: str, version: int, set_id: int | None = None) -> None:
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO pointers (detector, version, switched) VALUES (?, ?, ?)"
+                " ON CONFLICT (detector) DO UPDATE SET version = excluded.version, switched = excluded.switched",
+                (detector, version, now()),
+            )
+            self._event(set_id, detector, "current", f"current -> v{version:04d}")
+
+    def _event(self, set_id, detector: str, event: str, detail: str | None) -> None:
+        self.db.execute("INSERT INTO events (set_id, detector, time, event, detail) VALUES (?, ?, ?, ?, ?)", (set_id, detector, now(), event, detail))
+
+    def _transaction(self):
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): one writer at a time, all or nothing."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

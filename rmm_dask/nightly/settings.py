@@ -1,0 +1,180 @@
+"""The nightly service's configuration file (configs/nightly.yaml), read and checked.
+
+One YAML file holds up to three sections: ``nightly:`` (what to watch and where to
+publish, below), ``rmm-dask:`` (mask parameters, as in configs/rmm.yaml) and
+``jobqueue:`` (SLURMCluster settings, as in configs/jobqueue.yaml). Relative paths
+are taken from the file's directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..detectors import get_detector
+from ..errors import InputError
+
+DEFAULT_ROLES = {
+    "dark-high": {"runType": "*dark*high*"},
+    "dark-medium": {"runType": "*dark*medium*"},
+    "dark-low": {"runType": "*dark*low*"},
+    "flat": {"runType": "*flat*"},
+}
+
+
+@dataclass(frozen=True)
+class Sanity:
+    """Bounds a new mask must meet before ``current`` points to it; otherwise it is held."""
+
+    bad_fraction: tuple[float, float] = (0.0, 0.10)  #: pixel-planes flagged (bits other than ASIC_EDGE)
+    max_change: float | None = 0.02  #: (newly bad + recovered) / pixel-planes against current
+
+
+@dataclass(frozen=True)
+class Watch:
+    """One detector: where its runs appear and how to tell what they are."""
+
+    name: str  #: label: the publication directory and the catalog use it
+    detector: str  #: detector description (rmm_dask.detectors)
+    trees: tuple[str, ...]  #: glob patterns of directories holding r<NNNN>/ run directories
+    roles: dict  #: role -> {metadata key: pattern}; the first role whose patterns all match
+    run_list: Path | None = None  #: YAML {run number: role}, taking precedence over the rules
+    detector_id: str | None = None  #: e.g. SPB_DET_AGIPD1M-1, for runs holding several detectors
+    gains: tuple[str, ...] = ()  #: the dark roles a set needs (dark-<gain>); default: every gain stage
+    flat: str = "latest"  #: "latest": the newest flat run before the set in the same tree; "none"
+    cells_per_chunk: int = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path  #: the configuration file
+    state: Path  #: catalog.sqlite and nightly.lock (a local disk: SQLite's WAL needs one)
+    publish: Path  #: <publish>/<watch name>/v0001/, ..., current -> vNNNN
+    detectors: tuple[Watch, ...]
+    interval: float = 3600.0  #: seconds between scans when not --once
+    settle: float = 600.0  #: a run is complete once none of its files changed for this long
+    max_attempts: int = 3  #: failed sets are retried on later scans up to this many attempts
+    not_before: dt.datetime | None = None  #: ignore runs last written before this time
+    cluster: str = "local"  #: local | slurm | tcp://scheduler:port
+    workers: int | None = None
+    sanity: Sanity = field(default_factory=Sanity)
+    sections: dict = field(default_factory=dict)  #: the file's rmm-dask: and jobqueue: sections
+
+
+_TOP = {"nightly", "rmm-dask", "jobqueue"}
+_NIGHTLY = {"state", "publish", "detectors", "interval", "settle", "max-attempts", "not-before", "cluster", "workers", "sanity"}
+_WATCH = {"name", "detector", "trees", "roles", "run-list", "detector-id", "gains", "flat", "cells-per-chunk"}
+
+
+def read_settings(path: str | os.PathLike) -> Settings:
+    """Read and check a nightly configuration; InputError naming the file and the problem."""
+    from ..config import read_yaml
+
+    path = Path(path).absolute()
+    data = read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("nightly"), dict):
+        raise InputError(path, "expected the service's settings under 'nightly:'")
+    _no_unknown(path, data, _TOP, "top-level sections")
+    n = data["nightly"]
+    _no_unknown(path, n, _NIGHTLY, "keys under 'nightly:'")
+    for key in ("state", "publish", "detectors"):
+        if not n.get(key):
+            raise InputError(path, f"'nightly: {key}:' is required")
+    here = path.parent
+
+    def resolve(value) -> Path:
+        return (here / os.path.expanduser(str(value))).absolute()
+
+    sanity = n.get("sanity") or {}
+    _no_unknown(path, sanity, {"bad-fraction", "max-change"}, "keys under 'sanity:'")
+    try:
+        lo, hi = (float(v) for v in sanity.get("bad-fraction", Sanity.bad_fraction))
+        change = sanity.get("max-change", Sanity.max_change)
+        settings = Settings(
+            path=path,
+            state=resolve(n["state"]),
+            publish=resolve(n["publish"]),
+            detectors=tuple(_watch(path, w, resolve) for w in _as_list(path, n["detectors"], "detectors")),
+            interval=float(n.get("interval", Settings.interval)),
+            settle=float(n.get("settle", Settings.settle)),
+            max_attempts=int(n.get("max-attempts", Settings.max_attempts)),
+            not_before=_time(n.get("not-before")),
+            cluster=str(n.get("cluster", Settings.cluster)),
+            workers=None if n.get("workers") is None else int(n["workers"]),
+            sanity=Sanity((lo, hi), None if change is None else float(change)),
+            sections={k: data[k] for k in ("rmm-dask", "jobqueue") if k in data},
+        )
+    except (TypeError, ValueError) as err:
+        raise InputError(path, f"invalid setting: {err}") from None
+    if not 0 <= lo <= hi <= 1:
+        raise InputError(path, f"sanity: bad-fraction must be [low, high] within [0, 1], not {[lo, hi]}")
+    if settings.max_attempts < 1 or settings.interval <= 0 or settings.settle < 0:
+        raise InputError(path, "max-attempts must be at least 1, interval positive and settle non-negative")
+    names = [w.name for w in settings.detectors]
+    if len(set(names)) != len(names):
+        raise InputError(path, f"detector names must be unique, not {names}")
+    return settings
+
+
+def _watch(path: Path, w, resolve) -> Watch:
+    if not isinstance(w, dict):
+        raise InputError(path, f"each entry of 'detectors:' must be a mapping, not {w!r}")
+    _no_unknown(path, w, _WATCH, "keys of a detector entry")
+    for key in ("name", "detector", "trees"):
+        if not w.get(key):
+            raise InputError(path, f"a detector entry needs '{key}:' ({w})")
+    name = str(w["name"])
+    if "/" in name or name.startswith("."):
+        raise InputError(path, f"detector name {name!r} must be a plain directory name")
+    try:
+        det = get_detector(w["detector"])
+    except KeyError as err:
+        raise InputError(path, err.args[0]) from None
+    gains = tuple(w.get("gains") or det.gain_stages)
+    if set(gains) - set(det.gain_stages):
+        raise InputError(path, f"{name}: gains {list(gains)} are not all gain stages of {det.name} {list(det.gain_stages)}")
+    roles = w.get("roles", DEFAULT_ROLES)
+    if not isinstance(roles, dict) or not all(isinstance(r, dict) for r in roles.values()):
+        raise InputError(path, f"{name}: 'roles:' maps a role to {{metadata key: pattern}}")
+    known = {f"dark-{g}" for g in det.gain_stages} | {"flat"}
+    if set(roles) - known:
+        raise InputError(path, f"{name}: unknown roles {sorted(set(roles) - known)}; known: {sorted(known)}")
+    if w.get("flat", "latest") not in ("latest", "none"):
+        raise InputError(path, f"{name}: flat must be 'latest' or 'none', not {w['flat']!r}")
+    trees = tuple(str(resolve(t)) for t in _as_list(path, w["trees"], "trees"))
+    return Watch(
+        name=name,
+        detector=det.name,
+        trees=trees,
+        roles={role: {str(k): str(v) for k, v in rule.items()} for role, rule in roles.items()},
+        run_list=resolve(w["run-list"]) if w.get("run-list") else None,
+        detector_id=w.get("detector-id"),
+        gains=gains,
+        flat=w.get("flat", "latest"),
+        cells_per_chunk=int(w.get("cells-per-chunk", 1)),
+    )
+
+
+def _as_list(path, value, what) -> list:
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise InputError(path, f"'{what}:' must be a non-empty list")
+    return value
+
+
+def _no_unknown(path, data, known: set, what: str) -> None:
+    if not isinstance(data, dict):
+        raise InputError(path, f"expected a mapping for the {what}, not {data!r}")
+    unknown = set(data) - known
+    if unknown:
+        raise InputError(path, f"unknown {what} {sorted(unknown)}; known: {sorted(known)}")
+
+
+def _time(value) -> dt.datetime | None:
+    if value is None:
+        return None
+    t = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+    return t if t.tzinfo else t.astimezone()
