@@ -202,7 +202,7 @@ def test_held_and_failed_sets_never_move_current(tmp_path, capsys):
         assert nightly(config, "--once") == 1
         assert "failed: AGIPD: dark-high r0005" in capsys.readouterr().out
     assert nightly(config, "--once") == 0
-    assert "failed 2 times, not retried" in capsys.readouterr().out
+    assert "failed after 2 attempts, not retried" in capsys.readouterr().out
     assert current(tmp_path) is None and versions(tmp_path) == ["v0001"]
     assert not list((tmp_path / "masks" / "AGIPD").glob(".*"))
     sets, _ = catalog(tmp_path)

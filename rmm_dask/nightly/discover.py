@@ -116,7 +116,11 @@ def scan_tree(tree: Path, watch: Watch, *, settle: float, not_before: float | No
     now = time.time() if now is None else now
     listed = _run_list(watch.run_list)
     runs, notes = [], []
-    for entry in sorted(tree.iterdir()):
+    try:
+        entries = sorted(tree.iterdir())
+    except OSError as err:
+        return [], [f"{tree}: cannot list the runs ({err.strerror}); tree skipped"]
+    for entry in entries:
         m = _RUN_DIR.match(entry.name)
         if not m or not entry.is_dir():
             continue

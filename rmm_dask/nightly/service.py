@@ -141,8 +141,8 @@ def nightly_pass(settings: Settings, say) -> int:
                 row = catalog.get(watch.name, cset.key)
                 what = action(row, settings.max_attempts)
                 if what is None:
-                    if row["status"] == "failed":
-                        say(f"{cset.describe()}: failed {row['attempts']} times, not retried ({row['message']})")
+                    if row["status"] not in DONE:
+                        say(f"{cset.describe()}: {row['status']} after {row['attempts']} attempts, not retried ({row['message']})")
                     continue
                 say(f"{what}: {cset.describe()}")
                 status = process_set(settings, watch, cset, catalog, say)
@@ -188,6 +188,8 @@ def process_set(settings: Settings, watch: Watch, cset: CalibrationSet, catalog:
             newly_bad=diff.get("newly_bad"),
             recovered=diff.get("recovered"),
         )
+        changes = f", {diff['newly_bad']} newly bad and {diff['recovered']} recovered against {diff['against']}" if diff else ""
+        say(f"{final} {summary['status']}: {summary['counts']['bad_fraction']:.2e} of pixel-planes flagged{changes} ({summary['timings']['total']:.0f} s)")
         return summary["status"]
     except KeyboardInterrupt:
         versions.remove_partials(version)
