@@ -135,10 +135,10 @@ def _watch(path: Path, w, resolve) -> Watch:
     gains = tuple(w.get("gains") or det.gain_stages)
     if set(gains) - set(det.gain_stages):
         raise InputError(path, f"{name}: gains {list(gains)} are not all gain stages of {det.name} {list(det.gain_stages)}")
-    roles = w.get("roles", DEFAULT_ROLES)
+    known = {f"dark-{g}" for g in det.gain_stages} | {"flat"}
+    roles = w.get("roles", {role: rule for role, rule in DEFAULT_ROLES.items() if role in known})
     if not isinstance(roles, dict) or not all(isinstance(r, dict) for r in roles.values()):
         raise InputError(path, f"{name}: 'roles:' maps a role to {{metadata key: pattern}}")
-    known = {f"dark-{g}" for g in det.gain_stages} | {"flat"}
     if set(roles) - known:
         raise InputError(path, f"{name}: unknown roles {sorted(set(roles) - known)}; known: {sorted(known)}")
     if w.get("flat", "latest") not in ("latest", "none"):
