@@ -220,22 +220,24 @@ def local_snr(feature, window, *, method: str = "rmm", min_sigma: float = 0.0, e
     ``feature`` is ``(..., y, x)``; the model (R_mu, R_sigma) is fitted with the
     named statistics (``"rmm"``, ``"mad"``, ``"nonrobust"``) over the pixels of each
     ``window`` (one ASIC: offsets and noise differ from ASIC to ASIC by far more
-    than a pixel's sigma). ``exclude`` is a ``(y, x)`` bool map of pixels left out
+    than a pixel's sigma), laid from the module's corner; a last window that does
+    not fit is cut at the border. ``exclude`` is a ``(y, x)`` bool map of pixels left out
     of the fits (ASIC edges). NaN features give NaN SNR. A window whose inliers
     are all equal (sigma 0) gives SNR 0 to those and +-inf to any other value.
     """
     feature = np.asarray(feature, dtype=np.float64)
     ny, nx = feature.shape[-2:]
     wy, wx = window
-    if ny % wy or nx % wx:
-        raise ValueError(f"model window {window} does not tile the module {(ny, nx)}")
     fit_on = feature if exclude is None else np.where(exclude, np.nan, feature)
     lead = feature.shape[:-2]
-    blocks = fit_on.reshape(lead + (ny // wy, wy, nx // wx, wx))
-    blocks = np.moveaxis(blocks, -3, -2).reshape(lead + (ny // wy, nx // wx, wy * wx))
+    by, bx = -(-ny // wy), -(-nx // wx)  # windows per axis; a last one that does not fit is cut
+    if (by * wy, bx * wx) != (ny, nx):
+        fit_on = np.pad(fit_on, [(0, 0)] * len(lead) + [(0, by * wy - ny), (0, bx * wx - nx)], constant_values=np.nan)
+    blocks = fit_on.reshape(lead + (by, wy, bx, wx))
+    blocks = np.moveaxis(blocks, -3, -2).reshape(lead + (by, bx, wy * wx))
     mu, sigma = fit_gaussian(blocks, -1, method=method, min_sigma=min_sigma)
-    mu = np.repeat(np.repeat(mu, wy, axis=-2), wx, axis=-1)
-    sigma = np.repeat(np.repeat(sigma, wy, axis=-2), wx, axis=-1)
+    mu = np.repeat(np.repeat(mu, wy, axis=-2), wx, axis=-1)[..., :ny, :nx]
+    sigma = np.repeat(np.repeat(sigma, wy, axis=-2), wx, axis=-1)[..., :ny, :nx]
     dev = feature - mu
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(sigma > 0, dev / sigma, np.where(dev == 0, 0.0, np.sign(dev) * np.inf))
@@ -250,6 +252,7 @@ def flat_snr(
     offset=None,
     *,
     tile=(16, 16),
+    windows=None,
     exclude=None,
     keep=None,
     min_sigma: float = 0.0,
@@ -263,7 +266,10 @@ def flat_snr(
     ``frames`` is ``(..., frame, y, x)`` (raw or float), ``offset`` the dark offset
     ``(..., y, x)`` subtracted first (None: none). Each frame is cut into tiles
     of ``tile`` pixels (16 x 16 tiles the 64 x 64 AGIPD ASICs, the paper's ~15 x 15
-    window, and never straddles an ASIC border where offsets and gains jump); in
+    window) inside each ASIC window, so that no tile straddles an ASIC border where
+    offsets and gains jump: ``windows`` are the ASIC windows ``([(y0, y1), ...], [(x0,
+    x1), ...])`` (default: the whole module), and a window's remainder shorter than
+    half a tile joins its last tile (see :func:`tile_bounds`); in
     each tile a plane is fitted robustly (FLkOS on the residuals, MSSE scale,
     refit on the inliers), and ``(v - plane) / sigma`` is the pixel's SNR in that
     frame. ``exclude`` pixels, ``(y, x)`` or ``(..., y, x)`` bool (ASIC edges, pixels
@@ -272,9 +278,10 @@ def flat_snr(
     """
     x, lead = _split(frames, 3)
     n_frames, ny, nx = x.shape[1:]
-    ty, tx = tile
-    if ny % ty or nx % tx:
-        raise ValueError(f"flat tile {tile} does not tile the module {(ny, nx)}")
+    wy, wx = windows or ([(0, ny)], [(0, nx)])
+    if wy[-1][1] != ny or wx[-1][1] != nx:
+        raise ValueError(f"ASIC windows end at {(wy[-1][1], wx[-1][1])}, not at the module's size {(ny, nx)}")
+    yb, xb = tile_bounds(wy, tile[0]), tile_bounds(wx, tile[1])
     if offset is None:
         off = np.zeros((x.shape[0], ny, nx), dtype=np.float32)
     else:
@@ -284,7 +291,7 @@ def flat_snr(
     use = ~np.broadcast_to(exclude, lead + (ny, nx)).reshape(x.shape[0], ny, nx)
     keep = _keep_rows(keep, lead, n_frames)
     corr = truncation_factor(msse_lambda)
-    out = _flat_snr(x, off, use, keep, ty, tx, likely, certain, msse_lambda, n_iter, corr, min_sigma)
+    out = _flat_snr(x, off, use, keep, yb, xb, likely, certain, msse_lambda, n_iter, corr, min_sigma)
     return out.reshape(lead + (ny, nx)) if lead else out[0]
 
 
@@ -416,12 +423,27 @@ def _robust_plane(xs, ys, zs, n, likely, certain, lam, n_iter, corr, r, idx):
     return a, b, c, sigma
 
 
+def tile_bounds(windows: list[tuple[int, int]], tile: int) -> np.ndarray:
+    """Tile starts along one axis, inside each [start, stop) window, then the last stop.
+
+    Tiles are ``tile`` long; a window's remainder shorter than half a tile is added
+    to its last tile rather than fitted alone.
+    """
+    starts = []
+    for a, b in windows:
+        here = list(range(a, b, tile))
+        if len(here) > 1 and b - here[-1] < tile / 2:
+            here.pop()
+        starts += here
+    return np.array(starts + [windows[-1][1]], dtype=np.int64)
+
+
 @numba.njit(cache=True, nogil=True)
-def _flat_snr(x, off, use, keep, ty, tx, likely, certain, lam, n_iter, corr, min_sigma):
+def _flat_snr(x, off, use, keep, yb, xb, likely, certain, lam, n_iter, corr, min_sigma):
     rows, n_frames, ny, nx = x.shape
     total = np.zeros((rows, ny, nx))
     count = np.zeros((rows, ny, nx), dtype=np.int64)
-    npt = ty * tx
+    npt = np.max(np.diff(yb)) * np.max(np.diff(xb))
     xs = np.empty(npt)
     ys = np.empty(npt)
     zs = np.empty(npt)
@@ -431,11 +453,13 @@ def _flat_snr(x, off, use, keep, ty, tx, likely, certain, lam, n_iter, corr, min
         for f in range(n_frames):
             if not keep[r, f]:
                 continue
-            for y0 in range(0, ny, ty):
-                for x0 in range(0, nx, tx):
+            for i in range(yb.size - 1):
+                y0, y1 = yb[i], yb[i + 1]
+                for j in range(xb.size - 1):
+                    x0, x1 = xb[j], xb[j + 1]
                     n = 0
-                    for yy in range(y0, y0 + ty):
-                        for xx in range(x0, x0 + tx):
+                    for yy in range(y0, y1):
+                        for xx in range(x0, x1):
                             v = float(x[r, f, yy, xx]) - off[r, yy, xx]
                             if use[r, yy, xx] and np.isfinite(v):
                                 xs[n] = xx - x0
@@ -446,8 +470,8 @@ def _flat_snr(x, off, use, keep, ty, tx, likely, certain, lam, n_iter, corr, min
                         continue
                     a, b, c, sigma = _robust_plane(xs, ys, zs, n, likely, certain, lam, n_iter, corr, work, idx)
                     sigma = max(sigma, min_sigma)
-                    for yy in range(y0, y0 + ty):
-                        for xx in range(x0, x0 + tx):
+                    for yy in range(y0, y1):
+                        for xx in range(x0, x1):
                             v = float(x[r, f, yy, xx]) - off[r, yy, xx]
                             if not np.isfinite(v):
                                 continue

@@ -111,15 +111,17 @@ def flat_stage(analog, offset, detector: Detector, params: Params = Params(), ex
         analog,
         offset,
         tile=params.flat_tile,
+        windows=(detector.asic_windows(0), detector.asic_windows(1)),
         exclude=edges if exclude is None else edges | exclude,
         min_sigma=detector.min_sigma,
     )
 
 
-def _outliers(feature, detector: Detector, params: Params):
+def _outliers(feature, detector: Detector, params: Params, min_sigma: float | None = None):
     """SNR of a (cell, y, x) feature against its ASIC model, and where |SNR| > lambda."""
     window = params.window or detector.asic_shape
-    snr = F.local_snr(feature, window, method=params.method, min_sigma=detector.min_sigma, exclude=detector.asic_edges())
+    floor = detector.min_sigma if min_sigma is None else min_sigma
+    snr = F.local_snr(feature, window, method=params.method, min_sigma=floor, exclude=detector.asic_edges())
     with np.errstate(invalid="ignore"):
         return snr, np.abs(snr) > params.lam
 
@@ -138,7 +140,7 @@ def classify_dark(stages: list[DarkStage], detector: Detector, params: Params = 
             values = getattr(s, name)
             if values is None:
                 continue
-            snr, bad = _outliers(values, detector, params)
+            snr, bad = _outliers(values, detector, params, detector.gain_min_sigma if name == "gain_mean" else None)
             if switch in use:
                 _set(code, bad, bit)
             features.setdefault(name, []).append(values)

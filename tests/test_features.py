@@ -119,8 +119,19 @@ def test_local_snr_handles_nan_and_zero_sigma():
     snr = F.local_snr(f, (64, 64))
     assert snr[0, 3, 3] == np.inf and snr[0, 4, 4] == 0
     assert np.isnan(snr[1, :, :64]).all() and np.all(snr[1, :, 64:] == 0)
-    with pytest.raises(ValueError, match="does not tile"):
-        F.local_snr(f, (60, 64))
+    # windows that do not tile the module: the last one is cut at the border and fitted alone
+    g = rng(3).normal(0, 1, (64, 128))
+    ragged = F.local_snr(g, (60, 64))
+    np.testing.assert_array_equal(ragged[:60], F.local_snr(g[:60], (60, 64)))
+    np.testing.assert_array_equal(ragged[60:], F.local_snr(g[60:], (4, 64)))
+
+
+def test_tile_bounds_stay_inside_asic_windows():
+    # PILATUS: chips at a pitch of 98 rows in a 195-row module; AGIPD: 64 x 64 ASICs
+    assert F.tile_bounds([(0, 98), (98, 195)], 16).tolist() == [0, 16, 32, 48, 64, 80, 98, 114, 130, 146, 162, 178, 195]
+    assert F.tile_bounds([(0, 64), (64, 128)], 16).tolist() == list(range(0, 129, 16))
+    assert F.tile_bounds([(0, 185)], 16).tolist() == [*range(0, 177, 16), 185]  # 9 rows: a tile of their own
+    assert F.tile_bounds([(0, 180)], 16).tolist() == [*range(0, 161, 16), 180]  # 4 rows join the last tile
 
 
 # ---------------------------------------------------------------- F6
@@ -166,5 +177,17 @@ def test_flat_snr_excluded_and_missing_pixels():
     snr = F.flat_snr(frames, exclude=edges)
     assert np.isnan(snr[20:30, 20:30]).all()
     assert np.isfinite(snr[0]).all()  # left out of the fits, still given an SNR
-    with pytest.raises(ValueError, match="does not tile"):
-        F.flat_snr(frames, tile=(15, 15))
+    with pytest.raises(ValueError, match="not at the module's size"):
+        F.flat_snr(frames, windows=([(0, 64)], [(0, 64)]))
+
+
+def test_flat_snr_on_modules_that_tiles_do_not_divide():
+    """CSPAD panels have 185 rows, PILATUS chips a pitch of 98 x 61: tiles follow the windows."""
+    frames = flat_frames()[:, :122, :61]
+    snr = F.flat_snr(frames, np.full(frames.shape[1:], 5000.0), windows=([(0, 61), (61, 122)], [(0, 61)]))
+    normal = np.ones(snr.shape, bool)
+    normal[10, 10] = normal[40, 30] = False
+    assert np.isfinite(snr).all() and snr[10, 10] > 1.5 and snr[40, 30] < -1.5 and np.abs(snr[normal]).max() < 1.0
+    # a tile never straddles a window border: the second window alone gives the same numbers
+    alone = F.flat_snr(frames[:, 61:], np.full((61, 61), 5000.0))
+    np.testing.assert_array_equal(snr[61:], alone)
