@@ -184,7 +184,7 @@ def test_open_is_lazy_and_reads_each_block_once(written, monkeypatch):
     real_read = euxfel._read_raw_block
 
     def counting_read(block):
-        blocks.append((block.dataset, block.positions))
+        blocks.append((block.datasets[0], block.positions))
         return real_read(block)
 
     monkeypatch.setattr(euxfel, "_read_raw_block", counting_read)
@@ -360,7 +360,7 @@ def test_stack_one_module_float_with_nan(tmp_path):
         "source": "/entry/data",
         "path": str(path),
         "run": -1,
-        "format": "hdf5-stack",
+        "format": "hdf5-stack (module layout)",
         "notes": [],
         "files": [str(path)],
     }
@@ -382,7 +382,7 @@ def test_stack_of_modules_pickles_and_selects(tmp_path):
         (
             np.zeros((4, 256, 256), np.float32),
             "entry/data",
-            r"dataset entry/data has shape \(4, 256, 256\): frames of \(256, 256\), expected \(512, 128\) for AGIPD1M",
+            r"dataset entry/data has shape \(4, 256, 256\); AGIPD1M data is \(frame, 512, 128\) or \(frame, module, 512, 128\)",
         ),
         (
             np.zeros((4, Y, X), np.float32),
@@ -391,8 +391,8 @@ def test_stack_of_modules_pickles_and_selects(tmp_path):
         ),
         (np.zeros((1, Y, X), np.float32), "entry/data", r"dataset entry/data has 1 frame\(s\), need at least 2"),
         (np.zeros((4, Y, X), bool), "entry/data", r"dataset entry/data holds bool values, expected integer or float"),
-        (np.zeros((4, Y, X), np.float32), "entry", r"entry is a group, not a dataset"),
-        (np.zeros((4, Y), np.float32), "entry/data", r"dataset entry/data has shape \(4, 512\), expected \(frame, y"),
+        (np.zeros((4, Y, X), np.float32), "entry", r"entry is a group without data_NNNNNN datasets, not a stack of frames"),
+        (np.zeros((4, Y), np.float32), "entry/data", r"dataset entry/data has shape \(4, 512\); AGIPD1M data is \(frame, 512, 128\)"),
     ],
 )
 def test_stack_errors_name_file_dataset_and_problem(tmp_path, data, dataset, problem):
@@ -406,7 +406,7 @@ def test_stack_errors_name_file_dataset_and_problem(tmp_path, data, dataset, pro
 
 def test_stack_file_needs_a_dataset_and_must_be_whole(tmp_path):
     path = write_stack(tmp_path / "stack.h5", stack_data(8))
-    with pytest.raises(InputError, match=r"stack\.h5: is a file: a plain HDF5 stack needs the path of its"):
+    with pytest.raises(InputError, match=r"stack\.h5: is a file: a plain HDF5 stack of AGIPD1M needs the path of its"):
         open_run(path)
     os.truncate(path, path.stat().st_size - 1000)
     with pytest.raises(InputError, match=r"stack\.h5: truncated HDF5 file"):

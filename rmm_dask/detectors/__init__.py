@@ -42,12 +42,15 @@ class Detector:
     #: modules are stored separately (EuXFEL)
     module_grid: tuple[int, int] | None = None
     module_gap: tuple[int, int] = (0, 0)
+    module_order: str = "row"  #: modules numbered along rows ("row") or down columns ("column")
     dataset: str | None = None  #: the frames' dataset in HDF5 files (CXI, NeXus/NXmx)
     pixel_mask: str | None = None  #: the manufacturer's pixel mask dataset in HDF5 files
 
     def __post_init__(self):
         if self.gain not in GAIN_KINDS:
             raise ValueError(f"{self.name}: gain must be one of {GAIN_KINDS}, not {self.gain!r}")
+        if self.module_order not in ("row", "column"):
+            raise ValueError(f"{self.name}: module-order must be 'row' or 'column', not {self.module_order!r}")
         if self.module_grid is not None and self.module_grid[0] * self.module_grid[1] != self.n_modules:
             raise ValueError(f"{self.name}: module grid {self.module_grid} does not hold {self.n_modules} modules")
         if min(self.module_shape) < 1 or min(self.asic_shape) < 1 or self.n_modules < 1:
@@ -76,7 +79,10 @@ class Detector:
         if self.module_grid is None:
             raise ValueError(f"{self.name}: modules are not stored as one frame")
         (gy, gx), (py, px), (ny, nx) = self.module_grid, self.module_gap, self.module_shape
-        return [(r * (ny + py), c * (nx + px)) for r in range(gy) for c in range(gx)]
+        cells = [(r, c) for r in range(gy) for c in range(gx)]
+        if self.module_order == "column":
+            cells = [(r, c) for c in range(gx) for r in range(gy)]
+        return [(r * (ny + py), c * (nx + px)) for r, c in cells]
 
     def split_frame(self, frames: np.ndarray) -> np.ndarray:
         """(..., Y, X) full frames -> (..., module, y, x), gaps dropped."""
@@ -122,7 +128,7 @@ def load_detector(path: str | os.PathLike) -> Detector:
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a mapping describing a detector")
     known = {"name", "modules", "module-shape", "asic-shape", "gain-stages", "gain", "cells", "counting",
-             "edge-width", "module-grid", "module-gap", "dataset", "pixel-mask"}
+             "edge-width", "module-grid", "module-gap", "module-order", "dataset", "pixel-mask"}
     if set(d) - known:
         raise ValueError(f"{path}: unknown keys {sorted(set(d) - known)}; known: {sorted(known)}")
     missing = {"name", "modules", "module-shape", "asic-shape"} - set(d)
@@ -141,6 +147,7 @@ def load_detector(path: str | os.PathLike) -> Detector:
         gain=str(d.get("gain", "none")),
         module_grid=pair("module-grid"),
         module_gap=pair("module-gap") or (0, 0),
+        module_order=str(d.get("module-order", "row")),
         dataset=d.get("dataset"),
         pixel_mask=d.get("pixel-mask"),
     )

@@ -1,9 +1,18 @@
 """Readers and writers: runs on disk as lazy, labelled ``xarray`` datasets.
 
-:func:`open_run` opens a EuXFEL RAW run directory or a plain HDF5 stack as an
-``xarray.Dataset`` with dims ``(module, cell, frame, y, x)`` and data variables
-``analog`` (and ``gain`` for raw data with a gain indicator); nothing is read until
-compute. :func:`write_raw_run` writes arrays as a EuXFEL RAW run (synthetic data, tests).
+:func:`open_run` opens a run as an ``xarray.Dataset`` with dims ``(module, cell, frame,
+y, x)`` and data variables ``analog`` (and ``gain`` for detectors that record their gain
+stage; ``pixel_mask`` when the file has the manufacturer's mask); nothing is read until
+compute. What a run is:
+
+* a EuXFEL RAW run directory: AGIPD-like (XTDF) detectors, or JUNGFRAU (through
+  EXtra-data; the detector's description says which);
+* a directory of CBF frames (PILATUS; read with fabio);
+* an HDF5 file: CXI (CSPAD), NeXus/NXmx (EIGER, PILATUS), or any stack of frames, at
+  the detector's dataset or ``dataset``.
+
+:func:`write_raw_run` and :func:`write_jungfrau_run` write arrays as EuXFEL RAW runs
+(synthetic data, tests).
 """
 
 from __future__ import annotations
@@ -15,10 +24,12 @@ import xarray as xr
 
 from ..detectors import Detector
 from ..errors import InputError
-from .euxfel import open_euxfel_run, write_raw_run
-from .hdf5 import open_hdf5_stack
+from .cbf import open_cbf_series
+from .euxfel import open_euxfel_run
+from .euxfel_write import write_jungfrau_run, write_raw_run
+from .hdf5 import open_hdf5_stack, resolve_detector
 
-__all__ = ["open_run", "open_euxfel_run", "open_hdf5_stack", "write_raw_run", "InputError"]
+__all__ = ["open_run", "open_euxfel_run", "open_hdf5_stack", "open_cbf_series", "write_raw_run", "write_jungfrau_run", "InputError"]
 
 
 def open_run(
@@ -30,7 +41,7 @@ def open_run(
     modules=None,
     detector_id: str | None = None,
 ) -> xr.Dataset:
-    """Open a run lazily: a directory is a EuXFEL RAW run, a file a plain HDF5 stack (``dataset`` required).
+    """Open a run lazily: a EuXFEL RAW run or CBF directory, or an HDF5 file (see the module docstring).
 
     Returns an ``xarray.Dataset``, dims ``(module, cell, frame, y, x)``, chunked by
     module and ``cells_per_chunk`` memory cells with all frames in a chunk. Raises
@@ -41,14 +52,17 @@ def open_run(
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise InputError(path, "no such file or directory")
+    det = resolve_detector(detector)
     if os.path.isdir(path):
-        return open_euxfel_run(
-            path, detector, cells_per_chunk=cells_per_chunk, modules=modules, detector_id=detector_id
-        )
+        if any(name.lower().endswith(".cbf") for name in os.listdir(path)):
+            return open_cbf_series(path, det, modules=modules)
+        return open_euxfel_run(path, det, cells_per_chunk=cells_per_chunk, modules=modules, detector_id=detector_id)
+    if path.lower().endswith(".cbf"):
+        raise InputError(path, f"is one CBF frame: open the directory of the run's frames, {os.path.dirname(path)}")
     if not dataset and re.match(r"^(RAW|CORR)-R\d+-", os.path.basename(path)):
         raise InputError(path, f"is one file of a EuXFEL run: open its run directory {os.path.dirname(path)}")
-    if not dataset:
+    if not dataset and not det.dataset:
         raise InputError(
-            path, "is a file: a plain HDF5 stack needs the path of its (frame, [module,] y, x) dataset inside the file"
+            path, f"is a file: a plain HDF5 stack of {det.name} needs the path of its (frame, [module,] y, x) dataset inside the file"
         )
-    return open_hdf5_stack(path, dataset, detector, cells_per_chunk=cells_per_chunk, modules=modules)
+    return open_hdf5_stack(path, dataset, det, cells_per_chunk=cells_per_chunk, modules=modules)

@@ -29,12 +29,9 @@ import contextlib
 import io
 import os
 import re
-import shutil
 import sys
-import tempfile
 from collections import Counter
-from datetime import datetime, timezone
-from pathlib import Path
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -46,243 +43,47 @@ from ..detectors import Detector
 from ..errors import InputError
 from .hdf5 import DIMS, file_token, graph_array, open_hdf5, resolve_detector
 
-__all__ = ["open_euxfel_run", "write_raw_run", "raw_file_name", "DEFAULT_DETECTOR_ID"]
+__all__ = ["open_euxfel_run"]
 
-DEFAULT_DETECTOR_ID = "SPB_DET_AGIPD1M-1"
-FORMAT_VERSION = "1.2"
-CHANNEL = "CH0:xtdf"
 IMAGE_KEY = "image.data"
-_SOURCE = re.compile(r"^(?P<det>[^/]+)/DET/(?P<module>\d+)CH0:xtdf$")
+_XTDF_SOURCE = re.compile(r"^(?P<det>[^/]+)/DET/(?P<module>\d+)CH0:xtdf$")
 _RUN_FILE = re.compile(r"^[A-Z]+-R(\d+)-")
 _RUN_DIR = re.compile(r"^r(\d+)$")
-_TRAIN_PARTS = ("detector", "header", "trailer")
-_DETECTOR_DATA_SIZE = 5408  #: bytes of AGIPD detector-specific data per train
-_MAGIC = np.frombuffer(b"XTDF\x00\x00\x00\x00", dtype=np.int8)
-_TIMESTAMP_BASE = 1_600_000_000 * 10**9  #: ns since the epoch at train id 0 (10 Hz trains)
-
-
-def raw_file_name(run_number: int, module: int, sequence: int) -> str:
-    """Name of the RAW file of one AGIPD module and sequence."""
-    return f"RAW-R{run_number:04d}-AGIPD{module:02d}-S{sequence:05d}.h5"
-
-
-# ============================================================================ writer
-
-
-def write_raw_run(
-    run_dir: str | os.PathLike,
-    analog,
-    gain,
-    *,
-    run_number: int,
-    cell_ids=None,
-    first_train_id: int = 10000,
-    detector_id: str = DEFAULT_DETECTOR_ID,
-    trains_per_file: int | None = None,
-    compression: str | None = None,
-    train_ids=None,
-    module_numbers=None,
-    proposal: int = 700000,
-    run_type: str = "synthetic",
-) -> Path:
-    """Write ``(module, cell, frame, y, x)`` uint16 analog and gain arrays as a EuXFEL RAW run.
-
-    Frame ``t`` of every cell belongs to train ``first_train_id + t`` (or ``train_ids[t]``:
-    strictly increasing, non-zero). ``cell_ids`` (default ``0..cells-1``) are the memory
-    cell ids of the cells, in the order the detector stores them in a train; an array
-    broadcastable to ``(module, frame, cell)`` gives every module and train its own
-    sequence (to write irregular runs). ``module_numbers`` are the module numbers of the
-    first axis (default ``0..modules-1``). ``run_type`` goes to ``METADATA/runType``, where
-    the DAQ records the run type chosen by the operator. ``trains_per_file`` splits each module into
-    sequence files (default: one file). ``compression="gzip"``: gzip level 1 with
-    shuffle on ``image.data``, as the facility compresses RAW data.
-
-    The run is written under a temporary name next to ``run_dir`` and renamed into
-    place when complete. ``run_dir`` must not exist or be empty (else InputError).
-    Returns ``run_dir`` as a :class:`pathlib.Path`.
-    """
-    run_dir = Path(run_dir)
-    analog = np.asarray(analog)
-    gain = np.asarray(gain)
-    if analog.ndim != 5 or analog.shape != gain.shape:
-        raise ValueError(
-            "analog and gain must be (module, cell, frame, y, x) arrays of one shape,"
-            f" not {analog.shape} and {gain.shape}"
-        )
-    if analog.dtype != np.uint16 or gain.dtype != np.uint16:
-        raise ValueError(f"RAW data is uint16; got analog {analog.dtype} and gain {gain.dtype}")
-    n_mod, n_cells, n_frames, ny, nx = analog.shape
-    if min(n_mod, n_cells, n_frames) < 1:
-        raise ValueError(f"nothing to write: shape {analog.shape}")
-    if compression not in (None, "gzip"):
-        raise ValueError(f"compression must be None or 'gzip', not {compression!r}")
-    if not 0 <= run_number <= 9999:
-        raise ValueError(f"run_number must be in 0..9999, not {run_number}")
-
-    if train_ids is None:
-        if first_train_id < 1:
-            raise ValueError("first_train_id must be positive")
-        tids = np.arange(first_train_id, first_train_id + n_frames, dtype=np.uint64)
-    else:
-        tids = np.asarray(train_ids, dtype=np.uint64)
-        if tids.shape != (n_frames,):
-            raise ValueError(f"train_ids must have one id per frame ({n_frames}), not shape {tids.shape}")
-        if (tids == 0).any() or (np.diff(tids.astype(np.int64)) <= 0).any():
-            raise ValueError("train_ids must be non-zero and strictly increasing")
-    if module_numbers is None:
-        module_numbers = range(n_mod)
-    module_numbers = [int(m) for m in module_numbers]
-    if len(module_numbers) != n_mod or len(set(module_numbers)) != n_mod or min(module_numbers) < 0:
-        raise ValueError(f"module_numbers must be {n_mod} distinct non-negative numbers, not {module_numbers}")
-    cells = np.arange(n_cells) if cell_ids is None else np.asarray(cell_ids)
-    try:
-        cells = np.broadcast_to(cells, (n_mod, n_frames, n_cells)).astype(np.uint16)
-    except ValueError:
-        raise ValueError(
-            f"cell_ids of shape {np.shape(cell_ids)} do not broadcast to"
-            f" (module, frame, cell) = {(n_mod, n_frames, n_cells)}"
-        ) from None
-    per_file = n_frames if trains_per_file is None else int(trains_per_file)
-    if per_file < 1:
-        raise ValueError("trains_per_file must be at least 1")
-
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise InputError(run_dir, "exists and is not an empty directory; not overwriting it")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.partial-", dir=run_dir.parent))
-    try:
-        for i, module in enumerate(module_numbers):
-            for seq, t0 in enumerate(range(0, n_frames, per_file)):
-                t1 = min(t0 + per_file, n_frames)
-                _write_module_file(
-                    tmp / raw_file_name(run_number, module, seq),
-                    analog[i, :, t0:t1],
-                    gain[i, :, t0:t1],
-                    cells[i, t0:t1],
-                    tids[t0:t1],
-                    source=f"{detector_id}/DET/{module}{CHANNEL}",
-                    compression=compression,
-                    run_number=run_number,
-                    sequence=seq,
-                    proposal=proposal,
-                    run_type=run_type,
-                )
-        if run_dir.exists():
-            run_dir.rmdir()  # empty (checked above)
-        os.rename(tmp, run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return run_dir
-
-
-def _write_module_file(path, analog, gain, cells, tids, *, source, compression, run_number, sequence, proposal, run_type):
-    """One RAW file: one module's source for the trains ``tids``; analog/gain (cell, train, y, x)."""
-    n_cells, n_trains, ny, nx = analog.shape
-    n_frames = n_trains * n_cells
-    inst = f"INSTRUMENT/{source}"
-    with h5py.File(path, "w") as f:
-        f.create_group("CONTROL")
-        f.create_group("RUN")
-
-        # INDEX: trains of the file, then per source group where each train's entries are
-        f.create_dataset("INDEX/trainId", data=tids, dtype="u8", maxshape=(None,))
-        f.create_dataset("INDEX/timestamp", data=_TIMESTAMP_BASE + tids * 10**8, dtype="u8", maxshape=(None,))
-        f.create_dataset("INDEX/flag", data=np.ones(n_trains), dtype="i4", maxshape=(None,))
-        f.create_dataset("INDEX/origin", data=np.full(n_trains, -1), dtype="i4", maxshape=(None,))
-        counts = {"image": n_cells, **{part: 1 for part in _TRAIN_PARTS}}
-        for part, count in counts.items():
-            f.create_dataset(
-                f"INDEX/{source}/{part}/first", data=np.arange(n_trains) * count, dtype="u8", maxshape=(None,)
-            )
-            f.create_dataset(
-                f"INDEX/{source}/{part}/count", data=np.full(n_trains, count), dtype="u8", maxshape=(None,)
-            )
-
-        # INSTRUMENT: per-frame image data and metadata, (frame, 1) as the DAQ stores them
-        def per_frame(key, values, dtype):
-            values = np.asarray(values).reshape(n_frames, 1)
-            f.create_dataset(f"{inst}/image/{key}", data=values, dtype=dtype, maxshape=(None, 1))
-
-        per_frame("trainId", np.repeat(tids, n_cells), "u8")
-        per_frame("pulseId", np.tile(np.arange(n_cells), n_trains), "u8")
-        per_frame("cellId", cells.reshape(-1), "u2")
-        per_frame("length", np.full(n_frames, 2 * ny * nx * 2), "u4")
-        per_frame("status", np.zeros(n_frames), "u2")
-        kw = {"compression": "gzip", "compression_opts": 1, "shuffle": True} if compression == "gzip" else {}
-        data = f.create_dataset(
-            f"{inst}/image/data",
-            shape=(n_frames, 2, ny, nx),
-            dtype="u2",
-            chunks=(1, 2, ny, nx),
-            maxshape=(None, 2, ny, nx),
-            **kw,
-        )
-        step = max(1, (64 << 20) // (n_cells * 2 * ny * nx * 2))  # trains per write: ~64 MiB buffers
-        for t0 in range(0, n_trains, step):
-            t1 = min(t0 + step, n_trains)
-            buf = np.empty((t1 - t0, n_cells, 2, ny, nx), dtype=np.uint16)
-            buf[:, :, 0] = analog[:, t0:t1].swapaxes(0, 1)
-            buf[:, :, 1] = gain[:, t0:t1].swapaxes(0, 1)
-            data[t0 * n_cells : t1 * n_cells] = buf.reshape(-1, 2, ny, nx)
-
-        # INSTRUMENT: the XTDF train envelope, one entry per train
-        def per_train(key, values, dtype, dims=()):
-            values = np.broadcast_to(np.asarray(values, dtype=dtype), (n_trains, *dims))
-            f.create_dataset(f"{inst}/{key}", data=values, dtype=dtype, maxshape=(None, *dims))
-
-        for part in _TRAIN_PARTS:
-            per_train(f"{part}/trainId", tids, "u8")
-        per_train("detector/data", 0, "u1", (_DETECTOR_DATA_SIZE,))
-        per_train("header/dataId", 0, "u8")
-        per_train("header/linkId", 0, "u8")
-        per_train("header/magicNumberBegin", _MAGIC, "i1", (8,))
-        per_train("header/majorTrainFormatVersion", 2, "u4")
-        per_train("header/minorTrainFormatVersion", 1, "u4")
-        per_train("header/pulseCount", n_cells, "u8")
-        per_train("header/reserved", 0, "u1", (16,))
-        per_train("trailer/checksum", 0, "i1", (16,))
-        per_train("trailer/magicNumberEnd", _MAGIC, "i1", (8,))
-        per_train("trailer/status", 0, "u8")
-
-        # METADATA
-        ids = [f"INSTRUMENT/{source}/{part}" for part in ("detector", "header", "image", "trailer")]
-        vlen = h5py.special_dtype(vlen=bytes)
-        sources = f.create_group("METADATA/dataSources")
-        columns = {
-            "dataSourceId": ids,
-            "root": [s.split("/", 1)[0] for s in ids],
-            "deviceId": [s.split("/", 1)[1] for s in ids],
-        }
-        for key, values in columns.items():
-            sources.create_dataset(key, data=[v.encode() for v in values], dtype=vlen, maxshape=(None,))
-        now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ").encode()
-        meta = f["METADATA"]
-        meta["dataFormatVersion"] = [FORMAT_VERSION.encode()]
-        meta["creationDate"] = [now]
-        meta["updateDate"] = [now]
-        meta["daqLibrary"] = [b"rmm-dask"]
-        meta["karaboFramework"] = [b"synthetic"]
-        meta["runType"] = [run_type.encode()]
-        meta["sample"] = [b"No Sample"]
-        meta.create_dataset("proposalNumber", data=[proposal], dtype="u4")
-        meta.create_dataset("runNumber", data=[run_number], dtype="u4")
-        meta.create_dataset("sequenceNumber", data=[sequence], dtype="u4")
 
 
 # ============================================================================ reader
 
 
+@dataclass(frozen=True)
+class _Flavour:
+    """How a kind of detector stores its frames in RAW files."""
+
+    group: str  #: INDEX group of the frames
+    datasets: tuple  #: read into the (analog, gain) planes: one (frame, 2, y, x) dataset, or one per plane
+    cells: str  #: memory cell ids: per frame, or per train entry (train, cell)
+    per_train: bool  #: one entry per train with all its cells along axis 1 (JUNGFRAU), else one per frame
+    source_hint: str  #: what its module sources look like, for messages
+
+
+XTDF = _Flavour("image", ("image/data",), "image/cellId", False, "<detector>/DET/<n>CH0:xtdf")
+JUNGFRAU = _Flavour("data", ("data/adc", "data/gain"), "data/memoryCell", True, "<detector>/DET/JNGFR<n>:daqOutput")
+
+
+def flavour_of(det: Detector) -> _Flavour:
+    return JUNGFRAU if det.gain == "bits" else XTDF
+
+
 class _RawBlock:
     """What one read task needs: plain values only (paths, dataset name, integer arrays), so it pickles."""
 
-    __slots__ = ("files", "dataset", "segments", "n_cells", "positions", "n_frames", "frame_shape")
+    __slots__ = ("files", "datasets", "per_train", "segments", "n_cells", "positions", "n_frames", "frame_shape")
 
-    def __init__(self, files, dataset, segments, n_cells, positions, n_frames, frame_shape):
+    def __init__(self, files, datasets, per_train, segments, n_cells, positions, n_frames, frame_shape):
         self.files = tuple(files)  #: sequence files of the module
-        self.dataset = dataset  #: path of image.data inside them
-        #: int64 (segment, 4): file index, first frame in the file, trains, first output frame;
-        #: the trains of a segment are consecutive in the file, n_cells frames each
+        self.datasets = tuple(datasets)  #: image.data, or data.adc and data.gain, inside them
+        self.per_train = per_train  #: entries are trains holding all cells (JUNGFRAU), not frames
+        #: int64 (segment, 4): file index, first entry in the file, trains, first output frame;
+        #: the trains of a segment are consecutive in the file (n_cells entries each, or one)
         self.segments = segments
         self.n_cells = n_cells
         self.positions = tuple(positions)  #: positions in the cell sequence of the cells of this block
@@ -292,7 +93,8 @@ class _RawBlock:
     def __reduce__(self):
         return type(self), (
             self.files,
-            self.dataset,
+            self.datasets,
+            self.per_train,
             self.segments,
             self.n_cells,
             self.positions,
@@ -311,32 +113,55 @@ def _read_raw_block(block: _RawBlock) -> np.ndarray:
     """
     planes, ny, nx = block.frame_shape
     out = np.empty((1, len(block.positions), planes, block.n_frames, ny, nx), dtype=np.uint16)
-    frame = np.empty((1, *block.frame_shape), dtype=np.uint16)
-    step = block.n_cells
     for index, path in enumerate(block.files):
         segments = block.segments[block.segments[:, 0] == index]
         if not len(segments):
             continue
         try:
             with h5py.File(path, "r") as f:
-                dsid = f[block.dataset].id
-                file_space = dsid.get_space()
-                if file_space.get_simple_extent_dims()[1:] != block.frame_shape:
-                    raise InputError(path, f"{block.dataset} changed shape since the run was opened")
-                mem_space = h5s.create_simple((1, *block.frame_shape))
-                count = (1, *block.frame_shape)
-                zeros = (0,) * len(block.frame_shape)
-                for _, start, n, dest in segments.tolist():
-                    for k in range(n):
-                        for i, pos in enumerate(block.positions):
-                            file_space.select_hyperslab((start + k * step + pos, *zeros), count)
-                            dsid.read(mem_space, file_space, frame)
-                            out[0, i, :, dest + k] = frame[0]
+                if block.per_train:
+                    for plane, dataset in enumerate(block.datasets):
+                        _read_cells_per_train(f[dataset], path, dataset, segments, block, out, plane)
+                else:
+                    _read_frames(f[block.datasets[0]], path, block.datasets[0], segments, block, out)
         except InputError:
             raise
         except (OSError, KeyError, ValueError) as e:
-            raise InputError(path, f"cannot read {block.dataset}: {e}") from None
+            raise InputError(path, f"cannot read {block.datasets[0]}: {e}") from None
     return out
+
+
+def _read_frames(ds, path, dataset, segments, block, out) -> None:
+    """XTDF: (frame, 2, y, x) entries, a train's cells consecutive; both planes at once."""
+    dsid = ds.id
+    file_space = dsid.get_space()
+    if file_space.get_simple_extent_dims()[1:] != block.frame_shape:
+        raise InputError(path, f"{dataset} changed shape since the run was opened")
+    frame = np.empty((1, *block.frame_shape), dtype=np.uint16)
+    mem_space = h5s.create_simple((1, *block.frame_shape))
+    count = (1, *block.frame_shape)
+    for _, start, n, dest in segments.tolist():
+        for k in range(n):
+            for i, pos in enumerate(block.positions):
+                file_space.select_hyperslab((start + k * block.n_cells + pos, 0, 0, 0), count)
+                dsid.read(mem_space, file_space, frame)
+                out[0, i, :, dest + k] = frame[0]
+
+
+def _read_cells_per_train(ds, path, dataset, segments, block, out, plane) -> None:
+    """JUNGFRAU: (train, cell, y, x) entries; one plane, read straight into the output."""
+    _, ny, nx = block.frame_shape
+    dsid = ds.id
+    file_space = dsid.get_space()
+    dims = file_space.get_simple_extent_dims()
+    if dims[1] != block.n_cells or dims[2:] != (ny, nx):
+        raise InputError(path, f"{dataset} changed shape since the run was opened")
+    mem_space = h5s.create_simple((1, 1, ny, nx))
+    for _, start, n, dest in segments.tolist():
+        for k in range(n):
+            for i, pos in enumerate(block.positions):
+                file_space.select_hyperslab((start + k, pos, 0, 0), (1, 1, ny, nx))
+                dsid.read(mem_space, file_space, out[0, i, plane, dest + k : dest + k + 1].reshape(1, 1, ny, nx))
 
 
 class _Module:
@@ -405,16 +230,11 @@ def _raise_for_unusable(run_dir: str, names, log: str):
 
 def _find_sources(run, run_dir: str, det: Detector, detector_id: str | None, modules) -> tuple[str, dict[int, str]]:
     """(detector id, {module number: source name}) of the raw module sources to read."""
-    found: dict[str, dict[int, str]] = {}
-    for source in sorted(run.instrument_sources):
-        match = _SOURCE.match(source)
-        if match:
-            found.setdefault(match["det"], {})[int(match["module"])] = source
+    flavour = flavour_of(det)
+    found = _jungfrau_sources(run, run_dir, det, detector_id) if flavour is JUNGFRAU else _xtdf_sources(run)
     if not found:
         listed = ", ".join(sorted(run.instrument_sources)[:5]) or "none"
-        raise InputError(
-            run_dir, f"no {det.name} raw module sources (<detector>/DET/<n>{CHANNEL}) in the run; sources: {listed}"
-        )
+        raise InputError(run_dir, f"no {det.name} raw module sources ({flavour.source_hint}) in the run; sources: {listed}")
     if detector_id is None:
         if len(found) > 1:
             raise InputError(
@@ -436,29 +256,45 @@ def _find_sources(run, run_dir: str, det: Detector, detector_id: str | None, mod
     return detector_id, dict(sorted(sources.items()))
 
 
+def _xtdf_sources(run) -> dict[str, dict[int, str]]:
+    found: dict[str, dict[int, str]] = {}
+    for source in sorted(run.instrument_sources):
+        match = _XTDF_SOURCE.match(source)
+        if match:
+            found.setdefault(match["det"], {})[int(match["module"])] = source
+    return found
+
+
+def _jungfrau_sources(run, run_dir: str, det: Detector, detector_id: str | None) -> dict[str, dict[int, str]]:
+    """JUNGFRAU sources through EXtra-data's component; its modules JNGFR01... become 0, 1, ..."""
+    from extra_data.components import JUNGFRAU as ExtraJungfrau
+
+    try:
+        jf = ExtraJungfrau(run, detector_id, raw=True)
+    except Exception as e:  # noqa: BLE001  (EXtra-data raises ValueError, SourceNameError, ...)
+        if "no detector" in str(e).lower() or "not found" in str(e).lower():
+            return {}
+        raise InputError(run_dir, f"cannot read the {det.name} sources of the run: {e}") from None
+    return {jf.detector_name: {modno - 1: source for modno, source in jf.modno_to_source.items()}}
+
+
 def _module_frames(run, number: int, source: str, det: Detector) -> _Module:
     """Read one module's index and per-frame cell/pulse ids (metadata only) from every file of its source."""
+    flavour = flavour_of(det)
     mod = _Module(number, source)
     files = sorted(run[source].files, key=lambda fa: (int(fa.train_ids[0]) if len(fa.train_ids) else 0, fa.filename))
-    expected = (2, *det.module_shape)
+    inst = f"INSTRUMENT/{source}"
     for fa in files:
         path = fa.filename
-        inst = f"INSTRUMENT/{source}/image"
         try:
             h5 = fa.file
-            data = h5[f"{inst}/data"]
-            if tuple(data.shape[1:]) != expected or data.dtype != np.uint16:
-                raise InputError(
-                    path,
-                    f"{source} {IMAGE_KEY} holds {data.dtype} frames of {tuple(data.shape[1:])},"
-                    f" expected uint16 {expected} (raw {det.name} data)",
-                )
-            n_data = data.shape[0]
-            cells = np.asarray(h5[f"{inst}/cellId"][:]).reshape(-1)
+            n_data, n_cells_stored = _check_frames(h5, inst, flavour, det, path)
+            cells = np.asarray(h5[f"{inst}/{flavour.cells}"][:])
+            cells = cells.reshape(-1) if not flavour.per_train else cells.reshape(cells.shape[0], -1)
             pulses = None
-            if "pulseId" in h5[inst]:
-                pulses = np.asarray(h5[f"{inst}/pulseId"][:]).reshape(-1).astype(np.uint64)
-            firsts, counts = fa.get_index(source, "image")
+            if not flavour.per_train and "pulseId" in h5[f"{inst}/image"]:
+                pulses = np.asarray(h5[f"{inst}/image/pulseId"][:]).reshape(-1).astype(np.uint64)
+            firsts, counts = fa.get_index(source, flavour.group)
         except KeyError as e:
             what = e.args[0] if e.args else "dataset"
             raise InputError(path, f"{source}: missing {what} (not raw detector data?)") from None
@@ -469,14 +305,16 @@ def _module_frames(run, number: int, source: str, det: Detector) -> _Module:
         tids = np.asarray(fa.train_ids, dtype=np.uint64)
         valid = np.asarray(fa.validity_flag, dtype=bool)
         if firsts.size != tids.size:
-            raise InputError(path, f"INDEX/{source}/image has {firsts.size} entries for {tids.size} trains")
+            raise InputError(path, f"INDEX/{source}/{flavour.group} has {firsts.size} entries for {tids.size} trains")
         end = firsts + counts
-        if len(end) and (end.max() > min(n_data, cells.size)):
+        if len(end) and (end.max() > min(n_data, cells.shape[0])):
             raise InputError(
                 path,
-                f"INDEX/{source}/image points to frame {end.max()} but {IMAGE_KEY} has {n_data} frames"
-                f" and image.cellId {cells.size}",
+                f"INDEX/{source}/{flavour.group} points to entry {end.max()} but {flavour.datasets[0]} has {n_data}"
+                f" and {flavour.cells} {cells.shape[0]}",
             )
+        if flavour.per_train and (counts > 1).any():
+            raise InputError(path, f"INDEX/{source}/{flavour.group} has trains with {counts.max()} entries, expected one")
         index = len(mod.files)
         mod.files.append(path)
         for t, first, count, ok in zip(tids.tolist(), firsts.tolist(), counts.tolist(), valid.tolist()):
@@ -489,10 +327,31 @@ def _module_frames(run, number: int, source: str, det: Detector) -> _Module:
                 mod.duplicate += 1
                 continue
             mod.trains[t] = (index, first, count)
-            mod.cells[t] = cells[first : first + count].astype(np.uint16).tobytes()
+            train_cells = cells[first] if flavour.per_train else cells[first : first + count]
+            mod.cells[t] = train_cells.astype(np.uint16).tobytes()
             if pulses is not None:
                 mod.pulses[t] = pulses[first : first + count].tobytes()
     return mod
+
+
+def _check_frames(h5, inst: str, flavour: _Flavour, det: Detector, path: str) -> tuple[int, int | None]:
+    """Entries in the file and cells per entry (JUNGFRAU), after checking shapes and dtypes."""
+    ny, nx = det.module_shape
+    if not flavour.per_train:
+        data = h5[f"{inst}/{flavour.datasets[0]}"]
+        if tuple(data.shape[1:]) != (2, ny, nx) or data.dtype != np.uint16:
+            raise InputError(
+                path,
+                f"{inst.split('/', 1)[1]} {IMAGE_KEY} holds {data.dtype} frames of {tuple(data.shape[1:])},"
+                f" expected uint16 {(2, ny, nx)} (raw {det.name} data)",
+            )
+        return data.shape[0], None
+    adc, gain = (h5[f"{inst}/{name}"] for name in flavour.datasets)
+    if adc.ndim != 4 or tuple(adc.shape[2:]) != (ny, nx) or adc.dtype != np.uint16:
+        raise InputError(path, f"{inst}/data/adc holds {adc.dtype} {adc.shape}, expected uint16 (train, cell, {ny}, {nx}) (raw {det.name} data)")
+    if gain.shape != adc.shape or gain.dtype.kind != "u":
+        raise InputError(path, f"{inst}/data/gain holds {gain.dtype} {gain.shape}, expected unsigned {adc.shape} like data/adc")
+    return adc.shape[0], adc.shape[1]
 
 
 def _ranges(numbers: list[int]) -> str:
@@ -578,12 +437,12 @@ def _select_trains(mods: list[_Module], run_dir: str) -> tuple[np.ndarray, bytes
     return kept, reference, notes
 
 
-def _segments(mod: _Module, kept: np.ndarray, n_cells: int) -> np.ndarray:
+def _segments(mod: _Module, kept: np.ndarray, entries_per_train: int) -> np.ndarray:
     """int64 (segment, 4) of :class:`_RawBlock` for the kept trains of one module."""
     rows = []
     for out, t in enumerate(kept.tolist()):
         index, first, _ = mod.trains[t]
-        if rows and rows[-1][0] == index and rows[-1][1] + rows[-1][2] * n_cells == first:
+        if rows and rows[-1][0] == index and rows[-1][1] + rows[-1][2] * entries_per_train == first:
             rows[-1][2] += 1
         else:
             rows.append([index, first, 1, out])
@@ -641,11 +500,12 @@ def open_euxfel_run(
     if no_frames > 0:
         notes.append(f"{no_frames} of {n_run_trains} trains of the run have no frames of these modules")
 
+    flavour = flavour_of(det)
     pulse_keys = {m.pulses.get(int(t)) for m in mods for t in kept.tolist()}
     pulse_ids = None
     if len(pulse_keys) == 1 and None not in pulse_keys:
         pulse_ids = np.frombuffer(pulse_keys.pop(), dtype=np.uint64)
-    else:
+    elif not flavour.per_train:
         notes.append("pulse ids differ between trains: no pulse_id coordinate")
 
     frame_shape = (2, *det.module_shape)
@@ -654,17 +514,17 @@ def open_euxfel_run(
     files = [p for m in mods for p in m.files]
     tasks = {}
     for i, mod in enumerate(mods):
-        segments = _segments(mod, kept, n_cells)
+        segments = _segments(mod, kept, 1 if flavour.per_train else n_cells)
         used = sorted(set(segments[:, 0].tolist()))
         # keep only the files this module's kept trains are in, renumbered
         remap = np.full(len(mod.files), -1, dtype=np.int64)
         remap[used] = np.arange(len(used))
         segments[:, 0] = remap[segments[:, 0]]
         mod_files = [mod.files[k] for k in used]
-        dataset = f"INSTRUMENT/{mod.source}/image/data"
+        datasets = [f"INSTRUMENT/{mod.source}/{name}" for name in flavour.datasets]
         for j, start in enumerate(starts):
             positions = range(start, start + cell_chunks[j])
-            block = _RawBlock(mod_files, dataset, segments, n_cells, positions, n_frames, frame_shape)
+            block = _RawBlock(mod_files, datasets, flavour.per_train, segments, n_cells, positions, n_frames, frame_shape)
             tasks[(i, j, 0, 0, 0, 0)] = (_read_raw_block, block)
     name = "euxfel-raw-" + tokenize(
         file_token(files), detector_id, sorted(sources.items()), kept, reference, cells_per_chunk, frame_shape

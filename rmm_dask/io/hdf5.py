@@ -1,15 +1,19 @@
-"""Plain HDF5 stacks, and the shared "open an HDF5 file or say what is wrong with it".
+"""HDF5 stacks of frames (plain, CXI, NeXus/NXmx), and the shared "open an HDF5 file or say
+what is wrong with it".
 
-:func:`open_hdf5_stack` reads a dataset of frames, ``(frame, y, x)`` or
-``(frame, module, y, x)``, as the same lazy dataset as a EuXFEL run: dims
-``(module, cell, frame, y, x)`` with a single memory cell (id 0) and no gain
-indicator. One read task per module; tasks carry the file path, never an open file.
+:func:`open_hdf5_stack` reads a dataset of frames, full detector frames ``(frame, Y, X)``,
+``(frame, module, y, x)`` or ``(frame, y, x)``, as the same lazy dataset as a EuXFEL
+run: dims ``(module, cell, frame, y, x)`` with a single memory cell (id 0). One read
+task per module; tasks carry the file path, never an open file.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import dask.array as da
 import h5py
@@ -72,7 +76,7 @@ def open_hdf5(path: str | os.PathLike) -> h5py.File:
 
 
 def graph_array(name: str, tasks: dict, chunks: tuple, dtype) -> da.Array:
-    """A dask array from ``{block index: (function, argument)}`` read tasks with no dependencies."""
+    """A dask array from ``{block index: (function, *arguments)}`` read tasks with no dependencies."""
     dsk = {(name, *index): task for index, task in tasks.items()}
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     return da.Array(graph, name, chunks=chunks, dtype=dtype)
@@ -87,53 +91,70 @@ def file_token(paths) -> list:
     return out
 
 
+def write_run_dir(run_dir: Path, write) -> Path:
+    """Call ``write(tmp)`` to fill a temporary directory beside ``run_dir``, then rename it into place."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise InputError(run_dir, "exists and is not an empty directory; not overwriting it")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.partial-", dir=run_dir.parent))
+    try:
+        write(tmp)
+        if run_dir.exists():
+            run_dir.rmdir()  # empty (checked above)
+        os.rename(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run_dir
+
+
 # ---------------------------------------------------------------------------- stacks
 
 
-class _StackBlock:
-    """One read task of a stack: all frames of one module, as (1, 1, frame, y, x)."""
+class _Region:
+    """One read task of a stack: one module's pixels in every frame, as (1, 1, frame, y, x).
 
-    __slots__ = ("path", "dataset", "module", "shape", "dtype")
+    ``segments`` are the (file, dataset, frames) the frames are concatenated from (one
+    dataset, or the ``data_000001``, ... datasets of a NeXus master file); ``index`` the
+    fixed indices between the frame axis and the module's pixels (``()``, or the
+    module's index); ``origin`` the module's first pixel (y, x) in the frame.
+    """
 
-    def __init__(self, path: str, dataset: str, module: int | None, shape: tuple, dtype: str):
-        self.path = path
-        self.dataset = dataset
-        self.module = module  #: index along the dataset's module axis; None for (frame, y, x)
-        self.shape = shape  #: (frame, y, x)
-        self.dtype = dtype
+    __slots__ = ("segments", "index", "origin", "shape", "dtype")
+
+    def __init__(self, segments: tuple, index: tuple, origin: tuple, shape: tuple, dtype: str):
+        self.segments, self.index, self.origin, self.shape, self.dtype = segments, index, origin, shape, dtype
 
     def __reduce__(self):
-        return type(self), (self.path, self.dataset, self.module, self.shape, self.dtype)
+        return type(self), (self.segments, self.index, self.origin, self.shape, self.dtype)
 
 
-def _read_stack_block(block: _StackBlock) -> np.ndarray:
-    """Read (1, 1, frame, y, x) of one module, one HDF5 chunk of frames at a time, straight into the output.
+def _read_region(region: _Region) -> np.ndarray:
+    """Read one module of every frame, one HDF5 chunk of frames at a time, straight into the output.
 
     One read per chunk: a single selection spanning many chunks is several times slower in HDF5 1.14.
     """
-    n_frames, ny, nx = block.shape
-    out = np.empty((1, 1, n_frames, ny, nx), dtype=block.dtype)
-    try:
-        with h5py.File(block.path, "r") as f:
-            ds = f[block.dataset]
-            if ds.shape[0] < n_frames or ds.shape[-2:] != (ny, nx):
-                raise InputError(block.path, f"dataset {block.dataset} changed shape since it was opened: {ds.shape}")
-            if not ds.size:
-                return out
-            step = ds.chunks[0] if ds.chunks else max(1, (4 << 20) // (ny * nx * ds.dtype.itemsize))
-            file_space = ds.id.get_space()
-            for f0 in range(0, n_frames, step):
-                n = min(step, n_frames - f0)
-                if block.module is None:
-                    file_space.select_hyperslab((f0, 0, 0), (n, ny, nx))
-                else:
-                    file_space.select_hyperslab((f0, block.module, 0, 0), (n, 1, ny, nx))
-                mem_shape = (n, ny, nx) if block.module is None else (n, 1, ny, nx)
-                ds.id.read(h5s.create_simple(mem_shape), file_space, out[0, 0, f0 : f0 + n].reshape(mem_shape))
-    except InputError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError) as e:
-        raise InputError(block.path, f"cannot read dataset {block.dataset}: {e}") from None
+    n_frames, ny, nx = region.shape
+    out = np.empty((1, 1, n_frames, ny, nx), dtype=region.dtype)
+    ones, f0 = (1,) * len(region.index), 0
+    for path, dataset, n_seg in region.segments:
+        try:
+            with h5py.File(path, "r") as f:
+                ds = f[dataset]
+                if ds.shape[0] < n_seg:
+                    raise InputError(path, f"dataset {dataset} changed shape since it was opened: {ds.shape}")
+                step = ds.chunks[0] if ds.chunks else max(1, (4 << 20) // (ny * nx * ds.dtype.itemsize))
+                space = ds.id.get_space()
+                for a in range(0, n_seg, step):
+                    n = min(step, n_seg - a)
+                    space.select_hyperslab((a, *region.index, *region.origin), (n, *ones, ny, nx))
+                    mem = (n, *ones, ny, nx)
+                    ds.id.read(h5s.create_simple(mem), space, out[0, 0, f0 + a : f0 + a + n].reshape(mem))
+        except InputError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise InputError(path, f"cannot read dataset {dataset}: {e}") from None
+        f0 += n_seg
     return out
 
 
@@ -152,84 +173,122 @@ def _candidates(f: h5py.File) -> list[str]:
     return found
 
 
+_NXMX_DATA = re.compile(r"^data_\d{6}$")
+
+
+def _segments(f: h5py.File, path: str, dataset: str) -> list[tuple[str, str, tuple, np.dtype]]:
+    """(file, dataset, shape, dtype) of the frames: the dataset, or a NeXus data group's data_NNNNNN."""
+    try:
+        obj = f.get(dataset)
+    except (OSError, KeyError, ValueError) as e:
+        raise InputError(path, f"cannot open {dataset}: {e}") from None
+    if obj is None:
+        hint = _candidates(f)
+        hint = f" (datasets with 3 or 4 dims: {', '.join(hint)})" if hint else ""
+        raise InputError(path, f"no dataset {dataset}{hint}")
+    if isinstance(obj, h5py.Dataset):
+        return [(path, dataset, obj.shape, obj.dtype)]
+    names = sorted(n for n in obj if _NXMX_DATA.match(n))
+    if not names:
+        raise InputError(path, f"{dataset} is a group without data_NNNNNN datasets, not a stack of frames")
+    out = []
+    for n in names:
+        try:
+            d = obj[n]  # external links open here: a missing data file is named
+        except (OSError, KeyError) as e:
+            raise InputError(path, f"cannot open {dataset}/{n} (a missing or unreadable data file?): {e}") from None
+        out.append((path, f"{dataset.rstrip('/')}/{n}", d.shape, d.dtype))
+    return out
+
+
+def _layout(shape: tuple, det: Detector) -> tuple[list, str]:
+    """Per module (index, origin) in a (frame, ...) dataset's shape, and the layout's name."""
+    tail, module = tuple(shape[1:]), tuple(det.module_shape)
+    if det.frame_shape is not None and tail == det.frame_shape:
+        return [((), origin) for origin in det.module_origins()], "frame"
+    if len(tail) == 3 and tail[1:] == module and 1 <= tail[0] <= det.n_modules:
+        return [((m,), (0, 0)) for m in range(tail[0])], "modules"
+    if tail == module:
+        return [((), (0, 0))], "module"
+    expected = [f"(frame, {module[0]}, {module[1]})", f"(frame, module, {module[0]}, {module[1]})"]
+    if det.frame_shape is not None:
+        expected.insert(0, f"(frame, {det.frame_shape[0]}, {det.frame_shape[1]})")
+    raise InputError("", f"has shape {shape}; {det.name} data is {' or '.join(expected)}")
+
+
 def open_hdf5_stack(
     path: str | os.PathLike,
-    dataset: str,
+    dataset: str | None = None,
     detector: str | Detector = "AGIPD1M",
     *,
     cells_per_chunk: int = 1,
     modules=None,
 ) -> xr.Dataset:
-    """Open a plain HDF5 stack of frames as a lazy ``(module, cell, frame, y, x)`` dataset.
+    """Open an HDF5 stack of frames as a lazy ``(module, cell, frame, y, x)`` dataset.
 
-    ``dataset`` is ``(frame, y, x)`` (one module, number 0) or ``(frame, module, y, x)``,
-    of any integer or float dtype (NaN in float data means missing); ``(y, x)`` must be
-    the detector's module shape. The result has one memory cell (id 0) and the data
-    variable ``analog`` only. ``cells_per_chunk`` is accepted for symmetry with
-    EuXFEL runs (a stack has one cell). ``modules`` selects module numbers.
-    Nothing but the dataset's metadata is read here.
+    ``dataset`` (default: the detector's, e.g. ``/entry_1/data_1/data`` for CXI files,
+    ``/entry/data/data`` for NeXus/NXmx) holds ``(frame, Y, X)`` full frames of a
+    detector whose modules tile a frame (the gaps between modules are dropped),
+    ``(frame, module, y, x)`` or ``(frame, y, x)`` of one module; a NeXus data group
+    with ``data_000001``, ... (external links as EIGER writes them) is read as one
+    stack. Integer or float values (NaN means missing). For a detector whose gain stage
+    is in the top bits (``gain: bits``) the values are split into ``analog`` (bits
+    0-13) and ``gain`` (bits 14-15); otherwise only ``analog``. The detector's
+    manufacturer mask (``pixel_mask``, e.g. NXmx ``/entry/instrument/detector/pixel_mask``),
+    when the file has it, becomes the variable ``pixel_mask`` uint32 ``(module, y, x)``.
+    One memory cell (id 0); ``modules`` selects module numbers. Only metadata is read here.
     """
     det = resolve_detector(detector)
     if cells_per_chunk < 1:
         raise ValueError("cells_per_chunk must be at least 1")
     path = os.path.abspath(os.fspath(path))
+    dataset = dataset or det.dataset
     if not dataset:
-        raise InputError(path, "no dataset given: name the (frame, y, x) or (frame, module, y, x) dataset to read")
+        raise InputError(path, f"no dataset given, and {det.name} names none: give the path of the frames inside the file")
     with open_hdf5(path) as f:
-        try:
-            obj = f.get(dataset)
-        except (OSError, KeyError, ValueError) as e:
-            raise InputError(path, f"cannot open dataset {dataset}: {e}") from None
-        if obj is None:
-            hint = _candidates(f)
-            hint = f" (datasets with 3 or 4 dims: {', '.join(hint)})" if hint else ""
-            raise InputError(path, f"no dataset {dataset}{hint}")
-        if not isinstance(obj, h5py.Dataset):
-            raise InputError(path, f"{dataset} is a group, not a dataset")
-        shape, dtype = tuple(obj.shape), obj.dtype
-    if dtype.kind in "iuf":
-        dtype = dtype.newbyteorder("=")  # read into native byte order
+        segments = _segments(f, path, dataset)
+        mask_path = det.pixel_mask if det.pixel_mask and isinstance(f.get(det.pixel_mask), h5py.Dataset) else None
+        mask_shape = f[mask_path].shape if mask_path else None
+    shapes = {s[2][1:] for s in segments}
+    dtype = segments[0][3]
     where = f"dataset {dataset}"
+    if len(shapes) > 1:
+        raise InputError(path, f"{where}: its parts hold frames of different shapes {sorted(shapes)}")
     if dtype.kind not in "iuf":
         raise InputError(path, f"{where} holds {dtype} values, expected integer or float numbers")
-    if len(shape) not in (3, 4):
-        raise InputError(path, f"{where} has shape {shape}, expected (frame, y, x) or (frame, module, y, x)")
-    if shape[-2:] != tuple(det.module_shape):
-        raise InputError(
-            path,
-            f"{where} has shape {shape}: frames of {shape[-2:]}, expected {tuple(det.module_shape)} for {det.name}",
-        )
-    n_frames = shape[0]
+    dtype = dtype.newbyteorder("=")  # read into native byte order
+    try:
+        regions, layout = _layout(segments[0][2], det)
+    except InputError as e:
+        raise InputError(path, f"{where} {e.problem}") from None
+    n_frames = sum(s[2][0] for s in segments)
     if n_frames < 2:
         raise InputError(path, f"{where} has {n_frames} frame(s), need at least 2")
-    if len(shape) == 4:
-        n_mod = shape[1]
-        if n_mod < 1 or n_mod > det.n_modules:
-            raise InputError(path, f"{where} has shape {shape}: {n_mod} modules, {det.name} has {det.n_modules}")
-        available = list(range(n_mod))
-    else:
-        available = [0]
+    available = list(range(len(regions)))
+    wanted = available
     if modules is not None:
         wanted = sorted({int(m) for m in np.atleast_1d(modules)})
         missing = [m for m in wanted if m not in available]
         if missing:
             raise InputError(path, f"{where} has no module {missing} (modules {available[0]}..{available[-1]})")
-    else:
-        wanted = available
-
+    parts = tuple((p, d, int(shape[0])) for p, d, shape, _ in segments)
     frame_shape = (n_frames, *det.module_shape)
-    name = "hdf5-stack-" + tokenize(file_token([path]), dataset, shape, str(dtype), wanted)
+    name = "hdf5-stack-" + tokenize(file_token([path]), parts, str(dtype), wanted, det)
     tasks = {
-        (i, 0, 0, 0, 0): (
-            _read_stack_block,
-            _StackBlock(path, dataset, None if len(shape) == 3 else m, frame_shape, dtype.str),
-        )
+        (i, 0, 0, 0, 0): (_read_region, _Region(parts, *regions[m], frame_shape, dtype.str))
         for i, m in enumerate(wanted)
     }
     chunks = ((1,) * len(wanted), (1,), (n_frames,), (det.module_shape[0],), (det.module_shape[1],))
-    analog = graph_array(name, tasks, chunks, dtype)
+    raw = graph_array(name, tasks, chunks, dtype)
+    data = {"analog": (DIMS, raw)}
+    if det.gain == "bits":
+        if dtype.kind != "u" or dtype.itemsize != 2:
+            raise InputError(path, f"{where} holds {dtype}; {det.name} raw data with the gain in bits 14-15 is uint16")
+        data = {"analog": (DIMS, raw & np.uint16(0x3FFF)), "gain": (DIMS, raw >> np.uint16(14))}
+    if mask_path:
+        data["pixel_mask"] = (("module", "y", "x"), _pixel_mask(path, mask_path, mask_shape, det, wanted))
     return xr.Dataset(
-        {"analog": (DIMS, analog)},
+        data,
         coords={
             "module": ("module", np.asarray(wanted, dtype=np.int64)),
             "cell": ("cell", np.zeros(1, dtype=np.int64)),
@@ -240,8 +299,32 @@ def open_hdf5_stack(
             "source": dataset,
             "path": path,
             "run": -1,
-            "format": "hdf5-stack",
-            "notes": [],
-            "files": [path],
+            "format": f"hdf5-stack ({layout} layout)",
+            "notes": [f"manufacturer pixel mask {mask_path} kept as its own layer"] if mask_path else [],
+            "files": sorted({p for p, _, _ in parts}),
         },
     )
+
+
+def _read_pixel_mask(path: str, dataset: str, det: Detector, wanted: tuple) -> np.ndarray:
+    """The manufacturer's mask as uint32 (module, y, x), from a full frame or per-module layout."""
+    with open_hdf5(path) as f:
+        mask = np.asarray(f[dataset][()], dtype=np.uint32)
+    if det.frame_shape is not None and mask.shape == det.frame_shape:
+        mask = det.split_frame(mask)
+    elif mask.shape == tuple(det.module_shape):
+        mask = mask[None]
+    return mask[list(wanted)]
+
+
+def _pixel_mask(path: str, dataset: str, shape: tuple, det: Detector, wanted: list):
+    """Lazy (module, y, x) manufacturer mask; InputError now if its shape fits no layout."""
+    fits = [tuple(det.module_shape), (det.n_modules, *det.module_shape)]
+    if det.frame_shape is not None:
+        fits.append(det.frame_shape)
+    if tuple(shape) not in fits:
+        raise InputError(path, f"pixel mask {dataset} has shape {tuple(shape)}, expected one of {fits}")
+    name = "pixel-mask-" + tokenize(file_token([path]), dataset, wanted, det)
+    task = (_read_pixel_mask, path, dataset, det, tuple(wanted))
+    ny, nx = det.module_shape
+    return graph_array(name, {(0, 0, 0): task}, ((len(wanted),), (ny,), (nx,)), np.uint32)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..synth import EXPECTED, GAINS, Defect, SyntheticCalibration, Truth
-from .euxfel import write_raw_run
+from .euxfel_write import write_raw_run
 from .hdf5 import open_hdf5
 
 __all__ = ["write_synthetic", "read_truth", "RUNS", "RUN_TYPES"]
