@@ -198,14 +198,15 @@ def gain_separation(mean, std, *, lam: float = 8.0) -> np.ndarray:
 
     ``mean`` and ``std`` are the temporal mean and std of the gain indicator in
     each stage's dark run, stages ordered by increasing indicator level (AGIPD:
-    high, medium, low). Stages H and H+1 overlap when
-    ``mean[H] + lam * std[H] > mean[H+1] - lam * std[H+1]``; both are flagged.
+    high, medium, low; JUNGFRAU's gain bits 0, 1, 3). Stages H and H+1 overlap when
+    ``mean[H] + lam * std[H] >= mean[H+1] - lam * std[H+1]`` (equal: a pixel whose
+    discrete gain bits stay the same in both stages does not switch); both are flagged.
     """
     mean = np.asarray(mean, dtype=np.float64)
     std = np.asarray(std, dtype=np.float64)
     bad = np.zeros(mean.shape, dtype=bool)
     with np.errstate(invalid="ignore"):
-        overlap = mean[:-1] + lam * std[:-1] > mean[1:] - lam * std[1:]
+        overlap = mean[:-1] + lam * std[:-1] >= mean[1:] - lam * std[1:]
     bad[:-1] |= overlap
     bad[1:] |= overlap
     return bad

@@ -78,6 +78,9 @@ NOISY_FACTOR = (3.0, 8.0)
 TELEGRAPH_AMPLITUDE = (8.0, 20.0)  #: in units of the pixel's temporal noise
 TELEGRAPH_SWITCH = 0.1  #: probability per frame of changing level
 GAIN_NOISY_FACTOR = (30.0, 100.0)
+GAIN_FLIP = (0.05, 0.3)  #: gain bits (JUNGFRAU): fraction of frames a GAIN_NOISY pixel is in a wrong stage
+#: gain bits of each stage, as JUNGFRAU records them
+GAIN_BITS = {"high": 0, "medium": 1, "low": 3}
 OVER_RESPONSE = (1.5, 3.0)
 UNDER_RESPONSE = (0.0, 0.5)
 DEAD_BLOCK = (16, 32)
@@ -150,14 +153,17 @@ class SynthConfig:
     acquisition: int = 0
     defect_fraction: float = 2e-3  #: fraction of a module's non-edge pixels per pixel defect kind
     outlier_frame_fraction: float = 0.02  #: probability of a dark frame being an outlier
-    dtype: str = "uint16"  #: "uint16" (raw) or "float32" (NO_DATA planted as NaN)
+    dtype: str = "uint16"  #: "uint16" (raw) or "float32" (NO_DATA planted as NaN); counting detectors: int32
     detector: Detector = AGIPD1M
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, not {self.dtype!r}")
-        if tuple(self.detector.gain_stages) != GAINS:
-            raise ValueError(f"detector {self.detector.name} must have gain stages {GAINS}")
+        stages = tuple(self.detector.gain_stages)
+        if stages != GAINS[: len(stages)]:
+            raise ValueError(f"detector {self.detector.name}: gain stages {stages} must be the first of {GAINS}")
+        if not self.detector.counting and any(n % p for n, p in zip(self.detector.module_shape, self.detector.asic_shape)):
+            raise ValueError(f"{self.detector.name}: the synthetic model needs ASICs that tile the module")
         for name in ("modules", "cells", "frames", "flat_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -174,7 +180,7 @@ class Run:
     """One run: arrays of shape (module, cell, frame, y, x) in the configured dtype."""
 
     analog: np.ndarray
-    gain: np.ndarray  #: digital gain indicator
+    gain: np.ndarray | None  #: digital gain indicator (gain bits for JUNGFRAU-like detectors; None without)
     gain_stage: str  #: "high", "medium" or "low"; the flat run is in "high"
 
 
@@ -182,9 +188,11 @@ class Run:
 class Truth:
     """Where the defects and outlying frames were planted."""
 
-    defects: np.ndarray  #: uint16 Defect flags (module, gain, cell, y, x), gain in GAINS order; 0 = clean
+    defects: np.ndarray  #: uint16 Defect flags (module, gain, cell, y, x), gain in stage order; 0 = clean
     outlier_frames: dict[str, np.ndarray]  #: per dark gain: bool (module, cell, frame)
     edges: np.ndarray  #: bool (y, x): ASIC edge pixels
+    #: the mask bits that find each kind, when they differ from EXPECTED (counting detectors)
+    expected: dict | None = None
 
     def kind_mask(self, kind: Defect) -> np.ndarray:
         """Bool (module, gain, cell, y, x): where ``kind`` is planted."""
@@ -200,14 +208,26 @@ class SyntheticCalibration:
     """A synthetic calibration set: dark runs for every gain, a flat run, the truth."""
 
     config: SynthConfig
-    dark: dict[str, Run]  #: keys GAINS
+    dark: dict[str, Run]  #: keys: the detector's gain stages
     flat: Run
     truth: Truth
     #: the per-pixel parameters behind the data with the defects applied (STUCK, DEAD and
     #: NO_DATA act on the frames only), float32, leading axis module:
-    #: offset and noise (module, gain, cell, y, x); gain_level, gain_noise and
+    #: offset and noise (module, gain, cell, y, x); gain_level, gain_noise, gain_flip and
     #: telegraph_amplitude (module, gain, y, x); response and intensity (module, y, x).
     model: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _stages(config: SynthConfig) -> tuple[str, ...]:
+    return tuple(config.detector.gain_stages)
+
+
+def _pixel_kinds(config: SynthConfig) -> tuple:
+    """The pixel kinds this detector can show: gain faults need a recorded gain and several stages."""
+    det = config.detector
+    if det.gain == "none" or len(det.gain_stages) < 2:
+        return tuple(k for k in PIXEL_KINDS if k not in (Defect.GAIN_STUCK, Defect.GAIN_NOISY))
+    return PIXEL_KINDS
 
 
 # ---------------------------------------------------------------------------- randomness
@@ -271,8 +291,8 @@ def _offsets(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
     """Dark offsets (gain, cell, y, x) of a clean module."""
     det = config.detector
     grid = _asic_grid(det)
-    n_gain = len(GAINS)
-    base = np.array([OFFSET_BASE[g] for g in GAINS], dtype=np.float32)[:, None, None]
+    n_gain = len(_stages(config))
+    base = np.array([OFFSET_BASE[g] for g in _stages(config)], dtype=np.float32)[:, None, None]
     asic = _per_pixel(rng.normal(0.0, ASIC_OFFSET_SIGMA, (n_gain, *grid)), det)
     u, v = _asic_coordinates(det)
     slope_y, slope_x = (_per_pixel(rng.uniform(-0.5, 0.5, (n_gain, *grid)) * GRADIENT_MAX, det) for _ in range(2))
@@ -289,18 +309,20 @@ def _offsets(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
 def _noise(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
     """Temporal analog noise (gain, cell, y, x) of a clean module."""
     det = config.detector
-    base = np.array([NOISE_BASE[g] for g in GAINS], dtype=np.float32)[:, None, None]
-    asic = _per_pixel(rng.uniform(*NOISE_ASIC_FACTOR, (len(GAINS), *_asic_grid(det))), det)
-    noise = base * asic * _lognormal(rng, (len(GAINS), *det.module_shape), PIXEL_LOG_SIGMA)
+    stages = _stages(config)
+    base = np.array([NOISE_BASE[g] for g in stages], dtype=np.float32)[:, None, None]
+    asic = _per_pixel(rng.uniform(*NOISE_ASIC_FACTOR, (len(stages), *_asic_grid(det))), det)
+    noise = base * asic * _lognormal(rng, (len(stages), *det.module_shape), PIXEL_LOG_SIGMA)
     return np.repeat(noise[:, None], config.cells, axis=1)
 
 
 def _gain_levels(config: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Gain indicator mean and temporal noise (gain, y, x) of a clean module."""
     det = config.detector
-    shape = (len(GAINS), *det.module_shape)
-    base = np.array([GAIN_LEVEL_BASE[g] for g in GAINS], dtype=np.float32)[:, None, None]
-    asic = _per_pixel(rng.normal(0.0, GAIN_ASIC_SIGMA, (len(GAINS), *_asic_grid(det))), det)
+    stages = _stages(config)
+    shape = (len(stages), *det.module_shape)
+    base = np.array([GAIN_LEVEL_BASE[g] for g in stages], dtype=np.float32)[:, None, None]
+    asic = _per_pixel(rng.normal(0.0, GAIN_ASIC_SIGMA, (len(stages), *_asic_grid(det))), det)
     level = base + asic + _normal(rng, shape, GAIN_PIXEL_SIGMA)
     return level, GAIN_NOISE * _lognormal(rng, shape, PIXEL_LOG_SIGMA)
 
@@ -330,6 +352,7 @@ def _clean_model(config: SynthConfig, module: int) -> dict[str, np.ndarray]:
         "noise": noise,
         "gain_level": gain_level,
         "gain_noise": gain_noise,
+        "gain_flip": np.zeros_like(gain_level),
         "telegraph_amplitude": np.zeros_like(gain_level),
         "response": response,
         "intensity": _beam(det, rng),
@@ -374,11 +397,12 @@ def _layout(config: SynthConfig, rng: np.random.Generator) -> _Layout:
     no_data = _block(det, no_data_asic, NO_DATA_BLOCK, rng)
     free = np.flatnonzero(~(det.asic_edges() | dead | no_data))
     n = _pixels_per_kind(config)
-    if n * len(PIXEL_KINDS) > free.size:
+    kinds = _pixel_kinds(config)
+    if n * len(kinds) > free.size:
         raise ValueError(f"defect_fraction {config.defect_fraction} is too large for {free.size} free pixels")
-    chosen = rng.permutation(free)[: n * len(PIXEL_KINDS)].reshape(len(PIXEL_KINDS), n)
-    pixels = dict(zip(PIXEL_KINDS, chosen))
-    only_cell = {kind: np.full(n, -1) for kind in PIXEL_KINDS}
+    chosen = rng.permutation(free)[: n * len(kinds)].reshape(len(kinds), n)
+    pixels = dict(zip(kinds, chosen))
+    only_cell = {kind: np.full(n, -1) for kind in kinds}
     n_specific = int(round(CELL_SPECIFIC_FRACTION * n))
     for kind in CELL_SPECIFIC_KINDS:
         only_cell[kind][:n_specific] = rng.integers(0, config.cells, n_specific)
@@ -389,8 +413,9 @@ def _layout(config: SynthConfig, rng: np.random.Generator) -> _Layout:
 
 def _truth(layout: _Layout, config: SynthConfig) -> np.ndarray:
     """Defect flags (gain, cell, y, x) of one module."""
-    defects = np.zeros((len(GAINS), config.cells, *config.detector.module_shape), dtype=np.uint16)
-    flat = defects.reshape(len(GAINS), config.cells, -1)
+    n_gain = len(_stages(config))
+    defects = np.zeros((n_gain, config.cells, *config.detector.module_shape), dtype=np.uint16)
+    flat = defects.reshape(n_gain, config.cells, -1)
     for kind, index in layout.pixels.items():
         flat[:, :, index] |= np.where(layout.cells_affected(kind, config.cells), np.uint16(kind), np.uint16(0))
     defects[..., layout.dead] |= np.uint16(Defect.DEAD)
@@ -400,11 +425,9 @@ def _truth(layout: _Layout, config: SynthConfig) -> np.ndarray:
 
 def _plant(model: dict[str, np.ndarray], layout: _Layout, config: SynthConfig, rng: np.random.Generator) -> None:
     """Change the parameters of the defective pixels, in place (STUCK, DEAD, NO_DATA act on the frames)."""
-    n_gain, cells = len(GAINS), config.cells
+    n_gain, cells = len(_stages(config)), config.cells
     offset = model["offset"].reshape(n_gain, cells, -1)
     noise = model["noise"].reshape(n_gain, cells, -1)
-    gain_level = model["gain_level"].reshape(n_gain, -1)
-    gain_noise = model["gain_noise"].reshape(n_gain, -1)
     response = model["response"].reshape(-1)
     p = layout.pixels
     n = p[Defect.HOT].size
@@ -417,8 +440,12 @@ def _plant(model: dict[str, np.ndarray], layout: _Layout, config: SynthConfig, r
     tele = p[Defect.TELEGRAPH]
     amplitude = rng.uniform(*TELEGRAPH_AMPLITUDE, (n_gain, n)) * noise[:, 0, tele]
     model["telegraph_amplitude"].reshape(n_gain, -1)[:, tele] = amplitude
-    gain_level[:, p[Defect.GAIN_STUCK]] = gain_level[GAINS.index("high"), p[Defect.GAIN_STUCK]]
-    gain_noise[:, p[Defect.GAIN_NOISY]] *= rng.uniform(*GAIN_NOISY_FACTOR, (n_gain, n)).astype(np.float32)
+    if Defect.GAIN_STUCK in p:
+        gain_level = model["gain_level"].reshape(n_gain, -1)
+        gain_noise = model["gain_noise"].reshape(n_gain, -1)
+        gain_level[:, p[Defect.GAIN_STUCK]] = gain_level[0, p[Defect.GAIN_STUCK]]  # stays in high gain
+        gain_noise[:, p[Defect.GAIN_NOISY]] *= rng.uniform(*GAIN_NOISY_FACTOR, (n_gain, n)).astype(np.float32)
+        model["gain_flip"].reshape(n_gain, -1)[:, p[Defect.GAIN_NOISY]] = rng.uniform(*GAIN_FLIP, (n_gain, n))
     response[p[Defect.OVER_RESPONDING]] *= rng.uniform(*OVER_RESPONSE, n).astype(np.float32)
     response[p[Defect.UNDER_RESPONDING]] *= rng.uniform(*UNDER_RESPONSE, n).astype(np.float32)
 
@@ -433,6 +460,8 @@ class _Module:
     model: dict[str, np.ndarray]
     layout: _Layout
     index: int
+    stages: tuple  #: the detector's gain stages
+    gain_kind: str  #: how the detector records its gain stage (Detector.gain)
 
 
 def _telegraph_levels(rng: np.random.Generator, frames: int, n: int) -> np.ndarray:
@@ -445,7 +474,7 @@ def _telegraph_levels(rng: np.random.Generator, frames: int, n: int) -> np.ndarr
 
 def _signal_frames(mod: _Module, gain: str, cell: int, frames: int, rng: np.random.Generator) -> np.ndarray:
     """Float32 analog dark frames (frame, y, x): offset, noise and telegraph flicker."""
-    g = GAINS.index(gain)
+    g = mod.stages.index(gain)
     analog = _normal(rng, (frames, *mod.model["offset"].shape[-2:]))
     analog *= mod.model["noise"][g, cell]
     analog += mod.model["offset"][g, cell]
@@ -456,8 +485,15 @@ def _signal_frames(mod: _Module, gain: str, cell: int, frames: int, rng: np.rand
 
 
 def _gain_frames(mod: _Module, gain: str, frames: int, rng: np.random.Generator) -> np.ndarray:
-    """Float32 gain indicator frames (frame, y, x)."""
-    g = GAINS.index(gain)
+    """Float32 gain indicator frames (frame, y, x); for gain bits, the bits of each frame's stage."""
+    g = mod.stages.index(gain)
+    if mod.gain_kind == "bits":
+        stuck = np.zeros(mod.model["gain_flip"].shape[-2:], dtype=bool)
+        stuck.reshape(-1)[mod.layout.pixels[Defect.GAIN_STUCK]] = True
+        wrong = rng.random((frames, *stuck.shape)) < mod.model["gain_flip"][g]
+        other = GAIN_BITS[mod.stages[(g + 1) % len(mod.stages)]]
+        bits = np.where(stuck, GAIN_BITS["high"], GAIN_BITS[gain])
+        return np.where(wrong, other, bits).astype(np.float32)
     out = _normal(rng, (frames, *mod.model["gain_level"].shape[-2:]))
     out *= mod.model["gain_noise"][g]
     out += mod.model["gain_level"][g]
@@ -479,7 +515,7 @@ def _digitise(frames: np.ndarray, mod: _Module, stuck_value: np.ndarray | None, 
 
 def _stuck_value(mod: _Module, gain: str, cell: int) -> np.ndarray:
     """The constant reading of the STUCK pixels: their offset, rounded."""
-    offset = mod.model["offset"][GAINS.index(gain), cell].reshape(-1)
+    offset = mod.model["offset"][mod.stages.index(gain), cell].reshape(-1)
     return np.rint(offset[mod.layout.pixels[Defect.STUCK]])
 
 
@@ -491,9 +527,10 @@ def _dark_cell(mod: _Module, gain: str, cell: int, config: SynthConfig):
     outliers = rng.random(frames) < config.outlier_frame_fraction
     shift = rng.choice([-1.0, 1.0], frames) * rng.uniform(*OUTLIER_SHIFT, frames)
     analog += (outliers * shift).astype(np.float32)[:, None, None]
-    gain_frames = _gain_frames(mod, gain, frames, rng)
     analog = _digitise(analog, mod, _stuck_value(mod, gain, cell), config.dtype)
-    return analog, _digitise(gain_frames, mod, None, config.dtype), outliers
+    if mod.gain_kind == "none":
+        return analog, None, outliers
+    return analog, _digitise(_gain_frames(mod, gain, frames, rng), mod, None, config.dtype), outliers
 
 
 def _flat_cell(mod: _Module, cell: int, config: SynthConfig):
@@ -504,35 +541,49 @@ def _flat_cell(mod: _Module, cell: int, config: SynthConfig):
     photons = rng.poisson(mod.model["intensity"], (frames, *mod.model["intensity"].shape)).astype(np.float32)
     photons *= np.float32(ADU_PER_PHOTON) * mod.model["response"]
     analog += photons
-    gain_frames = _gain_frames(mod, "high", frames, rng)
     analog = _digitise(analog, mod, _stuck_value(mod, "high", cell), config.dtype)
-    return analog, _digitise(gain_frames, mod, None, config.dtype)
+    if mod.gain_kind == "none":
+        return analog, None
+    return analog, _digitise(_gain_frames(mod, "high", frames, rng), mod, None, config.dtype)
 
 
 def _empty_run(config: SynthConfig, frames: int, stage: str) -> Run:
     shape = (config.modules, config.cells, frames, *config.detector.module_shape)
-    return Run(np.empty(shape, config.dtype), np.empty(shape, config.dtype), stage)
+    gain = None if config.detector.gain == "none" else np.empty(shape, config.dtype)
+    return Run(np.empty(shape, config.dtype), gain, stage)
 
 
 # ---------------------------------------------------------------------------- public
 
 
 def synthesize(config: SynthConfig = SynthConfig()) -> SyntheticCalibration:
-    """Generate a calibration set (3 dark runs and a flat run) with planted defects and their truth."""
-    dark = {gain: _empty_run(config, config.frames, gain) for gain in GAINS}
+    """Generate a calibration set (a dark run per gain stage and a flat run) with planted defects and their truth.
+
+    Photon-counting detectors get their own model (:func:`_synthesize_counting`).
+    """
+    if config.detector.counting:
+        return _synthesize_counting(config)
+    stages = _stages(config)
+    dark = {gain: _empty_run(config, config.frames, gain) for gain in stages}
     flat = _empty_run(config, config.flat_frames, "high")
-    outliers = {gain: np.zeros((config.modules, config.cells, config.frames), dtype=bool) for gain in GAINS}
+    outliers = {gain: np.zeros((config.modules, config.cells, config.frames), dtype=bool) for gain in stages}
     models, defects = [], []
     for m in range(config.modules):
         model = _clean_model(config, m)
         rng = _rng(config, m, _DEFECTS)
         layout = _layout(config, rng)
         _plant(model, layout, config, rng)
-        mod = _Module(model, layout, m)
+        mod = _Module(model, layout, m, stages, config.detector.gain)
         for c in range(config.cells):
-            for gain in GAINS:
-                dark[gain].analog[m, c], dark[gain].gain[m, c], outliers[gain][m, c] = _dark_cell(mod, gain, c, config)
-            flat.analog[m, c], flat.gain[m, c] = _flat_cell(mod, c, config)
+            for gain in stages:
+                analog, gain_frames, outliers[gain][m, c] = _dark_cell(mod, gain, c, config)
+                dark[gain].analog[m, c] = analog
+                if gain_frames is not None:
+                    dark[gain].gain[m, c] = gain_frames
+            analog, gain_frames = _flat_cell(mod, c, config)
+            flat.analog[m, c] = analog
+            if gain_frames is not None:
+                flat.gain[m, c] = gain_frames
         models.append(model)
         defects.append(_truth(layout, config))
     truth = Truth(np.stack(defects), outliers, config.detector.asic_edges())
@@ -563,10 +614,85 @@ def plant_hot(calib: SyntheticCalibration, n: int, *, seed: int = 0) -> np.ndarr
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
+# ---------------------------------------------------------------------------- photon counting
+
+#: counting detectors: what is planted and the bits that find it
+COUNTING_KINDS = (Defect.HOT, Defect.TELEGRAPH, Defect.OVER_RESPONDING, Defect.UNDER_RESPONDING)
+EXPECTED_COUNTING: dict[Defect, BadPixel] = {
+    Defect.HOT: BadPixel.OFFSET | BadPixel.NOISE,
+    Defect.TELEGRAPH: BadPixel.OFFSET | BadPixel.NOISE,
+    Defect.OVER_RESPONDING: BadPixel.FLAT_HIGH,
+    Defect.UNDER_RESPONDING: BadPixel.FLAT_LOW,
+    Defect.DEAD: BadPixel.FLAT_LOW,
+}
+DARK_RATE = 0.01  #: counts per frame of a normal pixel in the dark
+HOT_RATE = (2.0, 20.0)  #: counts per frame of a hot pixel
+FLAT_COUNTS = 50.0  #: mean counts per frame under the flat beam
+KNOWN_DEAD = 4  #: dead pixels per module that the manufacturer's pixel mask flags (bit 1)
+NXMX_DEAD = 2  #: NeXus/Dectris pixel_mask bit value of a dead pixel
+
+
+def _synthesize_counting(config: SynthConfig) -> SyntheticCalibration:
+    """Dark and flat counts (int32) of a photon-counting detector, one gain stage, one cell.
+
+    Normal pixels count DARK_RATE in the dark and FLAT_COUNTS x beam x response under the
+    flat; HOT pixels count HOT_RATE in the dark too, TELEGRAPH pixels switch between both,
+    a DEAD block and KNOWN_DEAD single pixels count nothing (the single ones are flagged
+    in ``model["pixel_mask"]``, as the manufacturer's mask would), and OVER/UNDER-responding
+    pixels respond 1.5-3 and 0-0.5 times. The truth's ``expected`` says which bits find each.
+    """
+    det = config.detector
+    if config.cells != 1:
+        raise ValueError(f"{det.name} has one memory cell, not {config.cells}")
+    shape = (config.modules, 1, config.frames, *det.module_shape)
+    dark = Run(np.empty(shape, np.int32), None, "high")
+    flat = Run(np.empty((config.modules, 1, config.flat_frames, *det.module_shape), np.int32), None, "high")
+    defects = np.zeros((config.modules, 1, 1, *det.module_shape), dtype=np.uint16)
+    pixel_mask = np.zeros((config.modules, *det.module_shape), dtype=np.uint32)
+    n = _pixels_per_kind(config)
+    for m in range(config.modules):
+        rng = _rng(config, m, _DEFECTS)
+        dead = np.zeros(det.module_shape, dtype=bool)
+        y0, x0 = (int(rng.integers(0, s - b)) for s, b in zip(det.module_shape, (8, 8)))
+        dead[y0 : y0 + 8, x0 : x0 + 8] = True
+        free = rng.permutation(np.flatnonzero(~dead))
+        kinds = dict(zip(COUNTING_KINDS, free[: n * len(COUNTING_KINDS)].reshape(-1, n)))
+        known = free[n * len(COUNTING_KINDS) : n * len(COUNTING_KINDS) + KNOWN_DEAD]
+        dead.reshape(-1)[known] = True
+        pixel_mask[m].reshape(-1)[known] = NXMX_DEAD
+        plane = defects[m, 0, 0].reshape(-1)
+        for kind, index in kinds.items():
+            plane[index] |= np.uint16(kind)
+        defects[m, 0, 0][dead] |= np.uint16(Defect.DEAD)
+
+        params = _rng(config, m, _PARAMETERS)
+        rate = np.full(det.module_shape, DARK_RATE)
+        rate.reshape(-1)[kinds[Defect.HOT]] = params.uniform(*HOT_RATE, n)
+        tele_rate = params.uniform(*HOT_RATE, n)
+        response = (1 + _normal(params, det.module_shape, RESPONSE_SIGMA)).astype(np.float64)
+        response.reshape(-1)[kinds[Defect.OVER_RESPONDING]] *= params.uniform(*OVER_RESPONSE, n)
+        response.reshape(-1)[kinds[Defect.UNDER_RESPONDING]] *= params.uniform(*UNDER_RESPONSE, n)
+        beam = _beam(det, params) / PHOTONS_MEAN * FLAT_COUNTS
+
+        for run, purpose, lit in ((dark, _DARK, False), (flat, _FLAT, True)):
+            frames = run.analog.shape[2]
+            r = _rng(config, m, purpose, config.acquisition)
+            level = np.broadcast_to(rate, (frames, *det.module_shape)).copy()
+            on = _telegraph_levels(r, frames, n).astype(bool)
+            level.reshape(frames, -1)[:, kinds[Defect.TELEGRAPH]] = np.where(on, tele_rate, DARK_RATE)
+            if lit:
+                level += beam * response
+            counts = r.poisson(level).astype(np.int32)
+            counts[:, dead] = 0
+            run.analog[m, 0] = counts
+    truth = Truth(defects, {"high": np.zeros((config.modules, 1, config.frames), dtype=bool)}, det.asic_edges(), EXPECTED_COUNTING)
+    return SyntheticCalibration(config, {"high": dark}, flat, truth, {"pixel_mask": pixel_mask})
+
+
 def ideal_mask(truth: Truth) -> np.ndarray:
     """The mask a perfect mask maker would make: EXPECTED bits where planted, ASIC_EDGE on edges."""
     mask = np.zeros(truth.defects.shape, dtype=np.uint8)
-    for kind, bits in EXPECTED.items():
+    for kind, bits in (truth.expected or EXPECTED).items():
         mask[truth.kind_mask(kind)] |= np.uint8(bits)
     mask[..., truth.edges] |= np.uint8(BadPixel.ASIC_EDGE)
     return mask
@@ -588,7 +714,7 @@ def score(mask: np.ndarray, truth: Truth) -> dict:
         planted = truth.kind_mask(kind)
         n_planted = int(np.count_nonzero(planted))
         if n_planted:
-            found = planted & ((mask & int(EXPECTED[kind])) != 0)
+            found = planted & ((mask & int((truth.expected or EXPECTED)[kind])) != 0)
             recall[kind.name] = (int(np.count_nonzero(found)), n_planted)
     clean = truth.clean()
     flagged = (mask & (0xFF ^ int(BadPixel.ASIC_EDGE))) != 0
