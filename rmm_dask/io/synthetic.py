@@ -1,15 +1,17 @@
-"""A synthetic calibration set on disk: EuXFEL RAW runs plus the truth of what was planted.
+"""A synthetic calibration set on disk: raw runs as the detector writes them, plus the truth.
 
-Layout written by :func:`write_synthetic` under ``out_dir``::
+Layout written by :func:`write_synthetic` under ``out_dir`` (AGIPD; other detectors'
+runs are ``raw/r0001`` EuXFEL JUNGFRAU runs, ``raw/r0001.cxi``, CBF directories
+``raw/r0001/`` or ``raw/r0001_master.h5``, with one run per gain stage and the flat)::
 
     raw/r0001/   dark run, high gain      (RAW-R0001-AGIPD00-S00000.h5, ...)
     raw/r0002/   dark run, medium gain
     raw/r0003/   dark run, low gain
     raw/r0004/   flat run (high gain)
-    truth.h5     /defects          uint16 (module, gain, cell, y, x)  Defect flags, gain in GAINS order
+    truth.h5     /defects          uint16 (module, gain, cell, y, x)  Defect flags, gain in stage order
                  /outlier_frames/<gain>  bool (module, cell, frame)   outlying dark frames
                  /edges            bool (y, x)                        ASIC edge pixels
-                 attrs: the SynthConfig, the Defect kinds and the mask bits EXPECTED for each
+                 attrs: the SynthConfig, the gain stages, the Defect kinds and the mask bits that find each
 """
 
 from __future__ import annotations
@@ -22,17 +24,26 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
-from ..synth import EXPECTED, GAINS, Defect, SyntheticCalibration, Truth
-from .euxfel_write import write_raw_run
+from ..synth import EXPECTED, Defect, SyntheticCalibration, Truth
+from .cbf import write_cbf_series
+from .euxfel_write import write_jungfrau_run, write_raw_run
+from .hdf5_write import write_cxi, write_nxmx
 from .hdf5 import open_hdf5
 
-__all__ = ["write_synthetic", "read_truth", "RUNS", "RUN_TYPES"]
+__all__ = ["write_synthetic", "read_truth", "layout_of", "RUN_TYPES"]
 
-#: run key -> run number, by default
-RUNS = {"dark-high": 1, "dark-medium": 2, "dark-low": 3, "flat": 4}
 #: run key -> the run type recorded in METADATA/runType (what `rmm nightly`'s rules match)
 RUN_TYPES = {"dark-high": "Dark (high gain)", "dark-medium": "Dark (medium gain)", "dark-low": "Dark (low gain)", "flat": "Flat field"}
 _TRAIN_SPACING = 100_000  #: first train ids of consecutive runs are this far apart
+
+
+#: how synthetic runs of each kind of detector are written: by the detector's name
+LAYOUTS = {"JUNGFRAU": "euxfel-jungfrau", "CSPAD": "cxi", "PILATUS": "cbf", "EIGER": "nxmx"}
+
+
+def layout_of(det) -> str:
+    """The file layout real runs of ``det`` come in: euxfel-xtdf (AGIPD), euxfel-jungfrau, cxi, cbf or nxmx."""
+    return next((layout for prefix, layout in LAYOUTS.items() if det.name.upper().startswith(prefix)), "euxfel-xtdf")
 
 
 def write_synthetic(
@@ -43,39 +54,61 @@ def write_synthetic(
     run_numbers: dict | None = None,
     truth: str | os.PathLike | None = "truth.h5",
 ) -> dict:
-    """Write the dark runs, the flat run (EuXFEL RAW under ``out_dir/raw``) and ``out_dir/truth.h5``.
+    """Write the dark runs and the flat run under ``out_dir/raw``, and ``out_dir/truth.h5``.
 
-    Returns ``{"dark-high", "dark-medium", "dark-low", "flat": run directory, "truth": truth file}``.
-    ``run_numbers`` (default :data:`RUNS`) chooses the runs and their numbers, e.g.
-    ``{"dark-high": 5, "dark-medium": 6, "dark-low": 7}`` for a second night's darks;
-    ``truth`` is the truth file's path relative to ``out_dir`` (None: not written). Each
-    run records its :data:`RUN_TYPES` entry as run type. Only uint16 sets can be written
-    as RAW (ValueError for float32 ones).
+    The runs are written as the detector's real runs come (:func:`layout_of`): EuXFEL
+    RAW run directories ``raw/r0001`` (AGIPD, JUNGFRAU), CXI files ``raw/r0001.cxi``
+    (CSPAD), directories of CBF frames ``raw/r0001/`` (PILATUS) or NXmx master files
+    ``raw/r0001_master.h5`` with their data files (EIGER, with the manufacturer's
+    ``pixel_mask``). Returns ``{"dark-high", ..., "flat": run path, "truth": truth file}``.
+    ``run_numbers`` (default: dark runs 1-3 in gain order, flat 4) chooses the runs and
+    their numbers, e.g. ``{"dark-high": 5, "dark-medium": 6, "dark-low": 7}`` for a
+    second night's darks; ``truth`` is the truth file's path relative to ``out_dir``
+    (None: not written). EuXFEL runs record their :data:`RUN_TYPES` entry as run type.
+    Only integer sets can be written as raw runs (ValueError for float32 ones).
     """
-    config = calib.config
-    if config.dtype != "uint16":
-        raise ValueError(f"EuXFEL RAW data is uint16: cannot write a {config.dtype} synthetic set as RAW runs")
+    config, det = calib.config, calib.config.detector
+    layout = layout_of(det)
+    if config.dtype == "float32":
+        raise ValueError(f"raw data is integer: cannot write a {config.dtype} synthetic set as {layout} runs")
     out = Path(out_dir)
-    runs = {f"dark-{gain}": calib.dark[gain] for gain in GAINS}
+    runs = {f"dark-{gain}": calib.dark[gain] for gain in calib.dark}
     runs["flat"] = calib.flat
-    numbers = RUNS if run_numbers is None else run_numbers
+    numbers = run_numbers or {key: i + 1 for i, key in enumerate(runs)}
     if set(numbers) - set(runs):
         raise ValueError(f"run_numbers has unknown keys {sorted(set(numbers) - set(runs))}; known: {sorted(runs)}")
     paths = {}
     for key, number in numbers.items():
-        run = runs[key]
-        paths[key] = write_raw_run(
-            out / "raw" / f"r{number:04d}",
-            run.analog,
-            run.gain,
-            run_number=number,
-            first_train_id=10000 + (number - 1) * _TRAIN_SPACING,
-            compression=compression,
-            run_type=RUN_TYPES[key],
-        )
+        run, name = runs[key], f"r{number:04d}"
+        if layout == "euxfel-xtdf":
+            paths[key] = write_raw_run(
+                out / "raw" / name, run.analog, run.gain, run_number=number,
+                first_train_id=10000 + (number - 1) * _TRAIN_SPACING, compression=compression, run_type=RUN_TYPES[key],
+            )
+        elif layout == "euxfel-jungfrau":
+            paths[key] = write_jungfrau_run(
+                out / "raw" / name, run.analog, run.gain, run_number=number,
+                first_train_id=10000 + (number - 1) * _TRAIN_SPACING, compression=compression, run_type=RUN_TYPES[key],
+            )
+        else:
+            frames = _full_frames(run.analog, det, layout)
+            if layout == "cxi":
+                paths[key] = write_cxi(out / "raw" / f"{name}.cxi", frames.astype(np.int16), det)
+            elif layout == "cbf":
+                paths[key] = write_cbf_series(out / "raw" / name, frames, det)
+            else:
+                mask = det.gap_mask().astype(np.uint32) | det.join_frame(calib.model["pixel_mask"])
+                paths[key] = write_nxmx(out / "raw" / f"{name}_master.h5", frames, det, pixel_mask=mask)
     if truth is not None:
         paths["truth"] = write_truth(calib, out / truth)
     return paths
+
+
+def _full_frames(analog: np.ndarray, det, layout: str) -> np.ndarray:
+    """(module, 1, frame, y, x) -> (frame, Y, X) full frames; gaps -1 in CBF frames (as PILATUS marks them)."""
+    if analog.shape[0] != det.n_modules:
+        raise ValueError(f"{layout} frames hold all {det.n_modules} modules of {det.name}; the set has {analog.shape[0]}")
+    return det.join_frame(np.moveaxis(analog[:, 0], 0, 1), fill=-1 if layout == "cbf" else 0)
 
 
 def write_truth(calib: SyntheticCalibration, path: str | os.PathLike) -> Path:
@@ -89,14 +122,15 @@ def write_truth(calib: SyntheticCalibration, path: str | os.PathLike) -> Path:
             for field in dataclasses.fields(config):
                 value = getattr(config, field.name)
                 f.attrs[field.name] = value.name if field.name == "detector" else value
-            f.attrs["gains"] = list(GAINS)
+            f.attrs["gains"] = list(calib.dark)
             kinds = list(Defect)
             f.attrs["defect_names"] = [k.name for k in kinds]
             f.attrs["defect_values"] = np.array([int(k) for k in kinds], dtype=np.uint16)
-            f.attrs["expected_bits"] = np.array([int(EXPECTED[k]) for k in kinds], dtype=np.uint8)
+            expected = truth.expected or EXPECTED
+            f.attrs["expected_bits"] = np.array([int(expected.get(k, 0)) for k in kinds], dtype=np.uint8)
             d = f.create_dataset("defects", data=truth.defects.astype(np.uint16), compression="gzip")
             d.attrs["dims"] = ["module", "gain", "cell", "y", "x"]
-            for gain in GAINS:
+            for gain in calib.dark:
                 o = f.create_dataset(f"outlier_frames/{gain}", data=truth.outlier_frames[gain].astype(bool))
                 o.attrs["dims"] = ["module", "cell", "frame"]
             e = f.create_dataset("edges", data=truth.edges.astype(bool))
@@ -114,7 +148,9 @@ def read_truth(path: str | os.PathLike) -> Truth:
     with open_hdf5(path) as f:
         try:
             defects = f["defects"][()]
-            outliers = {gain: f[f"outlier_frames/{gain}"][()] for gain in GAINS}
+            gains = [str(g) for g in f.attrs.get("gains", ("high", "medium", "low"))]
+            outliers = {gain: f[f"outlier_frames/{gain}"][()] for gain in gains}
+            expected = {Defect[n]: int(b) for n, b in zip(f.attrs["defect_names"], f.attrs["expected_bits"]) if b}
             edges = f["edges"][()]
         except KeyError as e:
             raise InputError(path, f"not a truth file: missing {e.args[0] if e.args else 'dataset'}") from None
@@ -130,4 +166,4 @@ def read_truth(path: str | os.PathLike) -> Truth:
         if o.ndim != 3 or o.shape[:2] != (defects.shape[0], defects.shape[2]):
             raise InputError(path, f"/outlier_frames/{gain} has shape {o.shape}, expected (module, cell, frame)")
     outliers = {gain: o.astype(bool) for gain, o in outliers.items()}
-    return Truth(defects=defects, outlier_frames=outliers, edges=edges.astype(bool))
+    return Truth(defects=defects, outlier_frames=outliers, edges=edges.astype(bool), expected=expected)
