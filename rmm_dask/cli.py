@@ -89,18 +89,30 @@ def _mask(args) -> int:
     _check_run_options(args)
     params = _setup_config(args)
     darks, flat = _open_runs(args, args.detector)
+    user_mask = _user_mask(args, darks)
     t0 = time.perf_counter()
     from .job import run_mask
 
     path = run_mask(
         darks, flat, args.out, params=params, detector=args.detector, cluster=args.cluster, n_workers=args.workers,
-        report=args.report, overwrite=args.overwrite, echo=console.print, flat_stage=args.flat_stage,
+        report=args.report, overwrite=args.overwrite, echo=console.print, flat_stage=args.flat_stage, user_mask=user_mask,
     )
     console.print(f"mask store: {path}  ({time.perf_counter() - t0:.1f} s)")
     _print_counts(console, path, per_cell=False)
     if args.report:
         console.print(f"performance report: {Path(args.report).absolute()}")
     return 0
+
+
+def _user_mask(args, darks):
+    """The --user-mask as uint8 (module, y, x) for the modules of the runs, or None."""
+    if not args.user_mask:
+        return None
+    from .detectors import get_detector
+    from .usermask import read_user_mask
+
+    modules = next(iter(darks.values())).module.values
+    return read_user_mask(args.user_mask, get_detector(args.detector), modules, good_is_one=args.user_mask_good_is_one)
 
 
 def _print_counts(console, store, per_cell: bool):
@@ -126,6 +138,8 @@ def _print_counts(console, store, per_cell: bool):
     if not per_cell and len(counts["cell"]) > 1:
         any_bad = [row["any"] for row in counts["cell"].values()]
         console.print(f"per cell (any bit): min {min(any_bad)}, max {max(any_bad)} over {len(any_bad)} cells; --cells lists them")
+    for name, n in counts.get("layers", {}).items():
+        console.print(f"layer {name}: {n} pixels masked (kept apart from the bits above; exports combine them)")
 
 
 def _show(args) -> int:
@@ -147,12 +161,10 @@ def _show(args) -> int:
 
 
 def _export(args) -> int:
-    from .store import export_h5
+    from .exports import export
 
-    if args.to != "h5":
-        raise InputError(args.store, f"export to {args.to!r} is not available; choose h5")
-    path = export_h5(args.store, args.out, overwrite=args.overwrite)
-    print(f"exported: {path}")
+    for path in export(args.store, args.to, args.out, overwrite=args.overwrite):
+        print(f"exported: {path}")
     return 0
 
 
@@ -226,15 +238,37 @@ def _print_status(console, settings):
         console.print(f"{name}: current -> {'none' if version is None else f'v{version:04d}'}  ({settings.publish / name})")
 
 
+#: `rmm demo --detector` and `rmm synth --detector`: the detector and the set's default size
+DEMOS = {
+    "agipd": ("AGIPD1M", dict(modules=2, cells=2, frames=100)),
+    "jungfrau": ("JUNGFRAU1M", dict(modules=2, cells=1, frames=64)),
+    "cspad": ("CSPAD", dict(modules=32, cells=1, frames=64)),
+    "pilatus": ("PILATUS300K", dict(modules=3, cells=1, frames=100)),
+    "eiger": ("EIGER1M", dict(modules=2, cells=1, frames=64)),
+}
+
+
+def _synth_config(args):
+    from .detectors import get_detector
+    from .synth import SynthConfig
+
+    name, size = DEMOS[args.detector]
+    size = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in size.items()}
+    flat_frames = getattr(args, "flat_frames", None) or size["frames"]
+    try:
+        return SynthConfig(**size, flat_frames=flat_frames, seed=args.seed, detector=get_detector(name))
+    except ValueError as err:
+        raise InputError("--detector", str(err)) from None
+
+
 def _synth(args) -> int:
     from .io.synthetic import write_synthetic
-    from .synth import SynthConfig, synthesize
+    from .synth import synthesize
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "exists and is not empty")
-    cfg = SynthConfig(modules=args.modules, cells=args.cells, frames=args.frames, flat_frames=args.flat_frames or args.frames, seed=args.seed)
-    paths = write_synthetic(synthesize(cfg), out, compression=args.compression)
+    paths = write_synthetic(synthesize(_synth_config(args)), out, compression=args.compression)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -244,32 +278,35 @@ def _demo(args) -> int:
     from rich.table import Table
 
     from .config import params_from_config
+    from .exports import FORMATS, export
     from .io import open_run
-    from .io.synthetic import read_truth, write_synthetic
-    from .store import export_h5, open_store
-    from .synth import SynthConfig, score, synthesize
+    from .io.synthetic import layout_of, read_truth, write_synthetic
+    from .job import run_mask
+    from .store import open_store
+    from .synth import score, synthesize
 
     console = _console()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rmm-demo-"))
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "exists and is not empty")
-    cfg = SynthConfig(modules=args.modules, cells=args.cells, frames=args.frames, flat_frames=args.frames, seed=args.seed)
+    cfg = _synth_config(args)
+    det = cfg.detector
     t0 = time.perf_counter()
-    with console.status("synthesising an AGIPD-like calibration set with planted defects"):
-        runs = write_synthetic(synthesize(cfg), out)
+    with console.status(f"synthesising a {det.name}-like calibration set with planted defects"):
+        calib = synthesize(cfg)
+        runs = write_synthetic(calib, out)
     console.print(
-        f"synthetic AGIPD-like set: {cfg.modules} modules x {cfg.cells} cells x {cfg.frames} frames, EuXFEL RAW runs "
-        f"(3 dark gain stages + flat) in {out / 'raw'} ({time.perf_counter() - t0:.1f} s)"
+        f"synthetic {det.name}-like set: {cfg.modules} modules x {cfg.cells} cells x {cfg.frames} frames, {layout_of(det)} runs "
+        f"({len(calib.dark)} dark gain stage(s) + flat) in {out / 'raw'} ({time.perf_counter() - t0:.1f} s)"
     )
-    darks = {g: open_run(runs[f"dark-{g}"], "AGIPD1M") for g in GAIN_OPTIONS}
-    flat = open_run(runs["flat"], "AGIPD1M")
+    darks = {g: open_run(runs[f"dark-{g}"], det) for g in det.gain_stages}
+    flat = open_run(runs["flat"], det)
     params = params_from_config()
     t0 = time.perf_counter()
-    from .job import run_mask
-
-    store = run_mask(darks, flat, out / "mask.zarr", params=params, detector="AGIPD1M", n_workers=args.workers, echo=console.print)
+    store = run_mask(darks, flat, out / "mask.zarr", params=params, detector=det, n_workers=args.workers, echo=console.print)
     console.print(f"masked in {time.perf_counter() - t0:.1f} s on a LocalCluster")
-    h5 = export_h5(store, out / "mask.h5")
+    suffix = {"crystfel": "crystfel.h5", "nexus": "nxs", "euxfel": "euxfel.h5", "cheetah": "cheetah.h5", "h5": "h5"}
+    exported = [p for fmt in FORMATS for p in export(store, fmt, out / f"mask.{suffix[fmt]}")]
 
     truth = read_truth(runs["truth"])
     root = open_store(store)
@@ -282,10 +319,11 @@ def _demo(args) -> int:
     table.add_row("clean pixels flagged", str(scores["clean"]), str(scores["false_positives"]), f"{scores['false_positive_fraction']:.1e}")
     console.print(table)
     planted = sum(int(v.sum()) for v in truth.outlier_frames.values())
-    rejected = sum(int(root["rejected_frames"][g][:].sum()) for g in GAIN_OPTIONS)
+    rejected = sum(int(root["rejected_frames"][g][:].sum()) for g in det.gain_stages)
     console.print(f"outlying dark frames: {planted} planted, {rejected} rejected by F1")
     console.print(f"Zarr store: {store}")
-    console.print(f"HDF5 export: {h5}")
+    for path in exported:
+        console.print(f"export: {path}")
     return 0
 
 
@@ -303,6 +341,7 @@ _MASK_OPTIONS = (
     ("cells_per_chunk", "--cells-per-chunk", False),
     ("workers", "--workers", False),
     ("jobqueue", "--jobqueue", True),
+    ("user_mask", "--user-mask", True),
 )
 
 
@@ -320,6 +359,8 @@ def _add_mask_arguments(p):
     p.add_argument("--cells-per-chunk", type=int, help="memory cells per task")
     p.add_argument("--workers", type=int, help="worker processes (local) or a fixed number of worker jobs (slurm)")
     p.add_argument("--jobqueue", metavar="FILE", help="dask-jobqueue YAML for Slurm (default: configs/jobqueue.yaml, or $RMM_JOBQUEUE_CONFIG)")
+    p.add_argument("--user-mask", metavar="FILE[:DATASET]", help="a user-drawn mask (.npy, .tif, HDF5), kept as its own layer")
+    p.add_argument("--user-mask-good-is-one", action="store_true", help="the user mask marks good pixels with non-zero (Cheetah, OM)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store (only once the new one is complete)")
 
 
@@ -331,7 +372,8 @@ def _submit(args) -> int:
     _check_run_options(args)
     params = _setup_config(args)
     darks, flat = _open_runs(args, args.detector)  # metadata only: bad input fails here, not in the queue
-    build_mask(darks, flat, detector=args.detector, params=params, flat_stage=args.flat_stage)  # the graph's checks
+    user_mask = _user_mask(args, darks)
+    build_mask(darks, flat, detector=args.detector, params=params, flat_stage=args.flat_stage, user_mask=user_mask)  # the graph's checks
     out = Path(args.out).absolute()
     if out.exists() and not args.overwrite:
         raise InputError(out, "exists already (give --overwrite to replace it)")
@@ -344,6 +386,8 @@ def _submit(args) -> int:
             mask_args += [flag, str(Path(value).absolute()) if is_path else str(value)]
     if args.overwrite:
         mask_args.append("--overwrite")
+    if args.user_mask_good_is_one:
+        mask_args.append("--user-mask-good-is-one")
     job_id, log, script = submit(mask_args, out, log_dir=args.log_dir)
     print(f"submitted batch job {job_id}")
     print(f"log: {log}")
@@ -353,6 +397,8 @@ def _submit(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .exports import FORMATS
+
     parser = argparse.ArgumentParser(prog="rmm", description="Robust Mask Maker: bad-pixel masks for X-ray detectors.")
     parser.add_argument("--version", action="version", version=f"rmm-dask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -368,11 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-dir", metavar="DIR", help="where the batch script and its log go (default: beside --out)")
     p.set_defaults(run=_submit)
 
-    p = sub.add_parser("synth", help="write a synthetic AGIPD-like calibration set as EuXFEL RAW runs, with its truth")
+    p = sub.add_parser("synth", help="write a synthetic calibration set as the detector's raw runs, with its truth")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--modules", type=int, default=2)
-    p.add_argument("--cells", type=int, default=2)
-    p.add_argument("--frames", type=int, default=100, help="dark frames (trains) per cell")
+    p.add_argument("--detector", choices=sorted(DEMOS), default="agipd", help="agipd, jungfrau (EuXFEL RAW), cspad (CXI), pilatus (CBF), eiger (NXmx)")
+    p.add_argument("--modules", type=int, help="modules (default per detector: agipd 2, jungfrau 2, cspad 32, pilatus 3, eiger 2)")
+    p.add_argument("--cells", type=int, help="memory cells (default: agipd 2, others 1)")
+    p.add_argument("--frames", type=int, help="dark frames per cell (default: 100 or 64)")
     p.add_argument("--flat-frames", type=int, help="flat frames per cell (default: --frames)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compression", choices=["gzip"], help="compress the image data as the facility may")
@@ -380,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a mask store to another format")
     p.add_argument("store")
-    p.add_argument("--to", required=True, choices=["h5"])
+    p.add_argument("--to", required=True, choices=FORMATS, help="h5: the store's layout; crystfel: mask file + geometry lines; nexus: NXmx pixel_mask; euxfel: BadPixels; cheetah: 0/1 good map")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_export)
@@ -405,11 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", metavar="DIR", help="write per-module mask images and SNR histograms here")
     p.set_defaults(run=_show)
 
-    p = sub.add_parser("demo", help="synthetic runs with planted defects -> mask on a LocalCluster -> export -> score")
+    p = sub.add_parser("demo", help="synthetic runs with planted defects -> mask on a LocalCluster -> exports -> score")
     p.add_argument("--out", metavar="DIR", help="where to write (default: a new temporary directory)")
-    p.add_argument("--modules", type=int, default=2)
-    p.add_argument("--cells", type=int, default=2)
-    p.add_argument("--frames", type=int, default=100, help="frames per cell in each run")
+    p.add_argument("--detector", choices=sorted(DEMOS), default="agipd", help="agipd (AGIPD-1M), jungfrau (JUNGFRAU 1M), cspad, pilatus (300K), eiger (1M)")
+    p.add_argument("--modules", type=int, help="modules (default per detector, see rmm synth)")
+    p.add_argument("--cells", type=int)
+    p.add_argument("--frames", type=int, help="frames per cell in each run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(run=_demo)

@@ -19,7 +19,7 @@ def _report(path):
         yield
 
 
-def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=None, report=None, overwrite=False, echo=print, flat_stage=None):
+def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=None, report=None, overwrite=False, echo=print, flat_stage=None, user_mask=None):
     """Build the mask graph of the opened runs, compute it on a cluster and publish the store."""
     from .cluster import dask_client
     from .pipeline import build_mask
@@ -30,7 +30,7 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     for name, ds in list(darks.items()) + ([("flat", flat)] if flat is not None else []):
         for note in ds.attrs.get("notes", []):
             echo(f"{name} run {ds.attrs.get('path')}: {note}")
-    ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage)
+    ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage, user_mask=user_mask)
     blocks = ds.mask.data.numblocks
     parallel = blocks[0] * blocks[2] * (len(darks) + (flat is not None))  # read and feature tasks at once
     partials = []

@@ -117,11 +117,15 @@ def flat_stage(analog, offset, detector: Detector, params: Params = Params(), ex
     )
 
 
-def _outliers(feature, detector: Detector, params: Params, min_sigma: float | None = None):
-    """SNR of a (cell, y, x) feature against its ASIC model, and where |SNR| > lambda."""
+def _outliers(feature, detector: Detector, params: Params, min_sigma: float | None = None, known=None):
+    """SNR of a (cell, y, x) feature against its ASIC model, and where |SNR| > lambda.
+
+    ``known`` (y, x) bool: pixels known bad (manufacturer's or user's mask), kept out of the model like the edges.
+    """
     window = params.window or detector.asic_shape
     floor = detector.min_sigma if min_sigma is None else min_sigma
-    snr = F.local_snr(feature, window, method=params.method, min_sigma=floor, exclude=detector.asic_edges())
+    exclude = detector.asic_edges() if known is None else detector.asic_edges() | known
+    snr = F.local_snr(feature, window, method=params.method, min_sigma=floor, exclude=exclude)
     with np.errstate(invalid="ignore"):
         return snr, np.abs(snr) > params.lam
 
@@ -130,8 +134,8 @@ def _outliers(feature, detector: Detector, params: Params, min_sigma: float | No
 _DARK = (("offset", "offset", BadPixel.OFFSET), ("noise", "noise", BadPixel.NOISE), ("gain_mean", "gain_level", BadPixel.GAIN_LEVEL))
 
 
-def classify_dark(stages: list[DarkStage], detector: Detector, params: Params = Params()) -> ModuleMask:
-    """Bits per (gain, cell, y, x) from the dark stages, in gain order (F2-F5)."""
+def classify_dark(stages: list[DarkStage], detector: Detector, params: Params = Params(), known=None) -> ModuleMask:
+    """Bits per (gain, cell, y, x) from the dark stages, in gain order (F2-F5); ``known`` as in :func:`_outliers`."""
     use = set(params.features)
     planes, nodata, features, snrs = [], [], {}, {}
     for s in stages:
@@ -140,7 +144,7 @@ def classify_dark(stages: list[DarkStage], detector: Detector, params: Params = 
             values = getattr(s, name)
             if values is None:
                 continue
-            snr, bad = _outliers(values, detector, params, detector.gain_min_sigma if name == "gain_mean" else None)
+            snr, bad = _outliers(values, detector, params, detector.gain_min_sigma if name == "gain_mean" else None, known)
             if switch in use:
                 _set(code, bad, bit)
             features.setdefault(name, []).append(values)
@@ -165,12 +169,12 @@ def classify_dark(stages: list[DarkStage], detector: Detector, params: Params = 
     )
 
 
-def classify_flat(result: ModuleMask, flat_snr, detector: Detector, params: Params = Params()) -> None:
+def classify_flat(result: ModuleMask, flat_snr, detector: Detector, params: Params = Params(), known=None) -> None:
     """Add F6 to ``result``: FLAT_HIGH / FLAT_LOW on every gain stage of the cell.
 
     The F6 feature and its SNR are stored per (cell, y, x): they have no gain axis.
     """
-    snr, _ = _outliers(flat_snr, detector, params)
+    snr, _ = _outliers(flat_snr, detector, params, known=known)
     if "flat" in params.features:
         with np.errstate(invalid="ignore"):
             flags = np.where(snr > params.lam, BadPixel.FLAT_HIGH, 0) | np.where(snr < -params.lam, BadPixel.FLAT_LOW, 0)
@@ -195,13 +199,19 @@ def flat_excess(flat, stage: DarkStage) -> tuple[float, float]:
     return float(signal), float(ratio)
 
 
-def mask_from_stages(stages: list[DarkStage], flat, detector: Detector, params: Params = Params(), flat_stage_index: int = 0):
-    """Verdicts from the dark stages (in gain order) and the flat run's analog ``(cell, frame, y, x)`` or None."""
-    result = classify_dark(stages, detector, params)
+def mask_from_stages(stages: list[DarkStage], flat, detector: Detector, params: Params = Params(), flat_stage_index: int = 0, known=None):
+    """Verdicts from the dark stages (in gain order) and the flat run's analog ``(cell, frame, y, x)`` or None.
+
+    ``known`` (y, x) bool: pixels already known bad (the manufacturer's or the user's mask),
+    kept out of every model fit; their own verdicts are still made.
+    """
+    result = classify_dark(stages, detector, params, known)
     if flat is not None:
         dark_bad = result.mask[flat_stage_index] != 0
+        if known is not None:
+            dark_bad = dark_bad | known
         snr = flat_stage(flat, stages[flat_stage_index].offset, detector, params, exclude=dark_bad)
-        classify_flat(result, snr, detector, params)
+        classify_flat(result, snr, detector, params, known)
     return result
 
 

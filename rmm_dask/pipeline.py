@@ -80,7 +80,7 @@ def _blocks(ds: xr.Dataset, var: str, cell_chunks) -> np.ndarray | None:
     return arr.to_delayed()[:, :, 0, 0, 0]
 
 
-def _checked_mask(stages: list[DarkStage], flat, detector, params, flat_index, flat_path):
+def _checked_mask(stages: list[DarkStage], flat, detector, params, flat_index, flat_path, known=None):
     """Chunk task: verdicts of one (module, cells) chunk, after checking the flat is lit."""
     flat = None if flat is None else flat[0]
     if flat is not None:
@@ -92,7 +92,17 @@ def _checked_mask(stages: list[DarkStage], flat, detector, params, flat_index, f
                 f"and its frame-to-frame noise {ratio:.2f} times the dark noise (a lit flat has at least "
                 f"{MIN_FLAT_SIGNAL:g} and {MIN_FLAT_NOISE_RATIO:g}); is it a dark run?",
             )
-    return mask_from_stages(stages, flat, detector, params, flat_index)
+    return mask_from_stages(stages, flat, detector, params, flat_index, known=_known(known))
+
+
+def _known(layers) -> np.ndarray | None:
+    """(y, x) bool from the module's layers: any bit of the manufacturer's low 16 (NeXus: reject) or the user's."""
+    known = None
+    for layer, bits in zip(layers or (), (0xFFFF, 0xFF)):
+        if layer is not None:
+            hit = (np.asarray(layer) & bits) != 0
+            known = hit if known is None else known | hit
+    return known
 
 
 def _stage_task(analog, gain, detector, params):
@@ -106,6 +116,7 @@ def build_mask(
     detector: Detector | str | None = None,
     params: Params = Params(),
     flat_stage: str | None = None,
+    user_mask=None,
 ) -> xr.Dataset:
     """The lazy mask of the given runs.
 
@@ -115,6 +126,12 @@ def build_mask(
     y, x), the features and their SNRs (float32, same dims, but ``flat_snr`` has no
     gain axis; attrs ``role`` ``feature`` or ``snr``) and ``rejected_frames_<stage>`` (bool, module, cell,
     frame_<stage>).
+
+    Two informational layers are kept apart from the mask's bits (role ``layer``): the
+    manufacturer's ``pixel_mask`` of the first dark run, when its files have one (uint32
+    module, y, x), and ``user_mask`` (uint8 module, y, x; non-zero = masked by the user:
+    beamstop, shadows), from :func:`rmm_dask.usermask.read_user_mask`. Pixels in either
+    are kept out of the model fits; exports combine the layers as their formats allow.
     """
     if not darks:
         raise ValueError("at least one dark run is needed")
@@ -143,6 +160,13 @@ def build_mask(
     feature_names = names + (["gain_std"] if has_gain else []) + (["flat_snr"] if flat is not None else [])
     snr_names = names + (["flat_snr"] if flat is not None else [])
 
+    manufacturer = ref["pixel_mask"].data if "pixel_mask" in ref else None
+    if manufacturer is not None:
+        manufacturer = manufacturer.rechunk((1, ny, nx))
+    if user_mask is not None:
+        user_mask = np.asarray(user_mask, dtype=np.uint8)
+        if user_mask.shape != (n_mod, ny, nx):
+            raise ValueError(f"the user mask is {user_mask.shape}, expected (module, y, x) = {(n_mod, ny, nx)}")
     pieces = {"mask": [], **{f: [] for f in feature_names}, **{"snr_" + f: [] for f in snr_names}}
     pieces.update({f"rejected_frames_{g}": [] for g in stages})
     task = dask.delayed(_stage_task, pure=True)
@@ -152,7 +176,11 @@ def build_mask(
         for b, nc in enumerate(cell_chunks):
             st = [task(analog[g][m, b], gain[g][m, b] if has_gain else None, detector, params) for g in stages]
             flat_block = flat_blocks[m, b] if flat is not None else None
-            res = finish(st, flat_block, detector, params, flat_index, _path(flat) if flat is not None else "")
+            layers = (
+                None if manufacturer is None else manufacturer.blocks[m, 0, 0],
+                None if user_mask is None else user_mask[m],
+            )
+            res = finish(st, flat_block, detector, params, flat_index, _path(flat) if flat is not None else "", layers)
             plane = (n_gain, nc, ny, nx)
             row["mask"].append(da.from_delayed(res.mask, plane, dtype=MASK_DTYPE))
             for f in feature_names:
@@ -182,6 +210,10 @@ def build_mask(
         data_vars[f"rejected_frames_{g}"] = (("module", "cell", frame), da.stack(pieces[f"rejected_frames_{g}"]), {"role": "rejected_frames", "gain_stage": g})
         if "train_id" in darks[g].coords:
             coords[f"train_id_{g}"] = (frame, darks[g].train_id.values)
+    if manufacturer is not None:
+        data_vars["pixel_mask"] = (("module", "y", "x"), manufacturer, {"role": "layer", "layer": "manufacturer", "source": ref.attrs.get("path", "")})
+    if user_mask is not None:
+        data_vars["user_mask"] = (("module", "y", "x"), da.from_array(user_mask, chunks=(1, ny, nx)), {"role": "layer", "layer": "user"})
     inputs = {f"dark-{g}": _describe(darks[g]) for g in stages}
     if flat is not None:
         inputs["flat"] = _describe(flat)

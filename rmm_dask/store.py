@@ -6,6 +6,8 @@ Layout (DESIGN.md, Stores), the same in Zarr and HDF5:
     /features/<name>           float32 (module, gain, cell, y, x); flat_snr (module, cell, y, x)
     /snr/<name>                float32: each feature's SNR against its ASIC model
     /rejected_frames/<stage>   bool (module, cell, frame): F1
+    /layers/manufacturer       uint32 (module, y, x): the detector's own pixel mask (NeXus bits), if any
+    /layers/user               uint8 (module, y, x): the user's mask (beamstop, shadows), if given
     /module, /gain, /cell      coordinates; /rejected_frames/train_id_<stage>
     attrs                      software version, parameters, inputs, detector, start/end time
 
@@ -48,6 +50,8 @@ def _group_path(name: str, var: xr.DataArray) -> str:
         return f"snr/{var.attrs['feature']}"
     if role == "rejected_frames":
         return f"rejected_frames/{var.attrs['gain_stage']}"
+    if role == "layer":
+        return f"layers/{var.attrs['layer']}"
     return name
 
 

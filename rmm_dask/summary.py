@@ -14,7 +14,7 @@ def count_bits(root: zarr.Group) -> dict:
     """Pixels per bit, overall and per module, gain stage and cell, read one module at a time.
 
     Returns ``{"pixels": n pixel-planes, "total": {name: n}, "module": {id: {name: n}},
-    "gain": {...}, "cell": {...}}`` where the names are the bits, ``any`` and ``flagged``:
+    "gain": {...}, "cell": {...}, "layers": {name: masked pixels}}`` where the names are the bits, ``any`` and ``flagged``:
     edge pixels are counted under ASIC_EDGE and in ``any``; ``flagged`` counts the pixels
     with any other bit (found bad by the analysis).
     """
@@ -36,6 +36,8 @@ def count_bits(root: zarr.Group) -> dict:
                 per["gain"][g][name] += int(n)
             for c, n in zip(cells, by_cell):
                 per["cell"][int(c)][name] += int(n)
+    layers = root["layers"] if "layers" in root else None
+    per["layers"] = {name: int(np.count_nonzero(layers[name][:])) for name in sorted(layers.array_keys())} if layers is not None else {}
     return {"pixels": int(np.prod(mask.shape)), "total": total, **per}
 
 

@@ -1,0 +1,265 @@
+"""Exports of a mask store in the formats downstream programs read.
+
+Each format says "bad" in its own words; the tables below are the whole mapping (also in
+README). Masks are combined over gain stages and memory cells where a format has no
+such axes (a pixel bad in any of them is bad); the EuXFEL export keeps them. The
+store's layers stay apart where the format allows: the manufacturer's pixel mask
+(NeXus bits) and the user's mask.
+
+=============  ===================  ====================  ======================
+rmm-dask bit   NeXus pixel_mask     EuXFEL BadPixels      CrystFEL mask word
+=============  ===================  ====================  ======================
+OFFSET         4 noisy              0 OFFSET_OUT_OF_...   bit 0 (mask0)
+NOISE          4 noisy              1 NOISE_OUT_OF_...    bit 1 (mask0)
+GAIN_SEPARAT.  4 noisy              13 GAIN_THRESHOLDING  bit 2 (mask0)
+GAIN_LEVEL     4 noisy              21 WRONG_GAIN_VALUE   bit 3 (mask0)
+FLAT_HIGH      3 over-responding    8 FF_GAIN_DEVIATION   bit 4 (mask0)
+FLAT_LOW       2 under-responding   8 FF_GAIN_DEVIATION   bit 5 (mask0)
+ASIC_EDGE      5 (undefined; edge)  22 NON_STANDARD_SIZE  bit 6 (mask0)
+NO_DATA        1 dead               3 NO_DARK_DATA        bit 7 (mask0)
+user layer     8 user               19 NON_SENSITIVE *    bit 8 (mask1)
+manufacturer   its own bits         kept apart *          bits 16-31 (mask2)
+gaps (frame)   0 gap                -                     (not in the data)
+=============  ===================  ====================  ======================
+
+(*) in separate datasets ``/user_mask`` and ``/manufacturer_mask`` of the EuXFEL export.
+Cheetah/OM: ``/data/data`` 1 = good, 0 = bad (any bit or layer), and ``/data/rmm``,
+``/data/user``, ``/data/manufacturer`` with each source alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .codes import BadPixel
+from .detectors import get_detector
+from .store import _new_output, _publish, _remove, export_h5, open_store
+
+__all__ = ["export", "FORMATS", "NEXUS", "EUXFEL", "lookup"]
+
+FORMATS = ("h5", "crystfel", "nexus", "euxfel", "cheetah")
+
+NEXUS_GAP, NEXUS_DEAD, NEXUS_UNDER, NEXUS_OVER, NEXUS_NOISY, NEXUS_EDGE, NEXUS_USER = (1 << b for b in (0, 1, 2, 3, 4, 5, 8))
+NEXUS = {
+    BadPixel.OFFSET: NEXUS_NOISY,
+    BadPixel.NOISE: NEXUS_NOISY,
+    BadPixel.GAIN_SEPARATION: NEXUS_NOISY,
+    BadPixel.GAIN_LEVEL: NEXUS_NOISY,
+    BadPixel.FLAT_HIGH: NEXUS_OVER,
+    BadPixel.FLAT_LOW: NEXUS_UNDER,
+    BadPixel.ASIC_EDGE: NEXUS_EDGE,
+    BadPixel.NO_DATA: NEXUS_DEAD,
+}
+#: EuXFEL BadPixels flags (European-XFEL/EXtra, extra.calibration.BadPixels)
+EUXFEL_FLAGS = {"OFFSET_OUT_OF_THRESHOLD": 0, "NOISE_OUT_OF_THRESHOLD": 1, "NO_DARK_DATA": 3, "FF_GAIN_DEVIATION": 8,
+                "GAIN_THRESHOLDING_ERROR": 13, "NON_SENSITIVE": 19, "WRONG_GAIN_VALUE": 21, "NON_STANDARD_SIZE": 22}
+EUXFEL = {
+    BadPixel.OFFSET: 1 << EUXFEL_FLAGS["OFFSET_OUT_OF_THRESHOLD"],
+    BadPixel.NOISE: 1 << EUXFEL_FLAGS["NOISE_OUT_OF_THRESHOLD"],
+    BadPixel.GAIN_SEPARATION: 1 << EUXFEL_FLAGS["GAIN_THRESHOLDING_ERROR"],
+    BadPixel.GAIN_LEVEL: 1 << EUXFEL_FLAGS["WRONG_GAIN_VALUE"],
+    BadPixel.FLAT_HIGH: 1 << EUXFEL_FLAGS["FF_GAIN_DEVIATION"],
+    BadPixel.FLAT_LOW: 1 << EUXFEL_FLAGS["FF_GAIN_DEVIATION"],
+    BadPixel.ASIC_EDGE: 1 << EUXFEL_FLAGS["NON_STANDARD_SIZE"],
+    BadPixel.NO_DATA: 1 << EUXFEL_FLAGS["NO_DARK_DATA"],
+}
+EUXFEL_USER = 1 << EUXFEL_FLAGS["NON_SENSITIVE"]
+CRYSTFEL_USER, CRYSTFEL_MANUFACTURER = 1 << 8, 0xFFFF0000
+
+
+def lookup(mapping: dict) -> np.ndarray:
+    """uint32[256]: the mapped word of every uint8 mask value."""
+    table = np.zeros(256, dtype=np.uint32)
+    for value in range(256):
+        for bit, word in mapping.items():
+            if value & bit:
+                table[value] |= word
+    return table
+
+
+class _Mask:
+    """A store read one module at a time: the mask's union over gains and cells, and its layers."""
+
+    def __init__(self, store):
+        self.root = open_store(store)
+        self.det = get_detector(self.root.attrs["detector"])
+        self.modules = [int(m) for m in self.root["module"][:]]
+        layers = self.root["layers"] if "layers" in self.root else {}
+        self.manufacturer = layers["manufacturer"] if "manufacturer" in layers else None
+        self.user = layers["user"] if "user" in layers else None
+
+    def union(self, i: int) -> np.ndarray:
+        """uint8 (y, x): the bits of module index ``i`` in any gain stage and cell."""
+        return np.bitwise_or.reduce(self.root["mask"][i].reshape(-1, *self.det.module_shape), axis=0)
+
+    def layer(self, which, i: int, dtype) -> np.ndarray:
+        return np.zeros(self.det.module_shape, dtype) if which is None else np.asarray(which[i], dtype=dtype)
+
+    def per_module(self, words, missing) -> np.ndarray:
+        """(all modules of the detector, y, x): ``words(i)`` for the store's modules, ``missing`` for the rest."""
+        first = words(0)
+        out = np.full((self.det.n_modules, *self.det.module_shape), missing, dtype=first.dtype)
+        for i, m in enumerate(self.modules):
+            out[m] = first if i == 0 else words(i)
+        return out
+
+    def frame(self, stack: np.ndarray, gap) -> np.ndarray:
+        """The detector's stored layout: a full frame with gaps, or the (module, y, x) stack."""
+        return self.det.join_frame(stack, fill=gap) if self.det.frame_shape else stack
+
+
+def export(store, to: str, out, *, overwrite: bool = False) -> list[Path]:
+    """Export ``store`` to ``out`` in format ``to`` (one of FORMATS); the files written."""
+    if to == "h5":
+        return [export_h5(store, out, overwrite=overwrite)]
+    writer = {"crystfel": _crystfel, "nexus": _nexus, "euxfel": _euxfel, "cheetah": _cheetah}[to]
+    mask = _Mask(store)
+    return writer(mask, out, overwrite)
+
+
+def _write_h5(out, overwrite: bool, fill) -> Path:
+    """Write one HDF5 file through ``fill(h5py.File)``, atomically."""
+    target, tmp = _new_output(out, overwrite, "the export")
+    try:
+        with h5py.File(tmp, "w") as f:
+            fill(f)
+        _publish(tmp, target, overwrite)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return target
+
+
+def _provenance(f: h5py.File, mask: _Mask, fmt: str) -> None:
+    attrs = mask.root.attrs
+    f.attrs["creator"] = f"{attrs.get('software')} export --to {fmt}"
+    f.attrs["detector"] = mask.det.name
+    f.attrs["modules"] = json.dumps(mask.modules)
+    f.attrs["inputs"] = json.dumps(attrs.get("inputs", {}))
+    f.attrs["parameters"] = json.dumps(attrs.get("parameters", {}))
+
+
+def _nexus(mask: _Mask, out, overwrite) -> list[Path]:
+    table = lookup(NEXUS)
+
+    def words(i):
+        return table[mask.union(i)] | mask.layer(mask.manufacturer, i, np.uint32) | (mask.layer(mask.user, i, np.uint32) * NEXUS_USER)
+
+    stack = mask.per_module(words, NEXUS_DEAD)
+    pixel_mask = mask.frame(stack, NEXUS_GAP)
+
+    def fill(f):
+        _provenance(f, mask, "nexus")
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        instrument = entry.create_group("instrument")
+        instrument.attrs["NX_class"] = "NXinstrument"
+        detector = instrument.create_group("detector")
+        detector.attrs["NX_class"] = "NXdetector"
+        d = detector.create_dataset("pixel_mask", data=pixel_mask, compression="gzip", compression_opts=1)
+        d.attrs["description"] = "NeXus NXdetector bits: 0 gap, 1 dead, 2 under-responding, 3 over-responding, 4 noisy, 5 ASIC edge, 8 user"
+        detector["pixel_mask_applied"] = False
+
+    return [_write_h5(out, overwrite, fill)]
+
+
+def _euxfel(mask: _Mask, out, overwrite) -> list[Path]:
+    table = lookup(EUXFEL)
+    root = mask.root
+    gains = list(root.attrs.get("gain_stages") or [])
+
+    def fill(f):
+        _provenance(f, mask, "euxfel")
+        d = f.create_dataset("mask", shape=root["mask"].shape, dtype=np.uint32, chunks=(1, 1, 1, *mask.det.module_shape), compression="gzip", compression_opts=1)
+        for i in range(len(mask.modules)):
+            d[i] = table[root["mask"][i]]
+        d.attrs["dims"] = ["module", "gain", "cell", "y", "x"]
+        d.attrs["description"] = "EuXFEL BadPixels flags (extra.calibration.BadPixels) per module, gain stage, memory cell"
+        f["module"] = np.asarray(mask.modules)
+        f["cell"] = root["cell"][:]
+        f["gain"] = np.asarray(gains, dtype=h5py.string_dtype())
+        if mask.user is not None:
+            f.create_dataset("user_mask", data=np.asarray(mask.user[:], np.uint32) * EUXFEL_USER, compression="gzip")
+        if mask.manufacturer is not None:
+            f.create_dataset("manufacturer_mask", data=mask.manufacturer[:], compression="gzip")
+
+    return [_write_h5(out, overwrite, fill)]
+
+
+def _cheetah(mask: _Mask, out, overwrite) -> list[Path]:
+    sources = {
+        "rmm": lambda i: (mask.union(i) == 0).astype(np.uint8),
+        "user": lambda i: (mask.layer(mask.user, i, np.uint8) == 0).astype(np.uint8),
+        "manufacturer": lambda i: ((mask.layer(mask.manufacturer, i, np.uint32) & 0xFFFF) == 0).astype(np.uint8),
+    }
+    maps = {name: mask.frame(mask.per_module(fn, 0), 0) for name, fn in sources.items()}
+    if not mask.det.frame_shape:  # Cheetah and OM stack the modules along y: (modules * y, x)
+        maps = {k: v.reshape(-1, v.shape[-1]) for k, v in maps.items()}
+
+    def fill(f):
+        _provenance(f, mask, "cheetah")
+        good = maps["rmm"] & maps["user"] & maps["manufacturer"]
+        f.create_dataset("data/data", data=good, compression="gzip").attrs["description"] = "1 = good, 0 = bad (any source)"
+        for name, m in maps.items():
+            f.create_dataset(f"data/{name}", data=m, compression="gzip").attrs["description"] = f"1 = good, 0 = bad by the {name} mask alone"
+
+    return [_write_h5(out, overwrite, fill)]
+
+
+def _crystfel(mask: _Mask, out, overwrite) -> list[Path]:
+    def words(i):
+        user = mask.layer(mask.user, i, np.uint32) * CRYSTFEL_USER
+        maker = (mask.layer(mask.manufacturer, i, np.uint32) & 0xFFFF) << 16
+        return mask.union(i).astype(np.uint32) | user | maker
+
+    data = mask.frame(mask.per_module(words, int(BadPixel.NO_DATA)), int(BadPixel.NO_DATA))
+
+    def fill(f):
+        _provenance(f, mask, "crystfel")
+        d = f.create_dataset("data/mask", data=data, compression="gzip")
+        d.attrs["description"] = "bits 0-7 rmm-dask (mask0), bit 8 user (mask1), bits 16-31 manufacturer (mask2)"
+
+    target = _write_h5(out, overwrite, fill)
+    geom = target.with_suffix(".geom")
+    lines = geometry_lines(target, "/data/mask", mask)
+    target_g, tmp = _new_output(geom, overwrite, "the geometry lines")
+    try:
+        tmp.write_text("\n".join(lines) + "\n")
+        _publish(tmp, target_g, overwrite)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return [target, target_g]
+
+
+def geometry_lines(path: Path, dataset: str, mask: _Mask) -> list[str]:
+    """CrystFEL geometry lines for the mask file: three masks (0.10+), and the one-mask form of 0.9."""
+    layout = "(Y, X) frames, as the data's `dim0 = %`, `dim1 = ss`, `dim2 = fs`" if mask.det.frame_shape else (
+        "(module, y, x), as the data's `dim0 = %`, `dim1 = <module>`, `dim2 = ss`, `dim3 = fs` (EXtra-geom's layout)"
+    )
+    return [
+        f"; rmm-dask mask of {mask.det.name} ({mask.root.attrs.get('software')}): put these lines before the panels",
+        f"; mask dataset: {layout}; any memory cell or gain stage bad = bad",
+        f"mask0_file = {path}",
+        f"mask0_data = {dataset}",
+        "mask0_goodbits = 0x0",
+        "mask0_badbits = 0xff          ; rmm-dask bits (OFFSET ... NO_DATA)",
+        f"mask1_file = {path}",
+        f"mask1_data = {dataset}",
+        "mask1_goodbits = 0x0",
+        f"mask1_badbits = {CRYSTFEL_USER:#x}         ; the user's mask",
+        f"mask2_file = {path}",
+        f"mask2_data = {dataset}",
+        "mask2_goodbits = 0x0",
+        f"mask2_badbits = {CRYSTFEL_MANUFACTURER:#x}  ; the detector's own pixel mask",
+        "; CrystFEL 0.9 and earlier read one mask: instead of the lines above, use",
+        f";   mask_file = {path}",
+        f";   mask = {dataset}",
+        ";   mask_good = 0x0",
+        ";   mask_bad = 0xffffffff",
+        ";   (0.9 reads the mask as 16 bits: the manufacturer's bits 16-31 are not seen there)",
+    ]
