@@ -155,7 +155,7 @@ def _show(args) -> int:
     console.print(f"  parameters: {attrs.get('parameters')}")
     _print_counts(console, args.store, per_cell=args.cells)
     if args.png:
-        for path in write_figures(root, args.png):
+        for path in write_figures(root, args.png, geometry=args.geometry):
             console.print(f"figure: {path}")
     return 0
 
@@ -449,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="counts per bit, module, gain and cell; --png for figures")
     p.add_argument("store")
     p.add_argument("--cells", action="store_true", help="list the counts of every memory cell")
-    p.add_argument("--png", metavar="DIR", help="write per-module mask images and SNR histograms here")
+    p.add_argument("--png", metavar="DIR", help="write per-module mask images, the assembled detector and SNR histograms here")
+    p.add_argument("--geometry", metavar="FILE.geom", help="CrystFEL geometry for the assembled image of EuXFEL detectors (default: EXtra-geom's example)")
     p.set_defaults(run=_show)
 
     p = sub.add_parser("demo", help="synthetic runs with planted defects -> mask on a LocalCluster -> exports -> score")

@@ -16,6 +16,7 @@ knows about Dask, files or detectors beyond the window shapes it is given.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numba
 import numpy as np
@@ -52,17 +53,24 @@ def _keep_rows(keep, lead, n_frames):
 
 
 def frame_levels(frames, *, n_pixels: int = 4096, method: str = "rmm") -> np.ndarray:
-    """F1 feature: the robust mean of each frame's pixels, ``(..., frame, y, x) -> (..., frame)``.
+    """F1 feature: each frame's level, the robust mean of its pixels' deviations from their
+    median over the frames, ``(..., frame, y, x) -> (..., frame)``: the shift of the whole frame.
 
-    The robust mean is estimated from a regular subsample of about ``n_pixels``
-    pixels (the same pixels in every frame), which is all a frame-level
-    statistic needs and keeps F1 cheap beside the per-pixel features.
-    ``method`` names the statistics (see :data:`rmm_dask.robust.METHODS`).
+    Taken over a regular subsample of about ``n_pixels`` pixels (the same pixels in
+    every frame), which is all a frame-level statistic needs and keeps F1 cheap beside
+    the per-pixel features. The per-pixel median is subtracted first because a module's
+    raw values are multimodal (each ASIC has its own offset): the mode of the raw values
+    can jump from one ASIC's cluster to another's between frames, the mode of the
+    deviations cannot. ``method`` names the statistics (see :data:`rmm_dask.robust.METHODS`).
     """
     frames = np.asarray(frames)
     flat = frames.reshape(frames.shape[:-2] + (-1,))
     step = max(1, flat.shape[-1] // max(1, n_pixels))
-    mu, _ = fit_gaussian(flat[..., ::step], -1, method=method)
+    sample = flat[..., ::step].astype(np.float64)
+    with warnings.catch_warnings():  # all-NaN pixels: their deviations stay NaN (missing)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sample -= np.nanmedian(sample, axis=-2, keepdims=True)
+    mu, _ = fit_gaussian(sample, -1, method=method)
     return mu
 
 

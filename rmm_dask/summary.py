@@ -49,8 +49,45 @@ def _zero() -> dict:
     return {name: 0 for name, _ in _SELECTIONS}
 
 
-def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None) -> list[Path]:
-    """Per-module mask images and SNR histograms per feature, as PNG files in ``out_dir``."""
+#: AGIPD-1M quadrant positions of EXtra-geom's example geometry (its docs' values), in mm
+AGIPD_EXAMPLE_QUADS = [(-525, 625), (-550, -10), (520, -160), (542.5, 475)]
+
+
+def detector_image(root: zarr.Group, geometry: str | None = None) -> tuple[np.ndarray, str, str] | None:
+    """The whole detector as one image: per pixel, the fraction of gain stages x cells masked (edges left out).
+
+    EuXFEL detectors are assembled by EXtra-geom, from the CrystFEL ``geometry`` file
+    given or its example geometry (approximate module positions); detectors whose
+    modules tile a stored frame are laid out as that frame. Modules absent from the
+    store are NaN. Returns (image, how it was assembled, imshow origin), or None for other detectors.
+    """
+    from .detectors import get_detector
+
+    det = get_detector(root.attrs["detector"])
+    full = np.full((det.n_modules, *det.module_shape), np.nan, dtype=np.float32)
+    for i, m in enumerate(root["module"][:]):
+        block = root["mask"][i]
+        full[int(m)] = ((block != 0) & (block != BadPixel.ASIC_EDGE)).reshape(-1, *det.module_shape).mean(axis=0)
+    name = det.name.upper()
+    if name.startswith(("AGIPD1M", "JUNGFRAU")):
+        from extra_geom import AGIPD_1MGeometry, JUNGFRAUGeometry
+
+        cls = AGIPD_1MGeometry if name.startswith("AGIPD") else JUNGFRAUGeometry
+        if geometry:
+            geom, how = cls.from_crystfel_geom(geometry), f"EXtra-geom {cls.__name__} from {geometry}"
+        elif cls is AGIPD_1MGeometry:
+            geom, how = cls.from_quad_positions(quad_pos=AGIPD_EXAMPLE_QUADS), "EXtra-geom example AGIPD-1M geometry (approximate positions)"
+        else:
+            geom, how = cls.example(det.n_modules), f"EXtra-geom example {det.name} geometry (approximate positions)"
+        image, _ = geom.position_modules(full)
+        return image, how, "lower"  # EXtra-geom: y up, as seen from the sample
+    if det.frame_shape is not None:
+        return det.join_frame(full, fill=np.nan), f"{det.name} frame layout ({det.module_grid[0]} x {det.module_grid[1]} modules)", "upper"
+    return None
+
+
+def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geometry: str | None = None) -> list[Path]:
+    """Per-module mask images, the assembled detector and SNR histograms per feature, as PNG files in ``out_dir``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,6 +113,18 @@ def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None) -> lis
         fig.colorbar(im, ax=axes[0].tolist(), label="fraction of cells masked (edges left out)")
         fig.suptitle(f"module {int(m)}: masked pixels")
         path = out_dir / f"mask_module{int(m):02d}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+
+    assembled = detector_image(root, geometry)
+    if assembled is not None:
+        image, how, origin = assembled
+        fig, ax = plt.subplots(figsize=(8, min(8 * image.shape[0] / max(image.shape[1], 1), 16) + 0.8))
+        im = ax.imshow(image, cmap="magma", vmin=0, vmax=1, interpolation="nearest", origin=origin)
+        fig.colorbar(im, ax=ax, label="fraction of gain stages x cells masked (edges left out)", shrink=0.8)
+        ax.set_title(f"{root.attrs.get('detector')}: {how}", fontsize=9)
+        path = out_dir / "detector.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
         written.append(path)
