@@ -383,6 +383,7 @@ def _submit(args) -> int:
     for dest, flag, is_path in _MASK_OPTIONS:
         value = getattr(args, dest)
         if value is not None:
+            is_path = is_path or (dest == "detector" and str(value).endswith((".yaml", ".yml")))
             mask_args += [flag, str(Path(value).absolute()) if is_path else str(value)]
     if args.overwrite:
         mask_args.append("--overwrite")

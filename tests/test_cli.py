@@ -52,7 +52,7 @@ def test_mask_show_export(store, tmp_path, capsys):
     out = capsys.readouterr().out
     for word in ("OFFSET", "NOISE", "module 0", "gain high", "cell 1"):
         assert word in out
-    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["mask_module00.png", "snr_histograms.png"]
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["detector.png", "mask_module00.png", "snr_histograms.png"]
     assert main(["export", str(store), "--to", "h5", "--out", str(tmp_path / "m.h5")]) == 0
     import h5py
 
@@ -115,7 +115,7 @@ def test_bad_config(runs, tmp_path, capsys):
 def test_demo(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--modules", "1", "--cells", "1", "--frames", "40", "--workers", "1"]) == 0
     out = capsys.readouterr().out
-    for word in ("dashboard: http", "HOT", "UNDER_RESPONDING", "clean pixels flagged", "Zarr store:", "HDF5 export:"):
+    for word in ("dashboard: http", "HOT", "UNDER_RESPONDING", "clean pixels flagged", "Zarr store:", "export: "):
         assert word in out
     assert (tmp_path / "d" / "mask.zarr").is_dir() and (tmp_path / "d" / "mask.h5").is_file()
 

@@ -447,7 +447,7 @@ def test_write_synthetic_and_read_truth(written, calib):
 
 def test_write_synthetic_refuses_float_and_read_truth_errors(calib, tmp_path):
     float_set = dataclasses.replace(calib, config=dataclasses.replace(CONFIG, dtype="float32"))
-    with pytest.raises(ValueError, match="uint16"):
+    with pytest.raises(ValueError, match="raw data is integer"):
         write_synthetic(float_set, tmp_path / "float")
     with pytest.raises(InputError, match="nothing.h5: no such file"):
         read_truth(tmp_path / "nothing.h5")

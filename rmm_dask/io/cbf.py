@@ -14,12 +14,11 @@ import re
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 from dask.base import tokenize
 
 from ..detectors import Detector
 from ..errors import InputError
-from .hdf5 import DIMS, file_token, graph_array, resolve_detector, write_run_dir
+from .hdf5 import DIMS, file_token, graph_array, one_cell_dataset, resolve_detector, select_modules, write_run_dir
 
 __all__ = ["open_cbf_series", "write_cbf_series", "FRAMES_PER_TASK"]
 
@@ -80,12 +79,7 @@ def open_cbf_series(path: str | os.PathLike, detector: str | Detector, *, module
     else:
         expected = det.frame_shape or tuple(det.module_shape)
         raise InputError(files[0], f"frames of {shape} ({element}), expected {expected} for {det.name}")
-    wanted = available
-    if modules is not None:
-        wanted = sorted({int(m) for m in np.atleast_1d(modules)})
-        missing = [m for m in wanted if m not in available]
-        if missing:
-            raise InputError(run_dir, f"no module {missing} in {det.name} frames (modules 0..{available[-1]})")
+    wanted = select_modules(run_dir, available, modules, f"{det.name} frames")
     n_frames = len(files)
     starts = list(range(0, n_frames, FRAMES_PER_TASK))
     name = "cbf-" + tokenize(file_token(files), det, wanted)
@@ -96,22 +90,9 @@ def open_cbf_series(path: str | os.PathLike, detector: str | Detector, *, module
     chunks = ((len(wanted),), (1,), tuple(min(FRAMES_PER_TASK, n_frames - s) for s in starts), (det.module_shape[0],), (det.module_shape[1],))
     blocks = graph_array(name, tasks, chunks, np.float32)
     analog = blocks.rechunk({0: 1, 2: n_frames})  # the pipeline's chunk: one module, all frames
-    return xr.Dataset(
-        {"analog": (DIMS, analog)},
-        coords={
-            "module": ("module", np.asarray(wanted, dtype=np.int64)),
-            "cell": ("cell", np.zeros(1, dtype=np.int64)),
-            "frame": ("frame", np.arange(n_frames, dtype=np.int64)),
-        },
-        attrs={
-            "detector": det.name,
-            "source": "cbf",
-            "path": run_dir,
-            "run": -1,
-            "format": f"cbf ({layout} layout, {element})",
-            "notes": [],
-            "files": files,
-        },
+    return one_cell_dataset(
+        {"analog": (DIMS, analog)}, wanted, n_frames, det,
+        source="cbf", path=run_dir, format=f"cbf ({layout} layout, {element})", notes=[], files=files,
     )
 
 

@@ -264,13 +264,7 @@ def open_hdf5_stack(
     n_frames = sum(s[2][0] for s in segments)
     if n_frames < 2:
         raise InputError(path, f"{where} has {n_frames} frame(s), need at least 2")
-    available = list(range(len(regions)))
-    wanted = available
-    if modules is not None:
-        wanted = sorted({int(m) for m in np.atleast_1d(modules)})
-        missing = [m for m in wanted if m not in available]
-        if missing:
-            raise InputError(path, f"{where} has no module {missing} (modules {available[0]}..{available[-1]})")
+    wanted = select_modules(path, list(range(len(regions))), modules, where)
     parts = tuple((p, d, int(shape[0])) for p, d, shape, _ in segments)
     frame_shape = (n_frames, *det.module_shape)
     name = "hdf5-stack-" + tokenize(file_token([path]), parts, str(dtype), wanted, det)
@@ -287,23 +281,33 @@ def open_hdf5_stack(
         data = {"analog": (DIMS, raw & np.uint16(0x3FFF)), "gain": (DIMS, raw >> np.uint16(14))}
     if mask_path:
         data["pixel_mask"] = (("module", "y", "x"), _pixel_mask(path, mask_path, mask_shape, det, wanted))
+    notes = [f"manufacturer pixel mask {mask_path} kept as its own layer"] if mask_path else []
+    files = sorted({p for p, _, _ in parts})
+    return one_cell_dataset(data, wanted, n_frames, det, source=dataset, path=path, format=f"hdf5-stack ({layout} layout)", notes=notes, files=files)
+
+
+def one_cell_dataset(data: dict, modules: list, n_frames: int, det: Detector, **attrs) -> xr.Dataset:
+    """The Dataset of a run with one memory cell (id 0): ``data`` variables, coordinates and attrs."""
     return xr.Dataset(
         data,
         coords={
-            "module": ("module", np.asarray(wanted, dtype=np.int64)),
+            "module": ("module", np.asarray(modules, dtype=np.int64)),
             "cell": ("cell", np.zeros(1, dtype=np.int64)),
             "frame": ("frame", np.arange(n_frames, dtype=np.int64)),
         },
-        attrs={
-            "detector": det.name,
-            "source": dataset,
-            "path": path,
-            "run": -1,
-            "format": f"hdf5-stack ({layout} layout)",
-            "notes": [f"manufacturer pixel mask {mask_path} kept as its own layer"] if mask_path else [],
-            "files": sorted({p for p, _, _ in parts}),
-        },
+        attrs={"detector": det.name, "run": -1, **attrs},
     )
+
+
+def select_modules(path: str, available: list, modules, what: str) -> list:
+    """The module numbers asked for (all ``available`` for None), or InputError naming the missing ones."""
+    if modules is None:
+        return available
+    wanted = sorted({int(m) for m in np.atleast_1d(modules)})
+    missing = [m for m in wanted if m not in available]
+    if missing:
+        raise InputError(path, f"{what} has no module {missing} (modules {available[0]}..{available[-1]})")
+    return wanted
 
 
 def _read_pixel_mask(path: str, dataset: str, det: Detector, wanted: tuple) -> np.ndarray:
