@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 
 from .codes import BadPixel
-from .detectors import get_detector
+from .detectors import detector_of
 from .store import _new_output, _publish, _remove, export_h5, open_store
 
 __all__ = ["export", "FORMATS", "NEXUS", "EUXFEL", "lookup"]
@@ -86,7 +86,7 @@ class _Mask:
 
     def __init__(self, store):
         self.root = open_store(store)
-        self.det = get_detector(self.root.attrs["detector"])
+        self.det = detector_of(self.root.attrs)
         self.modules = [int(m) for m in self.root["module"][:]]
         layers = self.root["layers"] if "layers" in self.root else {}
         self.manufacturer = layers["manufacturer"] if "manufacturer" in layers else None
@@ -98,6 +98,10 @@ class _Mask:
 
     def layer(self, which, i: int, dtype) -> np.ndarray:
         return np.zeros(self.det.module_shape, dtype) if which is None else np.asarray(which[i], dtype=dtype)
+
+    def user_layer(self, i: int) -> np.ndarray:
+        """uint32 (y, x): 1 where the user masked the pixel."""
+        return (self.layer(self.user, i, np.uint32) != 0).astype(np.uint32)
 
     def per_module(self, words, missing) -> np.ndarray:
         """(all modules of the detector, y, x): ``words(i)`` for the store's modules, ``missing`` for the rest."""
@@ -147,7 +151,7 @@ def _nexus(mask: _Mask, out, overwrite) -> list[Path]:
     table = lookup(NEXUS)
 
     def words(i):
-        return table[mask.union(i)] | mask.layer(mask.manufacturer, i, np.uint32) | (mask.layer(mask.user, i, np.uint32) * NEXUS_USER)
+        return table[mask.union(i)] | mask.layer(mask.manufacturer, i, np.uint32) | (mask.user_layer(i) * NEXUS_USER)
 
     stack = mask.per_module(words, NEXUS_DEAD)
     pixel_mask = mask.frame(stack, NEXUS_GAP)
@@ -183,7 +187,7 @@ def _euxfel(mask: _Mask, out, overwrite) -> list[Path]:
         f["cell"] = root["cell"][:]
         f["gain"] = np.asarray(gains, dtype=h5py.string_dtype())
         if mask.user is not None:
-            f.create_dataset("user_mask", data=np.asarray(mask.user[:], np.uint32) * EUXFEL_USER, compression="gzip")
+            f.create_dataset("user_mask", data=(np.asarray(mask.user[:]) != 0).astype(np.uint32) * EUXFEL_USER, compression="gzip")
         if mask.manufacturer is not None:
             f.create_dataset("manufacturer_mask", data=mask.manufacturer[:], compression="gzip")
 
@@ -212,7 +216,7 @@ def _cheetah(mask: _Mask, out, overwrite) -> list[Path]:
 
 def _crystfel(mask: _Mask, out, overwrite) -> list[Path]:
     def words(i):
-        user = mask.layer(mask.user, i, np.uint32) * CRYSTFEL_USER
+        user = mask.user_layer(i) * CRYSTFEL_USER
         maker = (mask.layer(mask.manufacturer, i, np.uint32) & 0xFFFF) << 16
         return mask.union(i).astype(np.uint32) | user | maker
 
@@ -223,12 +227,10 @@ def _crystfel(mask: _Mask, out, overwrite) -> list[Path]:
         d = f.create_dataset("data/mask", data=data, compression="gzip")
         d.attrs["description"] = "bits 0-7 rmm-dask (mask0), bit 8 user (mask1), bits 16-31 manufacturer (mask2)"
 
+    target_g, tmp = _new_output(Path(out).absolute().with_suffix(".geom"), overwrite, "the geometry lines")  # both checked first
     target = _write_h5(out, overwrite, fill)
-    geom = target.with_suffix(".geom")
-    lines = geometry_lines(target, "/data/mask", mask)
-    target_g, tmp = _new_output(geom, overwrite, "the geometry lines")
     try:
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text("\n".join(geometry_lines(target, "/data/mask", mask)) + "\n")
         _publish(tmp, target_g, overwrite)
     except BaseException:
         _remove(tmp)

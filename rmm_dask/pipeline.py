@@ -100,7 +100,8 @@ def _known(layers) -> np.ndarray | None:
     known = None
     for layer, bits in zip(layers or (), (0xFFFF, 0xFF)):
         if layer is not None:
-            hit = (np.asarray(layer) & bits) != 0
+            layer = np.asarray(layer)
+            hit = (layer.reshape(layer.shape[-2:]) & bits) != 0  # a (1, y, x) block of the module
             known = hit if known is None else known | hit
     return known
 
@@ -164,9 +165,10 @@ def build_mask(
     if manufacturer is not None:
         manufacturer = manufacturer.rechunk((1, ny, nx))
     if user_mask is not None:
-        user_mask = np.asarray(user_mask, dtype=np.uint8)
+        user_mask = (np.asarray(user_mask) != 0).astype(np.uint8)  # 1 = masked by the user
         if user_mask.shape != (n_mod, ny, nx):
             raise ValueError(f"the user mask is {user_mask.shape}, expected (module, y, x) = {(n_mod, ny, nx)}")
+        user_mask = da.from_array(user_mask, chunks=(1, ny, nx))  # one graph key per module, not a copy per task
     pieces = {"mask": [], **{f: [] for f in feature_names}, **{"snr_" + f: [] for f in snr_names}}
     pieces.update({f"rejected_frames_{g}": [] for g in stages})
     task = dask.delayed(_stage_task, pure=True)
@@ -178,7 +180,7 @@ def build_mask(
             flat_block = flat_blocks[m, b] if flat is not None else None
             layers = (
                 None if manufacturer is None else manufacturer.blocks[m, 0, 0],
-                None if user_mask is None else user_mask[m],
+                None if user_mask is None else user_mask.blocks[m, 0, 0],
             )
             res = finish(st, flat_block, detector, params, flat_index, _path(flat) if flat is not None else "", layers)
             plane = (n_gain, nc, ny, nx)
@@ -213,12 +215,13 @@ def build_mask(
     if manufacturer is not None:
         data_vars["pixel_mask"] = (("module", "y", "x"), manufacturer, {"role": "layer", "layer": "manufacturer", "source": ref.attrs.get("path", "")})
     if user_mask is not None:
-        data_vars["user_mask"] = (("module", "y", "x"), da.from_array(user_mask, chunks=(1, ny, nx)), {"role": "layer", "layer": "user"})
+        data_vars["user_mask"] = (("module", "y", "x"), user_mask, {"role": "layer", "layer": "user"})
     inputs = {f"dark-{g}": _describe(darks[g]) for g in stages}
     if flat is not None:
         inputs["flat"] = _describe(flat)
     attrs = {
         "detector": detector.name,
+        "detector_description": _jsonable(asdict(detector)),  # stores of detectors from your own YAML stay readable
         "gain_stages": list(stages),
         "flat_stage": flat_stage if flat is not None else None,
         "parameters": _jsonable(asdict(params)),

@@ -61,9 +61,9 @@ def detector_image(root: zarr.Group, geometry: str | None = None) -> tuple[np.nd
     modules tile a stored frame are laid out as that frame. Modules absent from the
     store are NaN. Returns (image, how it was assembled, imshow origin), or None for other detectors.
     """
-    from .detectors import get_detector
+    from .detectors import detector_of
 
-    det = get_detector(root.attrs["detector"])
+    det = detector_of(root.attrs)
     full = np.full((det.n_modules, *det.module_shape), np.nan, dtype=np.float32)
     for i, m in enumerate(root["module"][:]):
         block = root["mask"][i]
@@ -141,7 +141,8 @@ def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geomet
                 values = np.asarray(snr[name][i], dtype=np.float64).ravel()
                 counts += np.histogram(np.clip(values[~np.isnan(values)], -clip, clip), bins=edges)[0]
             ax.stairs(counts, edges, fill=True, color="0.3")
-            ax.set_yscale("log")
+            if counts.any():
+                ax.set_yscale("log")
             for s in (-lam, lam):
                 ax.axvline(s, color="tab:red", lw=1)
             ax.set_title(f"{name}: SNR against the ASIC model")

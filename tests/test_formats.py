@@ -62,6 +62,16 @@ def test_detector_from_a_yaml_file(tmp_path):
     path.write_text("name: MINE\nmodules: 1\nmodule-shape: [64, 96]\nasic-shape: [32, 48]\ngain: bits\ngain-stages: [high, medium]\n")
     det = get_detector(str(path))
     assert (det.name, det.module_shape, det.gain, det.gain_stages) == ("MINE", (64, 96), "bits", ("high", "medium"))
+    # a store of a detector from your own file: it records the description, so it exports and shows
+    raw = (rng(6).normal(1000, 5, (12, 64, 96)).astype(np.uint16) & 0x3FFF) | (np.uint16(1) << 14)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["data"] = raw
+    darks = {"medium": open_run(tmp_path / "s.h5", str(path), dataset="data")}
+    store = write_store(build_mask(darks, detector=det, user_mask=np.full((1, 64, 96), 2)), tmp_path / "m.zarr", compute=sync)
+    (nexus,) = export(store, "nexus", tmp_path / "m.nxs")
+    with h5py.File(nexus) as f:
+        assert ((f["entry/instrument/detector/pixel_mask"][()] & 256) != 0).all()  # user value 2: still the user bit
+    assert main(["show", str(store), "--png", str(tmp_path / "png")]) == 0
     path.write_text("name: BAD\nmodules: 1\nmodule-shape: [64, 96]\nasic-shape: [32, 48]\nsize: 3\n")
     with pytest.raises(KeyError, match=r"unknown keys \['size'\]"):
         get_detector(str(path))
@@ -113,7 +123,9 @@ def test_cxi_cspad_slab_and_module_stack(tmp_path):
 
 def test_nxmx_eiger_with_linked_data_files_and_pixel_mask(tmp_path):
     det = get_detector("EIGER1M")
-    frames = rng(3).poisson(2.0, (5, *det.frame_shape)).astype(np.uint32)
+    frames = rng(3).poisson(2.0, (5, *det.frame_shape)).astype(np.int32)
+    frames[:, det.gap_mask()] = -1  # as Dectris fills the gaps
+    frames[0, 10, 20] = -2  # a bad pixel
     mask = det.gap_mask().astype(np.uint32)
     mask[10, 20] |= 2  # dead
     master = write_nxmx(tmp_path / "r0003_master.h5", frames, det, pixel_mask=mask, frames_per_file=3)
@@ -121,8 +133,12 @@ def test_nxmx_eiger_with_linked_data_files_and_pixel_mask(tmp_path):
     with dask.config.set(scheduler=raise_on_compute):
         ds = open_run(master, det)
     assert "manufacturer pixel mask" in ds.attrs["notes"][0]
+    assert ds.attrs["files"] == [str(tmp_path / n) for n in ("r0003_data_000001.h5", "r0003_data_000002.h5", "r0003_master.h5")]
     values = ds.compute(scheduler="sync")
-    np.testing.assert_array_equal(values.analog.values[:, 0], np.moveaxis(det.split_frame(frames), 1, 0))
+    assert values.analog.dtype == np.float32 and np.isnan(values.analog.values).sum() == 1  # negative counts: missing
+    expected = np.moveaxis(det.split_frame(frames), 1, 0).astype(np.float32)
+    expected[expected < 0] = np.nan
+    np.testing.assert_array_equal(values.analog.values[:, 0], expected)
     np.testing.assert_array_equal(values.pixel_mask.values, det.split_frame(mask))
     assert values.pixel_mask.values[0, 10, 20] == 2
     (tmp_path / "r0003_data_000002.h5").unlink()
@@ -257,6 +273,11 @@ def test_crystfel_export_read_with_crystfel_rules(eiger_store, tmp_path):
     assert (alone[1] == (user != 0)).all()
     assert (alone[2] == (manufacturer != 0)).all()
     assert "mask_bad = 0xffffffff" in geom_file.read_text()  # the CrystFEL 0.9 form, as a comment
+    # the pair is checked before either is written: an existing .geom leaves no new .h5 behind
+    (tmp_path / "other.geom").write_text("keep")
+    with pytest.raises(InputError, match=r"other\.geom: exists already"):
+        export(store, "crystfel", tmp_path / "other.h5")
+    assert not (tmp_path / "other.h5").exists() and (tmp_path / "other.geom").read_text() == "keep"
 
 
 def test_cheetah_export(eiger_store, tmp_path):

@@ -121,6 +121,15 @@ class Detector:
         return edge
 
 
+def detector_of(attrs) -> Detector:
+    """The Detector a store was made for: its recorded description, or its name (stores before descriptions)."""
+    described = attrs.get("detector_description")
+    if described:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in described.items()}
+        return Detector(**fields)
+    return get_detector(attrs["detector"])
+
+
 def load_detector(path: str | os.PathLike) -> Detector:
     """A :class:`Detector` from its YAML description (keys as in this directory's files)."""
     with open(path) as f:

@@ -18,7 +18,7 @@ from dask.base import tokenize
 
 from ..detectors import Detector
 from ..errors import InputError
-from .hdf5 import DIMS, file_token, graph_array, one_cell_dataset, resolve_detector, select_modules, write_run_dir
+from .hdf5 import DIMS, negative_as_nan, file_token, graph_array, one_cell_dataset, resolve_detector, select_modules, write_run_dir
 
 __all__ = ["open_cbf_series", "write_cbf_series", "FRAMES_PER_TASK"]
 
@@ -58,9 +58,7 @@ def _read_cbf_block(paths: tuple, det: Detector, wanted: tuple, layout: str) -> 
         if frame.shape != expected:
             raise InputError(path, f"frame of shape {frame.shape}, expected {expected} like the run's first frame")
         modules = det.split_frame(frame) if layout == "frame" else frame[None]
-        block = modules[list(wanted)].astype(np.float32)
-        block[block < 0] = np.nan
-        out[:, 0, i] = block
+        out[:, 0, i] = negative_as_nan(modules[list(wanted)])
     return out
 
 

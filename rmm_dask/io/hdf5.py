@@ -176,8 +176,9 @@ def _candidates(f: h5py.File) -> list[str]:
 _NXMX_DATA = re.compile(r"^data_\d{6}$")
 
 
-def _segments(f: h5py.File, path: str, dataset: str) -> list[tuple[str, str, tuple, np.dtype]]:
-    """(file, dataset, shape, dtype) of the frames: the dataset, or a NeXus data group's data_NNNNNN."""
+def _segments(f: h5py.File, path: str, dataset: str) -> list[tuple[str, str, tuple, np.dtype, str]]:
+    """(file, dataset, shape, dtype, file the data is in) of the frames: the dataset, or a
+    NeXus data group's data_NNNNNN (external links: the data file is named for provenance)."""
     try:
         obj = f.get(dataset)
     except (OSError, KeyError, ValueError) as e:
@@ -187,7 +188,7 @@ def _segments(f: h5py.File, path: str, dataset: str) -> list[tuple[str, str, tup
         hint = f" (datasets with 3 or 4 dims: {', '.join(hint)})" if hint else ""
         raise InputError(path, f"no dataset {dataset}{hint}")
     if isinstance(obj, h5py.Dataset):
-        return [(path, dataset, obj.shape, obj.dtype)]
+        return [(path, dataset, obj.shape, obj.dtype, path)]
     names = sorted(n for n in obj if _NXMX_DATA.match(n))
     if not names:
         raise InputError(path, f"{dataset} is a group without data_NNNNNN datasets, not a stack of frames")
@@ -197,7 +198,9 @@ def _segments(f: h5py.File, path: str, dataset: str) -> list[tuple[str, str, tup
             d = obj[n]  # external links open here: a missing data file is named
         except (OSError, KeyError) as e:
             raise InputError(path, f"cannot open {dataset}/{n} (a missing or unreadable data file?): {e}") from None
-        out.append((path, f"{dataset.rstrip('/')}/{n}", d.shape, d.dtype))
+        link = obj.get(n, getlink=True)
+        holder = os.path.join(os.path.dirname(path), link.filename) if isinstance(link, h5py.ExternalLink) else path
+        out.append((path, f"{dataset.rstrip('/')}/{n}", d.shape, d.dtype, os.path.abspath(holder)))
     return out
 
 
@@ -265,9 +268,10 @@ def open_hdf5_stack(
     if n_frames < 2:
         raise InputError(path, f"{where} has {n_frames} frame(s), need at least 2")
     wanted = select_modules(path, list(range(len(regions))), modules, where)
-    parts = tuple((p, d, int(shape[0])) for p, d, shape, _ in segments)
+    parts = tuple((p, d, int(shape[0])) for p, d, shape, _, _ in segments)
+    files = sorted({path, *(holder for *_, holder in segments)})
     frame_shape = (n_frames, *det.module_shape)
-    name = "hdf5-stack-" + tokenize(file_token([path]), parts, str(dtype), wanted, det)
+    name = "hdf5-stack-" + tokenize(file_token(files), parts, str(dtype), wanted, det)
     tasks = {
         (i, 0, 0, 0, 0): (_read_region, _Region(parts, *regions[m], frame_shape, dtype.str))
         for i, m in enumerate(wanted)
@@ -275,6 +279,8 @@ def open_hdf5_stack(
     chunks = ((1,) * len(wanted), (1,), (n_frames,), (det.module_shape[0],), (det.module_shape[1],))
     raw = graph_array(name, tasks, chunks, dtype)
     data = {"analog": (DIMS, raw)}
+    if det.counting and dtype.kind == "i":  # counts below 0 mark gaps and bad pixels (Dectris -1, -2): missing
+        data = {"analog": (DIMS, raw.map_blocks(negative_as_nan, dtype=np.float32))}
     if det.gain == "bits":
         if dtype.kind != "u" or dtype.itemsize != 2:
             raise InputError(path, f"{where} holds {dtype}; {det.name} raw data with the gain in bits 14-15 is uint16")
@@ -282,8 +288,14 @@ def open_hdf5_stack(
     if mask_path:
         data["pixel_mask"] = (("module", "y", "x"), _pixel_mask(path, mask_path, mask_shape, det, wanted))
     notes = [f"manufacturer pixel mask {mask_path} kept as its own layer"] if mask_path else []
-    files = sorted({p for p, _, _ in parts})
     return one_cell_dataset(data, wanted, n_frames, det, source=dataset, path=path, format=f"hdf5-stack ({layout} layout)", notes=notes, files=files)
+
+
+def negative_as_nan(block: np.ndarray) -> np.ndarray:
+    """Float32 counts with the negative values (gaps, bad pixels of counting detectors) as NaN."""
+    out = block.astype(np.float32)
+    out[block < 0] = np.nan
+    return out
 
 
 def one_cell_dataset(data: dict, modules: list, n_frames: int, det: Detector, **attrs) -> xr.Dataset:
