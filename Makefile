@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench validate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-bench
 	@for b in dark robust flat e2e quality; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
+
+# downstream check with a real spot finder (not part of `make test`): needs Debian's dials
+# (apt-get install dials, ~4 minutes); see benchmarks/validate_dials.py
+validate: $(VENV)/.installed
+	$(BIN)/python benchmarks/validate_dials.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -147,6 +147,9 @@ class SynthConfig:
     cells: int = 2
     frames: int = 100  #: dark frames per cell per gain run
     flat_frames: int = 100  #: flat frames per cell
+    #: scales the flat run's light: 1.0 is a flat field; ~0.02 of a counting detector's is
+    #: the background of an empty frame (no crystal), as the DIALS validation writes
+    flat_level: float = 1.0
     seed: int = 0
     #: which acquisition of the detector: another number gives new frames (noise, outlying
     #: frames, photons) of the same pixels and defects, as the next night's dark runs
@@ -171,8 +174,8 @@ class SynthConfig:
             raise ValueError("seed and acquisition must be non-negative")
         if not 0.0 <= self.outlier_frame_fraction < 1.0:
             raise ValueError("outlier_frame_fraction must be in [0, 1)")
-        if self.defect_fraction < 0:
-            raise ValueError("defect_fraction must be non-negative")
+        if self.defect_fraction < 0 or self.flat_level < 0:
+            raise ValueError("defect_fraction and flat_level must be non-negative")
 
 
 @dataclass
@@ -538,7 +541,7 @@ def _flat_cell(mod: _Module, cell: int, config: SynthConfig):
     rng = _rng(config, mod.index, _FLAT, config.acquisition, cell)
     frames = config.flat_frames
     analog = _signal_frames(mod, "high", cell, frames, rng)
-    photons = rng.poisson(mod.model["intensity"], (frames, *mod.model["intensity"].shape)).astype(np.float32)
+    photons = rng.poisson(mod.model["intensity"] * np.float32(config.flat_level), (frames, *mod.model["intensity"].shape)).astype(np.float32)
     photons *= np.float32(ADU_PER_PHOTON) * mod.model["response"]
     analog += photons
     analog = _digitise(analog, mod, _stuck_value(mod, "high", cell), config.dtype)
@@ -672,7 +675,7 @@ def _synthesize_counting(config: SynthConfig) -> SyntheticCalibration:
         response = (1 + _normal(params, det.module_shape, RESPONSE_SIGMA)).astype(np.float64)
         response.reshape(-1)[kinds[Defect.OVER_RESPONDING]] *= params.uniform(*OVER_RESPONSE, n)
         response.reshape(-1)[kinds[Defect.UNDER_RESPONDING]] *= params.uniform(*UNDER_RESPONSE, n)
-        beam = _beam(det, params) / PHOTONS_MEAN * FLAT_COUNTS
+        beam = _beam(det, params) / PHOTONS_MEAN * FLAT_COUNTS * config.flat_level
 
         for run, purpose, lit in ((dark, _DARK, False), (flat, _FLAT, True)):
             frames = run.analog.shape[2]
