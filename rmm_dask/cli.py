@@ -157,6 +157,10 @@ def _show(args) -> int:
     if args.png:
         for path in write_figures(root, args.png, geometry=args.geometry):
             console.print(f"figure: {path}")
+    if args.html:
+        from .report import mask_report
+
+        console.print(f"report: {mask_report(args.store, args.html, overwrite=args.overwrite, geometry=args.geometry)}")
     return 0
 
 
@@ -452,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", action="store_true", help="list the counts of every memory cell")
     p.add_argument("--png", metavar="DIR", help="write per-module mask images, the assembled detector and SNR histograms here")
     p.add_argument("--geometry", metavar="FILE.geom", help="CrystFEL geometry for the assembled image of EuXFEL detectors (default: EXtra-geom's example)")
+    p.add_argument("--html", metavar="FILE.html", help="write a self-contained HTML report (figures embedded)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --html report")
     p.set_defaults(run=_show)
 
     p = sub.add_parser("demo", help="synthetic runs with planted defects -> mask on a LocalCluster -> exports -> score")

@@ -88,10 +88,7 @@ def detector_image(root: zarr.Group, geometry: str | None = None) -> tuple[np.nd
 
 def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geometry: str | None = None) -> list[Path]:
     """Per-module mask images, the assembled detector and SNR histograms per feature, as PNG files in ``out_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch (notebooks keep theirs), thread-safe
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +98,8 @@ def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geomet
     mask = root["mask"]
     for i, m in enumerate(root["module"][:]):
         block = mask[i]  # (gain, cell, y, x)
-        fig, axes = plt.subplots(1, len(gains), figsize=(2.2 * len(gains) + 1, 7), squeeze=False, sharey=True)
+        fig = Figure(figsize=(2.2 * len(gains) + 1, 7))
+        axes = fig.subplots(1, len(gains), squeeze=False, sharey=True)
         for ax, g, plane in zip(axes[0], gains, block):
             bad = ((plane != 0) & (plane != BadPixel.ASIC_EDGE)).mean(axis=0)
             im = ax.imshow(bad, cmap="magma", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
@@ -114,25 +112,25 @@ def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geomet
         fig.suptitle(f"module {int(m)}: masked pixels")
         path = out_dir / f"mask_module{int(m):02d}.png"
         fig.savefig(path, dpi=80)
-        plt.close(fig)
         written.append(path)
 
     assembled = detector_image(root, geometry)
     if assembled is not None:
         image, how, origin = assembled
-        fig, ax = plt.subplots(figsize=(8, min(8 * image.shape[0] / max(image.shape[1], 1), 16) + 0.8))
+        fig = Figure(figsize=(8, min(8 * image.shape[0] / max(image.shape[1], 1), 16) + 0.8))
+        ax = fig.subplots()
         im = ax.imshow(image, cmap="magma", vmin=0, vmax=1, interpolation="nearest", origin=origin)
         fig.colorbar(im, ax=ax, label="fraction of gain stages x cells masked (edges left out)", shrink=0.8)
         ax.set_title(f"{root.attrs.get('detector')}: {how}", fontsize=9)
         path = out_dir / "detector.png"
         fig.savefig(path, dpi=80)
-        plt.close(fig)
         written.append(path)
 
     snr = root["snr"] if "snr" in root else None
     if snr is not None:
         names = sorted(snr.array_keys())
-        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
+        fig = Figure(figsize=(4 * len(names), 3.5))
+        axes = fig.subplots(1, len(names), squeeze=False)
         clip = max(4 * lam, 1.0)
         edges = np.linspace(-clip, clip, 201)
         for ax, name in zip(axes[0], names):
@@ -151,6 +149,5 @@ def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geomet
         fig.tight_layout()
         path = out_dir / "snr_histograms.png"
         fig.savefig(path, dpi=80)
-        plt.close(fig)
         written.append(path)
     return written

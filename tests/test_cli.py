@@ -1,5 +1,6 @@
 """The `rmm` command line end to end on synthetic EuXFEL runs written to disk."""
 
+import os
 import shutil
 
 import numpy as np
@@ -190,3 +191,32 @@ def test_diff(store, tmp_path, capsys):
     assert "5 pixels newly bad, 2 recovered" in capsys.readouterr().out
     assert main(["diff", str(store), str(tmp_path / "nothing.zarr")]) == 2
     one_line_error(capsys, "nothing.zarr", "no such mask store")
+
+
+def test_show_html_report_renders_in_a_headless_browser(store, tmp_path, capsys):
+    """The report is one self-contained page: every figure decodes, and chromium renders it."""
+    import subprocess
+
+    report = tmp_path / "report.html"
+    assert main(["show", str(store), "--html", str(report)]) == 0
+    assert f"report: {report}" in capsys.readouterr().out
+    text = report.read_text()
+    assert text.count("data:image/png;base64,") == 3 and "OFFSET" in text and "lam" in text and "r0004" in text
+    assert "src=\"http" not in text and "href=" not in text  # nothing fetched from elsewhere
+    assert main(["show", str(store), "--html", str(report)]) == 2  # exists: refused without --overwrite
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        message = "no chromium (Debian: apt-get install chromium) to render the report; its content was checked"
+        if os.environ.get("RMM_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-figures="3" data-figures-loaded="3"' in dom, dom[:300]
+    png = tmp_path / "report.png"
+    subprocess.run([browser, *flags, f"--screenshot={png}", "--window-size=1200,2600", report.as_uri()], capture_output=True, timeout=120)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(png)[..., :3]
+    colours = np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 50  # figures in colour, not an empty page of text

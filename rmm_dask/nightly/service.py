@@ -265,7 +265,7 @@ def make_version(settings: Settings, watch: Watch, cset: CalibrationSet, version
     if diff is not None:
         _write_json(tmp / "diff.json", diff)
     _write_json(tmp / "summary.json", summary)
-    (tmp / "summary.html").write_text(summary_html(summary, figures))
+    (tmp / "summary.html").write_text(summary_html(summary, root, counts, figures))
     return summary | {"path": str(versions.publish(tmp, version))}
 
 

@@ -1,0 +1,30 @@
+"""The notebooks in notebooks/ run top to bottom on their own small synthetic data (nbclient)."""
+
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_three_notebooks_without_outputs():
+    import nbformat
+
+    assert [p.name for p in NOTEBOOKS] == ["01-quickstart.ipynb", "02-inspect-mask.ipynb", "03-nightly-history.ipynb"]
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code"), f"{path.name}: outputs not stripped"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs) or path.stem.startswith("01")  # figures drawn
+    if path.stem.startswith("01"):
+        assert any("dashboard: http" in o.get("text", "") for o in outputs)
