@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="store_true", help="print the catalog and the current versions")
     p.set_defaults(run=_nightly)
 
-    p = sub.add_parser("show", help="counts per bit, module, gain and cell; --png for figures")
+    p = sub.add_parser("show", help="counts per bit, module, gain and cell; --png for figures, --html for a report")
     p.add_argument("store")
     p.add_argument("--cells", action="store_true", help="list the counts of every memory cell")
     p.add_argument("--png", metavar="DIR", help="write per-module mask images, the assembled detector and SNR histograms here")
