@@ -363,7 +363,7 @@ def _add_mask_arguments(p):
     p.add_argument("--cells-per-chunk", type=int, help="memory cells per task")
     p.add_argument("--workers", type=int, help="worker processes (local) or a fixed number of worker jobs (slurm)")
     p.add_argument("--jobqueue", metavar="FILE", help="dask-jobqueue YAML for Slurm (default: configs/jobqueue.yaml, or $RMM_JOBQUEUE_CONFIG)")
-    p.add_argument("--user-mask", metavar="FILE[:DATASET]", help="a user-drawn mask (.npy, .tif, HDF5), kept as its own layer")
+    p.add_argument("--user-mask", metavar="FILE[:DATASET]", help="a user-drawn mask (.npy, .tif, .cbf, HDF5 FILE:DATASET), kept as its own layer")
     p.add_argument("--user-mask-good-is-one", action="store_true", help="the user mask marks good pixels with non-zero (Cheetah, OM)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store (only once the new one is complete)")
 

@@ -1,4 +1,4 @@
-"""User-drawn masks (beamstop, shadows, regions to ignore) from NumPy, TIFF or HDF5 files.
+"""User-drawn masks (beamstop, shadows, regions to ignore) from NumPy, TIFF, CBF or HDF5 files.
 
 A user mask is its own layer: the store keeps it apart from the mask maker's bits
 (``layers/user``) and the exports combine it as their formats allow. Its array may be
@@ -36,7 +36,11 @@ def _load(spec: str) -> tuple[str, np.ndarray]:
             import tifffile
 
             return path, tifffile.imread(path)
-    except (OSError, ValueError) as err:
+        if lower.endswith(".cbf"):
+            import fabio
+
+            return path, fabio.open(path).data
+    except (OSError, ValueError, RuntimeError) as err:
         raise InputError(path, f"cannot read the user mask: {err}") from None
     from .io.hdf5 import open_hdf5
 
@@ -48,7 +52,7 @@ def _load(spec: str) -> tuple[str, np.ndarray]:
 
 
 def read_user_mask(spec: str, detector: Detector, modules, *, good_is_one: bool = False) -> np.ndarray:
-    """The user mask ``spec`` (``FILE`` or ``FILE.h5:DATASET``) as uint8 ``(module, y, x)``, 1 = masked.
+    """The user mask ``spec`` (``FILE.npy|.tif|.cbf`` or ``FILE.h5:DATASET``) as uint8 ``(module, y, x)``, 1 = masked.
 
     ``modules`` are the module numbers of the run, in order.
     """

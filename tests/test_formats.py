@@ -358,6 +358,10 @@ def test_user_mask_files(tmp_path):
     a = read_user_mask(str(tmp_path / "m.tif"), det, [0, 1, 2])
     b = read_user_mask(f"{tmp_path / 'm.h5'}:/beamstop/mask", det, [0, 1, 2], good_is_one=True)
     c = read_user_mask(str(tmp_path / "m.npy"), det, [1])
+    import fabio.cbfimage
+
+    fabio.cbfimage.CbfImage(data=frame.astype(np.int32)).write(str(tmp_path / "m.cbf"))
+    assert (read_user_mask(str(tmp_path / "m.cbf"), det, [0, 1, 2]) == a).all()
     assert a.shape == (3, 195, 487) and a.sum() == 200 and (a == b).all() and c.sum() == 0
     np.save(tmp_path / "two.npy", np.zeros((2, 195, 487)))
     with pytest.raises(InputError, match=r"two\.npy: the user mask has 2 modules; the run has 3 and PILATUS300K 3"):
