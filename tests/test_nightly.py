@@ -240,3 +240,69 @@ def test_bad_configuration_is_one_line(tmp_path, capsys, change, message):
     assert nightly(path, "--once") == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(path) in err and message in err, err
+
+
+def test_crash_after_publication_is_finished_without_redoing_it(tmp_path, capsys):
+    """Killed after the version was renamed into place but before current and the catalog
+    were updated: the next pass only points and records, even past max-attempts."""
+    night_runs(tmp_path / "facility" / "p700000", 1, flat=True)
+    config = write_config(tmp_path)
+    assert nightly(config, "--once") == 0
+    link = tmp_path / "masks" / "AGIPD" / "current"
+    link.unlink()  # the state of a crash between versions.publish and versions.switch
+    db = sqlite3.connect(tmp_path / "state" / "catalog.sqlite")
+    with db:
+        db.execute("UPDATE sets SET status = 'running', attempts = 2")  # = max-attempts
+        db.execute("DELETE FROM pointers")
+    db.close()
+    stamp = (tmp_path / "masks" / "AGIPD" / "v0001" / "summary.json").stat().st_mtime_ns
+    assert nightly(config, "--once") == 0
+    assert "complete from an earlier attempt" in capsys.readouterr().out
+    assert current(tmp_path) == "v0001" and versions(tmp_path) == ["v0001"]
+    assert (tmp_path / "masks" / "AGIPD" / "v0001" / "summary.json").stat().st_mtime_ns == stamp  # not redone
+    sets, events = catalog(tmp_path)
+    assert [(s["version"], s["status"], s["attempts"]) for s in sets] == [(1, "published", 3)]
+    assert events[-3:] == [(1, "claimed"), (1, "current"), (1, "published")]
+    assert main(["nightly", "--config", str(config), "--status"]) == 0
+    assert "current -> v0001" in capsys.readouterr().out
+
+
+def test_a_lost_catalog_never_reuses_a_version_number(tmp_path):
+    night_runs(tmp_path / "facility" / "p700000", 1, flat=True)
+    config = write_config(tmp_path)
+    assert nightly(config, "--once") == 0
+    for p in (tmp_path / "state").glob("catalog.sqlite*"):
+        p.unlink()
+    assert nightly(config, "--once") == 0  # the set is new to the new catalog: masked again, as v0002
+    assert versions(tmp_path) == ["v0001", "v0002"] and current(tmp_path) == "v0002"
+    sets, _ = catalog(tmp_path)
+    assert [(s["version"], s["status"]) for s in sets] == [(2, "published")]
+
+
+def test_a_run_not_ready_stops_the_tree(tmp_path):
+    """A set never forms across a run that cannot be read yet: later runs wait for it."""
+    from rmm_dask.nightly import read_settings
+    from rmm_dask.nightly.discover import find_sets
+
+    facility = tmp_path / "facility" / "p700000"
+    night_runs(facility, 1, flat=True)
+    night_runs(facility, 2)
+    raw = next((facility / "raw" / "r0003").glob("*.h5"))
+    with open(raw, "r+b") as f:
+        f.truncate(1000)
+    watch = read_settings(write_config(tmp_path)).detectors[0]
+    sets, notes = find_sets(watch, settle=0)
+    assert sets == [] and "r0003" in notes[0] and "later runs wait" in notes[0]
+
+
+def test_gain_stages_are_taken_in_the_detectors_order(tmp_path):
+    from rmm_dask.nightly import read_settings
+
+    config = yaml.safe_load(write_config(tmp_path).read_text())
+    config["nightly"]["detectors"][0]["gains"] = ["low", "high"]
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert read_settings(path).detectors[0].gains == ("high", "low")
+    config["nightly"]["detectors"][0]["gains"] = ["high", "high"]
+    path.write_text(yaml.safe_dump(config))
+    assert nightly(path, "--once") == 2

@@ -78,7 +78,7 @@ class Catalog:
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
         self.path = Path(path)
         if readonly:
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            self.db = _connect_readonly(self.path)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -118,17 +118,18 @@ class Catalog:
 
     # ------------------------------------------------------------------ writing
 
-    def claim(self, detector: str, key: str, runs: dict, *, parameters: dict, software: str) -> sqlite3.Row:
+    def claim(self, detector: str, key: str, runs: dict, *, parameters: dict, software: str, floor: int = 0) -> sqlite3.Row:
         """Mark a set running (a new row, or the next attempt of an earlier one) and give it a version.
 
-        The version is the detector's next free number the first time, and kept on later
-        attempts, so a re-run after a crash publishes under the same number.
+        The version is the detector's next free number the first time (above ``floor``, the
+        highest version directory on disk), and kept on later attempts, so a re-run after a
+        crash publishes under the same number.
         """
         with self._transaction():
             row = self.get(detector, key)
             started = now()
             if row is None:
-                (version,) = self.db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM sets WHERE detector = ?", (detector,)).fetchone()
+                (version,) = self.db.execute("SELECT MAX(COALESCE(MAX(version), 0), ?) + 1 FROM sets WHERE detector = ?", (floor, detector)).fetchone()
                 self.db.execute(
                     "INSERT INTO sets (detector, key, runs, status, attempts, version, discovered) VALUES (?, ?, ?, 'new', 0, ?, ?)",
                     (detector, key, json.dumps(runs), version, started),
@@ -183,6 +184,19 @@ class Catalog:
 
     def _transaction(self):
         return _Transaction(self.db)
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """Open without writing. Between passes the -wal/-shm files are gone and a reader that may not
+    create them (a user without write access to the state directory) falls back to immutable mode."""
+    uri = Path(path).absolute().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        db.close()
+        db = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=30, isolation_level=None)
+    return db
 
 
 class _Transaction:

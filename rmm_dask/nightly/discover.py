@@ -112,7 +112,11 @@ def _run_list(path: Path | None) -> dict:
 
 
 def scan_tree(tree: Path, watch: Watch, *, settle: float, not_before: float | None, now: float | None = None) -> tuple[list[Run], list[str]]:
-    """Runs of one tree with their roles, and notes on what was skipped and why."""
+    """Runs of one tree with their roles, up to the first run that cannot be used yet, and notes.
+
+    A run still being written (or unreadable) stops the scan: a set never forms across
+    a run whose role is not known yet, and runs after it wait for the next pass.
+    """
     now = time.time() if now is None else now
     listed = _run_list(watch.run_list)
     runs, notes = [], []
@@ -125,20 +129,24 @@ def scan_tree(tree: Path, watch: Watch, *, settle: float, not_before: float | No
         if not m or not entry.is_dir():
             continue
         number = int(m.group(1))
-        mtime = _newest_mtime(entry)
+        try:
+            mtime = _newest_mtime(entry)
+        except OSError as err:  # unreadable, or removed since the listing
+            notes.append(f"{entry}: cannot list the run ({err.strerror}); it and later runs wait for the next pass")
+            break
         if not_before is not None and mtime < not_before:
             continue
         if now - mtime < settle:
-            notes.append(f"{entry}: written {now - mtime:.0f} s ago, less than settle = {settle:g} s; next time")
-            continue
+            notes.append(f"{entry}: written {now - mtime:.0f} s ago, less than settle = {settle:g} s; it and later runs wait")
+            break
         if number in listed:
             role = listed[number]
         else:
             try:
                 meta = run_metadata(entry)
             except InputError as err:
-                notes.append(f"{err}; run skipped")
-                continue
+                notes.append(f"{err}; it and later runs wait for the next pass")
+                break
             role = role_of({**meta, "run": number, "path": str(entry)}, watch.roles)
         if role is not None:
             runs.append(Run(entry, number, role, mtime))

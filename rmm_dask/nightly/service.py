@@ -68,15 +68,25 @@ def _stamp() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def action(row, max_attempts: int) -> str | None:
-    """What a pass does with a set given its catalog row: 'mask', 'retry', 'resume' or None (nothing)."""
+def action(row, max_attempts: int, complete: bool = False) -> str | None:
+    """What a pass does with a set given its catalog row: 'mask', 'retry', 'resume' or None (nothing).
+
+    ``complete``: the set's version is already in place; finishing it (pointer, catalog)
+    costs nothing and is always done, whatever the attempts so far.
+    """
     if row is None:
         return "mask"
     if row["status"] in DONE:
         return None
+    if complete:
+        return "resume"
     if row["status"] == "failed":
         return "retry" if row["attempts"] < max_attempts else None
     return "resume" if row["attempts"] < max_attempts else None  # interrupted (or running, seen by --dry-run)
+
+
+def _complete(settings: Settings, row) -> bool:
+    return row is not None and (Versions(settings.publish / row["detector"]).path(row["version"]) / "summary.json").is_file()
 
 
 def discover(settings: Settings, echo) -> list[tuple[Watch, CalibrationSet]]:
@@ -109,16 +119,10 @@ def dry_run_pass(settings: Settings, say) -> int:
     """What a pass would do, without the lock and without changing anything."""
     path = settings.state / CATALOG
     catalog = Catalog(path, readonly=True) if path.exists() else None
-    if (settings.state / LOCK).exists():
-        try:
-            with service_lock(settings.state):
-                pass
-        except Locked as err:
-            say(f"note: {err}")
     n = 0
     for watch, cset in discover(settings, say):
         row = catalog.get(watch.name, cset.key) if catalog else None
-        what = action(row, settings.max_attempts)
+        what = action(row, settings.max_attempts, _complete(settings, row))
         if what is None:
             say(f"done: {cset.describe()} ({row['status']} {version_name(row['version'])}, {row['attempts']} attempt(s))")
             continue
@@ -139,7 +143,7 @@ def nightly_pass(settings: Settings, say) -> int:
             failed = done = 0
             for watch, cset in discover(settings, say):
                 row = catalog.get(watch.name, cset.key)
-                what = action(row, settings.max_attempts)
+                what = action(row, settings.max_attempts, _complete(settings, row))
                 if what is None:
                     if row["status"] not in DONE:
                         say(f"{cset.describe()}: {row['status']} after {row['attempts']} attempts, not retried ({row['message']})")
@@ -160,21 +164,26 @@ def process_set(settings: Settings, watch: Watch, cset: CalibrationSet, catalog:
     from ..config import params_from_config
 
     params = params_from_config()
-    row = catalog.claim(watch.name, cset.key, cset.runs, parameters=dataclasses.asdict(params), software=f"rmm-dask {__version__}")
-    version = row["version"]
     versions = Versions(settings.publish / watch.name)
+    # numbers from the catalog and from the directories: a catalog lost or recreated never reuses one
+    floor = max(versions.list(), default=0)
+    row = catalog.claim(watch.name, cset.key, cset.runs, parameters=dataclasses.asdict(params), software=f"rmm-dask {__version__}", floor=floor)
+    version = row["version"]
     final = versions.path(version)
     t0 = time.perf_counter()
     try:
         if (final / "summary.json").is_file():
-            say(f"{final} is complete from an earlier attempt: finishing its publication")
             summary = json.loads((final / "summary.json").read_text())
+            if summary.get("runs") != cset.runs:
+                raise RuntimeError(f"{final} holds the mask of other runs ({summary.get('runs')}); not reusing its number")
+            say(f"{final} is complete from an earlier attempt: finishing its publication")
         else:
             summary = make_version(settings, watch, cset, versions, version, params, say)
         if summary["status"] == "published" and (versions.current() or 0) < version:
             versions.switch(version)
-            catalog.set_pointer(watch.name, version, row["id"])
             say(f"{watch.name}/current -> {version_name(version)}")
+        if versions.current() is not None and catalog.pointer(watch.name) != versions.current():
+            catalog.set_pointer(watch.name, versions.current(), row["id"])  # also after a crash between the two
         elif summary["status"] == "held":
             say(f"{final} held, current stays at {_name_or_none(versions.current())}: {'; '.join(summary['reasons'])}")
         diff = summary.get("diff") or {}

@@ -132,9 +132,10 @@ def _watch(path: Path, w, resolve) -> Watch:
         det = get_detector(w["detector"])
     except KeyError as err:
         raise InputError(path, err.args[0]) from None
-    gains = tuple(w.get("gains") or det.gain_stages)
-    if set(gains) - set(det.gain_stages):
-        raise InputError(path, f"{name}: gains {list(gains)} are not all gain stages of {det.name} {list(det.gain_stages)}")
+    given = list(w.get("gains") or det.gain_stages)
+    if set(given) - set(det.gain_stages) or len(set(given)) != len(given):
+        raise InputError(path, f"{name}: gains {given} must be distinct gain stages of {det.name} {list(det.gain_stages)}")
+    gains = tuple(g for g in det.gain_stages if g in given)  # the detector's order, as the stores list them
     known = {f"dark-{g}" for g in det.gain_stages} | {"flat"}
     roles = w.get("roles", {role: rule for role, rule in DEFAULT_ROLES.items() if role in known})
     if not isinstance(roles, dict) or not all(isinstance(r, dict) for r in roles.values()):
