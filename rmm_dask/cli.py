@@ -148,6 +148,8 @@ def _show(args) -> int:
 
     console = _console()
     root = open_store(args.store)
+    if args.html and Path(args.html).exists() and not args.overwrite:  # before anything is written
+        raise InputError(Path(args.html).absolute(), "exists already (give --overwrite to replace it)")
     attrs = root.attrs
     console.print(f"{args.store}: {attrs.get('detector')} mask, {attrs.get('software')}, {attrs.get('start_time')} - {attrs.get('end_time')}")
     for name, info in attrs.get("inputs", {}).items():
