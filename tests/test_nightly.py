@@ -290,9 +290,16 @@ def test_a_run_not_ready_stops_the_tree(tmp_path):
     raw = next((facility / "raw" / "r0003").glob("*.h5"))
     with open(raw, "r+b") as f:
         f.truncate(1000)
-    watch = read_settings(write_config(tmp_path)).detectors[0]
+    config = write_config(tmp_path)
+    watch = read_settings(config).detectors[0]
     sets, notes = find_sets(watch, settle=0)
-    assert sets == [] and "r0003" in notes[0] and "later runs wait" in notes[0]
+    assert sets == [] and "r0003" in notes[0] and "later runs wait" in notes[0] and "'skip'" in notes[0]
+    (tmp_path / "runs.yaml").write_text("3: skip\n")  # the operator gives up on r0003
+    data = yaml.safe_load(config.read_text())
+    data["nightly"]["detectors"][0]["run-list"] = "runs.yaml"
+    config.write_text(yaml.safe_dump(data))
+    sets, notes = find_sets(read_settings(config).detectors[0], settle=0)
+    assert notes == [] and [sorted(Path(p).name for p in s.runs.values()) for s in sets] == [["r0001", "r0004", "r0005", "r0006"]]
 
 
 def test_gain_stages_are_taken_in_the_detectors_order(tmp_path):

@@ -31,6 +31,7 @@ from ..errors import InputError
 from .settings import Watch
 
 _RUN_DIR = re.compile(r"^r(\d{4})$")
+_SKIP_HINT = " (to go on without it, give it the role 'skip' in the run list)"
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,12 @@ def scan_tree(tree: Path, watch: Watch, *, settle: float, not_before: float | No
         if not m or not entry.is_dir():
             continue
         number = int(m.group(1))
+        if listed.get(number) == "skip":  # the operator's way past a run that will never be read
+            continue
         try:
             mtime = _newest_mtime(entry)
         except OSError as err:  # unreadable, or removed since the listing
-            notes.append(f"{entry}: cannot list the run ({err.strerror}); it and later runs wait for the next pass")
+            notes.append(f"{entry}: cannot list the run ({err.strerror}); it and later runs wait for the next pass{_SKIP_HINT}")
             break
         if not_before is not None and mtime < not_before:
             continue
@@ -145,7 +148,7 @@ def scan_tree(tree: Path, watch: Watch, *, settle: float, not_before: float | No
             try:
                 meta = run_metadata(entry)
             except InputError as err:
-                notes.append(f"{err}; it and later runs wait for the next pass")
+                notes.append(f"{err}; it and later runs wait for the next pass{_SKIP_HINT}")
                 break
             role = role_of({**meta, "run": number, "path": str(entry)}, watch.roles)
         if role is not None:

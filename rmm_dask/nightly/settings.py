@@ -40,7 +40,7 @@ class Watch:
     detector: str  #: detector description (rmm_dask.detectors)
     trees: tuple[str, ...]  #: glob patterns of directories holding r<NNNN>/ run directories
     roles: dict  #: role -> {metadata key: pattern}; the first role whose patterns all match
-    run_list: Path | None = None  #: YAML {run number: role}, taking precedence over the rules
+    run_list: Path | None = None  #: YAML {run number: role or "skip"}, taking precedence over the rules
     detector_id: str | None = None  #: e.g. SPB_DET_AGIPD1M-1, for runs holding several detectors
     gains: tuple[str, ...] = ()  #: the dark roles a set needs (dark-<gain>); default: every gain stage
     flat: str = "latest"  #: "latest": the newest flat run before the set in the same tree; "none"
