@@ -39,6 +39,7 @@ from rmm_dask.detectors import get_detector
 from rmm_dask.exports import export
 from rmm_dask.io import open_run
 from rmm_dask.io.cbf import write_cbf_series
+from rmm_dask.io.synthetic import full_frames
 from rmm_dask.mask import Params
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
@@ -130,14 +131,10 @@ def main() -> int:
     calib = synthesize(SynthConfig(**config))
     empty = synthesize(SynthConfig(**{**config, "flat_frames": args.empty}, acquisition=1, flat_level=args.background / FLAT_COUNTS)).flat
     planted = (calib.truth.defects[:, 0, 0] != 0)  # (module, y, x)
-    frames = {
-        "dark": det.join_frame(np.moveaxis(calib.dark["high"].analog[:, 0], 0, 1), fill=-1),
-        "flat": det.join_frame(np.moveaxis(calib.flat.analog[:, 0], 0, 1), fill=-1),
-        "empty": det.join_frame(np.moveaxis(empty.analog[:, 0], 0, 1), fill=-1),
-    }
-    runs = {name: write_cbf_series(work / name, f, det) for name, f in frames.items()}
+    runs = {name: write_cbf_series(work / name, full_frames(run.analog, det, "cbf"), det)
+            for name, run in (("dark", calib.dark["high"]), ("flat", calib.flat), ("empty", empty))}
     print(f"synthetic {det.name}: {int(planted.sum())} planted bad pixels of {planted.size}; dark and flat runs of {args.frames} frames, "
-          f"{args.empty} empty frames (mean {frames['empty'][frames['empty'] >= 0].mean():.2f} counts per pixel) in {work}")
+          f"{args.empty} empty frames (mean {empty.analog.mean():.2f} counts per pixel) in {work}")
 
     masks = {"no mask": None}
     dark_mean = calib.dark["high"].analog[:, 0].mean(axis=1)  # (module, y, x)

@@ -61,10 +61,7 @@ def read_user_mask(spec: str, detector: Detector, modules, *, good_is_one: bool 
     ny, nx = detector.module_shape
     if data.dtype.kind not in "biuf":
         raise InputError(path, f"the user mask holds {data.dtype} values, expected numbers or booleans")
-    if data.shape == detector.frame_shape:
-        data = detector.split_frame(data)
-    elif data.shape == (ny, nx) and len(modules) == 1:
-        data = data[None]
+    data = detector.module_stack(data)
     if data.ndim != 3 or data.shape[1:] != (ny, nx):
         expected = [f"(module, {ny}, {nx})"] + ([f"{detector.frame_shape}"] if detector.frame_shape else [])
         raise InputError(path, f"the user mask has shape {data.shape}; {detector.name} masks are {' or '.join(expected)}")

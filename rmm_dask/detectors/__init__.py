@@ -97,6 +97,16 @@ class Detector:
             out[..., y : y + ny, x : x + nx] = modules[..., m, :, :]
         return out
 
+    def module_stack(self, array: np.ndarray) -> np.ndarray:
+        """A per-pixel map as (module, y, x): a full frame is split, one module's (y, x) gets a module
+        axis; anything else is returned as it is, for the caller to check."""
+        array = np.asarray(array)
+        if self.frame_shape is not None and array.shape == self.frame_shape:
+            return self.split_frame(array)
+        if array.shape == tuple(self.module_shape):
+            return array[None]
+        return array
+
     def gap_mask(self) -> np.ndarray:
         """Bool full frame (Y, X): True in the gaps between modules."""
         return self.join_frame(np.zeros((self.n_modules, *self.module_shape), dtype=bool), fill=True)

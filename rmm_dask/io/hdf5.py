@@ -326,11 +326,7 @@ def _read_pixel_mask(path: str, dataset: str, det: Detector, wanted: tuple) -> n
     """The manufacturer's mask as uint32 (module, y, x), from a full frame or per-module layout."""
     with open_hdf5(path) as f:
         mask = np.asarray(f[dataset][()], dtype=np.uint32)
-    if det.frame_shape is not None and mask.shape == det.frame_shape:
-        mask = det.split_frame(mask)
-    elif mask.shape == tuple(det.module_shape):
-        mask = mask[None]
-    return mask[list(wanted)]
+    return det.module_stack(mask)[list(wanted)]
 
 
 def _pixel_mask(path: str, dataset: str, shape: tuple, det: Detector, wanted: list):

@@ -30,7 +30,7 @@ from .euxfel_write import write_jungfrau_run, write_raw_run
 from .hdf5_write import write_cxi, write_nxmx
 from .hdf5 import open_hdf5
 
-__all__ = ["write_synthetic", "read_truth", "layout_of", "RUN_TYPES"]
+__all__ = ["write_synthetic", "read_truth", "layout_of", "full_frames", "RUN_TYPES"]
 
 #: run key -> the run type recorded in METADATA/runType (what `rmm nightly`'s rules match)
 RUN_TYPES = {"dark-high": "Dark (high gain)", "dark-medium": "Dark (medium gain)", "dark-low": "Dark (low gain)", "flat": "Flat field"}
@@ -91,7 +91,7 @@ def write_synthetic(
                 first_train_id=10000 + (number - 1) * _TRAIN_SPACING, compression=compression, run_type=RUN_TYPES[key],
             )
         else:
-            frames = _full_frames(run.analog, det, layout)
+            frames = full_frames(run.analog, det, layout)
             if layout == "cxi":
                 paths[key] = write_cxi(out / "raw" / f"{name}.cxi", frames.astype(np.int16), det)
             elif layout == "cbf":
@@ -104,7 +104,7 @@ def write_synthetic(
     return paths
 
 
-def _full_frames(analog: np.ndarray, det, layout: str) -> np.ndarray:
+def full_frames(analog: np.ndarray, det, layout: str) -> np.ndarray:
     """(module, 1, frame, y, x) -> (frame, Y, X) full frames; gaps -1 in CBF frames (as PILATUS marks them)."""
     if analog.shape[0] != det.n_modules:
         raise ValueError(f"{layout} frames hold all {det.n_modules} modules of {det.name}; the set has {analog.shape[0]}")
