@@ -96,6 +96,7 @@ def _mask(args) -> int:
     path = run_mask(
         darks, flat, args.out, params=params, detector=args.detector, cluster=args.cluster, n_workers=args.workers,
         report=args.report, overwrite=args.overwrite, echo=console.print, flat_stage=args.flat_stage, user_mask=user_mask,
+        accept_flat=args.accept_flat,
     )
     console.print(f"mask store: {path}  ({time.perf_counter() - t0:.1f} s)")
     _print_counts(console, path, per_cell=False)
@@ -367,19 +368,25 @@ def _add_mask_arguments(p):
     p.add_argument("--jobqueue", metavar="FILE", help="dask-jobqueue YAML for Slurm (default: configs/jobqueue.yaml, or $RMM_JOBQUEUE_CONFIG)")
     p.add_argument("--user-mask", metavar="FILE[:DATASET]", help="a user-drawn mask (.npy, .tif, .cbf, HDF5 FILE:DATASET), kept as its own layer")
     p.add_argument("--user-mask-good-is-one", action="store_true", help="the user mask marks good pixels with non-zero (Cheetah, OM)")
+    p.add_argument("--accept-flat", action="store_true", help="use a flat run the check doubts (not lit, or in another gain stage); the store records it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store (only once the new one is complete)")
 
 
 def _submit(args) -> int:
     from .submit import submit
 
+    from .flatcheck import check_flat
     from .pipeline import build_mask
 
     _check_run_options(args)
     params = _setup_config(args)
     darks, flat = _open_runs(args, args.detector)  # metadata only: bad input fails here, not in the queue
     user_mask = _user_mask(args, darks)
-    build_mask(darks, flat, detector=args.detector, params=params, flat_stage=args.flat_stage, user_mask=user_mask)  # the graph's checks
+    build_mask(darks, flat, detector=args.detector, params=params, flat_stage=args.flat_stage, user_mask=user_mask, flat_check={})  # the graph's checks
+    if flat is not None:  # a few frames: a dark given as flat is refused here, not in the queue
+        checked = check_flat(darks, flat, detector=args.detector, flat_stage=args.flat_stage, params=params, accept=args.accept_flat)
+        if checked.get("accepted_by_option"):
+            print(f"flat run {flat.attrs.get('path')}: {checked['problem']}; used as flat because of --accept-flat")
     out = Path(args.out).absolute()
     if out.exists() and not args.overwrite:
         raise InputError(out, "exists already (give --overwrite to replace it)")
@@ -395,6 +402,8 @@ def _submit(args) -> int:
         mask_args.append("--overwrite")
     if args.user_mask_good_is_one:
         mask_args.append("--user-mask-good-is-one")
+    if args.accept_flat:
+        mask_args.append("--accept-flat")
     job_id, log, script = submit(mask_args, out, log_dir=args.log_dir)
     print(f"submitted batch job {job_id}")
     print(f"log: {log}")

@@ -19,10 +19,18 @@ def _report(path):
         yield
 
 
-def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=None, report=None, overwrite=False, echo=print, flat_stage=None, user_mask=None):
-    """Build the mask graph of the opened runs, compute it on a cluster and publish the store."""
+def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=None, report=None, overwrite=False, echo=print,
+             flat_stage=None, user_mask=None, accept_flat=False):
+    """Build the mask graph of the opened runs, compute it on a cluster and publish the store.
+
+    Before any cluster is started, the flat run is checked on a few frames
+    (:func:`rmm_dask.flatcheck.check_flat`): a flat that is not lit, or not in its gain
+    stage, raises :class:`InputError` unless ``accept_flat``; the evidence goes into the
+    store's ``flat_check`` attribute either way.
+    """
     from .cluster import dask_client
-    from .pipeline import build_mask
+    from .flatcheck import check_flat
+    from .pipeline import build_mask, check_runs
     from .store import remove_partial, write_store
 
     if Path(out).exists() and not overwrite:  # before any cluster is started
@@ -30,7 +38,13 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     for name, ds in list(darks.items()) + ([("flat", flat)] if flat is not None else []):
         for note in ds.attrs.get("notes", []):
             echo(f"{name} run {ds.attrs.get('path')}: {note}")
-    ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage, user_mask=user_mask)
+    checked = None
+    if flat is not None:
+        detector, _, flat_stage = check_runs(darks, flat, detector=detector, params=params, flat_stage=flat_stage)
+        checked = check_flat(darks, flat, detector=detector, flat_stage=flat_stage, params=params, accept=accept_flat)
+        if checked.get("accepted_by_option"):
+            echo(f"flat run {flat.attrs.get('path')}: {checked['problem']}; used as flat because of --accept-flat")
+    ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage, user_mask=user_mask, flat_check=checked)
     blocks = ds.mask.data.numblocks
     parallel = blocks[0] * blocks[2] * (len(darks) + (flat is not None))  # read and feature tasks at once
     partials = []

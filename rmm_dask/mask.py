@@ -184,21 +184,6 @@ def classify_flat(result: ModuleMask, flat_snr, detector: Detector, params: Para
     result.snr["flat_snr"] = snr.astype(np.float32)
 
 
-def flat_excess(flat, stage: DarkStage) -> tuple[float, float]:
-    """How lit a flat run is against the dark of its stage: (signal, noise ratio).
-
-    ``signal`` is the median over pixels of the flat's mean above the dark offset, in
-    dark-noise sigmas; ``noise ratio`` the median of the flat's frame-to-frame std over
-    the dark noise (photon noise makes it well above 1). A dark run given as flat
-    has ~0 and ~1 (or a negative signal and a ratio below 1 for another gain stage's dark).
-    """
-    mean, std, _ = F.pixel_moments(flat)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        signal = np.nanmedian((mean - stage.offset) / stage.noise)
-        ratio = np.nanmedian(std / stage.noise)
-    return float(signal), float(ratio)
-
-
 def mask_from_stages(stages: list[DarkStage], flat, detector: Detector, params: Params = Params(), flat_stage_index: int = 0, known=None):
     """Verdicts from the dark stages (in gain order) and the flat run's analog ``(cell, frame, y, x)`` or None.
 

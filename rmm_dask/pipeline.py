@@ -27,11 +27,7 @@ import xarray as xr
 from .codes import MASK_DTYPE, BadPixel
 from .detectors import Detector, get_detector
 from .errors import InputError
-from .mask import DarkStage, Params, dark_stage, flat_excess, mask_from_stages
-
-#: a lit flat run: median signal above the dark offset, in dark sigmas, and photon noise over dark noise
-MIN_FLAT_SIGNAL = 3.0
-MIN_FLAT_NOISE_RATIO = 1.5
+from .mask import DarkStage, Params, dark_stage, mask_from_stages
 
 DIMS = ("module", "gain", "cell", "y", "x")
 GAINLESS = {"flat_snr"}  #: features without a gain axis: F6 is measured once per pixel and cell
@@ -64,6 +60,28 @@ def _check_runs(darks: dict[str, xr.Dataset], flat: xr.Dataset | None, detector:
             raise InputError(_path(ds), f"{name} run has {ds.sizes['frame']} frames per cell, at least {params.min_frames} needed")
 
 
+def check_runs(darks: dict, flat=None, *, detector=None, params: Params = Params(), flat_stage: str | None = None):
+    """The checks of :func:`build_mask` on the runs' metadata (nothing read): ``(detector, stages, flat_stage)``.
+
+    ``stages`` are the dark runs' gain stages in the detector's order; ``flat_stage`` the
+    flat's (default: the first). ValueError for inconsistent arguments, InputError for runs
+    that do not fit together.
+    """
+    if not darks:
+        raise ValueError("at least one dark run is needed")
+    first = next(iter(darks.values()))
+    detector = get_detector(detector or first.attrs.get("detector", "AGIPD1M"))
+    unknown = set(darks) - set(detector.gain_stages)
+    if unknown:
+        raise ValueError(f"{detector.name} has gain stages {detector.gain_stages}, not {sorted(unknown)}")
+    stages = [g for g in detector.gain_stages if g in darks]
+    flat_stage = flat_stage or stages[0]
+    if flat is not None and flat_stage not in darks:
+        raise ValueError(f"the flat run is in the {flat_stage} stage, but no dark run of that stage is given")
+    _check_runs({g: darks[g] for g in stages}, flat, detector, params)
+    return detector, stages, flat_stage
+
+
 def _short(values) -> str:
     values = list(np.asarray(values).tolist())
     return str(values) if len(values) <= 8 else f"[{values[0]}, ..., {values[-1]}] ({len(values)})"
@@ -80,18 +98,23 @@ def _blocks(ds: xr.Dataset, var: str, cell_chunks) -> np.ndarray | None:
     return arr.to_delayed()[:, :, 0, 0, 0]
 
 
-def _checked_mask(stages: list[DarkStage], flat, detector, params, flat_index, flat_path, known=None):
-    """Chunk task: verdicts of one (module, cells) chunk, after checking the flat is lit."""
+def _checked_mask(stages: list[DarkStage], flat, detector, params, flat_index, flat_path, known=None, check=None):
+    """Chunk task: verdicts of one (module, cells) chunk.
+
+    ``check`` (the stage names and the flat's gain block) is given only when the flat was
+    not checked before the graph was built (:func:`rmm_dask.flatcheck.check_flat`): then
+    this chunk's flat is judged by the same rule, on all its frames.
+    """
     flat = None if flat is None else flat[0]
-    if flat is not None:
-        signal, ratio = flat_excess(flat, stages[flat_index])
-        if not (signal >= MIN_FLAT_SIGNAL and ratio >= MIN_FLAT_NOISE_RATIO):
-            raise InputError(
-                flat_path,
-                f"the flat run is not lit: its median signal above the dark offset is {signal:.2f} dark-noise sigmas "
-                f"and its frame-to-frame noise {ratio:.2f} times the dark noise (a lit flat has at least "
-                f"{MIN_FLAT_SIGNAL:g} and {MIN_FLAT_NOISE_RATIO:g}); is it a dark run?",
-            )
+    if flat is not None and check is not None:
+        from .flatcheck import flat_evidence, flat_problem
+
+        names, flat_gain = check
+        stage = names[flat_index]
+        ev = flat_evidence(flat, None if flat_gain is None else flat_gain[0], dict(zip(names, stages)), detector, stage)
+        problem = flat_problem(ev, stage, detector)
+        if problem is not None:
+            raise InputError(flat_path, problem)
     return mask_from_stages(stages, flat, detector, params, flat_index, known=_known(known))
 
 
@@ -118,6 +141,7 @@ def build_mask(
     params: Params = Params(),
     flat_stage: str | None = None,
     user_mask=None,
+    flat_check: dict | None = None,
 ) -> xr.Dataset:
     """The lazy mask of the given runs.
 
@@ -133,19 +157,13 @@ def build_mask(
     module, y, x), and ``user_mask`` (uint8 module, y, x; non-zero = masked by the user:
     beamstop, shadows), from :func:`rmm_dask.usermask.read_user_mask`. Pixels in either
     are kept out of the model fits; exports combine the layers as their formats allow.
+
+    ``flat_check`` is the result of :func:`rmm_dask.flatcheck.check_flat` on these runs
+    (it reads a few frames: call it before starting a cluster); it is recorded in the
+    attrs. Without it, each chunk task judges its flat by the same rule, on all its
+    frames, and fails the computation with :class:`InputError` for a doubted flat.
     """
-    if not darks:
-        raise ValueError("at least one dark run is needed")
-    first = next(iter(darks.values()))
-    detector = get_detector(detector or first.attrs.get("detector", "AGIPD1M"))
-    unknown = set(darks) - set(detector.gain_stages)
-    if unknown:
-        raise ValueError(f"{detector.name} has gain stages {detector.gain_stages}, not {sorted(unknown)}")
-    stages = [g for g in detector.gain_stages if g in darks]
-    flat_stage = flat_stage or stages[0]
-    if flat is not None and flat_stage not in darks:
-        raise ValueError(f"the flat run is in the {flat_stage} stage, but no dark run of that stage is given")
-    _check_runs({g: darks[g] for g in stages}, flat, detector, params)
+    detector, stages, flat_stage = check_runs(darks, flat, detector=detector, params=params, flat_stage=flat_stage)
     flat_index = stages.index(flat_stage)
 
     ref = darks[stages[0]]
@@ -153,6 +171,8 @@ def build_mask(
     analog = {g: _blocks(darks[g], "analog", cell_chunks) for g in stages}
     gain = {g: _blocks(darks[g], "gain", cell_chunks) for g in stages}
     flat_blocks = _blocks(flat, "analog", cell_chunks) if flat is not None else None
+    in_task_check = flat is not None and flat_check is None
+    flat_gain = _blocks(flat, "gain", cell_chunks) if in_task_check else None
     has_gain = all(gain[g] is not None for g in stages)
 
     n_mod, n_gain = ref.sizes["module"], len(stages)
@@ -182,7 +202,8 @@ def build_mask(
                 None if manufacturer is None else manufacturer.blocks[m, 0, 0],
                 None if user_mask is None else user_mask.blocks[m, 0, 0],
             )
-            res = finish(st, flat_block, detector, params, flat_index, _path(flat) if flat is not None else "", layers)
+            check = (stages, None if flat_gain is None else flat_gain[m, b]) if in_task_check else None
+            res = finish(st, flat_block, detector, params, flat_index, _path(flat) if flat is not None else "", layers, check)
             plane = (n_gain, nc, ny, nx)
             row["mask"].append(da.from_delayed(res.mask, plane, dtype=MASK_DTYPE))
             for f in feature_names:
@@ -227,6 +248,8 @@ def build_mask(
         "parameters": _jsonable(asdict(params)),
         "inputs": inputs,
     }
+    if flat is not None:
+        attrs["flat_check"] = _jsonable(flat_check) if flat_check is not None else {"checked": "in each chunk task"}
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 

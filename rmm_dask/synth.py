@@ -150,6 +150,9 @@ class SynthConfig:
     #: scales the flat run's light: 1.0 is a flat field; ~0.02 of a counting detector's is
     #: the background of an empty frame (no crystal), as the DIALS validation writes
     flat_level: float = 1.0
+    #: ADU of one photon in the flat (integrating detectors): with a high ``flat_level`` and a few
+    #: tenths of an ADU, a bright and stable flat whose photon noise is close to the dark noise
+    adu_per_photon: float = ADU_PER_PHOTON
     seed: int = 0
     #: which acquisition of the detector: another number gives new frames (noise, outlying
     #: frames, photons) of the same pixels and defects, as the next night's dark runs
@@ -174,8 +177,8 @@ class SynthConfig:
             raise ValueError("seed and acquisition must be non-negative")
         if not 0.0 <= self.outlier_frame_fraction < 1.0:
             raise ValueError("outlier_frame_fraction must be in [0, 1)")
-        if self.defect_fraction < 0 or self.flat_level < 0:
-            raise ValueError("defect_fraction and flat_level must be non-negative")
+        if self.defect_fraction < 0 or self.flat_level < 0 or self.adu_per_photon < 0:
+            raise ValueError("defect_fraction, flat_level and adu_per_photon must be non-negative")
 
 
 @dataclass
@@ -542,7 +545,7 @@ def _flat_cell(mod: _Module, cell: int, config: SynthConfig):
     frames = config.flat_frames
     analog = _signal_frames(mod, "high", cell, frames, rng)
     photons = rng.poisson(mod.model["intensity"] * np.float32(config.flat_level), (frames, *mod.model["intensity"].shape)).astype(np.float32)
-    photons *= np.float32(ADU_PER_PHOTON) * mod.model["response"]
+    photons *= np.float32(config.adu_per_photon) * mod.model["response"]
     analog += photons
     analog = _digitise(analog, mod, _stuck_value(mod, "high", cell), config.dtype)
     if mod.gain_kind == "none":

@@ -43,10 +43,28 @@ def _cbf_header(path: str) -> tuple[tuple[int, int], str]:
     return (int(found["slow"][1]), int(found["fast"][1])), found["type"][1].decode().strip()
 
 
-def _read_cbf_block(paths: tuple, det: Detector, wanted: tuple, layout: str) -> np.ndarray:
+class _CbfBlock:
+    """What one read task decodes: the frames ``paths`` (from frame ``start`` of the run), cut into ``wanted`` modules."""
+
+    __slots__ = ("paths", "det", "wanted", "layout", "start")
+
+    def __init__(self, paths: tuple, det: Detector, wanted: tuple, layout: str, start: int):
+        self.paths, self.det, self.wanted, self.layout, self.start = tuple(paths), det, tuple(wanted), layout, start
+
+    def head(self, n: int) -> "_CbfBlock":
+        """Only the frames of this block among the run's first ``n`` (none when the block starts later)."""
+        keep = max(0, min(len(self.paths), int(n) - self.start))
+        return _CbfBlock(self.paths[:keep], self.det, self.wanted, self.layout, self.start)
+
+    def __reduce__(self):
+        return type(self), (self.paths, self.det, self.wanted, self.layout, self.start)
+
+
+def _read_cbf_block(block: _CbfBlock) -> np.ndarray:
     """Decode frames and cut them into modules: float32 (module, 1, frame, y, x), negatives NaN."""
     import fabio
 
+    paths, det, wanted, layout = block.paths, block.det, block.wanted, block.layout
     ny, nx = det.module_shape
     out = np.empty((len(wanted), 1, len(paths), ny, nx), dtype=np.float32)
     for i, path in enumerate(paths):
@@ -82,7 +100,7 @@ def open_cbf_series(path: str | os.PathLike, detector: str | Detector, *, module
     starts = list(range(0, n_frames, FRAMES_PER_TASK))
     name = "cbf-" + tokenize(file_token(files), det, wanted)
     tasks = {
-        (0, 0, j, 0, 0): (_read_cbf_block, tuple(files[s : s + FRAMES_PER_TASK]), det, tuple(wanted), layout)
+        (0, 0, j, 0, 0): (_read_cbf_block, _CbfBlock(files[s : s + FRAMES_PER_TASK], det, wanted, layout, s))
         for j, s in enumerate(starts)
     }
     chunks = ((len(wanted),), (1,), tuple(min(FRAMES_PER_TASK, n_frames - s) for s in starts), (det.module_shape[0],), (det.module_shape[1],))

@@ -91,6 +91,13 @@ class _RawBlock:
         self.n_frames = n_frames
         self.frame_shape = tuple(frame_shape)
 
+    def head(self, n: int) -> "_RawBlock":
+        """The same cells in the run's first ``n`` kept frames only (a sample, :mod:`rmm_dask.io.sample`)."""
+        n = max(0, min(int(n), self.n_frames))
+        rows = self.segments[self.segments[:, 3] < n].copy()
+        rows[:, 2] = np.minimum(rows[:, 2], n - rows[:, 3])
+        return _RawBlock(self.files, self.datasets, self.per_train, rows, self.n_cells, self.positions, n, self.frame_shape)
+
     def __reduce__(self):
         return type(self), (
             self.files,
