@@ -40,6 +40,10 @@ from .errors import InputError
 from .mask import DarkStage, Params, dark_stage
 
 MIN_SIGNAL = 5.0  #: median signal of a lit flat above its stage's dark offset, in dark sigmas
+#: with only the flat stage's dark, a gain value this many of the dark's gain sigmas (per pixel)
+#: from its level is in another stage (synthetic AGIPD: the next stage is ~240 away, a flat within 1)
+GAIN_SIGMAS = 20.0
+OTHER = "other"  #: the stage of pixels whose gain value is far from the only dark gain level known
 SAMPLE_FRAMES = 16  #: frames read per sampled block of each run
 #: JUNGFRAU gain bits -> index of the gain stage (G0, G1, G2)
 GAIN_BITS_STAGE = {0: 0, 1: 1, 3: 2}
@@ -86,6 +90,14 @@ def _bit_stages(flat_gain: np.ndarray, detector: Detector) -> dict[str, float]:
     return out
 
 
+def _rate(counts: np.ndarray) -> float:
+    """Counts per frame of the normal pixels: the mean of the per-pixel means, the highest 1% (hot pixels) left out.
+
+    A median would say 0 for a dark where a normal pixel counts once in a hundred frames."""
+    values = np.sort(counts[np.isfinite(counts)], axis=None)
+    return float(values[: max(1, int(0.99 * values.size))].mean()) if values.size else float("nan")
+
+
 def flat_evidence(flat, flat_gain, stages: dict[str, DarkStage], detector: Detector, flat_stage: str) -> FlatEvidence:
     """Evidence of a flat sample ``(cell, frame, y, x)`` (``flat_gain`` alike, or None) against dark statistics.
 
@@ -108,15 +120,20 @@ def flat_evidence(flat, flat_gain, stages: dict[str, DarkStage], detector: Detec
         pixels=int(per_pixel.size),
     )
     if detector.counting:
-        ev.flat_rate = float(np.nanmedian(mean))
-        ev.dark_rate = float(np.nanmedian(dark.offset))
+        ev.flat_rate, ev.dark_rate = _rate(mean), _rate(dark.offset)
     if flat_gain is not None and detector.gain == "bits":
         ev.stage_fractions = _bit_stages(flat_gain, detector)
     elif flat_gain is not None and detector.gain == "separate":
         levels = {g: s.gain_mean for g, s in stages.items() if s.gain_mean is not None}
-        if len(levels) > 1:  # one stage's level alone says nothing about which stage the flat is in
-            gain_mean, _, _ = F.pixel_moments(flat_gain)
+        gain_mean, _, _ = F.pixel_moments(flat_gain)
+        if len(levels) > 1:
             ev.stage_fractions = _nearest_stage(gain_mean, levels)
+        elif dark.gain_mean is not None:  # one level known: near it, or far (in the dark's gain sigmas)
+            with np.errstate(invalid="ignore"):
+                far = np.abs(gain_mean - dark.gain_mean) > GAIN_SIGMAS * np.maximum(dark.gain_std, 1.0)
+            valid = np.isfinite(gain_mean) & np.isfinite(dark.gain_mean)
+            n = max(int(valid.sum()), 1)
+            ev.stage_fractions = {flat_stage: float(np.count_nonzero(valid & ~far)) / n, OTHER: float(np.count_nonzero(valid & far)) / n}
     if ev.stage_fractions:
         ev.stage = max(ev.stage_fractions, key=ev.stage_fractions.get)
     return ev
@@ -127,19 +144,24 @@ def flat_problem(ev: FlatEvidence, flat_stage: str, detector: Detector) -> str |
     if ev.stage_fractions is not None:
         own = ev.stage_fractions.get(flat_stage, 0.0)
         if ev.stage != flat_stage and own < 0.5:
-            where = "gain bits say" if detector.gain == "bits" else "are at the gain level of the"
+            share = f"{100 * ev.stage_fractions[ev.stage]:.0f}% of its pixels"
+            if ev.stage == OTHER:
+                seen, guess = f"{share} have gain values more than {GAIN_SIGMAS:g} gain sigmas from the {flat_stage} dark's", "another stage's"
+            elif detector.gain == "bits":
+                seen, guess = f"the gain bits of {share} say {ev.stage}", f"a {ev.stage}-gain"
+            else:
+                seen, guess = f"{share} are at the gain level of the {ev.stage} dark", f"a {ev.stage}-gain"
             return (
-                f"not a flat in {flat_stage} gain: {100 * ev.stage_fractions[ev.stage]:.0f}% of its pixels {where} "
-                f"{ev.stage} stage{'' if detector.gain == 'bits' else ' dark'}, {100 * own:.0f}% {flat_stage} "
-                f"(signal {ev.signal:.1f} dark sigmas above the {flat_stage} offset); a flat in {flat_stage} gain has "
-                f"most pixels in {flat_stage}: is it a {ev.stage}-gain dark run?"
+                f"not a flat in {flat_stage} gain: {seen}, {100 * own:.0f}% in {flat_stage} (signal {ev.signal:.1f} "
+                f"dark sigmas above the {flat_stage} offset); a flat in {flat_stage} gain has most pixels in "
+                f"{flat_stage}: is it {guess} dark run?"
             )
     if not ev.signal >= MIN_SIGNAL:
         if detector.counting:
             return (
-                f"the flat run is not lit: it counts {ev.flat_rate:.3g} counts/frame per pixel (median), the dark "
-                f"{ev.dark_rate:.3g}: {ev.signal:.2f} dark sigmas (floored at {detector.min_sigma:.3g} count) more; a flat "
-                f"counts at least {MIN_SIGNAL:g} more: is it a dark run?"
+                f"the flat run is not lit: it counts {ev.flat_rate:.3g} counts/frame per pixel, the dark {ev.dark_rate:.3g} "
+                f"(median excess {ev.signal:.2f} dark sigmas, floored at {detector.min_sigma:.3g} count); a lit flat counts "
+                f"at least {MIN_SIGNAL * detector.min_sigma:.2g} more ({MIN_SIGNAL:g} such sigmas): is it a dark run?"
             )
         return (
             f"the flat run is not lit: median signal {ev.signal:.2f} dark-noise sigmas above the {flat_stage} dark's "

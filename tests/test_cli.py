@@ -95,7 +95,7 @@ def test_dark_run_given_as_flat(runs, tmp_path, capsys):
     args = mask_args(runs, tmp_path / "m.zarr")
     args[args.index("--flat") + 1] = raw(runs, 2)
     assert main(args) == 2
-    one_line_error(capsys, "r0002", "flat run is not lit")
+    one_line_error(capsys, "r0002", "not a flat in high gain", "medium-gain dark run")
     assert list(tmp_path.iterdir()) == []
 
 
