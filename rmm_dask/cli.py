@@ -141,6 +141,13 @@ def _print_counts(console, store, per_cell: bool):
         console.print(f"per cell (any bit): min {min(any_bad)}, max {max(any_bad)} over {len(any_bad)} cells; --cells lists them")
     for name, n in counts.get("layers", {}).items():
         console.print(f"layer {name}: {n} pixels masked (kept apart from the bits above; exports combine them)")
+    bits = counts.get("manufacturer_bits")
+    if bits:
+        table = Table(title="manufacturer's pixel_mask: pixels per NeXus bit (reject: any of bits 0-15)")
+        for name in bits:
+            table.add_column(name, justify="right")
+        table.add_row(*(str(n) for n in bits.values()))
+        console.print(table)
 
 
 def _show(args) -> int:

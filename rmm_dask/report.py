@@ -79,6 +79,11 @@ def mask_sections(root, counts: dict, figures: list) -> list[str]:
     if counts.get("layers"):
         parts.append("<h2>Layers</h2><p>Kept apart from the bits above; exports combine them.</p>"
                      + _table(["layer", "pixels masked"], list(counts["layers"].items())))
+    if counts.get("manufacturer_bits"):
+        bits = counts["manufacturer_bits"]
+        parts.append("<h3>Manufacturer's pixel_mask per NeXus bit</h3><p>Pixels with each bit set; analysis software "
+                     "rejects a pixel with any of bits 0-15 (reject); the high bits tag properties (virtual pixels).</p>"
+                     + _table(list(bits), [list(bits.values())]))
     parts.append("<h2>Figures</h2>" + "".join(_image(p) for p in figures))
     return parts
 

@@ -38,7 +38,34 @@ def count_bits(root: zarr.Group) -> dict:
                 per["cell"][int(c)][name] += int(n)
     layers = root["layers"] if "layers" in root else None
     per["layers"] = {name: int(np.count_nonzero(layers[name][:])) for name in sorted(layers.array_keys())} if layers is not None else {}
+    if layers is not None and "manufacturer" in layers:
+        per["manufacturer_bits"] = count_nexus_bits(layers["manufacturer"])
     return {"pixels": int(np.prod(mask.shape)), "total": total, **per}
+
+
+#: NeXus NXdetector ``pixel_mask`` bits (NXmx): software rejects a pixel with any bit of the low 16 set;
+#: the high 16 tag properties that are no reason to reject it alone (bit 31: a virtual pixel)
+NEXUS_BITS = {0: "gap", 1: "dead", 2: "under-responding", 3: "over-responding", 4: "noisy", 6: "cluster", 8: "user", 31: "virtual"}
+
+
+def count_nexus_bits(layer) -> dict:
+    """Pixels per bit set in a NeXus ``pixel_mask`` layer (uint32, read one module at a time).
+
+    Keys are the names of :data:`NEXUS_BITS` (``bit N`` for the bits NeXus leaves
+    undefined), in bit order, only bits that are set somewhere; ``reject`` counts the
+    pixels with any of the low 16 bits (what analysis software masks), ``any`` those
+    with any bit.
+    """
+    per_bit = np.zeros(32, dtype=np.int64)
+    reject = anything = 0
+    for i in range(layer.shape[0]):
+        block = np.asarray(layer[i], dtype=np.uint32)
+        for b in range(32):
+            per_bit[b] += np.count_nonzero(block & np.uint32(1 << b))
+        reject += int(np.count_nonzero(block & np.uint32(0xFFFF)))
+        anything += int(np.count_nonzero(block))
+    out = {NEXUS_BITS.get(b, f"bit {b}"): int(per_bit[b]) for b in range(32) if per_bit[b]}
+    return {**out, "reject": reject, "any": anything}
 
 
 #: what count_bits counts: each bit, "any" bit, and "flagged" (any bit but ASIC_EDGE: by the analysis)
@@ -56,14 +83,19 @@ AGIPD_EXAMPLE_QUADS = [(-525, 625), (-550, -10), (520, -160), (542.5, 475)]
 def detector_image(root: zarr.Group, geometry: str | None = None) -> tuple[np.ndarray, str, str] | None:
     """The whole detector as one image: per pixel, the fraction of gain stages x cells masked (edges left out).
 
-    EuXFEL detectors are assembled by EXtra-geom, from the CrystFEL ``geometry`` file
-    given or its example geometry (approximate module positions); detectors whose
-    modules tile a stored frame are laid out as that frame. Modules absent from the
-    store are NaN. Returns (image, how it was assembled, imshow origin), or None for other detectors.
+    From the detector's description: EuXFEL detectors (AGIPD-1M, JUNGFRAU) are
+    assembled by EXtra-geom, from the CrystFEL ``geometry`` file given or its example
+    geometry (approximate module positions); detectors whose modules tile a stored frame
+    (``module_grid``) are laid out as that frame; other multi-module detectors have their
+    modules side by side with a small gap (:func:`modules_side_by_side`). Modules absent
+    from the store are NaN. Returns (image, how it was assembled, imshow origin), or
+    None for a detector of one module (its module image is the whole detector).
     """
     from .detectors import detector_of
 
     det = detector_of(root.attrs)
+    if det.n_modules < 2:
+        return None
     full = np.full((det.n_modules, *det.module_shape), np.nan, dtype=np.float32)
     for i, m in enumerate(root["module"][:]):
         block = root["mask"][i]
@@ -83,11 +115,59 @@ def detector_image(root: zarr.Group, geometry: str | None = None) -> tuple[np.nd
         return image, how, "lower"  # EXtra-geom: y up, as seen from the sample
     if det.frame_shape is not None:
         return det.join_frame(full, fill=np.nan), f"{det.name} frame layout ({det.module_grid[0]} x {det.module_grid[1]} modules)", "upper"
-    return None
+    image, axis = modules_side_by_side(full)
+    return image, f"{det.n_modules} modules {'one above the other' if axis == 0 else 'side by side'} (no geometry in the description)", "upper"
+
+
+def modules_side_by_side(modules: np.ndarray) -> tuple[np.ndarray, int]:
+    """(module, y, x) -> one image, modules along their shorter side (so the picture tends to a square),
+    separated by NaN gaps of 2% of the longer side (at least 2 pixels). Returns (image, axis used)."""
+    n, ny, nx = modules.shape
+    axis = 0 if ny <= nx else 1
+    gap = max(2, round(0.02 * max(ny, nx)))
+    pad = np.full((gap, nx) if axis == 0 else (ny, gap), np.nan, dtype=np.float32)
+    parts = []
+    for i, m in enumerate(modules):
+        parts += ([pad] if i else []) + [np.asarray(m, dtype=np.float32)]
+    return np.concatenate(parts, axis=axis), axis
+
+
+#: the longest side of a figure's images and the shortest side of one image panel, in inches
+_LONG_SIDE, _SHORT_SIDE = 10.0, 1.6
+
+
+def _image_figure(shape: tuple[int, int], n: int, *, title_room: float = 0.5):
+    """A Figure with ``n`` image axes of ``shape`` (y, x) pixels each, sized so that each axes box has the
+    image's aspect ratio: panels one above the other for wide images, side by side for tall ones.
+    Returns (figure, axes, colorbar axes)."""
+    from matplotlib.figure import Figure
+
+    ny, nx = shape
+    across = ny > nx  # tall images side by side
+    group = (nx * n, ny) if across else (nx, ny * n)  # (width, height) in pixels, gaps aside
+    scale = max(_LONG_SIDE / max(group), _SHORT_SIDE / min(ny, nx))  # thin panels get wider ...
+    scale = min(scale, 1.6 * _LONG_SIDE / max(group))  # ... up to a bounded long side
+    pw, ph = nx * scale, ny * scale  # one panel, inches
+    gap, margin, bar = 0.35, 0.7, 0.9  # between panels; left/bottom for labels; right for the colorbar
+    width = margin + (pw * n + gap * (n - 1) if across else pw) + bar
+    height = margin + (ph if across else ph * n + (gap + 0.25) * (n - 1)) + title_room + 0.3
+    fig = Figure(figsize=(width, height))
+    axes = []
+    for i in range(n):
+        x0 = margin + (i * (pw + gap) if across else 0)
+        y0 = margin + (0 if across else (n - 1 - i) * (ph + gap + 0.25))
+        axes.append(fig.add_axes([x0 / width, y0 / height, pw / width, ph / height]))
+    right = margin + (pw * n + gap * (n - 1) if across else pw)
+    cax = fig.add_axes([(right + 0.15) / width, margin / height, 0.15 / width, (height - margin - title_room - 0.3) / height])
+    return fig, axes, cax
 
 
 def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geometry: str | None = None) -> list[Path]:
-    """Per-module mask images, the assembled detector and SNR histograms per feature, as PNG files in ``out_dir``."""
+    """Per-module mask images, the assembled detector, the manufacturer's mask per bit and SNR histograms, as PNG files.
+
+    Images keep the pixels square (``aspect="equal"``): the figures are sized from the
+    module's shape (a 516 x 1556 module is a wide picture, a 512 x 128 one a tall one).
+    """
     from matplotlib.figure import Figure  # not pyplot: no global backend switch (notebooks keep theirs), thread-safe
 
     out_dir = Path(out_dir)
@@ -96,20 +176,17 @@ def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geomet
     gains = root.attrs.get("gain_stages") or [str(g) for g in root["gain"][:]]
     written = []
     mask = root["mask"]
+    shape = tuple(mask.shape[-2:])
     for i, m in enumerate(root["module"][:]):
         block = mask[i]  # (gain, cell, y, x)
-        fig = Figure(figsize=(2.2 * len(gains) + 1, 7))
-        axes = fig.subplots(1, len(gains), squeeze=False, sharey=True)
-        for ax, g, plane in zip(axes[0], gains, block):
+        fig, axes, cax = _image_figure(shape, len(gains))
+        for ax, g, plane in zip(axes, gains, block):
             bad = ((plane != 0) & (plane != BadPixel.ASIC_EDGE)).mean(axis=0)
-            im = ax.imshow(bad, cmap="magma", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
-            ax.set_title(f"{g} gain")
-            ax.set_xlabel("x")
-        axes[0][0].set_ylabel("y")
-        for ax in axes[0]:
-            ax.label_outer()
-        fig.colorbar(im, ax=axes[0].tolist(), label="fraction of cells masked (edges left out)")
-        fig.suptitle(f"module {int(m)}: masked pixels")
+            im = ax.imshow(bad, cmap="magma", vmin=0, vmax=1, interpolation="nearest", aspect="equal")
+            ax.set_title(f"{g} gain", fontsize=9)
+            ax.tick_params(labelsize=7)
+        fig.colorbar(im, cax=cax, label="fraction of cells masked (edges left out)")
+        fig.suptitle(f"module {int(m)}: masked pixels", y=1 - 0.15 / fig.get_figheight(), va="top")
         path = out_dir / f"mask_module{int(m):02d}.png"
         fig.savefig(path, dpi=80)
         written.append(path)
@@ -117,12 +194,30 @@ def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geomet
     assembled = detector_image(root, geometry)
     if assembled is not None:
         image, how, origin = assembled
-        fig = Figure(figsize=(8, min(8 * image.shape[0] / max(image.shape[1], 1), 16) + 0.8))
-        ax = fig.subplots()
-        im = ax.imshow(image, cmap="magma", vmin=0, vmax=1, interpolation="nearest", origin=origin)
-        fig.colorbar(im, ax=ax, label="fraction of gain stages x cells masked (edges left out)", shrink=0.8)
-        ax.set_title(f"{root.attrs.get('detector')}: {how}", fontsize=9)
+        fig, (ax,), cax = _image_figure(image.shape, 1)
+        im = ax.imshow(image, cmap="magma", vmin=0, vmax=1, interpolation="nearest", origin=origin, aspect="equal")
+        ax.tick_params(labelsize=7)
+        fig.colorbar(im, cax=cax, label="fraction of gain stages x cells masked")
+        fig.suptitle(f"{root.attrs.get('detector')}: {how}", fontsize=9, y=1 - 0.15 / fig.get_figheight(), va="top")
         path = out_dir / "detector.png"
+        fig.savefig(path, dpi=80)
+        written.append(path)
+
+    layers = root["layers"] if "layers" in root else None
+    if layers is not None and "manufacturer" in layers:
+        bits = {k: v for k, v in count_nexus_bits(layers["manufacturer"]).items()}
+        fig = Figure(figsize=(1.0 + 0.8 * len(bits), 3.5))
+        ax = fig.subplots()
+        ax.bar(range(len(bits)), list(bits.values()), color=["0.3"] * (len(bits) - 2) + ["tab:red", "0.6"])
+        ax.set_xticks(range(len(bits)), list(bits), rotation=30, ha="right", fontsize=8)
+        for x, n in enumerate(bits.values()):
+            ax.annotate(str(n), (x, n), ha="center", va="bottom", fontsize=7)
+        if any(bits.values()):
+            ax.set_yscale("log")
+        ax.set_ylabel("pixels")
+        ax.set_title("manufacturer's pixel_mask per NeXus bit (reject: bits 0-15)", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / "manufacturer_bits.png"
         fig.savefig(path, dpi=80)
         written.append(path)
 

@@ -1,0 +1,109 @@
+"""Figures that fit the detector: square pixels, an assembled picture of every multi-module detector,
+the manufacturer's mask counted per NeXus bit."""
+
+import dataclasses
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from rmm_dask.cli import main
+from rmm_dask.detectors import Detector, get_detector
+from rmm_dask.pipeline import build_mask
+from rmm_dask.store import write_store
+from rmm_dask.summary import NEXUS_BITS, count_nexus_bits, detector_image, modules_side_by_side, write_figures
+from rmm_dask.synth import SynthConfig, synthesize
+
+DIMS = ("module", "cell", "frame", "y", "x")
+#: a wide counting module of 516 x 1556 pixels, three of them, no frame layout in the description
+WIDE = Detector(name="WIDE3", n_modules=3, module_shape=(516, 1556), asic_shape=(258, 259), counting=True, edge_width=0)
+#: planted manufacturer's bits: gap, dead, noisy, user, virtual -> pixels of module 0 at these rows
+PLANTED = {0: 30, 1: 7, 4: 3, 8: 11, 31: 50}
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")  # width, height
+
+
+def make_store(path, det, modules, frames=12, pixel_mask=None):
+    calib = synthesize(SynthConfig(modules=modules, cells=1, frames=frames, flat_frames=frames, seed=5, detector=det))
+
+    def run(r):
+        data = {"analog": (DIMS, da.from_array(r.analog, chunks=(1, 1, -1, -1, -1)))}
+        if pixel_mask is not None:
+            data["pixel_mask"] = (("module", "y", "x"), da.from_array(pixel_mask, chunks=(1, -1, -1)))
+        coords = {"module": np.arange(modules), "cell": [0], "frame": np.arange(r.analog.shape[2])}
+        return xr.Dataset(data, coords=coords, attrs={"path": "/runs/x", "detector": det.name})
+
+    ds = build_mask({"high": run(calib.dark["high"])}, run(calib.flat), detector=det)
+    return write_store(ds, path, compute=lambda d: dask.compute(d, scheduler="sync"))
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    mask = np.zeros((3, *WIDE.module_shape), dtype=np.uint32)
+    for bit, n in PLANTED.items():
+        mask[0, bit, :n] |= np.uint32(1 << bit)  # row `bit`, the first n pixels
+    mask[1, 100, :5] = 1 | 2  # gap and dead at once: counted under both
+    return make_store(tmp_path_factory.mktemp("wide") / "m.zarr", WIDE, 3, pixel_mask=mask)
+
+
+def test_module_images_keep_their_aspect(wide, tmp_path):
+    paths = {p.name: p for p in write_figures(zarr.open_group(wide, mode="r"), tmp_path)}
+    w, h = png_size(paths["mask_module00.png"])
+    assert w / h > 2.0  # 1556 / 516 = 3.0, with room for the colorbar and titles
+    w, h = png_size(paths["detector.png"])  # three wide modules one above the other: nearly square
+    assert 0.7 < w / h < 1.4
+
+
+def test_a_tall_module_is_a_tall_picture(tmp_path):
+    tall = dataclasses.replace(WIDE, name="TALL1", n_modules=1, module_shape=(512, 128), asic_shape=(64, 64))
+    store = make_store(tmp_path / "m.zarr", tall, 1)
+    paths = {p.name: p for p in write_figures(zarr.open_group(store, mode="r"), tmp_path / "png")}
+    assert "detector.png" not in paths  # one module: its image is the whole detector
+    w, h = png_size(paths["mask_module00.png"])
+    assert h / w > 1.5
+
+
+def test_assembled_images():
+    modules = np.arange(3 * 4 * 10, dtype=np.float32).reshape(3, 4, 10)
+    image, axis = modules_side_by_side(modules)
+    assert axis == 0 and image.shape == (3 * 4 + 2 * 2, 10)  # wide modules stacked, 2-pixel gaps
+    np.testing.assert_array_equal(image[6:10], modules[1])
+    assert np.isnan(image[4:6]).all()
+    tall, axis = modules_side_by_side(modules.transpose(0, 2, 1))
+    assert axis == 1 and tall.shape == (10, 16)
+
+
+def test_a_module_grid_detector_is_assembled_as_its_frame(tmp_path):
+    det = get_detector("PILATUS300K")
+    store = make_store(tmp_path / "m.zarr", det, 3)
+    root = zarr.open_group(store, mode="r")
+    image, how, _ = detector_image(root)
+    assert image.shape == det.frame_shape and "3 x 1 modules" in how
+    assert np.isnan(image[det.gap_mask()]).all() and np.isfinite(image[~det.gap_mask()]).all()
+    w, h = png_size(next(p for p in write_figures(root, tmp_path / "png") if p.name == "detector.png"))
+    assert h > w  # 619 x 487: taller than wide
+
+
+def test_manufacturer_bits_are_counted_per_bit(wide, tmp_path, capsys):
+    counts = count_nexus_bits(zarr.open_group(wide, mode="r")["layers/manufacturer"])
+    expected = {NEXUS_BITS[b]: n for b, n in PLANTED.items()}
+    expected["gap"] += 5
+    expected["dead"] += 5
+    assert {k: v for k, v in counts.items() if k not in ("reject", "any")} == expected
+    assert counts["reject"] == 30 + 7 + 3 + 11 + 5 and counts["any"] == counts["reject"] + 50
+    assert main(["show", str(wide), "--png", str(tmp_path / "png"), "--html", str(tmp_path / "r.html")]) == 0
+    out = capsys.readouterr().out
+    assert "pixels per NeXus bit" in out
+    for name, n in expected.items():
+        assert name in out and str(n) in out
+    page = (tmp_path / "r.html").read_text()
+    assert "<th>virtual</th>" in page and "<td>50</td>" in page and "<th>user</th>" in page
+    assert (tmp_path / "png" / "manufacturer_bits.png").stat().st_size > 1000
