@@ -71,6 +71,11 @@ def _cells_per_chunk(args) -> int:
     return int(dask.config.get("rmm-dask.chunking.cells-per-chunk"))
 
 
+def _run_spec(values):
+    """A run option's value(s) as open_run takes them: one path or pattern, or a list of them."""
+    return values[0] if isinstance(values, list) and len(values) == 1 else values
+
+
 def _open_runs(args, detector):
     from .io import open_run
 
@@ -79,8 +84,8 @@ def _open_runs(args, detector):
     for g in GAIN_OPTIONS:
         path = getattr(args, f"dark_{g}")
         if path:
-            darks[g] = open_run(path, detector, dataset=args.dataset, cells_per_chunk=cpc)
-    flat = open_run(args.flat, detector, dataset=args.dataset, cells_per_chunk=cpc) if args.flat else None
+            darks[g] = open_run(_run_spec(path), detector, dataset=args.dataset, cells_per_chunk=cpc)
+    flat = open_run(_run_spec(args.flat), detector, dataset=args.dataset, cells_per_chunk=cpc) if args.flat else None
     return darks, flat
 
 
@@ -352,9 +357,10 @@ _MASK_OPTIONS = (
 
 
 def _add_mask_arguments(p):
+    run = "a directory, a glob pattern (quoted: expanded by rmm, in name order) or several files of one acquisition"
     for g in GAIN_OPTIONS:
-        p.add_argument(f"--dark-{g}", metavar="RUN", help=f"dark run in {g} gain (a run directory, or an HDF5 stack with --dataset)")
-    p.add_argument("--flat", metavar="RUN", help="flat-field run")
+        p.add_argument(f"--dark-{g}", metavar="RUN", nargs="+", help=f"dark run in {g} gain: {run}")
+    p.add_argument("--flat", metavar="RUN", nargs="+", help=f"flat-field run: {run}")
     p.add_argument("--flat-stage", choices=GAIN_OPTIONS, help="gain stage of the flat run (default: the first dark given)")
     p.add_argument("--out", required=True, metavar="STORE", help="the Zarr store to publish")
     p.add_argument("--detector", default="AGIPD1M")
@@ -390,7 +396,8 @@ def _submit(args) -> int:
         value = getattr(args, dest)
         if value is not None:
             is_path = is_path or (dest == "detector" and str(value).endswith((".yaml", ".yml")))
-            mask_args += [flag, str(Path(value).absolute()) if is_path else str(value)]
+            values = value if isinstance(value, list) else [value]  # a run may be several paths
+            mask_args += [flag, *(str(Path(v).absolute()) if is_path else str(v) for v in values)]
     if args.overwrite:
         mask_args.append("--overwrite")
     if args.user_mask_good_is_one:

@@ -7,7 +7,7 @@ by detector-specific code:
 * ``_m<k>`` (``k`` >= 1; followed by ``_`` or the end of the name before its suffix): the
   file holds module ``k - 1`` only (X-Spectrum LAMBDA writes ``<acq>_m1_...``, ``<acq>_m2_...``);
 * ``_part<N>``: part ``N`` of a series split along frames (``<acq>_part00000.nxs``, ...);
-  such a series starts at part 0 or 1;
+  such a series starts at part 0;
 * ``<acq>_master.<ext>``: a NeXus/NXmx master file; its ``<acq>_data_<N>.<ext>`` data files
   (which it links) are not parts of their own when the master is there; without the
   master they are parts ``N`` of a series starting at 1;
@@ -37,6 +37,7 @@ _PART = re.compile(r"_part(\d+)(?=_|$)")
 _NXMX_DATA = re.compile(r"_data_(\d+)$")
 _MASTER = re.compile(r"_master$")
 _RUNNING = re.compile(r"(\d+)$")
+_FIRST_PART = {"part": 0, "data": 1}  #: where a series starts: LAMBDA's _part00000, NXmx's _data_000001
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ def acquisition(paths: list[str], n_modules: int, where: str) -> Acquisition:
     for f in files:
         by_module.setdefault(f.module, []).append(f)
     modules = [None] if None in by_module else sorted(by_module)
+    parts = [_series(by_module[m], where) for m in modules]
     if modules != [None]:
         if any(m >= n_modules or m < 0 for m in modules):
             bad = next(f for f in files if f.module >= n_modules or f.module < 0)
@@ -179,7 +181,6 @@ def acquisition(paths: list[str], n_modules: int, where: str) -> Acquisition:
         if missing:
             have = ", ".join(f"m{m + 1}" for m in modules)
             raise InputError(where, f"module file(s) {', '.join(f'm{m}' for m in missing)} missing (found {have}; the detector has {n_modules} modules)")
-    parts = [_series(by_module[m], where) for m in modules]
     numbers = [[f.part for f in series] for series in parts]
     for m, series, nums in zip(modules[1:], parts[1:], numbers[1:]):
         if nums != numbers[0]:
@@ -204,9 +205,10 @@ def _series(files: list[RunFile], where: str) -> list[RunFile]:
     for a, b in zip(files, files[1:]):
         if a.part == b.part:
             raise InputError(b.path, f"doubles {os.path.basename(a.path)} (both part {a.part}{'' if a.module is None else f' of module m{a.module + 1}'})")
-    first, kind = files[0].part, files[0].kind
-    if kind in ("part", "data") and first > 1:
-        raise InputError(where, f"part {first - 1} missing: the series {files[0].acquisition} starts at part {first}")
+    first, start = files[0].part, _FIRST_PART.get(files[0].kind)
+    if start is not None and first > start:
+        missing = f"{start}" if first == start + 1 else f"{start}..{first - 1}"
+        raise InputError(where, f"part {missing} missing: the series {files[0].acquisition} starts at part {first}")
     for a, b in zip(files, files[1:]):
         if b.part != a.part + 1:
             gap = f"{a.part + 1}" if b.part == a.part + 2 else f"{a.part + 1}..{b.part - 1}"
