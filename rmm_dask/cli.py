@@ -376,6 +376,23 @@ def _add_mask_arguments(p):
     p.add_argument("--overwrite", action="store_true", help="replace an existing store (only once the new one is complete)")
 
 
+def _mask_argv(args) -> list[str]:
+    """The options of ``rmm mask`` that repeat ``args`` in a batch job: paths absolute, a run's
+    several paths or quoted glob pattern kept as given (the job expands the pattern, as here)."""
+    argv = []
+    for dest, flag, is_path in _MASK_OPTIONS:
+        value = getattr(args, dest)
+        if value is not None:
+            is_path = is_path or (dest == "detector" and str(value).endswith((".yaml", ".yml")))
+            values = value if isinstance(value, list) else [value]  # a run may be several paths
+            argv += [flag, *(str(Path(v).absolute()) if is_path else str(v) for v in values)]
+    if args.overwrite:
+        argv.append("--overwrite")
+    if args.user_mask_good_is_one:
+        argv.append("--user-mask-good-is-one")
+    return argv
+
+
 def _submit(args) -> int:
     from .submit import submit
 
@@ -391,17 +408,7 @@ def _submit(args) -> int:
         raise InputError(out, "exists already (give --overwrite to replace it)")
     if args.jobqueue is None and os.environ.get("RMM_JOBQUEUE_CONFIG"):
         args.jobqueue = os.environ["RMM_JOBQUEUE_CONFIG"]
-    mask_args = []
-    for dest, flag, is_path in _MASK_OPTIONS:
-        value = getattr(args, dest)
-        if value is not None:
-            is_path = is_path or (dest == "detector" and str(value).endswith((".yaml", ".yml")))
-            values = value if isinstance(value, list) else [value]  # a run may be several paths
-            mask_args += [flag, *(str(Path(v).absolute()) if is_path else str(v) for v in values)]
-    if args.overwrite:
-        mask_args.append("--overwrite")
-    if args.user_mask_good_is_one:
-        mask_args.append("--user-mask-good-is-one")
+    mask_args = _mask_argv(args)
     job_id, log, script = submit(mask_args, out, log_dir=args.log_dir)
     print(f"submitted batch job {job_id}")
     print(f"log: {log}")

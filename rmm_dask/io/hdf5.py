@@ -2,9 +2,12 @@
 what is wrong with it".
 
 :func:`open_hdf5_stack` reads a dataset of frames, full detector frames ``(frame, Y, X)``,
-``(frame, module, y, x)`` or ``(frame, y, x)``, as the same lazy dataset as a EuXFEL
-run: dims ``(module, cell, frame, y, x)`` with a single memory cell (id 0). One read
-task per module; tasks carry the file path, never an open file.
+``(frame, module, y, x)`` or ``(frame, y, x)``, in one file, in part files joined along
+frames, or in one file per module, as the same lazy dataset as a EuXFEL run: dims
+``(module, cell, frame, y, x)`` with a single memory cell (id 0). One read task per
+module, ``(_read_region, region)``; a region carries file paths, never an open file, and
+``region.head(n)`` is the same region limited to its first n frames (a small sample).
+Which files make one acquisition is decided in :mod:`rmm_dask.io.files`.
 """
 
 from __future__ import annotations
