@@ -161,3 +161,14 @@ def test_heads_read_only_the_first_frames(agipd, pilatus):
     blocks = sorted((t[1] for t in dict(cbf.__dask_graph__()).values() if isinstance(t, tuple) and hasattr(t[1], "head")), key=lambda b: b.start)
     assert len(blocks[0].head(5).paths) == 5 and len(blocks[1].head(5).paths) == 0
     np.testing.assert_array_equal(_read_cbf_block(blocks[0].head(5)), _read_cbf_block(blocks[0])[:, :, :5])
+
+
+def test_the_sample_of_an_nxmx_stack_reads_its_first_frames(pilatus, tmp_path):
+    from rmm_dask.io.hdf5_write import write_nxmx
+
+    det = get_detector("PILATUS300K")
+    frames = np.arange(20 * np.prod(det.frame_shape), dtype=np.int32).reshape(20, *det.frame_shape) % 1000
+    master = write_nxmx(tmp_path / "r_master.h5", frames, det, frames_per_file=7)  # parts of 7, 7 and 6 frames
+    ds = open_run(master, det)
+    sample = sample_frames(ds.analog.data, 1, 0, 9)
+    np.testing.assert_array_equal(sample[0, 0], det.split_frame(frames[:9])[:, 1])
