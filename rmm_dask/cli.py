@@ -71,6 +71,11 @@ def _cells_per_chunk(args) -> int:
     return int(dask.config.get("rmm-dask.chunking.cells-per-chunk"))
 
 
+def _run_spec(values):
+    """A run option's value(s) as open_run takes them: one path or pattern, or a list of them."""
+    return values[0] if isinstance(values, list) and len(values) == 1 else values
+
+
 def _open_runs(args, detector):
     from .io import open_run
 
@@ -79,8 +84,8 @@ def _open_runs(args, detector):
     for g in GAIN_OPTIONS:
         path = getattr(args, f"dark_{g}")
         if path:
-            darks[g] = open_run(path, detector, dataset=args.dataset, cells_per_chunk=cpc)
-    flat = open_run(args.flat, detector, dataset=args.dataset, cells_per_chunk=cpc) if args.flat else None
+            darks[g] = open_run(_run_spec(path), detector, dataset=args.dataset, cells_per_chunk=cpc)
+    flat = open_run(_run_spec(args.flat), detector, dataset=args.dataset, cells_per_chunk=cpc) if args.flat else None
     return darks, flat
 
 
@@ -354,9 +359,10 @@ _MASK_OPTIONS = (
 
 
 def _add_mask_arguments(p):
+    run = "a directory, a glob pattern (quoted: expanded by rmm, in name order) or several files of one acquisition"
     for g in GAIN_OPTIONS:
-        p.add_argument(f"--dark-{g}", metavar="RUN", help=f"dark run in {g} gain (a run directory, or an HDF5 stack with --dataset)")
-    p.add_argument("--flat", metavar="RUN", help="flat-field run")
+        p.add_argument(f"--dark-{g}", metavar="RUN", nargs="+", help=f"dark run in {g} gain: {run}")
+    p.add_argument("--flat", metavar="RUN", nargs="+", help=f"flat-field run: {run}")
     p.add_argument("--flat-stage", choices=GAIN_OPTIONS, help="gain stage of the flat run (default: the first dark given)")
     p.add_argument("--out", required=True, metavar="STORE", help="the Zarr store to publish")
     p.add_argument("--detector", default="AGIPD1M")
@@ -370,6 +376,23 @@ def _add_mask_arguments(p):
     p.add_argument("--user-mask", metavar="FILE[:DATASET]", help="a user-drawn mask (.npy, .tif, .cbf, HDF5 FILE:DATASET), kept as its own layer")
     p.add_argument("--user-mask-good-is-one", action="store_true", help="the user mask marks good pixels with non-zero (Cheetah, OM)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store (only once the new one is complete)")
+
+
+def _mask_argv(args) -> list[str]:
+    """The options of ``rmm mask`` that repeat ``args`` in a batch job: paths absolute, a run's
+    several paths or quoted glob pattern kept as given (the job expands the pattern, as here)."""
+    argv = []
+    for dest, flag, is_path in _MASK_OPTIONS:
+        value = getattr(args, dest)
+        if value is not None:
+            is_path = is_path or (dest == "detector" and str(value).endswith((".yaml", ".yml")))
+            values = value if isinstance(value, list) else [value]  # a run may be several paths
+            argv += [flag, *(str(Path(v).absolute()) if is_path else str(v) for v in values)]
+    if args.overwrite:
+        argv.append("--overwrite")
+    if args.user_mask_good_is_one:
+        argv.append("--user-mask-good-is-one")
+    return argv
 
 
 def _submit(args) -> int:
@@ -387,16 +410,7 @@ def _submit(args) -> int:
         raise InputError(out, "exists already (give --overwrite to replace it)")
     if args.jobqueue is None and os.environ.get("RMM_JOBQUEUE_CONFIG"):
         args.jobqueue = os.environ["RMM_JOBQUEUE_CONFIG"]
-    mask_args = []
-    for dest, flag, is_path in _MASK_OPTIONS:
-        value = getattr(args, dest)
-        if value is not None:
-            is_path = is_path or (dest == "detector" and str(value).endswith((".yaml", ".yml")))
-            mask_args += [flag, str(Path(value).absolute()) if is_path else str(value)]
-    if args.overwrite:
-        mask_args.append("--overwrite")
-    if args.user_mask_good_is_one:
-        mask_args.append("--user-mask-good-is-one")
+    mask_args = _mask_argv(args)
     job_id, log, script = submit(mask_args, out, log_dir=args.log_dir)
     print(f"submitted batch job {job_id}")
     print(f"log: {log}")

@@ -8,8 +8,10 @@ compute. What a run is:
 * a EuXFEL RAW run directory: AGIPD-like (XTDF) detectors, or JUNGFRAU (through
   EXtra-data; the detector's description says which);
 * a directory of CBF frames (PILATUS; read with fabio);
-* an HDF5 file: CXI (CSPAD), NeXus/NXmx (EIGER, PILATUS), or any stack of frames, at
-  the detector's dataset or ``dataset``.
+* the HDF5 files of one acquisition (a directory, a glob pattern, or several paths;
+  grouped by :mod:`rmm_dask.io.files`): CXI (CSPAD), NeXus/NXmx (EIGER, PILATUS),
+  part files of a series, files that each hold one module (LAMBDA), or any stack of
+  frames, at the detector's dataset or ``dataset``.
 
 :func:`write_raw_run` and :func:`write_jungfrau_run` write arrays as EuXFEL RAW runs
 (synthetic data, tests).
@@ -27,13 +29,16 @@ from ..errors import InputError
 from .cbf import open_cbf_series
 from .euxfel import open_euxfel_run
 from .euxfel_write import write_jungfrau_run, write_raw_run
+from .files import acquisition, directory_files, expand
 from .hdf5 import open_hdf5_stack, resolve_detector
+
+_EUXFEL_FILE = re.compile(r"^(RAW|CORR)-R\d+-")
 
 __all__ = ["open_run", "open_euxfel_run", "open_hdf5_stack", "open_cbf_series", "write_raw_run", "write_jungfrau_run", "InputError"]
 
 
 def open_run(
-    path: str | os.PathLike,
+    path,
     detector: str | Detector = "AGIPD1M",
     *,
     dataset: str | None = None,
@@ -41,28 +46,50 @@ def open_run(
     modules=None,
     detector_id: str | None = None,
 ) -> xr.Dataset:
-    """Open a run lazily: a EuXFEL RAW run or CBF directory, or an HDF5 file (see the module docstring).
+    """Open a run lazily: a EuXFEL RAW run or CBF directory, or the HDF5 files of one acquisition.
 
-    Returns an ``xarray.Dataset``, dims ``(module, cell, frame, y, x)``, chunked by
-    module and ``cells_per_chunk`` memory cells with all frames in a chunk. Raises
-    :class:`InputError` naming the file and the problem for anything unreadable.
-    ``modules`` selects module numbers; ``detector_id`` (e.g. ``SPB_DET_AGIPD1M-1``)
-    picks one detector of a run that holds several.
+    ``path`` is a directory, a file, a glob pattern (expanded here, in name order) or a
+    list of them. A directory of CBF frames or of EuXFEL RAW files (or any directory
+    when the detector names no dataset and none is given) is read as before; otherwise
+    the HDF5 files (a directory's ``.h5``, ``.nxs``, ... files, or those given) are one
+    acquisition, grouped by their names (:mod:`rmm_dask.io.files`): part files join
+    along frames, one-module files along modules, an NXmx master stands for its data
+    files. Returns an ``xarray.Dataset``, dims ``(module, cell, frame, y, x)``, chunked
+    by module and ``cells_per_chunk`` memory cells with all frames in a chunk; attrs
+    ``path`` (what was given) and ``files`` (every file read, VDS sources included). Raises
+    :class:`InputError` naming the file and the problem for anything unreadable,
+    incomplete or mixed. ``modules`` selects module numbers; ``detector_id`` (e.g.
+    ``SPB_DET_AGIPD1M-1``) picks one detector of a EuXFEL run that holds several.
     """
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
-        raise InputError(path, "no such file or directory")
     det = resolve_detector(detector)
-    if os.path.isdir(path):
-        if any(name.lower().endswith(".cbf") for name in os.listdir(path)):
-            return open_cbf_series(path, det, modules=modules)
+    label, paths = expand(path)
+    directories = [p for p in paths if os.path.isdir(p)]
+    if directories and len(paths) > 1:
+        raise InputError(directories[0], "is a directory among other paths: a run is one directory, or the files of one acquisition")
+    if directories:
+        return _open_directory(paths[0], det, dataset=dataset, cells_per_chunk=cells_per_chunk, modules=modules, detector_id=detector_id)
+    return _open_files(label, paths, det, dataset=dataset, cells_per_chunk=cells_per_chunk, modules=modules)
+
+
+def _open_directory(path: str, det: Detector, *, dataset, cells_per_chunk, modules, detector_id) -> xr.Dataset:
+    names = os.listdir(path)
+    if any(name.lower().endswith(".cbf") for name in names):
+        return open_cbf_series(path, det, modules=modules)
+    if any(_EUXFEL_FILE.match(name) for name in names) or not (dataset or det.dataset):
         return open_euxfel_run(path, det, cells_per_chunk=cells_per_chunk, modules=modules, detector_id=detector_id)
-    if path.lower().endswith(".cbf"):
-        raise InputError(path, f"is one CBF frame: open the directory of the run's frames, {os.path.dirname(path)}")
-    if not dataset and re.match(r"^(RAW|CORR)-R\d+-", os.path.basename(path)):
-        raise InputError(path, f"is one file of a EuXFEL run: open its run directory {os.path.dirname(path)}")
+    return _open_files(path, directory_files(path), det, dataset=dataset, cells_per_chunk=cells_per_chunk, modules=modules)
+
+
+def _open_files(label: str, paths: list[str], det: Detector, *, dataset, cells_per_chunk, modules) -> xr.Dataset:
+    for p in paths:
+        if p.lower().endswith(".cbf"):
+            raise InputError(p, f"is one CBF frame: open the directory of the run's frames, {os.path.dirname(p)}")
+        if not dataset and _EUXFEL_FILE.match(os.path.basename(p)):
+            raise InputError(p, f"is one file of a EuXFEL run: open its run directory {os.path.dirname(p)}")
     if not dataset and not det.dataset:
         raise InputError(
-            path, f"is a file: a plain HDF5 stack of {det.name} needs the path of its (frame, [module,] y, x) dataset inside the file"
+            label, f"is a file: a plain HDF5 stack of {det.name} needs the path of its (frame, [module,] y, x) dataset inside the file"
         )
-    return open_hdf5_stack(path, dataset, det, cells_per_chunk=cells_per_chunk, modules=modules)
+    acq = acquisition(paths, det.n_modules, label)
+    stack = acq.parts[0] if acq.modules == [None] else dict(zip(acq.modules, acq.parts))
+    return open_hdf5_stack(stack, dataset, det, cells_per_chunk=cells_per_chunk, modules=modules, label=label)

@@ -2,9 +2,12 @@
 what is wrong with it".
 
 :func:`open_hdf5_stack` reads a dataset of frames, full detector frames ``(frame, Y, X)``,
-``(frame, module, y, x)`` or ``(frame, y, x)``, as the same lazy dataset as a EuXFEL
-run: dims ``(module, cell, frame, y, x)`` with a single memory cell (id 0). One read
-task per module; tasks carry the file path, never an open file.
+``(frame, module, y, x)`` or ``(frame, y, x)``, in one file, in part files joined along
+frames, or in one file per module, as the same lazy dataset as a EuXFEL run: dims
+``(module, cell, frame, y, x)`` with a single memory cell (id 0). One read task per
+module, ``(_read_region, region)``; a region carries file paths, never an open file, and
+``region.head(n)`` is the same region limited to its first n frames (a small sample).
+Which files make one acquisition is decided in :mod:`rmm_dask.io.files`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import dask.array as da
@@ -114,10 +118,11 @@ def write_run_dir(run_dir: Path, write) -> Path:
 class _Region:
     """One read task of a stack: one module's pixels in every frame, as (1, 1, frame, y, x).
 
-    ``segments`` are the (file, dataset, frames) the frames are concatenated from (one
-    dataset, or the ``data_000001``, ... datasets of a NeXus master file); ``index`` the
-    fixed indices between the frame axis and the module's pixels (``()``, or the
-    module's index); ``origin`` the module's first pixel (y, x) in the frame.
+    ``segments`` are the (file, dataset, frames) the frames are concatenated from, in
+    order (one dataset; the ``data_000001``, ... datasets of a NeXus master file; the
+    part files of a series); ``index`` the fixed indices between the frame axis and the
+    module's pixels (``()``, or the module's index); ``origin`` the module's first pixel
+    (y, x) in the frame; ``shape`` (frames, y, x) of the result. Holds paths, never open files.
     """
 
     __slots__ = ("segments", "index", "origin", "shape", "dtype")
@@ -127,6 +132,25 @@ class _Region:
 
     def __reduce__(self):
         return type(self), (self.segments, self.index, self.origin, self.shape, self.dtype)
+
+    def __repr__(self):
+        return f"_Region({len(self.segments)} segments, index={self.index}, origin={self.origin}, shape={self.shape}, dtype={self.dtype})"
+
+    def head(self, n: int) -> _Region:
+        """The same region limited to its first ``n`` frames (all of them when it has fewer);
+        ``_read_region(region.head(n))`` reads only the segments those frames are in."""
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"head needs at least 1 frame, not {n}")
+        n = min(n, self.shape[0])
+        segments, left = [], n
+        for path, dataset, count in self.segments:
+            if left == 0:
+                break
+            take = min(count, left)
+            segments.append((path, dataset, take))
+            left -= take
+        return _Region(tuple(segments), self.index, self.origin, (n, *self.shape[1:]), self.dtype)
 
 
 def _read_region(region: _Region) -> np.ndarray:
@@ -176,9 +200,29 @@ def _candidates(f: h5py.File) -> list[str]:
 _NXMX_DATA = re.compile(r"^data_\d{6}$")
 
 
-def _segments(f: h5py.File, path: str, dataset: str) -> list[tuple[str, str, tuple, np.dtype, str]]:
-    """(file, dataset, shape, dtype, file the data is in) of the frames: the dataset, or a
-    NeXus data group's data_NNNNNN (external links: the data file is named for provenance)."""
+def _data_files(path: str, d: h5py.Dataset) -> list[str]:
+    """The files holding a dataset's values: the file it is in, and for a virtual dataset (VDS)
+    the files of its sources (InputError when one is missing: HDF5 would read fill values)."""
+    holder = os.path.abspath(d.file.filename)
+    if not d.is_virtual:
+        return [holder]
+    out = [holder]
+    for source in d.virtual_sources():
+        if source.file_name == ".":
+            continue
+        name = os.path.join(os.path.dirname(holder), source.file_name)  # HDF5 looks beside the VDS file
+        if not os.path.exists(name) and os.path.exists(source.file_name):
+            name = source.file_name
+        if not os.path.isfile(name):
+            raise InputError(holder, f"virtual dataset {d.name} has a missing source file {source.file_name}")
+        out.append(os.path.abspath(name))
+    return sorted(set(out))
+
+
+def _segments(f: h5py.File, path: str, dataset: str) -> list[tuple[str, str, tuple, np.dtype, list]]:
+    """(file, dataset, shape, dtype, files the data is in) of the frames: the dataset, or a NeXus
+    data group's data_NNNNNN (external links: the data files are named for provenance), or the
+    ``data`` dataset of the group in an NXmx data file; virtual datasets name their source files."""
     try:
         obj = f.get(dataset)
     except (OSError, KeyError, ValueError) as e:
@@ -188,8 +232,11 @@ def _segments(f: h5py.File, path: str, dataset: str) -> list[tuple[str, str, tup
         hint = f" (datasets with 3 or 4 dims: {', '.join(hint)})" if hint else ""
         raise InputError(path, f"no dataset {dataset}{hint}")
     if isinstance(obj, h5py.Dataset):
-        return [(path, dataset, obj.shape, obj.dtype, path)]
+        return [(path, dataset, obj.shape, obj.dtype, _data_files(path, obj))]
     names = sorted(n for n in obj if _NXMX_DATA.match(n))
+    if not names and isinstance(obj.get("data"), h5py.Dataset) and "image_nr_low" in obj["data"].attrs:  # an NXmx data file (no master)
+        d = obj["data"]
+        return [(path, f"{dataset.rstrip('/')}/data", d.shape, d.dtype, _data_files(path, d))]
     if not names:
         raise InputError(path, f"{dataset} is a group without data_NNNNNN datasets, not a stack of frames")
     out = []
@@ -198,9 +245,7 @@ def _segments(f: h5py.File, path: str, dataset: str) -> list[tuple[str, str, tup
             d = obj[n]  # external links open here: a missing data file is named
         except (OSError, KeyError) as e:
             raise InputError(path, f"cannot open {dataset}/{n} (a missing or unreadable data file?): {e}") from None
-        link = obj.get(n, getlink=True)
-        holder = os.path.join(os.path.dirname(path), link.filename) if isinstance(link, h5py.ExternalLink) else path
-        out.append((path, f"{dataset.rstrip('/')}/{n}", d.shape, d.dtype, os.path.abspath(holder)))
+        out.append((path, f"{dataset.rstrip('/')}/{n}", d.shape, d.dtype, _data_files(path, d)))
     return out
 
 
@@ -219,63 +264,116 @@ def _layout(shape: tuple, det: Detector) -> tuple[list, str]:
     raise InputError("", f"has shape {shape}; {det.name} data is {' or '.join(expected)}")
 
 
+class _Part:
+    """What opening one file of a stack found (metadata only)."""
+
+    __slots__ = ("path", "segments", "shape", "dtype", "files", "mask")
+
+    def __init__(self, path: str, dataset: str, det: Detector):
+        self.path = path
+        with open_hdf5(path) as f:
+            segments = _segments(f, path, dataset)
+            has_mask = det.pixel_mask and isinstance(f.get(det.pixel_mask), h5py.Dataset)
+            self.mask = (det.pixel_mask, f[det.pixel_mask].shape) if has_mask else None
+        shapes = {s[2][1:] for s in segments}
+        if len(shapes) > 1:
+            raise InputError(path, f"dataset {dataset}: its parts hold frames of different shapes {sorted(shapes)}")
+        self.segments = [(p, d, int(shape[0])) for p, d, shape, _, _ in segments]
+        self.shape, self.dtype = segments[0][2], segments[0][3]
+        self.files = [path, *(name for *_, names in segments for name in names)]
+
+    @property
+    def frames(self) -> int:
+        return sum(n for *_, n in self.segments)
+
+    def check_like(self, first: _Part, dataset: str):
+        """InputError naming both files when this part's frames differ from the first part's."""
+        if self.shape[1:] != first.shape[1:] or self.dtype != first.dtype:
+            raise InputError(
+                self.path,
+                f"dataset {dataset} holds {self.dtype} frames of shape {self.shape[1:]}, but {first.path} holds {first.dtype} frames of shape {first.shape[1:]}",
+            )
+
+
 def open_hdf5_stack(
-    path: str | os.PathLike,
+    path,
     dataset: str | None = None,
     detector: str | Detector = "AGIPD1M",
     *,
     cells_per_chunk: int = 1,
     modules=None,
+    label: str | None = None,
 ) -> xr.Dataset:
-    """Open an HDF5 stack of frames as a lazy ``(module, cell, frame, y, x)`` dataset.
+    """Open an HDF5 stack of frames, in one file or several, as a lazy ``(module, cell, frame, y, x)`` dataset.
 
-    ``dataset`` (default: the detector's, e.g. ``/entry_1/data_1/data`` for CXI files,
-    ``/entry/data/data`` for NeXus/NXmx) holds ``(frame, Y, X)`` full frames of a
-    detector whose modules tile a frame (the gaps between modules are dropped),
-    ``(frame, module, y, x)`` or ``(frame, y, x)`` of one module; a NeXus data group
-    with ``data_000001``, ... (external links as EIGER writes them) is read as one
-    stack. Integer or float values (NaN means missing). For a detector whose gain stage
-    is in the top bits (``gain: bits``) the values are split into ``analog`` (bits
-    0-13) and ``gain`` (bits 14-15); otherwise only ``analog``. The detector's
-    manufacturer mask (``pixel_mask``, e.g. NXmx ``/entry/instrument/detector/pixel_mask``),
-    when the file has it, becomes the variable ``pixel_mask`` uint32 ``(module, y, x)``.
-    One memory cell (id 0); ``modules`` selects module numbers. Only metadata is read here.
+    ``path`` is one file, a list of files (the parts of one series, joined along frames in
+    the order given), or a mapping ``{module index: [part files]}`` of files that each hold
+    one module (:mod:`rmm_dask.io.files` finds these from file names). ``dataset``
+    (default: the detector's, e.g. ``/entry_1/data_1/data`` for CXI files,
+    ``/entry/data`` for NeXus/NXmx) holds ``(frame, Y, X)`` full frames of a detector
+    whose modules tile a frame (the gaps between modules are dropped), ``(frame, module,
+    y, x)`` or ``(frame, y, x)`` of one module (always so in a module's own file); a
+    NeXus data group with ``data_000001``, ... (external links as EIGER writes them) is
+    read as one stack; a virtual dataset is read through HDF5 and its source files are
+    listed in the ``files`` attribute. Every part has the same frame shape and dtype.
+    Integer or float values (NaN means missing). For a detector whose gain stage is in
+    the top bits (``gain: bits``) the values are split into ``analog`` (bits 0-13) and
+    ``gain`` (bits 14-15); otherwise only ``analog``. The detector's manufacturer mask
+    (``pixel_mask``, e.g. NXmx ``/entry/instrument/detector/pixel_mask``), when the file
+    has it (the first part; each module's first part for module files), becomes the
+    variable ``pixel_mask`` uint32 ``(module, y, x)``. One memory cell (id 0), one read
+    task per module; ``modules`` selects module numbers. Only metadata is read here.
     """
     det = resolve_detector(detector)
     if cells_per_chunk < 1:
         raise ValueError("cells_per_chunk must be at least 1")
-    path = os.path.abspath(os.fspath(path))
+    if isinstance(path, Mapping):
+        per_module = {int(m): [os.path.abspath(os.fspath(p)) for p in parts] for m, parts in sorted(path.items())}
+    else:
+        parts = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        per_module = {None: [os.path.abspath(os.fspath(p)) for p in parts]}
+    if not per_module or not all(per_module.values()):
+        raise ValueError("open_hdf5_stack needs at least one file")
+    all_paths = [p for parts in per_module.values() for p in parts]
+    label = label or (all_paths[0] if len(all_paths) == 1 else os.path.commonpath(all_paths))
     dataset = dataset or det.dataset
     if not dataset:
-        raise InputError(path, f"no dataset given, and {det.name} names none: give the path of the frames inside the file")
-    with open_hdf5(path) as f:
-        segments = _segments(f, path, dataset)
-        mask_path = det.pixel_mask if det.pixel_mask and isinstance(f.get(det.pixel_mask), h5py.Dataset) else None
-        mask_shape = f[mask_path].shape if mask_path else None
-    shapes = {s[2][1:] for s in segments}
-    dtype = segments[0][3]
+        raise InputError(label, f"no dataset given, and {det.name} names none: give the path of the frames inside the file")
     where = f"dataset {dataset}"
-    if len(shapes) > 1:
-        raise InputError(path, f"{where}: its parts hold frames of different shapes {sorted(shapes)}")
+    opened = {m: [_Part(p, dataset, det) for p in parts] for m, parts in per_module.items()}
+    first = next(iter(opened.values()))[0]
+    for parts in opened.values():
+        for part in parts:
+            part.check_like(first, dataset)
+    dtype = first.dtype
     if dtype.kind not in "iuf":
-        raise InputError(path, f"{where} holds {dtype} values, expected integer or float numbers")
+        raise InputError(first.path, f"{where} holds {dtype} values, expected integer or float numbers")
     dtype = dtype.newbyteorder("=")  # read into native byte order
-    try:
-        regions, layout = _layout(segments[0][2], det)
-    except InputError as e:
-        raise InputError(path, f"{where} {e.problem}") from None
-    n_frames = sum(s[2][0] for s in segments)
+    frames = {m: sum(p.frames for p in parts) for m, parts in opened.items()}
+    if None in opened:  # every file holds every module: the layout of the frames says where each module is
+        try:
+            regions, layout = _layout(first.shape, det)
+        except InputError as e:
+            raise InputError(first.path, f"{where} {e.problem}") from None
+        segments = tuple(s for part in opened[None] for s in part.segments)
+        available = {m: (segments, *region) for m, region in enumerate(regions)}
+        n_frames = frames[None]
+    else:  # one file per module
+        if tuple(first.shape[1:]) != tuple(det.module_shape):
+            raise InputError(first.path, f"{where} has shape {first.shape}; one module's file of {det.name} holds (frame, {det.module_shape[0]}, {det.module_shape[1]})")
+        m0, n_frames = next(iter(frames.items()))
+        for m, n in frames.items():
+            if n != n_frames:
+                raise InputError(opened[m][0].path, f"module m{m + 1} has {n} frames, module m{m0 + 1} ({opened[m0][0].path}) has {n_frames}")
+        available = {m: (tuple(s for part in parts for s in part.segments), (), (0, 0)) for m, parts in opened.items()}
+        layout = "module files"
     if n_frames < 2:
-        raise InputError(path, f"{where} has {n_frames} frame(s), need at least 2")
-    wanted = select_modules(path, list(range(len(regions))), modules, where)
-    parts = tuple((p, d, int(shape[0])) for p, d, shape, _, _ in segments)
-    files = sorted({path, *(holder for *_, holder in segments)})
+        raise InputError(label, f"{where} has {n_frames} frame(s), need at least 2")
+    wanted = select_modules(label, sorted(available), modules, where)
+    files = sorted({name for parts in opened.values() for part in parts for name in part.files})
     frame_shape = (n_frames, *det.module_shape)
-    name = "hdf5-stack-" + tokenize(file_token(files), parts, str(dtype), wanted, det)
-    tasks = {
-        (i, 0, 0, 0, 0): (_read_region, _Region(parts, *regions[m], frame_shape, dtype.str))
-        for i, m in enumerate(wanted)
-    }
+    name = "hdf5-stack-" + tokenize(file_token(files), [available[m] for m in wanted], str(dtype), wanted, det)
+    tasks = {(i, 0, 0, 0, 0): (_read_region, _Region(*available[m], frame_shape, dtype.str)) for i, m in enumerate(wanted)}
     chunks = ((1,) * len(wanted), (1,), (n_frames,), (det.module_shape[0],), (det.module_shape[1],))
     raw = graph_array(name, tasks, chunks, dtype)
     data = {"analog": (DIMS, raw)}
@@ -283,12 +381,13 @@ def open_hdf5_stack(
         data = {"analog": (DIMS, raw.map_blocks(negative_as_nan, dtype=np.float32))}
     if det.gain == "bits":
         if dtype.kind != "u" or dtype.itemsize != 2:
-            raise InputError(path, f"{where} holds {dtype}; {det.name} raw data with the gain in bits 14-15 is uint16")
+            raise InputError(first.path, f"{where} holds {dtype}; {det.name} raw data with the gain in bits 14-15 is uint16")
         data = {"analog": (DIMS, raw & np.uint16(0x3FFF)), "gain": (DIMS, raw >> np.uint16(14))}
-    if mask_path:
-        data["pixel_mask"] = (("module", "y", "x"), _pixel_mask(path, mask_path, mask_shape, det, wanted))
-    notes = [f"manufacturer pixel mask {mask_path} kept as its own layer"] if mask_path else []
-    return one_cell_dataset(data, wanted, n_frames, det, source=dataset, path=path, format=f"hdf5-stack ({layout} layout)", notes=notes, files=files)
+    mask = _pixel_mask(opened, det, wanted)
+    if mask is not None:
+        data["pixel_mask"] = (("module", "y", "x"), mask)
+    notes = [f"manufacturer pixel mask {det.pixel_mask} kept as its own layer"] if mask is not None else []
+    return one_cell_dataset(data, wanted, n_frames, det, source=dataset, path=label, format=f"hdf5-stack ({layout} layout)", notes=notes, files=files)
 
 
 def negative_as_nan(block: np.ndarray) -> np.ndarray:
@@ -322,21 +421,42 @@ def select_modules(path: str, available: list, modules, what: str) -> list:
     return wanted
 
 
-def _read_pixel_mask(path: str, dataset: str, det: Detector, wanted: tuple) -> np.ndarray:
-    """The manufacturer's mask as uint32 (module, y, x), from a full frame or per-module layout."""
-    with open_hdf5(path) as f:
-        mask = np.asarray(f[dataset][()], dtype=np.uint32)
-    return det.module_stack(mask)[list(wanted)]
+def _read_pixel_mask(sources: tuple, det: Detector) -> np.ndarray:
+    """The manufacturer's mask as uint32 (module, y, x): from each (file, dataset, module indices)
+    the planes of those modules (a full frame, a (module, y, x) stack or one module's (y, x))."""
+    planes = []
+    for path, dataset, indices in sources:
+        with open_hdf5(path) as f:
+            mask = np.asarray(f[dataset][()], dtype=np.uint32)
+        planes.append(det.module_stack(mask)[list(indices)])
+    return np.concatenate(planes)
 
 
-def _pixel_mask(path: str, dataset: str, shape: tuple, det: Detector, wanted: list):
-    """Lazy (module, y, x) manufacturer mask; InputError now if its shape fits no layout."""
-    fits = [tuple(det.module_shape), (det.n_modules, *det.module_shape)]
-    if det.frame_shape is not None:
-        fits.append(det.frame_shape)
-    if tuple(shape) not in fits:
-        raise InputError(path, f"pixel mask {dataset} has shape {tuple(shape)}, expected one of {fits}")
-    name = "pixel-mask-" + tokenize(file_token([path]), dataset, wanted, det)
-    task = (_read_pixel_mask, path, dataset, det, tuple(wanted))
+def _pixel_mask(opened: dict, det: Detector, wanted: list):
+    """Lazy (module, y, x) manufacturer mask from the first part (of each module's files), or
+    None when the files have none; InputError now if its shape fits no layout, or if only some
+    module files have one."""
+    module_files = None not in opened
+    firsts = [opened[m][0] for m in wanted] if module_files else [opened[None][0]]
+    with_mask = [p for p in firsts if p.mask]
+    if not with_mask:
+        return None
+    if len(with_mask) < len(firsts):
+        lacking = next(p for p in firsts if not p.mask)
+        raise InputError(lacking.path, f"has no pixel mask {det.pixel_mask}, but {with_mask[0].path} has one")
+    fits = [tuple(det.module_shape), (1, *det.module_shape)]
+    if not module_files:
+        fits.append((det.n_modules, *det.module_shape))
+        if det.frame_shape is not None:
+            fits.append(det.frame_shape)
+    for part in firsts:
+        dataset, shape = part.mask
+        if tuple(shape) not in fits:
+            raise InputError(part.path, f"pixel mask {dataset} has shape {tuple(shape)}, expected one of {fits}")
+    if module_files:
+        sources = tuple((p.path, p.mask[0], (0,)) for p in firsts)
+    else:
+        sources = ((firsts[0].path, firsts[0].mask[0], tuple(wanted)),)
+    name = "pixel-mask-" + tokenize(file_token([s[0] for s in sources]), sources, det)
     ny, nx = det.module_shape
-    return graph_array(name, {(0, 0, 0): task}, ((len(wanted),), (ny,), (nx,)), np.uint32)
+    return graph_array(name, {(0, 0, 0): (_read_pixel_mask, sources, det)}, ((len(wanted),), (ny,), (nx,)), np.uint32)
