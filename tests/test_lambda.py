@@ -263,3 +263,23 @@ def test_a_lambda_part_file_goes_through_the_pipeline(tiny, tmp_path):
     assert scores["false_positives"] <= len(np.flatnonzero(gap))  # nothing but the gaps, which score counts as clean
     virtual_clean = virtual_pixels(one) & (calib.truth.defects[0, 0, 0] == 0) & ~gap
     assert not mask[0, 0, 0][virtual_clean].any()
+
+
+def test_rmm_mask_takes_a_lambda_2m_acquisition_directory(tmp_path, capsys):
+    """Acceptance: one acquisition's 15 files (3 modules x 5 parts) and nothing else given."""
+    out = tmp_path / "set"
+    assert main(["synth", "--detector", "LAMBDA", "--out", str(out), "--frames", "50"]) == 0
+    run = out / "raw" / "r0001"
+    assert len(list(run.glob("r0001_m[123]_part0000[0-4].nxs"))) == 15 and len(list(run.iterdir())) == 15
+    capsys.readouterr()
+    assert main(["mask", "--detector", "LAMBDA2M", "--dark-high", str(run), "--out", str(tmp_path / "m.zarr")]) == 0
+    from rmm_dask.io.synthetic import read_truth
+    from rmm_dask.store import open_store
+
+    root = open_store(tmp_path / "m.zarr")
+    mask, truth = root["mask"][:], read_truth(out / "truth.h5")
+    assert mask.shape == (3, 1, 1, 516, 1556)
+    hot = truth.kind_mask(next(k for k in truth.expected if k.name == "HOT"))
+    assert (mask[hot] & (BadPixel.OFFSET | BadPixel.NOISE)).all()
+    assert not (mask[truth.clean()] != 0).any()  # clean pixels, virtual ones included, are not flagged
+    assert int((root["layers"]["manufacturer"][:] & np.uint32(NXMX_VIRTUAL) != 0).sum()) == 3 * virtual_pixels(get_detector("LAMBDA2M")).sum()
