@@ -257,13 +257,16 @@ def _print_status(console, settings):
         console.print(f"{name}: current -> {'none' if version is None else f'v{version:04d}'}  ({settings.publish / name})")
 
 
-#: `rmm demo --detector` and `rmm synth --detector`: the detector and the set's default size
+#: `rmm demo --detector` and `rmm synth --detector`: the set's default size per detector alias
+#: (the alias names the detector, see rmm_dask.detectors.ALIASES); LAMBDA: 3 modules x 5 parts
+#: of 12 frames, darks at 0.004 counts/frame as real LAMBDA darks
 DEMOS = {
-    "agipd": ("AGIPD1M", dict(modules=2, cells=2, frames=100)),
-    "jungfrau": ("JUNGFRAU1M", dict(modules=2, cells=1, frames=64)),
-    "cspad": ("CSPAD", dict(modules=32, cells=1, frames=64)),
-    "pilatus": ("PILATUS300K", dict(modules=3, cells=1, frames=100)),
-    "eiger": ("EIGER1M", dict(modules=2, cells=1, frames=64)),
+    "agipd": dict(modules=2, cells=2, frames=100),
+    "jungfrau": dict(modules=2, cells=1, frames=64),
+    "cspad": dict(modules=32, cells=1, frames=64),
+    "pilatus": dict(modules=3, cells=1, frames=100),
+    "eiger": dict(modules=2, cells=1, frames=64),
+    "lambda": dict(modules=3, cells=1, frames=60, dark_rate=0.004),
 }
 
 
@@ -271,11 +274,10 @@ def _synth_config(args):
     from .detectors import get_detector
     from .synth import SynthConfig
 
-    name, size = DEMOS[args.detector]
-    size = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in size.items()}
+    size = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in DEMOS[args.detector].items()}
     flat_frames = getattr(args, "flat_frames", None) or size["frames"]
     try:
-        return SynthConfig(**size, flat_frames=flat_frames, seed=args.seed, detector=get_detector(name))
+        return SynthConfig(**size, flat_frames=flat_frames, seed=args.seed, detector=get_detector(args.detector))
     except ValueError as err:
         raise InputError("--detector", str(err)) from None
 
@@ -453,8 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic calibration set as the detector's raw runs, with its truth")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--detector", choices=sorted(DEMOS), default="agipd", help="agipd, jungfrau (EuXFEL RAW), cspad (CXI), pilatus (CBF), eiger (NXmx)")
-    p.add_argument("--modules", type=int, help="modules (default per detector: agipd 2, jungfrau 2, cspad 32, pilatus 3, eiger 2)")
+    p.add_argument("--detector", type=str.lower, choices=sorted(DEMOS), default="agipd", help="agipd, jungfrau (EuXFEL RAW), cspad (CXI), pilatus (CBF), eiger (NXmx), lambda (LAMBDA 2M: a file per module and part)")
+    p.add_argument("--modules", type=int, help="modules (default per detector: agipd 2, jungfrau 2, cspad 32, pilatus 3, eiger 2, lambda 3)")
     p.add_argument("--cells", type=int, help="memory cells (default: agipd 2, others 1)")
     p.add_argument("--frames", type=int, help="dark frames per cell (default: 100 or 64)")
     p.add_argument("--flat-frames", type=int, help="flat frames per cell (default: --frames)")
@@ -494,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic runs with planted defects -> mask on a LocalCluster -> exports -> score")
     p.add_argument("--out", metavar="DIR", help="where to write (default: a new temporary directory)")
-    p.add_argument("--detector", choices=sorted(DEMOS), default="agipd", help="agipd (AGIPD-1M), jungfrau (JUNGFRAU 1M), cspad, pilatus (300K), eiger (1M)")
+    p.add_argument("--detector", type=str.lower, choices=sorted(DEMOS), default="agipd", help="agipd (AGIPD-1M), jungfrau (JUNGFRAU 1M), cspad, pilatus (300K), eiger (1M), lambda (LAMBDA 2M)")
     p.add_argument("--modules", type=int, help="modules (default per detector, see rmm synth)")
     p.add_argument("--cells", type=int)
     p.add_argument("--frames", type=int, help="frames per cell in each run")

@@ -10,7 +10,7 @@ knows about Dask, files or detectors beyond the window shapes it is given.
   (exact integer accumulation for raw uint16 data).
 - F4 :func:`gain_separation`: gain stages whose indicator levels overlap.
 - F6 :func:`flat_snr`: SNR of each pixel against a robust local plane, averaged over flat frames.
-- :func:`local_snr`: a feature's SNR against its robust model per window (one ASIC).
+- :func:`local_snr`: a feature's SNR against its robust model per window (one ASIC, evenly spaced or not).
 """
 
 from __future__ import annotations
@@ -226,22 +226,56 @@ def gain_separation(mean, std, *, lam: float = 8.0) -> np.ndarray:
 # ---------------------------------------------------------------- the local robust model
 
 
-def local_snr(feature, window, *, method: str = "rmm", min_sigma: float = 0.0, exclude=None):
+def local_snr(feature, windows, *, method: str = "rmm", min_sigma: float = 0.0, exclude=None):
     """SNR of each pixel's feature against the model of its window: ``(x - R_mu) / R_sigma``.
 
     ``feature`` is ``(..., y, x)``; the model (R_mu, R_sigma) is fitted with the
     named statistics (``"rmm"``, ``"mad"``, ``"nonrobust"``) over the pixels of each
-    ``window`` (one ASIC: offsets and noise differ from ASIC to ASIC by far more
-    than a pixel's sigma), laid from the module's corner; a last window that does
-    not fit is cut at the border. ``exclude`` is a ``(y, x)`` bool map of pixels left out
+    window (one ASIC: offsets and noise differ from ASIC to ASIC by far more
+    than a pixel's sigma). ``windows`` are the chip windows ``([(y0, y1), ...], [(x0, x1),
+    ...])`` covering the module (chips need not be evenly spaced: LAMBDA), or a uniform pitch
+    ``(wy, wx)`` laid from the module's corner, a last window that does not fit cut at the
+    border. ``exclude`` is a ``(y, x)`` bool map of pixels left out
     of the fits (ASIC edges). NaN features give NaN SNR. A window whose inliers
     are all equal (sigma 0) gives SNR 0 to those and +-inf to any other value.
     """
     feature = np.asarray(feature, dtype=np.float64)
     ny, nx = feature.shape[-2:]
-    wy, wx = window
     fit_on = feature if exclude is None else np.where(exclude, np.nan, feature)
-    lead = feature.shape[:-2]
+    pitch = _uniform_pitch(windows, (ny, nx))
+    if pitch is not None:
+        mu, sigma = _uniform_model(fit_on, pitch, method, min_sigma)
+    else:
+        mu, sigma = _window_model(fit_on, windows, method, min_sigma)
+    dev = feature - mu
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(sigma > 0, dev / sigma, np.where(dev == 0, 0.0, np.sign(dev) * np.inf))
+    return np.where(np.isnan(feature) | np.isnan(sigma), np.nan, snr)
+
+
+def _uniform_pitch(windows, shape) -> tuple[int, int] | None:
+    """(wy, wx) when ``windows`` are a pitch or windows at a uniform pitch (a last one cut), else None."""
+    if len(windows) == 2 and all(isinstance(w, (int, np.integer)) for w in windows):
+        return int(windows[0]), int(windows[1])
+    pitch = []
+    for axis, bounds in enumerate(windows):
+        bounds = [(int(a), int(b)) for a, b in bounds]
+        if not bounds or bounds[0][0] != 0 or bounds[-1][1] != shape[axis]:
+            raise ValueError(f"windows along axis {axis} {bounds} do not cover the module's {shape[axis]} pixels")
+        if any(b <= a or a != prev for (a, b), prev in zip(bounds, [0] + [b for _, b in bounds[:-1]])):
+            raise ValueError(f"windows along axis {axis} {bounds} are not consecutive")
+        w = bounds[0][1]
+        if bounds != [(a, min(a + w, shape[axis])) for a in range(0, shape[axis], w)]:
+            return None
+        pitch.append(w)
+    return pitch[0], pitch[1]
+
+
+def _uniform_model(fit_on, pitch, method, min_sigma):
+    """(R_mu, R_sigma) per pixel from windows of a uniform ``pitch``, all fitted in one vectorised call."""
+    ny, nx = fit_on.shape[-2:]
+    wy, wx = pitch
+    lead = fit_on.shape[:-2]
     by, bx = -(-ny // wy), -(-nx // wx)  # windows per axis; a last one that does not fit is cut
     if (by * wy, bx * wx) != (ny, nx):
         fit_on = np.pad(fit_on, [(0, 0)] * len(lead) + [(0, by * wy - ny), (0, bx * wx - nx)], constant_values=np.nan)
@@ -250,10 +284,20 @@ def local_snr(feature, window, *, method: str = "rmm", min_sigma: float = 0.0, e
     mu, sigma = fit_gaussian(blocks, -1, method=method, min_sigma=min_sigma)
     mu = np.repeat(np.repeat(mu, wy, axis=-2), wx, axis=-1)[..., :ny, :nx]
     sigma = np.repeat(np.repeat(sigma, wy, axis=-2), wx, axis=-1)[..., :ny, :nx]
-    dev = feature - mu
-    with np.errstate(divide="ignore", invalid="ignore"):
-        snr = np.where(sigma > 0, dev / sigma, np.where(dev == 0, 0.0, np.sign(dev) * np.inf))
-    return np.where(np.isnan(feature) | np.isnan(sigma), np.nan, snr)
+    return mu, sigma
+
+
+def _window_model(fit_on, windows, method, min_sigma):
+    """(R_mu, R_sigma) per pixel, one fit per window of chips that are not evenly spaced."""
+    lead = fit_on.shape[:-2]
+    mu, sigma = np.empty(fit_on.shape), np.empty(fit_on.shape)
+    for y0, y1 in windows[0]:
+        for x0, x1 in windows[1]:
+            block = fit_on[..., y0:y1, x0:x1].reshape(lead + (-1,))
+            m, s = fit_gaussian(block, -1, method=method, min_sigma=min_sigma)
+            mu[..., y0:y1, x0:x1] = np.asarray(m)[..., None, None]
+            sigma[..., y0:y1, x0:x1] = np.asarray(s)[..., None, None]
+    return mu, sigma
 
 
 # ---------------------------------------------------------------- F6 flat field

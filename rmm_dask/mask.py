@@ -31,7 +31,8 @@ class Params:
 
     lam: float = 8.0  #: outlier threshold in robust sigmas (paper Appendix B)
     method: str = "rmm"  #: statistics of the normal-pixel model: rmm, mad, nonrobust
-    window: tuple[int, int] | None = None  #: local model window; None: one ASIC
+    #: local model windows at this uniform pitch [y, x]; None: the detector's chips (evenly spaced or not)
+    window: tuple[int, int] | None = None
     flat_tile: tuple[int, int] = (16, 16)  #: F6 background plane tile (~15 x 15 window)
     f1_lambda: float = 8.0  #: F1 frame rejection threshold in robust sigmas
     f1_min_sigma: float = 1.0  #: F1 floor of the frame-level sigma, in ADU
@@ -120,12 +121,14 @@ def flat_stage(analog, offset, detector: Detector, params: Params = Params(), ex
 def _outliers(feature, detector: Detector, params: Params, min_sigma: float | None = None, known=None):
     """SNR of a (cell, y, x) feature against its ASIC model, and where |SNR| > lambda.
 
+    The model windows are the detector's chips (:meth:`Detector.asic_windows`, evenly spaced
+    or not), or a uniform pitch when ``params.window`` gives one.
     ``known`` (y, x) bool: pixels known bad (manufacturer's or user's mask), kept out of the model like the edges.
     """
-    window = params.window or detector.asic_shape
+    windows = params.window or (detector.asic_windows(0), detector.asic_windows(1))
     floor = detector.min_sigma if min_sigma is None else min_sigma
     exclude = detector.asic_edges() if known is None else detector.asic_edges() | known
-    snr = F.local_snr(feature, window, method=params.method, min_sigma=floor, exclude=exclude)
+    snr = F.local_snr(feature, windows, method=params.method, min_sigma=floor, exclude=exclude)
     with np.errstate(invalid="ignore"):
         return snr, np.abs(snr) > params.lam
 

@@ -87,6 +87,8 @@ DEAD_BLOCK = (16, 32)
 NO_DATA_BLOCK = (32, 32)
 
 DTYPES = ("uint16", "float32")
+DARK_RATE = 0.01  #: counts per frame of a normal pixel of a counting detector in the dark (default)
+LAMBDA_DARK_RATE = 0.004  #: the same for a LAMBDA: what real LAMBDA darks show
 
 
 class Defect(enum.IntFlag):
@@ -161,6 +163,7 @@ class SynthConfig:
     outlier_frame_fraction: float = 0.02  #: probability of a dark frame being an outlier
     dtype: str = "uint16"  #: "uint16" (raw) or "float32" (NO_DATA planted as NaN); counting detectors: int32
     detector: Detector = AGIPD1M
+    dark_rate: float = DARK_RATE  #: counting detectors: counts per frame of a normal pixel in the dark
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -177,8 +180,8 @@ class SynthConfig:
             raise ValueError("seed and acquisition must be non-negative")
         if not 0.0 <= self.outlier_frame_fraction < 1.0:
             raise ValueError("outlier_frame_fraction must be in [0, 1)")
-        if self.defect_fraction < 0 or self.flat_level < 0 or self.adu_per_photon < 0:
-            raise ValueError("defect_fraction, flat_level and adu_per_photon must be non-negative")
+        if self.defect_fraction < 0 or self.flat_level < 0 or self.adu_per_photon < 0 or self.dark_rate < 0:
+            raise ValueError("defect_fraction, flat_level, adu_per_photon and dark_rate must be non-negative")
 
 
 @dataclass
@@ -631,21 +634,41 @@ EXPECTED_COUNTING: dict[Defect, BadPixel] = {
     Defect.UNDER_RESPONDING: BadPixel.FLAT_LOW,
     Defect.DEAD: BadPixel.FLAT_LOW,
 }
-DARK_RATE = 0.01  #: counts per frame of a normal pixel in the dark
 HOT_RATE = (2.0, 20.0)  #: counts per frame of a hot pixel
 FLAT_COUNTS = 50.0  #: mean counts per frame under the flat beam
 KNOWN_DEAD = 4  #: dead pixels per module that the manufacturer's pixel mask flags (bit 1)
 NXMX_DEAD = 2  #: NeXus/Dectris pixel_mask bit value of a dead pixel
+NXMX_VIRTUAL = 1 << 31  #: NXmx pixel_mask bit of a virtual pixel (information, not a defect)
+SPLIT = 3  #: logical pixels each large pixel at a LAMBDA chip boundary is split into
+
+
+def virtual_pixels(det: Detector) -> np.ndarray:
+    """Bool (y, x): the virtual pixels of a module whose chip boundaries are given as lists (LAMBDA).
+
+    At each inner boundary the two large pixels (3 x 55 um) are each split into SPLIT logical
+    pixels: the SPLIT rows (columns) on either side of the boundary. None for chips at a
+    uniform pitch (the description gives no boundaries).
+    """
+    virtual = np.zeros(det.module_shape, dtype=bool)
+    for axis, bounds in enumerate((det.chip_rows, det.chip_columns)):
+        for b in (bounds or ())[1:-1]:
+            index = [slice(None), slice(None)]
+            index[axis] = slice(b - SPLIT, b + SPLIT)
+            virtual[tuple(index)] = True
+    return virtual
 
 
 def _synthesize_counting(config: SynthConfig) -> SyntheticCalibration:
     """Dark and flat counts (int32) of a photon-counting detector, one gain stage, one cell.
 
-    Normal pixels count DARK_RATE in the dark and FLAT_COUNTS x beam x response under the
+    Normal pixels count ``config.dark_rate`` in the dark and FLAT_COUNTS x beam x response under the
     flat; HOT pixels count HOT_RATE in the dark too, TELEGRAPH pixels switch between both,
     a DEAD block and KNOWN_DEAD single pixels count nothing (the single ones are flagged
     in ``model["pixel_mask"]``, as the manufacturer's mask would), and OVER/UNDER-responding
     pixels respond 1.5-3 and 0-0.5 times. The truth's ``expected`` says which bits find each.
+    A LAMBDA's virtual pixels (:func:`virtual_pixels`: a large pixel's counts split over
+    SPLIT logical pixels, which then count as normal ones) carry NXMX_VIRTUAL in the
+    pixel mask; no defect is planted on them, so a mask maker that flags them is wrong.
     """
     det = config.detector
     if config.cells != 1:
@@ -656,23 +679,25 @@ def _synthesize_counting(config: SynthConfig) -> SyntheticCalibration:
     defects = np.zeros((config.modules, 1, 1, *det.module_shape), dtype=np.uint16)
     pixel_mask = np.zeros((config.modules, *det.module_shape), dtype=np.uint32)
     n = _pixels_per_kind(config)
+    virtual = virtual_pixels(det)
     for m in range(config.modules):
         rng = _rng(config, m, _DEFECTS)
         dead = np.zeros(det.module_shape, dtype=bool)
         y0, x0 = (int(rng.integers(0, s - b)) for s, b in zip(det.module_shape, (8, 8)))
         dead[y0 : y0 + 8, x0 : x0 + 8] = True
-        free = rng.permutation(np.flatnonzero(~dead))
+        free = rng.permutation(np.flatnonzero(~(dead | virtual)))
         kinds = dict(zip(COUNTING_KINDS, free[: n * len(COUNTING_KINDS)].reshape(-1, n)))
         known = free[n * len(COUNTING_KINDS) : n * len(COUNTING_KINDS) + KNOWN_DEAD]
         dead.reshape(-1)[known] = True
         pixel_mask[m].reshape(-1)[known] = NXMX_DEAD
+        pixel_mask[m][virtual] |= np.uint32(NXMX_VIRTUAL)
         plane = defects[m, 0, 0].reshape(-1)
         for kind, index in kinds.items():
             plane[index] |= np.uint16(kind)
         defects[m, 0, 0][dead] |= np.uint16(Defect.DEAD)
 
         params = _rng(config, m, _PARAMETERS)
-        rate = np.full(det.module_shape, DARK_RATE)
+        rate = np.full(det.module_shape, config.dark_rate)
         rate.reshape(-1)[kinds[Defect.HOT]] = params.uniform(*HOT_RATE, n)
         tele_rate = params.uniform(*HOT_RATE, n)
         response = (1 + _normal(params, det.module_shape, RESPONSE_SIGMA)).astype(np.float64)
@@ -685,7 +710,7 @@ def _synthesize_counting(config: SynthConfig) -> SyntheticCalibration:
             r = _rng(config, m, purpose, config.acquisition)
             level = np.broadcast_to(rate, (frames, *det.module_shape)).copy()
             on = _telegraph_levels(r, frames, n).astype(bool)
-            level.reshape(frames, -1)[:, kinds[Defect.TELEGRAPH]] = np.where(on, tele_rate, DARK_RATE)
+            level.reshape(frames, -1)[:, kinds[Defect.TELEGRAPH]] = np.where(on, tele_rate, config.dark_rate)
             if lit:
                 level += beam * response
             counts = r.poisson(level).astype(np.int32)

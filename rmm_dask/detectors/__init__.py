@@ -1,10 +1,14 @@
 """Detector descriptions: module geometry, ASIC tiling, gain stages, kind of sensor, frame layout.
 
 The descriptions are YAML files (this directory, also at ``configs/detectors/``): one
-per detector, loaded by name (``get_detector("JUNGFRAU4M")``, case-insensitive), or
-from any path (``get_detector("my-detector.yaml")``) for a detector of your own read
-as a plain HDF5 stack. Kernels take what they need from a :class:`Detector` (window
-shapes, edge width, minimum sigma); nothing here reads data.
+per detector, loaded by name (``get_detector("JUNGFRAU4M")``, case-insensitive), by a
+short alias (:data:`ALIASES`: ``agipd``, ``jungfrau``, ``lambda``, ...), or from any path
+(``get_detector("my-detector.yaml")``) for a detector of your own read as a plain HDF5
+stack. Chips (ASICs) are given at a uniform pitch (``asic-shape``) or, where they are not
+evenly spaced, by their boundaries (``chip-rows``, ``chip-columns``: LAMBDA's chips are
+258 or 260 pixels wide because the large pixels between chips are split into virtual
+pixels). Kernels take what they need from a :class:`Detector` (chip windows, edge width,
+minimum sigma); nothing here reads data.
 """
 
 from __future__ import annotations
@@ -28,12 +32,13 @@ class Detector:
     n_modules: int
     module_shape: tuple[int, int]  #: (y, x) pixels of one module
     #: (y, x) pitch of the ASICs (chips): the local model windows, from the module's
-    #: corner; a last window that does not fit is cut at the module border
+    #: corner; a last window that does not fit is cut at the module border. With chip
+    #: boundaries given (``chip_rows``/``chip_columns``) the largest chip along that axis
     asic_shape: tuple[int, int]
     gain_stages: tuple[str, ...] = ("high",)
     n_cells: int = 1
     counting: bool = False  #: photon counting: robust sigma floored at 1/6 (paper 2.1)
-    edge_width: int = 1  #: pixels at each ASIC border masked without analysis
+    edge_width: int = 0  #: pixels at each ASIC border masked without analysis
     #: how the gain stage is recorded: "separate" (a gain value per pixel, AGIPD),
     #: "bits" (bits 14-15 of the raw value, JUNGFRAU), "none"
     gain: str = "none"
@@ -45,16 +50,38 @@ class Detector:
     module_order: str = "row"  #: modules numbered along rows ("row") or down columns ("column")
     dataset: str | None = None  #: the frames' dataset in HDF5 files (CXI, NeXus/NXmx)
     pixel_mask: str | None = None  #: the manufacturer's pixel mask dataset in HDF5 files
+    #: chip boundaries along y (0, ..., module rows) where chips are not at a uniform pitch
+    #: (None: every ``asic_shape[0]`` rows); the windows are [b[i], b[i + 1])
+    chip_rows: tuple[int, ...] | None = None
+    chip_columns: tuple[int, ...] | None = None  #: the same along x
 
     def __post_init__(self):
+        if min(self.module_shape) < 1 or min(self.asic_shape) < 1 or self.n_modules < 1:
+            raise ValueError(f"{self.name}: module, ASIC shapes and module count must be positive")
+        if self.n_cells < 1:
+            raise ValueError(f"{self.name}: cells must be at least 1, not {self.n_cells}")
+        if not self.gain_stages:
+            raise ValueError(f"{self.name}: at least one gain stage is needed")
+        if len(set(self.gain_stages)) != len(self.gain_stages):
+            raise ValueError(f"{self.name}: gain stages {list(self.gain_stages)} repeat a name")
+        if self.edge_width < 0:
+            raise ValueError(f"{self.name}: edge-width must be 0 or more, not {self.edge_width}")
+        for key, bounds, size in (("chip-rows", self.chip_rows, self.module_shape[0]), ("chip-columns", self.chip_columns, self.module_shape[1])):
+            if bounds is None:
+                continue
+            if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != size or any(b <= a for a, b in zip(bounds, bounds[1:])):
+                raise ValueError(
+                    f"{self.name}: {key} {list(bounds)} must be increasing boundaries from 0 to the module's {size} pixels"
+                )
+        smallest = min(b - a for axis in (0, 1) for a, b in self.asic_windows(axis))
+        if 2 * self.edge_width >= smallest:
+            raise ValueError(f"{self.name}: edge-width {self.edge_width} leaves nothing inside a chip of {smallest} pixels")
         if self.gain not in GAIN_KINDS:
             raise ValueError(f"{self.name}: gain must be one of {GAIN_KINDS}, not {self.gain!r}")
         if self.module_order not in ("row", "column"):
             raise ValueError(f"{self.name}: module-order must be 'row' or 'column', not {self.module_order!r}")
         if self.module_grid is not None and self.module_grid[0] * self.module_grid[1] != self.n_modules:
             raise ValueError(f"{self.name}: module grid {self.module_grid} does not hold {self.n_modules} modules")
-        if min(self.module_shape) < 1 or min(self.asic_shape) < 1 or self.n_modules < 1:
-            raise ValueError(f"{self.name}: module, ASIC shapes and module count must be positive")
 
     @property
     def min_sigma(self) -> float:
@@ -112,9 +139,20 @@ class Detector:
         return self.join_frame(np.zeros((self.n_modules, *self.module_shape), dtype=bool), fill=True)
 
     def asic_windows(self, axis: int) -> list[tuple[int, int]]:
-        """[start, stop) of the ASIC windows along ``axis`` (0: y, 1: x) of a module."""
-        n, pitch = self.module_shape[axis], self.asic_shape[axis]
-        return [(a, min(a + pitch, n)) for a in range(0, n, pitch)]
+        """[start, stop) of the ASIC (chip) windows along ``axis`` (0: y, 1: x) of a module: the
+        chip boundaries where the description gives them, else every ``asic_shape`` pixels."""
+        bounds = (self.chip_rows, self.chip_columns)[axis]
+        if bounds is not None:
+            return list(zip(bounds[:-1], bounds[1:]))
+        return uniform_windows(self.module_shape[axis], self.asic_shape[axis])
+
+    @property
+    def uniform_chips(self) -> bool:
+        """True when the chips are at a uniform pitch (a last one may be cut at the border)."""
+        return all(
+            self.asic_windows(axis) == uniform_windows(self.module_shape[axis], self.asic_windows(axis)[0][1])
+            for axis in (0, 1)
+        )
 
     def asic_edges(self) -> np.ndarray:
         """Boolean (y, x) map of the ASIC edge pixels of one module."""
@@ -131,6 +169,11 @@ class Detector:
         return edge
 
 
+def uniform_windows(size: int, pitch: int) -> list[tuple[int, int]]:
+    """[start, stop) windows of ``pitch`` pixels from 0 along ``size`` pixels, the last one cut at the border."""
+    return [(a, min(a + pitch, size)) for a in range(0, size, pitch)]
+
+
 def detector_of(attrs) -> Detector:
     """The Detector a store was made for: its recorded description, or its name (stores before descriptions)."""
     described = attrs.get("detector_description")
@@ -140,44 +183,118 @@ def detector_of(attrs) -> Detector:
     return get_detector(attrs["detector"])
 
 
-def load_detector(path: str | os.PathLike) -> Detector:
-    """A :class:`Detector` from its YAML description (keys as in this directory's files)."""
+#: every key of a YAML description -> its default (None: required; see the README table)
+KEYS = {
+    "name": None,
+    "modules": None,
+    "module-shape": None,
+    "asic-shape": "required unless chip-rows and chip-columns are given",
+    "chip-rows": None,
+    "chip-columns": None,
+    "gain-stages": ["high"],
+    "gain": "none",
+    "cells": 1,
+    "counting": False,
+    "edge-width": 0,
+    "module-grid": None,
+    "module-gap": [0, 0],
+    "module-order": "row",
+    "dataset": None,
+    "pixel-mask": None,
+}
+
+
+def load_detector(path: str | os.PathLike, *, builtin: bool = False) -> Detector:
+    """A :class:`Detector` from its YAML description (keys: :data:`KEYS`, as in this directory's files).
+
+    ``edge-width`` is 0 unless the description says otherwise; the built-in descriptions
+    (``builtin``) must state it. ValueError names the file and the problem.
+    """
     with open(path) as f:
         d = yaml.safe_load(f)
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a mapping describing a detector")
-    known = {"name", "modules", "module-shape", "asic-shape", "gain-stages", "gain", "cells", "counting",
-             "edge-width", "module-grid", "module-gap", "module-order", "dataset", "pixel-mask"}
-    if set(d) - known:
-        raise ValueError(f"{path}: unknown keys {sorted(set(d) - known)}; known: {sorted(known)}")
-    missing = {"name", "modules", "module-shape", "asic-shape"} - set(d)
+    if set(d) - set(KEYS):
+        raise ValueError(f"{path}: unknown keys {sorted(set(d) - set(KEYS))}; known: {sorted(KEYS)}")
+    missing = {"name", "modules", "module-shape"} - set(d)
+    if "asic-shape" not in d and not {"chip-rows", "chip-columns"} <= set(d):
+        missing.add("asic-shape (or chip-rows and chip-columns)")
+    if builtin and "edge-width" not in d:
+        missing.add("edge-width")
     if missing:
         raise ValueError(f"{path}: missing {sorted(missing)}")
-    pair = lambda key: None if d.get(key) is None else tuple(int(v) for v in d[key])  # noqa: E731
+    try:
+        return _from_mapping(d)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def _ints(d: dict, key: str, n: int | None = 2) -> tuple[int, ...] | None:
+    """The integers of a list-valued key (``n`` of them, if given), None when absent."""
+    value = d.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or (n is not None and len(value) != n):
+        raise ValueError(f"{key} must be a list of {n or 'several'} integers, not {value!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"{key} must hold integers, not {value!r}")
+    return tuple(value)
+
+
+def _from_mapping(d: dict) -> Detector:
+    module_shape = _ints(d, "module-shape")
+    chip_rows, chip_columns = _ints(d, "chip-rows", None), _ints(d, "chip-columns", None)
+    asic_shape = _ints(d, "asic-shape")
+    if asic_shape is None or chip_rows or chip_columns:  # the boundaries replace the pitch along their axis
+        widest = lambda b: None if b is None else max(q - p for p, q in zip(b, b[1:]))  # noqa: E731
+        asic_shape = (
+            widest(chip_rows) or (asic_shape or module_shape)[0],
+            widest(chip_columns) or (asic_shape or module_shape)[1],
+        )
+    stages = d.get("gain-stages", ["high"])
+    if not isinstance(stages, (list, tuple)):
+        raise ValueError(f"gain-stages must be a list of names, not {stages!r}")
+    for key in ("modules", "cells", "edge-width"):
+        if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool)):
+            raise ValueError(f"{key} must be an integer, not {d[key]!r}")
     return Detector(
         name=str(d["name"]),
-        n_modules=int(d["modules"]),
-        module_shape=pair("module-shape"),
-        asic_shape=pair("asic-shape"),
-        gain_stages=tuple(d.get("gain-stages", ("high",))),
-        n_cells=int(d.get("cells", 1)),
+        n_modules=d["modules"],
+        module_shape=module_shape,
+        asic_shape=asic_shape,
+        gain_stages=tuple(str(g) for g in stages),
+        n_cells=d.get("cells", 1),
         counting=bool(d.get("counting", False)),
-        edge_width=int(d.get("edge-width", 1)),
+        edge_width=d.get("edge-width", 0),
         gain=str(d.get("gain", "none")),
-        module_grid=pair("module-grid"),
-        module_gap=pair("module-gap") or (0, 0),
+        module_grid=_ints(d, "module-grid"),
+        module_gap=_ints(d, "module-gap") or (0, 0),
         module_order=str(d.get("module-order", "row")),
         dataset=d.get("dataset"),
         pixel_mask=d.get("pixel-mask"),
+        chip_rows=chip_rows,
+        chip_columns=chip_columns,
     )
 
 
-DETECTORS = {det.name.lower(): det for det in map(load_detector, sorted(HERE.glob("*.yaml")))}
+DETECTORS = {det.name.lower(): det for det in (load_detector(p, builtin=True) for p in sorted(HERE.glob("*.yaml")))}
 AGIPD1M = DETECTORS["agipd1m"]
+
+#: short names -> the built-in description they stand for (the model `rmm demo` synthesises).
+#: ``lambda`` is the LAMBDA 2M: its runs may hold 1 to 3 module files, so it reads a 750K too.
+ALIASES = {
+    "agipd": "AGIPD1M",
+    "jungfrau": "JUNGFRAU1M",
+    "cspad": "CSPAD",
+    "pilatus": "PILATUS300K",
+    "eiger": "EIGER1M",
+    "lambda": "LAMBDA2M",
+}
 
 
 def get_detector(name: str | os.PathLike | Detector) -> Detector:
-    """A :class:`Detector` from its name or a YAML file (KeyError if neither), or the detector itself."""
+    """A :class:`Detector` from its name or alias (case-insensitive) or a YAML file (KeyError if
+    none: one line naming the problem), or the detector itself."""
     if isinstance(name, Detector):
         return name
     if str(name).endswith((".yaml", ".yml")):
@@ -187,7 +304,11 @@ def get_detector(name: str | os.PathLike | Detector) -> Detector:
             raise KeyError(f"cannot read the detector description {name}: {err.strerror}") from None
         except (ValueError, TypeError, yaml.YAMLError) as err:
             raise KeyError(f"bad detector description: {err}") from None
+    key = str(name).lower()
+    key = ALIASES.get(key, key).lower()
     try:
-        return DETECTORS[str(name).lower()]
+        return DETECTORS[key]
     except KeyError:
-        raise KeyError(f"unknown detector {name!r}; known: {', '.join(d.name for d in DETECTORS.values())}, or a YAML file") from None
+        names = ", ".join(d.name for d in DETECTORS.values())
+        aliases = ", ".join(ALIASES)
+        raise KeyError(f"unknown detector {name!r}; known: {names} (or {aliases}), or a YAML file") from None

@@ -2,7 +2,8 @@
 
 Layout written by :func:`write_synthetic` under ``out_dir`` (AGIPD; other detectors'
 runs are ``raw/r0001`` EuXFEL JUNGFRAU runs, ``raw/r0001.cxi``, CBF directories
-``raw/r0001/`` or ``raw/r0001_master.h5``, with one run per gain stage and the flat)::
+``raw/r0001/``, ``raw/r0001_master.h5``, or LAMBDA acquisition directories ``raw/r0001/``
+of ``r0001_m<k>_part<NNNNN>.nxs`` files, with one run per gain stage and the flat)::
 
     raw/r0001/   dark run, high gain      (RAW-R0001-AGIPD00-S00000.h5, ...)
     raw/r0002/   dark run, medium gain
@@ -29,6 +30,7 @@ from .cbf import write_cbf_series
 from .euxfel_write import write_jungfrau_run, write_raw_run
 from .hdf5_write import write_cxi, write_nxmx
 from .hdf5 import open_hdf5
+from .lambda_write import write_lambda_run
 
 __all__ = ["write_synthetic", "read_truth", "layout_of", "full_frames", "RUN_TYPES"]
 
@@ -38,11 +40,11 @@ _TRAIN_SPACING = 100_000  #: first train ids of consecutive runs are this far ap
 
 
 #: how synthetic runs of each kind of detector are written: by the detector's name
-LAYOUTS = {"JUNGFRAU": "euxfel-jungfrau", "CSPAD": "cxi", "PILATUS": "cbf", "EIGER": "nxmx"}
+LAYOUTS = {"JUNGFRAU": "euxfel-jungfrau", "CSPAD": "cxi", "PILATUS": "cbf", "EIGER": "nxmx", "LAMBDA": "lambda"}
 
 
 def layout_of(det) -> str:
-    """The file layout real runs of ``det`` come in: euxfel-xtdf (AGIPD), euxfel-jungfrau, cxi, cbf or nxmx."""
+    """The file layout real runs of ``det`` come in: euxfel-xtdf (AGIPD), euxfel-jungfrau, cxi, cbf, nxmx or lambda."""
     return next((layout for prefix, layout in LAYOUTS.items() if det.name.upper().startswith(prefix)), "euxfel-xtdf")
 
 
@@ -60,7 +62,9 @@ def write_synthetic(
     RAW run directories ``raw/r0001`` (AGIPD, JUNGFRAU), CXI files ``raw/r0001.cxi``
     (CSPAD), directories of CBF frames ``raw/r0001/`` (PILATUS) or NXmx master files
     ``raw/r0001_master.h5`` with their data files (EIGER, with the manufacturer's
-    ``pixel_mask``). Returns ``{"dark-high", ..., "flat": run path, "truth": truth file}``.
+    ``pixel_mask``) or LAMBDA acquisition directories ``raw/r0001/`` of one file per module
+    and part (:func:`rmm_dask.io.lambda_write.write_lambda_run`, with the manufacturer's
+    ``pixel_mask``: dead and virtual pixels). Returns ``{"dark-high", ..., "flat": run path, "truth": truth file}``.
     ``run_numbers`` (default: dark runs 1-3 in gain order, flat 4) chooses the runs and
     their numbers, e.g. ``{"dark-high": 5, "dark-medium": 6, "dark-low": 7}`` for a
     second night's darks; ``truth`` is the truth file's path relative to ``out_dir``
@@ -90,6 +94,8 @@ def write_synthetic(
                 out / "raw" / name, run.analog, run.gain, run_number=number,
                 first_train_id=10000 + (number - 1) * _TRAIN_SPACING, compression=compression, run_type=RUN_TYPES[key],
             )
+        elif layout == "lambda":
+            paths[key] = write_lambda_run(out / "raw" / name, run.analog[:, 0], det, pixel_mask=calib.model["pixel_mask"])
         else:
             frames = full_frames(run.analog, det, layout)
             if layout == "cxi":
