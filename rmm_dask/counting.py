@@ -85,24 +85,24 @@ def window_rate(total, count, *, trim: float = TRIM, n_iter: int = 20):
         rate = -np.log(zeros) / np.mean(n)
     else:
         rate = float(np.median(t / n))
+    frames, which = np.unique(n, return_inverse=True)  # the cuts depend on a pixel's frames only
+    which = which.ravel()
     keep = np.ones(t.shape, dtype=bool)
     corr = np.ones(t.shape)
     for _ in range(n_iter):
-        m = rate * n
+        m = rate * frames
         if rate > 0:
             lo = stats.poisson.ppf(trim, m)
             hi = stats.poisson.isf(trim, m)
-        else:
-            lo = hi = np.zeros_like(m)
-        keep = (t >= lo) & (t <= hi)
-        if rate > 0:
             # E[T | lo <= T <= hi] = m * corr for a Poisson of mean m
-            corr = (_cdf(hi - 1, m) - _cdf(lo - 2, m)) / np.maximum(_cdf(hi, m) - _cdf(lo - 1, m), 1e-300)
+            corr = ((_cdf(hi - 1, m) - _cdf(lo - 2, m)) / np.maximum(_cdf(hi, m) - _cdf(lo - 1, m), 1e-300))[which]
+            keep = (t >= lo[which]) & (t <= hi[which])
         else:
+            keep = t == 0
             corr = np.ones(t.shape)
         exposure = float(np.sum(n[keep] * corr[keep]))
         new = float(np.sum(t[keep])) / exposure if exposure > 0 else 0.0
-        done = abs(new - rate) <= 1e-9 * max(rate, 1e-12)
+        done = abs(new - rate) <= 1e-7 * max(rate, 1e-12)
         rate = new
         if done:
             break
@@ -151,12 +151,16 @@ def poisson_z(total, count, s, exposure, inlier=None):
     rest_e = np.maximum(rest_e, 1e-300)
     trials = t + rest_s
     p = n / (n + rest_e)
-    z = np.zeros(t.shape)
-    some = trials > 0  # no counts at all, anywhere: nothing to tell (z = 0)
-    k, tr, pp = t[some], np.rint(trials[some]), p[some]
-    z_high = -special.ndtri_exp(_log_tail(k, tr, pp, upper=True))
-    z_low = -special.ndtri_exp(_log_tail(k, tr, pp, upper=False))
-    z[some] = np.maximum(z_high, 0.0) - np.maximum(z_low, 0.0)
+    # pixels of a window share few (count, trials, p) triples (mostly 0, 1, 2 counts in the
+    # dark): the tails are computed once per distinct triple
+    keys, inverse = np.unique(np.stack([t.ravel(), np.rint(trials).ravel(), p.ravel()]), axis=1, return_inverse=True)
+    k, tr, pp = keys
+    zk = np.zeros(k.shape)
+    some = tr > 0  # no counts at all, anywhere: nothing to tell (z = 0)
+    z_high = -special.ndtri_exp(_log_tail(k[some], tr[some], pp[some], upper=True))
+    z_low = -special.ndtri_exp(_log_tail(k[some], tr[some], pp[some], upper=False))
+    zk[some] = np.maximum(z_high, 0.0) - np.maximum(z_low, 0.0)
+    z = zk[inverse.ravel()].reshape(t.shape)
     return np.where(valid, z, np.nan)
 
 
