@@ -49,7 +49,7 @@ def test_window_rate_of_a_silent_window_is_zero_and_a_few_counts_are_not_flagged
     rate, s, e, _, inlier = C.window_rate(t, np.full(4096, 50))
     z = C.poisson_z(t, np.full(4096, 50), s, e, inlier)
     assert np.all(z[3:] == 0)
-    # 3 counts where the window counted nothing: unlikely (z ~ 5) but not at lambda = 8
+    # 3 counts where the window counted nothing: unlikely (z ~ 6.7) but not at lambda = 8
     assert 0 < z[2] < 8 and np.all(np.isfinite(z))
 
 
@@ -188,3 +188,13 @@ def test_custom_windows_follow_params_window():
     counts = rng.poisson(rate[:, None], (1, 100, 64, 64)).astype(np.int32)
     assert np.count_nonzero(module_mask([(counts, None)], None, det, Params(window=(64, 32))).mask) == 0
     assert np.count_nonzero(module_mask([(counts, None)], None, det, Params()).mask) > 1000
+
+
+def test_counting_test_comes_from_the_configuration():
+    import dask.config
+
+    from rmm_dask.config import params_from_config
+
+    assert params_from_config().counting_test == "poisson"
+    with dask.config.set({"rmm-dask.counting-test": "floor"}):
+        assert params_from_config().counting_test == "floor"
