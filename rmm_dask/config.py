@@ -95,6 +95,7 @@ def params_from_config(**overrides) -> Params:
         f1_min_sigma=float(c["f1"]["min-sigma"]),
         f1_pixels=int(c["f1"]["pixels"]),
         min_frames=int(c["min-frames"]),
+        counting_test=str(c.get("counting-test", "poisson")),
         features=tuple(name for name in FEATURES if c["features"].get(name.replace("_", "-"), True)),
     )
     values.update({k: v for k, v in overrides.items() if v is not None})

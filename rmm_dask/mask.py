@@ -10,6 +10,20 @@ model of its ASIC. F4 compares the gain stages of each pixel. F6 uses the flat
 run, offset-corrected with the dark of the same stage, and its bits apply to
 every gain stage (a pixel that over- or under-responds is bad whatever stage it
 switches to). ASIC edge pixels get ASIC_EDGE only.
+
+Beyond the paper:
+
+- Integrating detectors: a pixel whose analog value does not change over the kept
+  frames (standard deviation exactly 0 over at least 2 frames) is NOISE whatever
+  lambda (EuXFEL's DATA_STD_IS_ZERO): stuck pixels, a constant module, an ASIC at the
+  ADC maximum in every frame. Dark noise is never below the ADC step of an integrating
+  detector, so zero variance is never normal; its Gaussian SNR alone can stay below
+  lambda when few frames are kept.
+- Photon-counting detectors (``Params.counting_test == "poisson"``): F2 (the mean count
+  per frame) and F6 are decided by the exact Poisson test of :mod:`rmm_dask.counting`
+  on each pixel's total count, in every ASIC whose normal pixels count as Poisson; the
+  stored SNR is then the Gaussian-equivalent z of the test. F3 keeps the paper's
+  Gaussian model with sigma >= 1/6.
 """
 
 from __future__ import annotations
@@ -18,11 +32,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import counting
 from . import features as F
 from .codes import MASK_DTYPE, BadPixel
 from .detectors import Detector
 
 FEATURES = ("offset", "noise", "gain_separation", "gain_level", "flat")
+#: how the offset (F2) and flat (F6) of photon-counting detectors are judged: "poisson"
+#: (exact test of each pixel's total count where the counts are Poisson, else Gaussian)
+#: or "floor" (the paper: Gaussian with sigma >= 1/6 count per frame)
+COUNTING_TESTS = ("poisson", "floor")
 
 
 @dataclass(frozen=True)
@@ -39,6 +58,7 @@ class Params:
     f1_pixels: int = 4096  #: pixels sampled per frame for its F1 level
     min_frames: int = 10  #: fewer valid frames than this: NO_DATA
     features: tuple[str, ...] = FEATURES  #: which features to use
+    counting_test: str = "poisson"  #: photon-counting detectors: see COUNTING_TESTS
 
     def __post_init__(self):
         from .robust import METHODS
@@ -46,6 +66,8 @@ class Params:
         unknown = set(self.features) - set(FEATURES)
         if unknown:
             raise ValueError(f"unknown features {sorted(unknown)}; known: {', '.join(FEATURES)}")
+        if self.counting_test not in COUNTING_TESTS:
+            raise ValueError(f"unknown counting test {self.counting_test!r}; choose one of {', '.join(COUNTING_TESTS)}")
         if self.method not in METHODS:
             raise ValueError(f"unknown statistics {self.method!r}; choose one of {', '.join(METHODS)}")
         for name in ("lam", "f1_lambda", "f1_min_sigma"):
@@ -133,12 +155,46 @@ def _outliers(feature, detector: Detector, params: Params, min_sigma: float | No
         return snr, np.abs(snr) > params.lam
 
 
+def _windows(detector: Detector, params: Params):
+    """The local model windows of one module, ``([(y0, y1), ...], [(x0, x1), ...])``."""
+    if params.window is None:
+        return detector.asic_windows(0), detector.asic_windows(1)
+    return tuple([(a, min(a + w, n)) for a in range(0, n, w)] for n, w in zip(detector.module_shape, params.window))
+
+
+def _counting_outliers(total, count, snr, detector: Detector, params: Params, exclude):
+    """Photon counting: the Poisson z of each pixel's ``total`` count over ``count`` frames
+    where its window's counts are Poisson, the Gaussian ``snr`` elsewhere; and |SNR| > lambda.
+
+    ``exclude`` (y, x) bool: pixels kept out of the windows' rate fits (edges, known bad).
+    See :mod:`rmm_dask.counting` for the test and the regime rule.
+    """
+    z, poisson, _ = counting.counting_snr(total, count, _windows(detector, params), exclude=exclude)
+    snr = np.where(poisson, z, snr)
+    with np.errstate(invalid="ignore"):
+        return snr, np.abs(snr) > params.lam
+
+
+def _poisson(detector: Detector, params: Params) -> bool:
+    return detector.counting and params.counting_test == "poisson"
+
+
+def zero_variance(noise, count) -> np.ndarray:
+    """Where a pixel's value did not change over its (at least 2) kept frames: noise exactly 0."""
+    return (np.asarray(noise) == 0) & (np.asarray(count) >= 2)
+
+
 #: per-pixel dark features, the switch that enables them and the bit they set
 _DARK = (("offset", "offset", BadPixel.OFFSET), ("noise", "noise", BadPixel.NOISE), ("gain_mean", "gain_level", BadPixel.GAIN_LEVEL))
 
 
 def classify_dark(stages: list[DarkStage], detector: Detector, params: Params = Params(), known=None) -> ModuleMask:
-    """Bits per (gain, cell, y, x) from the dark stages, in gain order (F2-F5); ``known`` as in :func:`_outliers`."""
+    """Bits per (gain, cell, y, x) from the dark stages, in gain order (F2-F5); ``known`` as in :func:`_outliers`.
+
+    OFFSET: |SNR of F2| > lambda (photon counting: the Poisson test where it applies).
+    NOISE: |SNR of F3| > lambda, or, for integrating detectors, zero variance over the
+    kept frames (:func:`zero_variance`). GAIN_LEVEL: |SNR of F5| > lambda. GAIN_SEPARATION: F4.
+    """
     use = set(params.features)
     planes, nodata, features, snrs = [], [], {}, {}
     for s in stages:
@@ -148,6 +204,11 @@ def classify_dark(stages: list[DarkStage], detector: Detector, params: Params = 
             if values is None:
                 continue
             snr, bad = _outliers(values, detector, params, detector.gain_min_sigma if name == "gain_mean" else None, known)
+            if name == "offset" and _poisson(detector, params):
+                edges = detector.asic_edges() if known is None else detector.asic_edges() | known
+                snr, bad = _counting_outliers(np.rint(values * s.count), s.count, snr, detector, params, edges)
+            if name == "noise" and not detector.counting:
+                bad = bad | zero_variance(values, s.count)  # stuck: NOISE whatever lambda
             if switch in use:
                 _set(code, bad, bit)
             features.setdefault(name, []).append(values)
@@ -172,12 +233,20 @@ def classify_dark(stages: list[DarkStage], detector: Detector, params: Params = 
     )
 
 
-def classify_flat(result: ModuleMask, flat_snr, detector: Detector, params: Params = Params(), known=None) -> None:
+def classify_flat(result: ModuleMask, flat_snr, detector: Detector, params: Params = Params(), known=None, counts=None, exclude=None) -> None:
     """Add F6 to ``result``: FLAT_HIGH / FLAT_LOW on every gain stage of the cell.
 
     The F6 feature and its SNR are stored per (cell, y, x): they have no gain axis.
+    ``counts`` (photon counting, Poisson test): ``(total, frames)`` per (cell, y, x) of the
+    flat run; in windows whose flat counts are Poisson (a weak flat) the SNR is the Poisson
+    z of the total, so that dead and under-responding pixels show as deficits. ``exclude``
+    (cell, y, x) or (y, x): pixels kept out of those rate fits besides edges and ``known``.
     """
     snr, _ = _outliers(flat_snr, detector, params, known=known)
+    if counts is not None and _poisson(detector, params):
+        out = detector.asic_edges() if known is None else detector.asic_edges() | known
+        out = out if exclude is None else out | exclude
+        snr, _ = _counting_outliers(counts[0], counts[1], snr, detector, params, out)
     if "flat" in params.features:
         with np.errstate(invalid="ignore"):
             flags = np.where(snr > params.lam, BadPixel.FLAT_HIGH, 0) | np.where(snr < -params.lam, BadPixel.FLAT_LOW, 0)
@@ -199,7 +268,11 @@ def mask_from_stages(stages: list[DarkStage], flat, detector: Detector, params: 
         if known is not None:
             dark_bad = dark_bad | known
         snr = flat_stage(flat, stages[flat_stage_index].offset, detector, params, exclude=dark_bad)
-        classify_flat(result, snr, detector, params, known)
+        counts = None
+        if _poisson(detector, params):
+            mean, _, frames = F.pixel_moments(flat)
+            counts = (np.rint(mean * frames), frames)
+        classify_flat(result, snr, detector, params, known, counts=counts, exclude=dark_bad)
     return result
 
 

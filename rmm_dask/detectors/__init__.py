@@ -37,7 +37,9 @@ class Detector:
     asic_shape: tuple[int, int]
     gain_stages: tuple[str, ...] = ("high",)
     n_cells: int = 1
-    counting: bool = False  #: photon counting: robust sigma floored at 1/6 (paper 2.1)
+    #: photon counting: F2 and weak flats by the exact Poisson test of rmm_dask.counting; the
+    #: Gaussian features with sigma floored at 1/6 (paper 2.1); no zero-variance rule
+    counting: bool = False
     edge_width: int = 0  #: pixels at each ASIC border masked without analysis
     #: how the gain stage is recorded: "separate" (a gain value per pixel, AGIPD),
     #: "bits" (bits 14-15 of the raw value, JUNGFRAU), "none"
