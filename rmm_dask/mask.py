@@ -35,7 +35,7 @@ import numpy as np
 from . import counting
 from . import features as F
 from .codes import MASK_DTYPE, BadPixel
-from .detectors import Detector
+from .detectors import Detector, uniform_windows
 
 FEATURES = ("offset", "noise", "gain_separation", "gain_level", "flat")
 #: how the offset (F2) and flat (F6) of photon-counting detectors are judged: "poisson"
@@ -147,10 +147,9 @@ def _outliers(feature, detector: Detector, params: Params, min_sigma: float | No
     or not), or a uniform pitch when ``params.window`` gives one.
     ``known`` (y, x) bool: pixels known bad (manufacturer's or user's mask), kept out of the model like the edges.
     """
-    windows = params.window or (detector.asic_windows(0), detector.asic_windows(1))
     floor = detector.min_sigma if min_sigma is None else min_sigma
     exclude = detector.asic_edges() if known is None else detector.asic_edges() | known
-    snr = F.local_snr(feature, windows, method=params.method, min_sigma=floor, exclude=exclude)
+    snr = F.local_snr(feature, _windows(detector, params), method=params.method, min_sigma=floor, exclude=exclude)
     with np.errstate(invalid="ignore"):
         return snr, np.abs(snr) > params.lam
 
@@ -159,7 +158,7 @@ def _windows(detector: Detector, params: Params):
     """The local model windows of one module, ``([(y0, y1), ...], [(x0, x1), ...])``."""
     if params.window is None:
         return detector.asic_windows(0), detector.asic_windows(1)
-    return tuple([(a, min(a + w, n)) for a in range(0, n, w)] for n, w in zip(detector.module_shape, params.window))
+    return tuple(uniform_windows(n, w) for n, w in zip(detector.module_shape, params.window))
 
 
 def _counting_outliers(total, count, snr, detector: Detector, params: Params, exclude):
