@@ -144,15 +144,13 @@ def _print_counts(console, store, per_cell: bool):
     if not per_cell and len(counts["cell"]) > 1:
         any_bad = [row["any"] for row in counts["cell"].values()]
         console.print(f"per cell (any bit): min {min(any_bad)}, max {max(any_bad)} over {len(any_bad)} cells; --cells lists them")
-    for name, n in counts.get("layers", {}).items():
-        console.print(f"layer {name}: {n} pixels masked (kept apart from the bits above; exports combine them)")
     bits = counts.get("manufacturer_bits")
-    if bits:
-        table = Table(title="manufacturer's pixel_mask: pixels per NeXus bit (reject: any of bits 0-15)")
-        for name in bits:
-            table.add_column(name, justify="right")
-        table.add_row(*(str(n) for n in bits.values()))
-        console.print(table)
+    for name, n in counts.get("layers", {}).items():
+        if name == "manufacturer" and bits:  # gaps and virtual pixels are information, not defects
+            per_bit = ", ".join(f"{bit} {k}" for bit, k in bits.items() if bit not in ("reject", "any"))
+            console.print(f"layer manufacturer: {bits['reject']} pixels rejected (NeXus bits 0-15), {bits['any']} with any bit: {per_bit}")
+        else:
+            console.print(f"layer {name}: {n} pixels masked (kept apart from the bits above; exports combine them)")
 
 
 def _show(args) -> int:
