@@ -9,6 +9,8 @@ import zarr
 
 from rmm_dask.cli import main
 
+from .cli_errors import one_line_error
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -23,15 +25,6 @@ def raw(runs, n):
 
 def mask_args(runs, out, *extra):
     return ["mask", "--dark-high", raw(runs, 1), "--dark-medium", raw(runs, 2), "--dark-low", raw(runs, 3), "--flat", raw(runs, 4), "--out", str(out), "--workers", "1", *extra]
-
-
-def one_line_error(capsys, *needles):
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0, err
-    for needle in needles:
-        assert needle in err, err
-    assert "Traceback" not in err
-    return err
 
 
 @pytest.fixture(scope="module")

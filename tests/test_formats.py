@@ -1,7 +1,6 @@
 """Detectors beyond AGIPD: descriptions, readers of each real layout, exports read back, user masks."""
 
 import re
-from pathlib import Path
 
 import dask
 import h5py

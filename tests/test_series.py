@@ -22,6 +22,8 @@ from rmm_dask.io.files import classify
 from rmm_dask.io.hdf5 import _read_region, _Region
 from rmm_dask.io.hdf5_write import write_nxmx
 
+from .cli_errors import one_line_error
+
 DATA = "/entry/instrument/detector/data"
 MASK = "/entry/instrument/detector/pixel_mask"
 NY, NX = 16, 24
@@ -364,15 +366,6 @@ def test_empty_directory_glob_matching_nothing_and_no_hdf5(tmp_path, detector):
 
 
 # ---------------------------------------------------------------------------- the command line
-
-
-def one_line_error(capsys, *needles):
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0, err
-    for needle in needles:
-        assert needle in err, err
-    assert "Traceback" not in err
-    return err
 
 
 def test_rmm_mask_on_a_directory_of_module_and_part_files(tmp_path, detector, capsys):

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 from dask.base import tokenize
 
 from ..detectors import Detector
