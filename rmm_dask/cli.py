@@ -154,13 +154,16 @@ def _print_counts(console, store, per_cell: bool):
 
 
 def _show(args) -> int:
+    from . import publish
     from .store import open_store
     from .summary import write_figures
 
     console = _console()
     root = open_store(args.store)
-    if args.html and Path(args.html).exists() and not args.overwrite:  # before anything is written
-        raise InputError(Path(args.html).absolute(), "exists already (give --overwrite to replace it)")
+    if args.png:  # both outputs checked before anything is written
+        publish.prepare(args.png, overwrite=args.overwrite, directory=True, what="the figures")
+    if args.html:
+        publish.prepare(args.html, overwrite=args.overwrite, what="the report")
     attrs = root.attrs
     console.print(f"{args.store}: {attrs.get('detector')} mask, {attrs.get('software')}, {attrs.get('start_time')} - {attrs.get('end_time')}")
     for name, info in attrs.get("inputs", {}).items():
@@ -168,8 +171,10 @@ def _show(args) -> int:
     console.print(f"  parameters: {attrs.get('parameters')}")
     _print_counts(console, args.store, per_cell=args.cells)
     if args.png:
-        for path in write_figures(root, args.png, geometry=args.geometry):
-            console.print(f"figure: {path}")
+        with publish.output(args.png, overwrite=args.overwrite, directory=True, what="the figures") as out:
+            names = [p.name for p in write_figures(root, out.tmp, geometry=args.geometry)]
+        for name in names:
+            console.print(f"figure: {out.target / name}")
     if args.html:
         from .report import mask_report
 
@@ -190,9 +195,12 @@ def _diff(args) -> int:
 
     from rich.table import Table
 
+    from . import publish
     from .diff import diff_masks
 
     console = _console()
+    if args.json:
+        publish.prepare(args.json, overwrite=args.overwrite, what="the JSON counts")
     result = diff_masks(args.old, args.new)
     console.print(f"{args.old} -> {args.new}: {result['newly_bad']} pixels newly bad, {result['recovered']} recovered")
     table = Table(title="bits set and cleared")
@@ -209,9 +217,10 @@ def _diff(args) -> int:
             table.add_row(f"{axis} {key}", str(row["newly_bad"]), str(row["recovered"]))
     console.print(table)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        console.print(f"json: {Path(args.json).absolute()}")
+        with publish.output(args.json, overwrite=args.overwrite, what="the JSON counts") as out:
+            with open(out.tmp, "w") as f:
+                json.dump(result, f, indent=1)
+        console.print(f"json: {out.target}")
     return 0
 
 
@@ -382,7 +391,7 @@ def _add_mask_arguments(p):
     p.add_argument("--user-mask", metavar="FILE[:DATASET]", help="a user-drawn mask (.npy, .tif, .cbf, HDF5 FILE:DATASET), kept as its own layer")
     p.add_argument("--user-mask-good-is-one", action="store_true", help="the user mask marks good pixels with non-zero (Cheetah, OM)")
     p.add_argument("--accept-flat", action="store_true", help="use a flat run the check doubts (not lit, or in another gain stage); the store records it")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store (only once the new one is complete)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store (and --report) in one atomic swap, once the new one is complete")
 
 
 def _mask_argv(args) -> list[str]:
@@ -419,9 +428,9 @@ def _submit(args) -> int:
         checked = check_flat(darks, flat, detector=args.detector, flat_stage=args.flat_stage, params=params, accept=args.accept_flat)
         if checked.get("accepted_by_option"):
             print(f"flat run {flat.attrs.get('path')}: {checked['problem']}; used as flat because of --accept-flat")
-    out = Path(args.out).absolute()
-    if out.exists() and not args.overwrite:
-        raise InputError(out, "exists already (give --overwrite to replace it)")
+    from . import publish
+
+    out = publish.prepare(args.out, overwrite=args.overwrite, directory=True, what="the output store")
     if args.jobqueue is None and os.environ.get("RMM_JOBQUEUE_CONFIG"):
         args.jobqueue = os.environ["RMM_JOBQUEUE_CONFIG"]
     mask_args = _mask_argv(args)
@@ -443,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mask", help="make a mask from dark runs (one per gain stage) and an optional flat run")
     _add_mask_arguments(p)
     p.add_argument("--cluster", default="local", help="'local', 'slurm' (dask-jobqueue) or a scheduler address tcp://host:port")
-    p.add_argument("--report", metavar="FILE.html", help="save Dask's performance report")
+    p.add_argument("--report", metavar="FILE.html", help="save Dask's performance report (an existing one only with --overwrite)")
     p.set_defaults(run=_mask)
 
     p = sub.add_parser("submit", help="run `rmm mask --cluster slurm` as one Slurm batch job and return at once")
@@ -466,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("--to", required=True, choices=FORMATS, help="h5: the store's layout; crystfel: mask file + geometry lines; nexus: NXmx pixel_mask; euxfel: BadPixels; cheetah: 0/1 good map")
     p.add_argument("--out", required=True, metavar="FILE")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export in one atomic swap, once the new one is complete")
     p.set_defaults(run=_export)
 
     p = sub.add_parser("diff", help="pixels newly bad and recovered between two masks, per bit, module, gain and cell")
@@ -474,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new")
     p.add_argument("--cells", action="store_true", help="list every memory cell")
     p.add_argument("--json", metavar="FILE", help="also write the counts as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file in one atomic swap")
     p.set_defaults(run=_diff)
 
     p = sub.add_parser("nightly", help="re-mask new calibration runs of facility trees and publish versioned masks")
@@ -489,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", metavar="DIR", help="write per-module mask images, the assembled detector and SNR histograms here")
     p.add_argument("--geometry", metavar="FILE.geom", help="CrystFEL geometry for the assembled image of EuXFEL detectors (default: EXtra-geom's example)")
     p.add_argument("--html", metavar="FILE.html", help="write a self-contained HTML report (figures embedded)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --html report")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --png directory or --html report in one atomic swap")
     p.set_defaults(run=_show)
 
     p = sub.add_parser("demo", help="synthetic runs with planted defects -> mask on a LocalCluster -> exports -> score")

@@ -37,7 +37,8 @@ import numpy as np
 
 from .codes import BadPixel
 from .detectors import detector_of
-from .store import _new_output, _publish, _remove, export_h5, open_store
+from . import publish
+from .store import export_h5, open_store
 
 __all__ = ["export", "FORMATS", "NEXUS", "EUXFEL", "lookup"]
 
@@ -117,7 +118,14 @@ class _Mask:
 
 
 def export(store, to: str, out, *, overwrite: bool = False) -> list[Path]:
-    """Export ``store`` to ``out`` in format ``to`` (one of FORMATS); the files written."""
+    """Export ``store`` to ``out`` in format ``to`` (one of FORMATS); the files written.
+
+    Each file is published read-only through :func:`rmm_dask.publish.output`: an existing
+    one is refused unless ``overwrite`` (then swapped atomically), a symbolic link at its
+    name always.
+    """
+    open_store(store)
+    publish.prepare(out, overwrite=overwrite, what="the export")  # before any pixel is read
     if to == "h5":
         return [export_h5(store, out, overwrite=overwrite)]
     writer = {"crystfel": _crystfel, "nexus": _nexus, "euxfel": _euxfel, "cheetah": _cheetah}[to]
@@ -126,16 +134,11 @@ def export(store, to: str, out, *, overwrite: bool = False) -> list[Path]:
 
 
 def _write_h5(out, overwrite: bool, fill) -> Path:
-    """Write one HDF5 file through ``fill(h5py.File)``, atomically."""
-    target, tmp = _new_output(out, overwrite, "the export")
-    try:
-        with h5py.File(tmp, "w") as f:
+    """Write one HDF5 file through ``fill(h5py.File)``, published by :func:`rmm_dask.publish.output`."""
+    with publish.output(out, overwrite=overwrite, what="the export") as tmp:
+        with h5py.File(tmp.tmp, "w") as f:
             fill(f)
-        _publish(tmp, target, overwrite)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return target
+    return tmp.target
 
 
 def _provenance(f: h5py.File, mask: _Mask, fmt: str) -> None:
@@ -227,15 +230,13 @@ def _crystfel(mask: _Mask, out, overwrite) -> list[Path]:
         d = f.create_dataset("data/mask", data=data, compression="gzip")
         d.attrs["description"] = "bits 0-7 rmm-dask (mask0), bit 8 user (mask1), bits 16-31 manufacturer (mask2)"
 
-    target_g, tmp = _new_output(Path(out).absolute().with_suffix(".geom"), overwrite, "the geometry lines")  # both checked first
+    geom = Path(out).absolute().with_suffix(".geom")
+    for path, what in ((out, "the export"), (geom, "the geometry lines")):  # both checked before either is written
+        publish.prepare(path, overwrite=overwrite, what=what)
     target = _write_h5(out, overwrite, fill)
-    try:
-        tmp.write_text("\n".join(geometry_lines(target, "/data/mask", mask)) + "\n")
-        _publish(tmp, target_g, overwrite)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return [target, target_g]
+    with publish.output(geom, overwrite=overwrite, what="the geometry lines") as tmp:
+        Path(tmp.tmp).write_text("\n".join(geometry_lines(target, "/data/mask", mask)) + "\n")
+    return [target, tmp.target]
 
 
 def geometry_lines(path: Path, dataset: str, mask: _Mask) -> list[str]:

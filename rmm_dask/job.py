@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
-
-from .errors import InputError
 
 
 @contextlib.contextmanager
-def _report(path):
+def _report(path, overwrite=False):
+    """Dask's performance report of the block, published like every output (rmm_dask.publish)."""
     if not path:
         yield
         return
     from distributed import performance_report
 
-    with performance_report(filename=str(path)):
-        yield
+    from . import publish
+
+    with publish.output(path, overwrite=overwrite, what="the performance report") as out:
+        with performance_report(filename=str(out.tmp)):
+            yield
 
 
 def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=None, report=None, overwrite=False, echo=print,
@@ -33,8 +34,11 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     from .pipeline import build_mask, check_runs
     from .store import remove_partial, write_store
 
-    if Path(out).exists() and not overwrite:  # before any cluster is started
-        raise InputError(Path(out).absolute(), "exists already (give --overwrite to replace it)")
+    from . import publish
+
+    publish.prepare(out, overwrite=overwrite, directory=True, what="the output store")  # before any cluster is started
+    if report:
+        publish.prepare(report, overwrite=overwrite, what="the performance report")
     for name, ds in list(darks.items()) + ([("flat", flat)] if flat is not None else []):
         for note in ds.attrs.get("notes", []):
             echo(f"{name} run {ds.attrs.get('path')}: {note}")
@@ -49,7 +53,7 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     parallel = blocks[0] * blocks[2] * (len(darks) + (flat is not None))  # read and feature tasks at once
     partials = []
     try:
-        with dask_client(cluster, n_workers=n_workers, max_workers=parallel, echo=echo), _report(report):
+        with dask_client(cluster, n_workers=n_workers, max_workers=parallel, echo=echo), _report(report, overwrite):
             return write_store(ds, out, overwrite=overwrite, partials=partials)
     finally:
         for path in partials:  # again, now that no worker can still be writing into it

@@ -14,7 +14,6 @@ import base64
 import html
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from .codes import BadPixel
@@ -47,8 +46,10 @@ def _table(header: list, rows: list) -> str:
 
 
 def _image(path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    name = html.escape(Path(path).stem)
+    """An embedded figure from a PNG file, or from ``(name, png bytes)``."""
+    name, raw = (path[0], path[1]) if isinstance(path, tuple) else (Path(path).stem, Path(path).read_bytes())
+    data = base64.b64encode(raw).decode()
+    name = html.escape(Path(name).stem)
     return f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
 
 
@@ -89,24 +90,23 @@ def mask_sections(root, counts: dict, figures: list) -> list[str]:
 
 
 def mask_report(store, out, *, overwrite: bool = False, geometry: str | None = None) -> Path:
-    """``rmm show STORE --html FILE``: the report of one store as a self-contained page, written atomically."""
-    from .store import _new_output, _publish, _remove, open_store
-    from .summary import count_bits, write_figures
+    """``rmm show STORE --html FILE``: the report of one store as a self-contained page.
+
+    Figures are drawn in memory; the page is published read-only by :func:`rmm_dask.publish.output`.
+    """
+    from . import publish
+    from .store import open_store
+    from .summary import count_bits, figures_png
 
     root = open_store(store)
-    target, tmp = _new_output(out, overwrite, "the report")
-    try:
-        with tempfile.TemporaryDirectory(prefix="rmm-report-") as figures_dir:
-            figures = write_figures(root, figures_dir, geometry=geometry)
-            title = f"{root.attrs.get('detector')} mask {Path(os.fspath(store)).name}"
-            text = page(title, [f"<h1>{html.escape(title)}</h1><p>{html.escape(str(Path(store).absolute()))}</p>",
-                                *mask_sections(root, count_bits(root), figures)])
-        tmp.write_text(text)
-        _publish(tmp, target, overwrite)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return target
+    publish.prepare(out, overwrite=overwrite, what="the report")
+    figures = figures_png(root, geometry=geometry)
+    title = f"{root.attrs.get('detector')} mask {Path(os.fspath(store)).name}"
+    text = page(title, [f"<h1>{html.escape(title)}</h1><p>{html.escape(str(Path(store).absolute()))}</p>",
+                        *mask_sections(root, count_bits(root), figures)])
+    with publish.output(out, overwrite=overwrite, what="the report") as tmp:
+        Path(tmp.tmp).write_text(text)
+    return tmp.target
 
 
 def summary_html(summary: dict, root, counts: dict, figures: list) -> str:

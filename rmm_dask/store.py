@@ -11,20 +11,17 @@ Layout (DESIGN.md, Stores), the same in Zarr and HDF5:
     /module, /gain, /cell      coordinates; /rejected_frames/train_id_<stage>
     attrs                      software version, parameters, inputs, detector, start/end time
 
-A store is written under a hidden temporary name beside its target and renamed into
-place only when every array is written: a reader never sees half a mask, and a job
-that fails or is interrupted leaves the previous store as it was (see ``_publish`` for
-how ``--overwrite`` swaps a directory).
+A store is written under a hidden temporary name beside its target and moved into
+place, read-only, only when every array is written (:mod:`rmm_dask.publish`): a reader
+never sees half a mask, and a job that fails or is interrupted leaves the previous store
+as it was; ``--overwrite`` swaps the new store with the old in one atomic step.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
 import socket
-import uuid
 import warnings
 from pathlib import Path
 
@@ -32,7 +29,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from . import __version__
+from . import __version__, publish
 from .errors import InputError
 
 STORE_FORMAT = "rmm-dask mask store 1"
@@ -55,64 +52,9 @@ def _group_path(name: str, var: xr.DataArray) -> str:
     return name
 
 
-def _partial_path(target: Path, what: str) -> Path:
-    return target.with_name(f".{target.name}.{what}-{uuid.uuid4().hex[:8]}")
-
-
-def _new_output(path, overwrite: bool, what: str) -> tuple[Path, Path]:
-    """The absolute target and a temporary name beside it, after checking the target may be written."""
-    target = Path(path).absolute()
-    if target.exists() and not overwrite:
-        raise InputError(target, "exists already (give --overwrite to replace it)")
-    if not target.parent.is_dir():
-        raise InputError(target.parent, f"no such directory for {what}")
-    return target, _partial_path(target, "partial")
-
-
-def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
-    """Move the complete ``tmp`` into place; never over an existing target unless ``overwrite``.
-
-    A file is published with one atomic step (a hard link that fails if the target
-    appeared meanwhile, or ``os.replace`` when overwriting). A directory store cannot be
-    swapped atomically: an existing one is renamed aside, the new one renamed in, and
-    the old one deleted only then (restored if the second rename fails); readers may
-    see no store for the moment between the two renames, never a partial one.
-    """
-    if tmp.is_file():
-        if overwrite:
-            os.replace(tmp, target)
-            return
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            raise InputError(target, "exists already (give --overwrite to replace it)") from None
-        tmp.unlink()
-        return
-    if not target.exists():
-        os.rename(tmp, target)
-        return
-    if not overwrite:
-        raise InputError(target, "exists already (give --overwrite to replace it)")
-    old = _partial_path(target, "old")
-    os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    _remove(old)
-
-
 def remove_partial(path: Path) -> None:
-    """Remove a temporary store left by a failed job, if it is there."""
-    _remove(Path(path))
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
+    """Remove a temporary store left by a failed job, if it is there (never following a link)."""
+    publish.discard(path)
 
 
 def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, extra_attrs: dict | None = None, partials: list | None = None) -> Path:
@@ -122,7 +64,8 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
     :func:`rmm_dask.cluster.compute`, with a progress bar); the store appears at
     ``path`` only when it is complete. An existing ``path`` is refused unless
     ``overwrite``, and is then replaced only after the new store is complete. The
-    temporary store is removed on failure; ``partials``, if given, receives its path, for
+    temporary store is removed on failure (no space left, no permission: one InputError
+    line naming the store); ``partials``, if given, receives its path, for
     the caller to remove it again once the cluster is shut down (a write task that was
     already running on a worker when the job failed may still land after the removal).
     """
@@ -130,9 +73,6 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
 
     from .cluster import compute as default_compute
 
-    target, tmp = _new_output(path, overwrite, "the output store")
-    if partials is not None:
-        partials.append(tmp)
     attrs = {
         "format": STORE_FORMAT,
         "software": f"rmm-dask {__version__}",
@@ -141,7 +81,10 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
         **ds.attrs,
         **(extra_attrs or {}),
     }
-    try:
+    with publish.output(path, overwrite=overwrite, directory=True, what="the output store") as out:
+        tmp = out.tmp
+        if partials is not None:
+            partials.append(tmp)
         root = zarr.open_group(tmp, mode="w-", zarr_format=3)
         for name in ("module", "gain", "cell"):
             root.create_array(name, data=np.asarray(ds[name].values), dimension_names=[name])
@@ -171,11 +114,7 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
             warnings.simplefilter("ignore")  # xarray reads it, and opening a store is much faster with it
             zarr.consolidate_metadata(tmp)
         _validate(tmp, ds)
-        _publish(tmp, target, overwrite)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return target
+    return out.target
 
 
 def _validate(path: Path, ds: xr.Dataset) -> None:
@@ -214,9 +153,8 @@ def export_h5(store, out, *, overwrite: bool = False) -> Path:
     import h5py
 
     root = open_store(store)
-    target, tmp = _new_output(out, overwrite, "the export")
-    try:
-        with h5py.File(tmp, "w") as f:
+    with publish.output(out, overwrite=overwrite, what="the export") as tmp:
+        with h5py.File(tmp.tmp, "w") as f:
             for path, arr in walk_arrays(root):
                 plane = arr.chunks if arr.ndim >= 3 else None
                 ds = f.create_dataset(
@@ -230,11 +168,7 @@ def export_h5(store, out, *, overwrite: bool = False) -> Path:
                     ds.attrs[k] = _h5_attr(v)
             for k, v in root.attrs.items():
                 f.attrs[k] = _h5_attr(v)
-        _publish(tmp, target, overwrite)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return target
+    return tmp.target
 
 
 def _h5_attr(value):

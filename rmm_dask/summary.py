@@ -165,16 +165,39 @@ def _image_figure(shape: tuple[int, int], n: int, *, title_room: float = 0.5):
 def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geometry: str | None = None) -> list[Path]:
     """Per-module mask images, the assembled detector, the manufacturer's mask per bit and SNR histograms, as PNG files.
 
-    Images keep the pixels square (``aspect="equal"``): the figures are sized from the
-    module's shape (a 516 x 1556 module is a wide picture, a 512 x 128 one a tall one).
+    Written into ``out_dir`` (created if needed: a directory of the caller's, such as the
+    temporary of a publication); the paths written. Images keep the pixels square
+    (``aspect="equal"``): the figures are sized from the module's shape (a 516 x 1556
+    module is a wide picture, a 512 x 128 one a tall one).
     """
-    from matplotlib.figure import Figure  # not pyplot: no global backend switch (notebooks keep theirs), thread-safe
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in _figures(root, lam=lam, geometry=geometry):
+        path = out_dir / name
+        fig.savefig(path, dpi=80)
+        written.append(path)
+    return written
+
+
+def figures_png(root: zarr.Group, *, lam: float | None = None, geometry: str | None = None) -> list[tuple[str, bytes]]:
+    """The figures of :func:`write_figures` as (file name, PNG bytes), drawn in memory."""
+    import io
+
+    out = []
+    for name, fig in _figures(root, lam=lam, geometry=geometry):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        out.append((name, buffer.getvalue()))
+    return out
+
+
+def _figures(root: zarr.Group, *, lam: float | None = None, geometry: str | None = None):
+    """(file name, matplotlib Figure) of every figure of a store, one at a time."""
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch (notebooks keep theirs), thread-safe
+
     lam = lam if lam is not None else float(root.attrs.get("parameters", {}).get("lam", 8.0))
     gains = root.attrs.get("gain_stages") or [str(g) for g in root["gain"][:]]
-    written = []
     mask = root["mask"]
     shape = tuple(mask.shape[-2:])
     for i, m in enumerate(root["module"][:]):
@@ -187,9 +210,7 @@ def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geomet
             ax.tick_params(labelsize=7)
         fig.colorbar(im, cax=cax, label="fraction of cells masked (edges left out)")
         fig.suptitle(f"module {int(m)}: masked pixels", y=1 - 0.15 / fig.get_figheight(), va="top")
-        path = out_dir / f"mask_module{int(m):02d}.png"
-        fig.savefig(path, dpi=80)
-        written.append(path)
+        yield f"mask_module{int(m):02d}.png", fig
 
     assembled = detector_image(root, geometry)
     if assembled is not None:
@@ -199,9 +220,7 @@ def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geomet
         ax.tick_params(labelsize=7)
         fig.colorbar(im, cax=cax, label="fraction of gain stages x cells masked")
         fig.suptitle(f"{root.attrs.get('detector')}: {how}", fontsize=9, y=1 - 0.15 / fig.get_figheight(), va="top")
-        path = out_dir / "detector.png"
-        fig.savefig(path, dpi=80)
-        written.append(path)
+        yield "detector.png", fig
 
     layers = root["layers"] if "layers" in root else None
     if layers is not None and "manufacturer" in layers:
@@ -217,9 +236,7 @@ def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geomet
         ax.set_ylabel("pixels")
         ax.set_title("manufacturer's pixel_mask per NeXus bit (reject: bits 0-15)", fontsize=9)
         fig.tight_layout()
-        path = out_dir / "manufacturer_bits.png"
-        fig.savefig(path, dpi=80)
-        written.append(path)
+        yield "manufacturer_bits.png", fig
 
     snr = root["snr"] if "snr" in root else None
     if snr is not None:
@@ -242,7 +259,4 @@ def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geomet
             ax.set_xlabel(f"SNR (clipped to +-{clip:g}; red: +-lambda)")
         axes[0][0].set_ylabel("pixels")
         fig.tight_layout()
-        path = out_dir / "snr_histograms.png"
-        fig.savefig(path, dpi=80)
-        written.append(path)
-    return written
+        yield "snr_histograms.png", fig

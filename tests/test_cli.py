@@ -166,6 +166,8 @@ def test_diff(store, tmp_path, capsys):
 
     new = tmp_path / "new.zarr"
     shutil.copytree(store, new)
+    for p in [new, *new.rglob("*")]:  # the published store is read-only; its copy is ours to change
+        p.chmod(p.stat().st_mode | 0o200)
     root = zarr.open_group(new, mode="r+")
     mask = root["mask"][:]
     good = np.argwhere(mask[0, :, 0] == 0)[:5]  # (gain, y, x) of 5 good pixels in module 0, cell 0

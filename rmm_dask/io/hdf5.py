@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -96,19 +94,17 @@ def file_token(paths) -> list:
 
 
 def write_run_dir(run_dir: Path, write) -> Path:
-    """Call ``write(tmp)`` to fill a temporary directory beside ``run_dir``, then rename it into place."""
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    """Call ``write(tmp)`` to fill a temporary directory beside ``run_dir``, then publish it
+    (:func:`rmm_dask.publish.output`; files left writable, as a detector's own). An empty
+    directory at ``run_dir`` is replaced, anything else refused."""
+    from .. import publish
+
+    empty = run_dir.is_dir() and not run_dir.is_symlink() and not any(run_dir.iterdir())
+    if run_dir.exists() and not empty and not run_dir.is_symlink():
         raise InputError(run_dir, "exists and is not an empty directory; not overwriting it")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.partial-", dir=run_dir.parent))
-    try:
-        write(tmp)
-        if run_dir.exists():
-            run_dir.rmdir()  # empty (checked above)
-        os.rename(tmp, run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with publish.output(run_dir, overwrite=empty, directory=True, what="the run", read_only=False) as tmp:
+        write(tmp.tmp)
     return run_dir
 
 

@@ -8,33 +8,32 @@
   ``/entry/instrument/detector/pixel_mask`` uint32 with the NeXus bits, also under
   ``detectorSpecific/``, and the detector's sizes and counting parameters).
 
-Files are written under a temporary name and renamed into place.
+Files are published through :func:`rmm_dask.publish.output` (a temporary name beside
+the target, moved into place when complete; never through a link), left writable as a
+detector's own files are (tests corrupt them on purpose).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from ..detectors import Detector
-from ..errors import InputError
+from .. import publish
 
 __all__ = ["write_cxi", "write_nxmx"]
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial-{os.getpid()}")
-
-
 def _new(path) -> Path:
     path = Path(path)
-    if path.exists():
-        raise InputError(path, "exists already; not overwriting it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return publish.prepare(path, what="the synthetic file")
+
+
+def _output(path: Path):
+    return publish.output(path, what="the synthetic file", read_only=False)
 
 
 def write_cxi(path, frames, det: Detector, *, pixel_size: float = 110e-6, distance: float = 0.1) -> Path:
@@ -43,9 +42,8 @@ def write_cxi(path, frames, det: Detector, *, pixel_size: float = 110e-6, distan
     frames = np.asarray(frames)
     if frames.ndim != 3 or frames.shape[1:] != det.frame_shape:
         raise ValueError(f"{det.name} CXI frames are (frame, {det.frame_shape[0]}, {det.frame_shape[1]}), not {frames.shape}")
-    tmp = _tmp(path)
-    try:
-        with h5py.File(tmp, "w") as f:
+    with _output(path) as tmp:
+        with h5py.File(tmp.tmp, "w") as f:
             f["cxi_version"] = np.int32(130)
             group = f.create_group("entry_1/instrument_1/detector_1")
             group.create_dataset("data", data=frames, chunks=(1, *frames.shape[1:]))
@@ -54,10 +52,6 @@ def write_cxi(path, frames, det: Detector, *, pixel_size: float = 110e-6, distan
             group["distance"] = distance
             group["description"] = det.name
             f["entry_1/data_1"] = h5py.SoftLink("/entry_1/instrument_1/detector_1")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -77,14 +71,13 @@ def write_nxmx(path, frames, det: Detector, *, pixel_mask=None, frames_per_file:
         for i, start in enumerate(range(0, len(frames), frames_per_file)):
             name = f"{stem}_data_{i + 1:06d}.h5"
             data_path = path.with_name(name)
-            with h5py.File(_tmp(data_path), "w") as f:
+            with _output(data_path) as tmp, h5py.File(tmp.tmp, "w") as f:
                 part = frames[start : start + frames_per_file]
                 d = f.create_dataset("entry/data/data", data=part, chunks=(1, *part.shape[1:]))
                 d.attrs["image_nr_low"] = start + 1
                 d.attrs["image_nr_high"] = start + len(part)
-            os.replace(_tmp(data_path), data_path)
             written.append(data_path)
-        with h5py.File(_tmp(path), "w") as f:
+        with _output(path) as tmp, h5py.File(tmp.tmp, "w") as f:
             entry = f.create_group("entry")
             entry.attrs["NX_class"] = "NXentry"
             data = entry.create_group("data")
@@ -104,10 +97,8 @@ def write_nxmx(path, frames, det: Detector, *, pixel_mask=None, frames_per_file:
             specific["y_pixels_in_detector"] = np.uint32(det.frame_shape[0])
             specific["nimages"] = np.uint64(len(frames))
             specific["ntrigger"] = np.uint64(1)
-        os.replace(_tmp(path), path)
     except BaseException:
-        for p in [*written, path]:
-            p.unlink(missing_ok=True)
-            _tmp(p).unlink(missing_ok=True)
+        for p in written:  # the data files published before the master failed
+            publish.discard(p)
         raise
     return path

@@ -24,7 +24,6 @@ into place when all are complete.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
@@ -87,8 +86,7 @@ def write_lambda_run(
 
 
 def _write_part(path: Path, frames, mask, det: Detector, module: int, numbers, compression) -> None:
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with h5py.File(partial, "w") as f:
+    with h5py.File(path, "w") as f:  # inside the run's temporary directory (write_run_dir)
         f.attrs["default"] = "entry"
         entry = f.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
@@ -112,4 +110,3 @@ def _write_part(path: Path, frames, mask, det: Detector, module: int, numbers, c
         d["pixel_mask_applied"] = np.int32(0)
         d["virtual_pixel_correction_applied"] = np.int32(1)
         d["frame_numbers"] = np.asarray(numbers, dtype=np.int64)
-    os.replace(partial, path)

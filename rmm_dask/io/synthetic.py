@@ -24,6 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .. import publish
 from ..errors import InputError
 from ..synth import EXPECTED, Defect, SyntheticCalibration, Truth
 from .cbf import write_cbf_series
@@ -118,13 +119,12 @@ def full_frames(analog: np.ndarray, det, layout: str) -> np.ndarray:
 
 
 def write_truth(calib: SyntheticCalibration, path: str | os.PathLike) -> Path:
-    """Write ``truth.h5`` (see the module docstring), atomically: a temporary name, then a rename."""
+    """Write ``truth.h5`` (see the module docstring) through :func:`rmm_dask.publish.output`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     truth, config = calib.truth, calib.config
-    try:
-        with h5py.File(tmp, "w") as f:
+    with publish.output(path, what="the truth file", read_only=False) as tmp:
+        with h5py.File(tmp.tmp, "w") as f:
             for field in dataclasses.fields(config):
                 value = getattr(config, field.name)
                 f.attrs[field.name] = value.name if field.name == "detector" else value
@@ -141,10 +141,6 @@ def write_truth(calib: SyntheticCalibration, path: str | os.PathLike) -> Path:
                 o.attrs["dims"] = ["module", "cell", "frame"]
             e = f.create_dataset("edges", data=truth.edges.astype(bool))
             e.attrs["dims"] = ["y", "x"]
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -10,19 +10,21 @@ Layout under ``<publish>/<detector>/``::
     v0002/ ...
     current -> v0002  a relative symbolic link, switched with one rename
 
-A version is assembled in a hidden ``.v0002.partial-<random>`` directory and renamed
-into place whole; ``current`` is replaced by renaming a new link over it, so readers
-always find a complete version through it, old or new.
+A version is assembled in a hidden ``.v0002.partial-<host>-<pid>-<random>`` directory
+and moved into place whole and read-only, never over an existing version; ``current`` is
+replaced by renaming a new link over it, so readers always find a complete version
+through it, old or new. Both go through :mod:`rmm_dask.publish`: nothing is written or
+changed through a symbolic link planted at a version's, a temporary's or ``current``'s
+name, and the leftovers of a killed pass are removed by the next one.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import stat
-import uuid
 from pathlib import Path
+
+from .. import publish
 
 CURRENT = "current"
 _VERSION = re.compile(r"^v(\d{4,})$")
@@ -37,6 +39,7 @@ class Versions:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._partials: dict[int, publish.Temporary] = {}
 
     def path(self, version: int) -> Path:
         return self.root / version_name(version)
@@ -44,7 +47,7 @@ class Versions:
     def list(self) -> list[int]:
         if not self.root.is_dir():
             return []
-        return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir())
+        return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir() and not p.is_symlink())
 
     def current(self) -> int | None:
         """The version ``current`` points to, or None."""
@@ -56,60 +59,29 @@ class Versions:
         return int(m.group(1)) if m else None
 
     def new_partial(self, version: int) -> Path:
-        """A fresh hidden directory to assemble ``version`` in (earlier leftovers of it removed)."""
-        self.remove_partials(version)
+        """A fresh hidden directory to assemble ``version`` in (dead leftovers of earlier passes removed)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{version_name(version)}.partial-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        return tmp
+        tmp = publish.create_temporary(self.path(version), directory=True, what=f"version {version_name(version)}")
+        self._partials[version] = tmp
+        return tmp.tmp
 
     def remove_partials(self, version: int) -> None:
-        for p in self.root.glob(f".{version_name(version)}.partial-*"):
-            _make_writable(p)
-            shutil.rmtree(p, ignore_errors=True)
+        """Remove this pass's temporary of ``version`` and the dead ones of earlier passes (never through a link)."""
+        tmp = self._partials.pop(version, None)
+        if tmp is not None:
+            publish.discard(tmp)
+        if self.root.is_dir():
+            publish.tidy(self.path(version))
 
     def publish(self, tmp: Path, version: int) -> Path:
-        """Make the assembled ``tmp`` read-only and rename it to its version; never over an existing one."""
-        target = self.path(version)
-        if target.exists():
-            raise FileExistsError(f"{target} exists already: versions are immutable")
-        _make_readonly(tmp)
-        os.rename(tmp, target)
-        _fsync_dir(self.root)
-        return target
+        """Make the assembled ``tmp`` read-only and move it to its version; never over an existing one."""
+        assembled = self._partials.pop(version, None)
+        if assembled is None or assembled.tmp != Path(tmp):
+            raise ValueError(f"{tmp} is not the temporary of {version_name(version)} made by new_partial")
+        return publish.commit(assembled, overwrite=False)
 
     def switch(self, version: int) -> None:
         """Point ``current`` at ``version`` with one atomic rename of a new link over the old."""
         if not (self.path(version) / "mask.zarr").is_dir():
             raise FileNotFoundError(f"{self.path(version)} has no mask.zarr: not switching current to it")
-        link = self.root / f".{CURRENT}.{uuid.uuid4().hex[:8]}"
-        os.symlink(version_name(version), link)
-        try:
-            os.replace(link, self.root / CURRENT)
-        except BaseException:
-            link.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.root)
-
-
-def _make_readonly(path: Path) -> None:
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            p = os.path.join(dirpath, name)
-            os.chmod(p, os.stat(p).st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
-def _make_writable(path: Path) -> None:
-    for dirpath, _dirs, files in os.walk(path):
-        os.chmod(dirpath, os.stat(dirpath).st_mode | stat.S_IWUSR)
-        for name in files:
-            p = os.path.join(dirpath, name)
-            os.chmod(p, os.stat(p).st_mode | stat.S_IWUSR)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        publish.publish_symlink(version_name(version), self.root / CURRENT, what="the current link")

@@ -1,0 +1,581 @@
+"""One way to publish every file and directory rmm writes: complete or not at all, never through a link.
+
+Stores, exports, ``rmm diff --json``, ``rmm show --png/--html``, ``--report``, nightly
+versions and their ``current`` link, and the synthetic runs all go through here::
+
+    with publish.output(target, overwrite=False, directory=True, what="the output store") as out:
+        write_everything_into(out.tmp)
+    # out.target is now the complete, read-only store
+
+The protocol, step by step (the names are the ones :data:`STEPS` lists, for the tests):
+
+1. ``prepared``: the parent is opened once (``O_DIRECTORY``; every later step works
+   relative to that descriptor). The target may not be a symbolic link (dangling or
+   not), nor a different kind (a file where a directory is published), nor exist at all
+   without ``overwrite``. Leftovers of earlier jobs on this target (``.NAME.partial-*``,
+   ``.NAME.old-*``, also the names of rmm-dask before 0.13) whose owner is dead (same host,
+   pid gone) are removed; a dead set-aside ``.NAME.old-*`` copy is renamed back into place
+   first when a kill left no target.
+2. ``created``: the temporary name ``.NAME.partial-<host>-<pid>-<random>`` is created
+   exclusively beside the target (``mkdir`` mode 0700, or ``open(O_CREAT|O_EXCL|O_NOFOLLOW)``
+   mode 0600); it is never a name that existed before.
+3. ``written``: the caller writes into it.
+4. ``sealed``: every file and directory in it is opened with ``O_NOFOLLOW`` and checked
+   (regular files and directories only, no symbolic links, the temporary itself the
+   inode created in step 2), its data fsync'ed, and made read-only: files ``r--r--r--``,
+   directories ``r-xr-xr-x``, less what the umask withholds from group and others (the
+   write bits never come from the umask). Directories are read-only too: removing a
+   published tree (``--overwrite``) gives the owner back ``u+w`` on each directory
+   first, without following links (:func:`discard`).
+5. ``swapped``: without a target, ``renameat2(RENAME_NOREPLACE)`` moves it into place, so
+   a target that appeared meanwhile is never replaced (refused in one line); with
+   ``overwrite``, ``renameat2(RENAME_EXCHANGE)`` swaps the new and the published one in
+   one atomic step: there is no moment without a target. The old copy is then under the
+   temporary name.
+   Where the kernel, the C library or the filesystem (NFS, ...) offers no ``renameat2``:
+   a file is published with ``link`` (fails if the target exists) and its temporary
+   unlinked; a directory with ``rename`` after checking there is no target; a replaced
+   target is first renamed aside to ``.NAME.old-<host>-<pid>-<random>`` (step
+   ``set-aside``), the new one renamed in, and on failure the old one renamed back. A kill
+   between the two renames leaves no target for that moment, and the next job on the
+   output (step 1) restores the set-aside copy.
+6. ``removed-old``: the replaced copy is removed (step ``removing`` after each entry).
+7. ``synced``: the parent directory is fsync'ed, so the new name survives a crash.
+
+A failure in any step (ENOSPC, EACCES, EROFS, a link found, ...) removes the temporary
+and raises :class:`InputError` naming the target and the problem: nothing is left and
+the published target, if any, is as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import re
+import secrets
+import socket
+import stat
+from pathlib import Path
+
+from .errors import InputError
+
+__all__ = ["output", "prepare", "tidy", "remove", "create_temporary", "commit", "discard", "publish_symlink", "leftovers", "STEPS"]
+
+#: the points of the protocol, in order; a test hook (``_HOOK``) is called at each
+STEPS = ("prepared", "created", "written", "sealed", "set-aside", "swapped", "removing", "removed-old", "synced")
+_HOOK = None
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+#: errors that only writing causes: always about the output, whatever file the message names
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _step(name: str) -> None:
+    if _HOOK is not None:
+        _HOOK(name)
+
+
+def _load_renameat2():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _load_renameat2()
+
+
+def _rename2(dir_fd: int, old: str, new: str, flags: int) -> bool:
+    """renameat2 within one directory: True if done, False where not supported; OSError otherwise."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(dir_fd, os.fsencode(old), dir_fd, os.fsencode(new), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the filesystem (or kernel) cannot
+        return False
+    raise OSError(err, os.strerror(err), new)
+
+
+# ------------------------------------------------------------------------------------- names
+
+_HOST = socket.gethostname().replace("/", "_") or "localhost"
+
+
+def _owned_name(target_name: str, kind: str) -> str:
+    return f".{target_name}.{kind}-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _leftover_pattern(target_name: str) -> re.Pattern:
+    name = re.escape(target_name)
+    return re.compile(
+        rf"^\.{name}\.(?:(?P<kind>partial|old)-(?:(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{{8}}|(?P<token>[A-Za-z0-9_]+))"
+        rf"|(?P<link>[0-9a-f]{{8}}))$"  # rmm-dask < 0.13: .current.<hex> links of the nightly service
+    )
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def leftovers(dir_fd: int, target_name: str) -> list[tuple[str, str, bool]]:
+    """(name, 'partial'|'old', dead) of the temporaries of ``target_name`` in the directory.
+
+    Dead: made on this host by a process that is gone. Names of rmm-dask before 0.13 carry
+    no host: a bare number is taken as a pid on this host, anything else as dead (those
+    versions are not expected to run beside this one on the same output).
+    """
+    pattern = _leftover_pattern(target_name)
+    found = []
+    for entry in os.scandir(dir_fd):
+        m = pattern.match(entry.name)
+        if not m:
+            continue
+        kind = m["kind"] or "partial"
+        if m["pid"] is not None:
+            dead = m["host"] == _HOST and not _alive(int(m["pid"]))
+        elif m["token"] is not None and m["token"].isdigit():
+            dead = not _alive(int(m["token"]))
+        else:
+            dead = True
+        found.append((entry.name, kind, dead))
+    return found
+
+
+# ------------------------------------------------------------------------------------- checks
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # where /proc cannot tell (not thread-safe, hence the last resort)
+    os.umask(mask)
+    return mask
+
+
+def _modes() -> tuple[int, int]:
+    """Read-only modes of published files and directories: the umask may take read bits, never add write bits."""
+    keep = ~_umask() & 0o777
+    return (0o444 & keep) | 0o400, (0o555 & keep) | 0o500
+
+
+def _describe(err: OSError) -> str:
+    name = errno.errorcode.get(err.errno or 0)
+    text = err.strerror or str(err)
+    return f"{text[0].lower()}{text[1:]}" + (f" ({name})" if name else "")
+
+
+def _is_link(dir_fd: int, name: str) -> str | None:
+    """The link's value if ``name`` is a symbolic link (also dangling), else None."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
+
+
+def _open_parent(target: Path, what: str) -> int:
+    try:
+        return os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InputError(target.parent, f"no such directory for {what}") from None
+    except NotADirectoryError:
+        raise InputError(target.parent, f"not a directory: cannot write {what} there") from None
+    except OSError as err:
+        raise InputError(target.parent, f"cannot open the directory for {what}: {_describe(err)}") from None
+
+
+class _Parent:
+    """The target's directory, opened once; every step works relative to it."""
+
+    def __init__(self, target, what: str):
+        self.target = Path(os.path.abspath(os.fspath(target)))
+        self.name = self.target.name
+        if self.name in ("", ".", ".."):
+            raise InputError(self.target, f"not a name {what} can be written to")
+        self.fd = _open_parent(self.target, what)
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def lstat(self, name: str | None = None):
+        try:
+            return os.stat(name or self.name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def fsync(self):
+        os.fsync(self.fd)
+
+
+def _check_target(parent: _Parent, *, overwrite: bool, directory: bool, what: str) -> None:
+    link = _is_link(parent.fd, parent.name)
+    if link is not None:
+        dangling = "" if os.path.exists(os.path.join(parent.target.parent, link)) else ", dangling"
+        raise InputError(parent.target, f"is a symbolic link (to {link}{dangling}): not writing {what} through it; remove it or choose another name")
+    st = parent.lstat()
+    if st is None:
+        return
+    if not overwrite:
+        raise InputError(parent.target, "exists already (give --overwrite to replace it)")
+    if stat.S_ISDIR(st.st_mode) != directory or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a file" if stat.S_ISREG(st.st_mode) else "not a regular file"
+        raise InputError(parent.target, f"is {kind}, not the {'directory' if directory else 'file'} {what} is: not replacing it")
+
+
+def _tidy(parent: _Parent) -> None:
+    """Remove dead leftovers of earlier jobs on the target; restore a dead set-aside copy if the target is gone."""
+    found = leftovers(parent.fd, parent.name)
+    olds = [name for name, kind, dead in found if dead and kind == "old" and _is_link(parent.fd, name) is None]
+    if olds and parent.lstat() is None:  # a kill between the two renames of the fallback: put the old one back
+        newest = max(olds, key=lambda n: parent.lstat(n).st_ctime_ns)
+        _rename_noreplace(parent, newest, parent.name, directory=stat.S_ISDIR(parent.lstat(newest).st_mode))
+        parent.fsync()
+    for name, _kind, dead in leftovers(parent.fd, parent.name):
+        if dead:
+            _remove_entry(parent.fd, name)
+
+
+def tidy(target) -> None:
+    """Remove the dead leftovers of earlier jobs on ``target`` (and restore a set-aside copy); best effort."""
+    try:
+        parent = _Parent(target, "the output")
+    except InputError:
+        return
+    try:
+        _tidy(parent)
+    except OSError:
+        pass
+    finally:
+        parent.close()
+
+
+def prepare(target, *, overwrite: bool = False, directory: bool = False, what: str = "the output") -> Path:
+    """Check that ``target`` may be published (and tidy its dead leftovers); its absolute path.
+
+    Call it before a long job, so that a refused output costs nothing; :func:`output` and
+    :func:`create_temporary` call it again.
+    """
+    parent = _Parent(target, what)
+    try:
+        _tidy(parent)
+        _check_target(parent, overwrite=overwrite, directory=directory, what=what)
+        if not os.access(parent.target.parent, os.W_OK | os.X_OK):
+            raise InputError(parent.target.parent, f"not writable: cannot publish {what} there")
+    except OSError as err:
+        raise InputError(parent.target, f"cannot prepare {what}: {_describe(err)}") from None
+    finally:
+        parent.close()
+    _step("prepared")
+    return parent.target
+
+
+# ------------------------------------------------------------------------------------- the steps
+
+class Temporary:
+    """A temporary file or directory beside its target: ``tmp`` to write into, then :func:`commit`."""
+
+    def __init__(self, target: Path, tmp: Path, directory: bool, ident: tuple[int, int], what: str):
+        self.target, self.tmp, self.directory, self.ident, self.what = target, tmp, directory, ident, what
+
+    def __fspath__(self):
+        return os.fspath(self.tmp)
+
+
+def create_temporary(target, *, overwrite: bool = False, directory: bool = False, what: str = "the output") -> Temporary:
+    """Step 1 and 2: check the target, then create its temporary name exclusively beside it."""
+    target = prepare(target, overwrite=overwrite, directory=directory, what=what)
+    parent = _Parent(target, what)
+    try:
+        for _ in range(100):
+            name = _owned_name(parent.name, "partial")
+            try:
+                if directory:
+                    os.mkdir(name, 0o700, dir_fd=parent.fd)
+                    st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+                else:
+                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent.fd)
+                    st = os.fstat(fd)
+                    os.close(fd)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise InputError(target, "cannot find a free temporary name beside it")
+    except OSError as err:
+        raise InputError(target, f"cannot write {what}: {_describe(err)}") from None
+    finally:
+        parent.close()
+    _step("created")
+    return Temporary(target, target.parent / name, directory, (st.st_dev, st.st_ino), what)
+
+
+def _seal_tree(dir_fd: int, name: str, modes: tuple[int, int], uid: int, ident=None) -> None:
+    """fsync and make read-only ``name`` and everything below it; refuse links and other kinds."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if ident is not None and (st.st_dev, st.st_ino) != ident:
+            raise InputError(name, "the temporary was replaced while it was written: not publishing it")
+        if st.st_uid != uid:
+            raise InputError(name, f"is owned by uid {st.st_uid}, not by this process: not publishing it")
+        if stat.S_ISDIR(st.st_mode):
+            for entry in os.scandir(fd):
+                if entry.is_symlink():
+                    raise InputError(entry.name, "is a symbolic link inside the output: not publishing it")
+                _seal_tree(fd, entry.name, modes, uid)
+            os.fsync(fd)
+            os.fchmod(fd, modes[1])
+        elif stat.S_ISREG(st.st_mode):
+            os.fsync(fd)
+            os.fchmod(fd, modes[0])
+        else:
+            raise InputError(name, "is neither a file nor a directory: not publishing it")
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InputError(name, "is a symbolic link inside the output: not publishing it") from None
+        raise
+    finally:
+        os.close(fd)
+
+
+def _rename_noreplace(parent: _Parent, old: str, new: str, *, directory: bool) -> None:
+    """Rename ``old`` to ``new`` in the parent, never over an existing ``new`` (FileExistsError)."""
+    if _rename2(parent.fd, old, new, RENAME_NOREPLACE):
+        return
+    if parent.lstat(new) is not None:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), new)
+    if directory:
+        os.rename(old, new, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)  # a race with an empty directory remains
+    else:
+        os.link(old, new, src_dir_fd=parent.fd, dst_dir_fd=parent.fd, follow_symlinks=False)
+        os.unlink(old, dir_fd=parent.fd)
+
+
+def commit(tmp: Temporary, *, overwrite: bool = False, read_only: bool = True) -> Path:
+    """Steps 4 to 7: seal ``tmp`` and move it into place (see the module docstring); the target.
+
+    On any failure the temporary is removed and InputError raised; the published target, if
+    there was one, is left as it was.
+    """
+    target, what = tmp.target, tmp.what
+    parent = _Parent(target, what)
+    old = None
+    try:
+        modes = _modes() if read_only else (None, None)
+        if read_only:
+            _seal_tree(parent.fd, tmp.tmp.name, modes, os.geteuid(), tmp.ident)
+        else:
+            _check_tree(parent.fd, tmp.tmp.name, tmp.ident)
+        _step("sealed")
+        _check_target(parent, overwrite=overwrite, directory=tmp.directory, what=what)
+        if parent.lstat() is None:
+            _rename_noreplace(parent, tmp.tmp.name, parent.name, directory=tmp.directory)
+        elif _rename2(parent.fd, tmp.tmp.name, parent.name, RENAME_EXCHANGE):
+            old = tmp.tmp.name  # the replaced copy, now under the temporary name
+        else:
+            old = _owned_name(parent.name, "old")
+            os.rename(parent.name, old, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+            _step("set-aside")
+            try:
+                os.rename(tmp.tmp.name, parent.name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+            except BaseException:
+                os.rename(old, parent.name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+                raise
+        _step("swapped")
+        if old is not None:
+            _remove_entry(parent.fd, old)
+            _step("removed-old")
+        parent.fsync()
+        _step("synced")
+    except FileExistsError:
+        discard(tmp)
+        raise InputError(target, "exists already: it appeared while it was written (give --overwrite to replace it)") from None
+    except InputError as err:
+        discard(tmp)
+        if err.path != os.fspath(target):
+            raise InputError(target, f"not published: {err.path} {err.problem}") from None
+        raise
+    except OSError as err:
+        discard(tmp)
+        raise InputError(target, f"cannot publish {what}: {_describe(err)}") from None
+    except BaseException:
+        discard(tmp)
+        raise
+    finally:
+        parent.close()
+    return target
+
+
+def _check_tree(dir_fd: int, name: str, ident=None) -> None:
+    """For outputs left writable: the checks and the fsync of sealing, without the modes."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if ident is not None and (st.st_dev, st.st_ino) != ident:
+            raise InputError(name, "the temporary was replaced while it was written: not publishing it")
+        if stat.S_ISDIR(st.st_mode):
+            for entry in os.scandir(fd):
+                if entry.is_symlink():
+                    raise InputError(entry.name, "is a symbolic link inside the output: not publishing it")
+                _check_tree(fd, entry.name)
+        elif not stat.S_ISREG(st.st_mode):
+            raise InputError(name, "is neither a file nor a directory: not publishing it")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------- removal
+
+def _remove_entry(dir_fd: int, name: str) -> None:
+    """Remove ``name`` (a file, a link, or a tree, read-only or not) without following any link."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+        return
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o700 != 0o700:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)  # a published tree: give the owner write back
+        for entry in os.scandir(fd):
+            _remove_entry(fd, entry.name)
+            _step("removing")
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(name, dir_fd=dir_fd)
+
+
+def discard(tmp) -> bool:
+    """Remove a temporary (a :class:`Temporary` or its path) and whatever is in it, never following a link.
+
+    Best effort (a Dask worker may still be writing into a temporary store): True if it is gone.
+    """
+    path = Path(os.fspath(tmp.tmp if isinstance(tmp, Temporary) else tmp))
+    try:
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return not os.path.lexists(path)
+    try:
+        _remove_entry(fd, path.name)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return not os.path.lexists(path)
+
+
+def remove(target, *, what: str = "the output") -> None:
+    """Remove a published target (a read-only tree too), never following a link: InputError on failure."""
+    target = Path(os.path.abspath(os.fspath(target)))
+    parent = _Parent(target, what)
+    try:
+        _remove_entry(parent.fd, parent.name)
+    except OSError as err:
+        raise InputError(target, f"cannot remove {what}: {_describe(err)}") from None
+    finally:
+        parent.close()
+
+
+# ------------------------------------------------------------------------------------- the front door
+
+def _as_input_error(err: OSError, tmp: Temporary) -> InputError | None:
+    """The OSError as the output's one line, if it is about the output (None: leave it as it is)."""
+    names = [os.fspath(n) for n in (err.filename, getattr(err, "filename2", None)) if n]
+    about_output = any(n.startswith((os.fspath(tmp.tmp), os.fspath(tmp.target))) for n in names)
+    if err.errno in _WRITE_ERRNOS or about_output or "No space left" in str(err):
+        problem = _describe(err) if err.errno else str(err).split("\n")[0]
+        return InputError(tmp.target, f"cannot write {tmp.what}: {problem}; nothing was published")
+    return None
+
+
+@contextlib.contextmanager
+def output(target, *, overwrite: bool = False, directory: bool = False, what: str = "the output", read_only: bool = True):
+    """Publish ``target`` through a temporary (``.tmp`` of the yielded :class:`Temporary`).
+
+    The caller writes the file, or everything in the directory, at ``out.tmp``; when the
+    block ends without an exception the output is sealed and moved into place (see the
+    module docstring); otherwise the temporary is removed and the target left as it was,
+    an OSError about the output (no space, no permission, a read-only filesystem) becoming
+    one InputError line. ``read_only=False`` keeps the files writable (synthetic runs,
+    which tests corrupt on purpose); everything else is published read-only.
+    """
+    tmp = create_temporary(target, overwrite=overwrite, directory=directory, what=what)
+    try:
+        yield tmp
+        _step("written")
+    except OSError as err:
+        discard(tmp)
+        converted = _as_input_error(err, tmp)
+        if converted is None:
+            raise
+        raise converted from None
+    except BaseException:
+        discard(tmp)
+        raise
+    commit(tmp, overwrite=overwrite, read_only=read_only)
+
+
+def publish_symlink(value: str, target, *, what: str = "the link") -> Path:
+    """Point the symbolic link ``target`` at ``value`` in one atomic step (a new link renamed over it).
+
+    The target must be a link or absent (a file or directory there is refused); the link
+    is made under a temporary name of its own, and dead ones of earlier jobs are removed.
+    """
+    target = Path(os.path.abspath(os.fspath(target)))
+    parent = _Parent(target, what)
+    name = None
+    try:
+        _tidy(parent)
+        st = parent.lstat()
+        if st is not None and not stat.S_ISLNK(st.st_mode):
+            raise InputError(target, f"is not a symbolic link: not replacing it with {what}")
+        while name is None:
+            candidate = _owned_name(parent.name, "partial")
+            try:
+                os.symlink(value, candidate, dir_fd=parent.fd)
+                name = candidate
+            except FileExistsError:
+                continue
+        _step("created")
+        os.replace(name, parent.name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+        name = None
+        _step("swapped")
+        parent.fsync()
+        _step("synced")
+    except OSError as err:
+        raise InputError(target, f"cannot publish {what}: {_describe(err)}") from None
+    finally:
+        if name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=parent.fd)
+        parent.close()
+    return target
