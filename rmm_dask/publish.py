@@ -387,10 +387,9 @@ def commit(tmp: Temporary, *, overwrite: bool = False, read_only: bool = True) -
         else:
             _check_tree(parent.fd, tmp.tmp.name, tmp.ident)
         _step("sealed")
-        _check_target(parent, overwrite=overwrite, directory=tmp.directory, what=what)
-        if parent.lstat() is None:
+        if not overwrite or parent.lstat() is None:  # whatever appeared meanwhile (a link too) is never replaced
             _rename_noreplace(parent, tmp.tmp.name, parent.name, directory=tmp.directory)
-        elif _rename2(parent.fd, tmp.tmp.name, parent.name, RENAME_EXCHANGE):
+        elif _check_target(parent, overwrite=overwrite, directory=tmp.directory, what=what) or _rename2(parent.fd, tmp.tmp.name, parent.name, RENAME_EXCHANGE):
             old = tmp.tmp.name  # the replaced copy, now under the temporary name
         else:
             old = _owned_name(parent.name, "old")
