@@ -133,11 +133,17 @@ def export(store, to: str, out, *, overwrite: bool = False) -> list[Path]:
     return writer(mask, out, overwrite)
 
 
-def _write_h5(out, overwrite: bool, fill) -> Path:
-    """Write one HDF5 file through ``fill(h5py.File)``, published by :func:`rmm_dask.publish.output`."""
+def _write_h5(out, overwrite: bool, fill, nbytes: int) -> Path:
+    """Write one HDF5 file through ``fill(h5py.File, ensure_room)``, published by :func:`rmm_dask.publish.output`.
+
+    ``nbytes``: what ``fill`` writes at once (uncompressed), checked to fit before the file is
+    opened; ``fill`` calls ``ensure_room(n)`` before any further block (HDF5 must not meet a
+    full disk: see :meth:`rmm_dask.publish.Temporary.ensure_room`).
+    """
     with publish.output(out, overwrite=overwrite, what="the export") as tmp:
+        tmp.ensure_room(nbytes)
         with h5py.File(tmp.tmp, "w") as f:
-            fill(f)
+            fill(f, tmp.ensure_room)
     return tmp.target
 
 
@@ -159,7 +165,7 @@ def _nexus(mask: _Mask, out, overwrite) -> list[Path]:
     stack = mask.per_module(words, NEXUS_DEAD)
     pixel_mask = mask.frame(stack, NEXUS_GAP)
 
-    def fill(f):
+    def fill(f, ensure_room):
         _provenance(f, mask, "nexus")
         entry = f.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
@@ -171,7 +177,7 @@ def _nexus(mask: _Mask, out, overwrite) -> list[Path]:
         d.attrs["description"] = "NeXus NXdetector bits: 0 gap, 1 dead, 2 under-responding, 3 over-responding, 4 noisy, 5 ASIC edge, 8 user"
         detector["pixel_mask_applied"] = False
 
-    return [_write_h5(out, overwrite, fill)]
+    return [_write_h5(out, overwrite, fill, pixel_mask.nbytes)]
 
 
 def _euxfel(mask: _Mask, out, overwrite) -> list[Path]:
@@ -179,22 +185,25 @@ def _euxfel(mask: _Mask, out, overwrite) -> list[Path]:
     root = mask.root
     gains = list(root.attrs.get("gain_stages") or [])
 
-    def fill(f):
+    def fill(f, ensure_room):
         _provenance(f, mask, "euxfel")
         d = f.create_dataset("mask", shape=root["mask"].shape, dtype=np.uint32, chunks=(1, 1, 1, *mask.det.module_shape), compression="gzip", compression_opts=1)
         for i in range(len(mask.modules)):
-            d[i] = table[root["mask"][i]]
+            words = table[root["mask"][i]]
+            ensure_room(words.nbytes)
+            d[i] = words
         d.attrs["dims"] = ["module", "gain", "cell", "y", "x"]
         d.attrs["description"] = "EuXFEL BadPixels flags (extra.calibration.BadPixels) per module, gain stage, memory cell"
         f["module"] = np.asarray(mask.modules)
         f["cell"] = root["cell"][:]
         f["gain"] = np.asarray(gains, dtype=h5py.string_dtype())
+        ensure_room(sum(a.nbytes for a in (mask.user, mask.manufacturer) if a is not None))
         if mask.user is not None:
             f.create_dataset("user_mask", data=(np.asarray(mask.user[:]) != 0).astype(np.uint32) * EUXFEL_USER, compression="gzip")
         if mask.manufacturer is not None:
             f.create_dataset("manufacturer_mask", data=mask.manufacturer[:], compression="gzip")
 
-    return [_write_h5(out, overwrite, fill)]
+    return [_write_h5(out, overwrite, fill, 0)]
 
 
 def _cheetah(mask: _Mask, out, overwrite) -> list[Path]:
@@ -207,14 +216,14 @@ def _cheetah(mask: _Mask, out, overwrite) -> list[Path]:
     if not mask.det.frame_shape:  # Cheetah and OM stack the modules along y: (modules * y, x)
         maps = {k: v.reshape(-1, v.shape[-1]) for k, v in maps.items()}
 
-    def fill(f):
+    def fill(f, ensure_room):
         _provenance(f, mask, "cheetah")
         good = maps["rmm"] & maps["user"] & maps["manufacturer"]
         f.create_dataset("data/data", data=good, compression="gzip").attrs["description"] = "1 = good, 0 = bad (any source)"
         for name, m in maps.items():
             f.create_dataset(f"data/{name}", data=m, compression="gzip").attrs["description"] = f"1 = good, 0 = bad by the {name} mask alone"
 
-    return [_write_h5(out, overwrite, fill)]
+    return [_write_h5(out, overwrite, fill, 2 * sum(m.nbytes for m in maps.values()))]
 
 
 def _crystfel(mask: _Mask, out, overwrite) -> list[Path]:
@@ -225,7 +234,7 @@ def _crystfel(mask: _Mask, out, overwrite) -> list[Path]:
 
     data = mask.frame(mask.per_module(words, int(BadPixel.NO_DATA)), int(BadPixel.NO_DATA))
 
-    def fill(f):
+    def fill(f, ensure_room):
         _provenance(f, mask, "crystfel")
         d = f.create_dataset("data/mask", data=data, compression="gzip")
         d.attrs["description"] = "bits 0-7 rmm-dask (mask0), bit 8 user (mask1), bits 16-31 manufacturer (mask2)"
@@ -233,7 +242,7 @@ def _crystfel(mask: _Mask, out, overwrite) -> list[Path]:
     geom = Path(out).absolute().with_suffix(".geom")
     for path, what in ((out, "the export"), (geom, "the geometry lines")):  # both checked before either is written
         publish.prepare(path, overwrite=overwrite, what=what)
-    target = _write_h5(out, overwrite, fill)
+    target = _write_h5(out, overwrite, fill, data.nbytes)
     with publish.output(geom, overwrite=overwrite, what="the geometry lines") as tmp:
         Path(tmp.tmp).write_text("\n".join(geometry_lines(target, "/data/mask", mask)) + "\n")
     return [target, tmp.target]

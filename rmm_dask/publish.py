@@ -57,6 +57,7 @@ import re
 import secrets
 import socket
 import stat
+import sys
 from pathlib import Path
 
 from .errors import InputError
@@ -300,6 +301,20 @@ class Temporary:
     def __fspath__(self):
         return os.fspath(self.tmp)
 
+    def ensure_room(self, nbytes: int, margin: int = 2 << 20) -> None:
+        """Raise OSError(ENOSPC) unless ``nbytes`` (+ ``margin``) fit on the filesystem of the target.
+
+        For writers that must not meet a full disk themselves: HDF5 (1.14, through h5py)
+        crashes the process with a segmentation fault when it closes a file whose writes
+        failed with ENOSPC, so HDF5 outputs check the room for each block before writing it
+        (uncompressed size, an upper bound; ``margin`` for HDF5's metadata and chunk cache).
+        Another process filling the disk between the check and the write is not covered.
+        """
+        st = os.statvfs(self.tmp.parent)
+        free = st.f_bavail * st.f_frsize
+        if free < nbytes + margin:
+            raise OSError(errno.ENOSPC, f"No space left on device: {(nbytes + margin) / 1e6:.1f} MB needed for the next block, {free / 1e6:.1f} MB free")
+
 
 def create_temporary(target, *, overwrite: bool = False, directory: bool = False, what: str = "the output") -> Temporary:
     """Step 1 and 2: check the target, then create its temporary name exclusively beside it."""
@@ -416,7 +431,7 @@ def commit(tmp: Temporary, *, overwrite: bool = False, read_only: bool = True) -
         raise
     except OSError as err:
         discard(tmp)
-        raise InputError(target, f"cannot publish {what}: {_describe(err)}") from None
+        raise InputError(target, f"cannot publish {what}: {_describe(err)}; nothing was published") from None
     except BaseException:
         discard(tmp)
         raise
@@ -506,14 +521,43 @@ def remove(target, *, what: str = "the output") -> None:
 
 # ------------------------------------------------------------------------------------- the front door
 
-def _as_input_error(err: OSError, tmp: Temporary) -> InputError | None:
-    """The OSError as the output's one line, if it is about the output (None: leave it as it is)."""
-    names = [os.fspath(n) for n in (err.filename, getattr(err, "filename2", None)) if n]
-    about_output = any(n.startswith((os.fspath(tmp.tmp), os.fspath(tmp.target))) for n in names)
-    if err.errno in _WRITE_ERRNOS or about_output or "No space left" in str(err):
-        problem = _describe(err) if err.errno else str(err).split("\n")[0]
-        return InputError(tmp.target, f"cannot write {tmp.what}: {problem}; nothing was published")
-    return None
+_H5_ERRNO = re.compile(r"errno = (\d+)")
+_DISCARDED: set[str] = set()
+
+
+def _quiet_unraisable(unraisable) -> None:
+    """Drop what HDF5 objects say when they are freed after their file failed (they name a discarded temporary)."""
+    text = f"{unraisable.exc_value}"
+    if not any(name in text for name in _DISCARDED):
+        _PREVIOUS_HOOK(unraisable)
+
+
+_PREVIOUS_HOOK = sys.unraisablehook
+
+
+def _as_input_error(err: Exception, tmp: Temporary) -> InputError | None:
+    """The error as the output's one line, if it is about the output (None: leave it as it is).
+
+    OSErrors that only writing causes (no space, quota, read-only filesystem, file too
+    large), or naming the temporary or the target, and HDF5's errors about the temporary
+    (h5py raises them as RuntimeError with the C errno in the text).
+    """
+    text = str(err)
+    names = [os.fspath(n) for n in (getattr(err, "filename", None), getattr(err, "filename2", None)) if n]
+    about_output = os.fspath(tmp.tmp) in text or any(n.startswith((os.fspath(tmp.tmp), os.fspath(tmp.target))) for n in names)
+    code = getattr(err, "errno", None)
+    if code is None and about_output and (m := _H5_ERRNO.search(text)):
+        code = int(m.group(1))
+    if not (code in _WRITE_ERRNOS or about_output or (isinstance(err, OSError) and "No space left" in text)):
+        return None
+    if code:
+        problem = _describe(OSError(code, os.strerror(code)))
+    else:
+        problem = text.split("\n")[0]
+    _DISCARDED.add(tmp.tmp.name)
+    if sys.unraisablehook is not _quiet_unraisable:
+        sys.unraisablehook = _quiet_unraisable
+    return InputError(tmp.target, f"cannot write {tmp.what}: {problem}; nothing was published")
 
 
 @contextlib.contextmanager
@@ -531,7 +575,7 @@ def output(target, *, overwrite: bool = False, directory: bool = False, what: st
     try:
         yield tmp
         _step("written")
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
         discard(tmp)
         converted = _as_input_error(err, tmp)
         if converted is None:

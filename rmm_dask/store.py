@@ -162,7 +162,9 @@ def export_h5(store, out, *, overwrite: bool = False) -> Path:
                 )
                 step = arr.chunks[0]
                 for i in range(0, arr.shape[0], step):  # one module at a time: memory bounded by a module
-                    ds[i : i + step] = arr[i : i + step]
+                    block = arr[i : i + step]
+                    tmp.ensure_room(block.nbytes)  # HDF5 must not meet a full disk (see publish.Temporary.ensure_room)
+                    ds[i : i + step] = block
                 ds.attrs["dimension_names"] = json.dumps(arr.metadata.dimension_names)
                 for k, v in arr.attrs.items():
                     ds.attrs[k] = _h5_attr(v)
