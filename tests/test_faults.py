@@ -13,9 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import zarr
 
 from rmm_dask import publish
 from rmm_dask.cli import main
