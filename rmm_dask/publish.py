@@ -13,7 +13,7 @@ The protocol, step by step (the names are the ones :data:`STEPS` lists, for the 
    relative to that descriptor). The target may not be a symbolic link (dangling or
    not), nor a different kind (a file where a directory is published), nor exist at all
    without ``overwrite``. Leftovers of earlier jobs on this target (``.NAME.partial-*``,
-   ``.NAME.old-*``, also the names of rmm-dask before 0.13) whose owner is dead (same host,
+   ``.NAME.old-*``, also the names earlier versions of rmm-dask used) whose owner is dead (same host,
    pid gone) are removed; a dead set-aside ``.NAME.old-*`` copy is renamed back into place
    first when a kill left no target.
 2. ``created``: the temporary name ``.NAME.partial-<host>-<pid>-<random>`` is created
@@ -116,7 +116,7 @@ def _leftover_pattern(target_name: str) -> re.Pattern:
     name = re.escape(target_name)
     return re.compile(
         rf"^\.{name}\.(?:(?P<kind>partial|old)-(?:(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{{8}}|(?P<token>[A-Za-z0-9_]+))"
-        rf"|(?P<link>[0-9a-f]{{8}}))$"  # rmm-dask < 0.13: .current.<hex> links of the nightly service
+        rf"|(?P<link>[0-9a-f]{{8}}))$"  # earlier rmm-dask: .current.<hex> links of the nightly service
     )
 
 
@@ -135,7 +135,7 @@ def _alive(pid: int) -> bool:
 def leftovers(dir_fd: int, target_name: str) -> list[tuple[str, str, bool]]:
     """(name, 'partial'|'old', dead) of the temporaries of ``target_name`` in the directory.
 
-    Dead: made on this host by a process that is gone. Names of rmm-dask before 0.13 carry
+    Dead: made on this host by a process that is gone. Names of earlier rmm-dask versions carry
     no host: a bare number is taken as a pid on this host, anything else as dead (those
     versions are not expected to run beside this one on the same output).
     """
