@@ -1,0 +1,112 @@
+"""Operations: nothing executable from places others can write (the numba cache), inputs are
+never written, the demo cleans up, and what operators read fits a terminal."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOBODY = 65534
+
+#: imports rmm-dask, compiles (or loads) one cached kernel, and says where its cache went
+KERNEL = """
+import json, os, numba, numpy as np
+import rmm_dask
+from rmm_dask.robust import _finite_span
+assert _finite_span(np.array([-np.inf, 1.0, 2.0, np.nan])) == (1, 3)
+where = os.environ["NUMBA_CACHE_DIR"]
+index = [os.path.join(d, f) for d, _, fs in os.walk(where) for f in fs if f.endswith(".nbi")]
+print(json.dumps({"env": where, "numba": numba.config.CACHE_DIR, "index": index}))
+"""
+
+
+def run_kernel(tmp_path: Path, **env) -> tuple[dict, str]:
+    """KERNEL in a fresh interpreter with HOME and TMPDIR under tmp_path; (its report, its stderr)."""
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir(exist_ok=True)
+    tmp.mkdir(exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    base.update(HOME=str(home), TMPDIR=str(tmp), PYTHONPATH=str(ROOT), **env)
+    proc = subprocess.run([sys.executable, "-c", KERNEL], env=base, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["env"] == report["numba"]  # numba uses what the environment says
+    assert report["index"] and all(p.startswith(report["env"] + os.sep) for p in report["index"])  # and it cached there
+    return report, proc.stderr
+
+
+def cache_of(tmp_path: Path) -> Path:
+    return tmp_path / "home" / ".cache" / "rmm-dask" / "numba"
+
+
+def assert_went_elsewhere(tmp_path: Path, report: dict, stderr: str, refused: Path, why: str) -> None:
+    """The refused directory was not used, one warning line says why, the process-only cache is gone."""
+    lines = [line for line in stderr.splitlines() if line.startswith("rmm-dask:")]
+    assert len(lines) == 1 and str(refused) in lines[0] and why in lines[0], stderr
+    assert Path(report["env"]).parent == tmp_path / "tmp" and Path(report["env"]).name.startswith("rmm-dask-numba-")
+    assert not Path(report["env"]).exists()  # removed when the process exited
+    assert not any(p.name.endswith((".nbi", ".nbc")) for p in refused.resolve().rglob("*"))
+
+
+def test_numba_cache_is_private_per_user(tmp_path):
+    report, stderr = run_kernel(tmp_path)
+    cache = cache_of(tmp_path)
+    assert report["env"] == str(cache) and "rmm-dask:" not in stderr
+    for d in (cache, cache.parent):
+        assert (d.stat().st_mode & 0o777) == 0o700 and d.stat().st_uid == os.getuid()
+    again, _ = run_kernel(tmp_path)  # the next process finds and trusts its own directory
+    assert again["env"] == str(cache) and again["index"] == report["index"]
+
+
+def test_numba_cache_follows_xdg_cache_home(tmp_path):
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    report, _ = run_kernel(tmp_path, XDG_CACHE_HOME=str(xdg))
+    assert report["env"] == str(xdg / "rmm-dask" / "numba")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
+def test_numba_cache_created_by_another_user_is_refused(tmp_path):
+    cache = cache_of(tmp_path)
+    cache.mkdir(parents=True, mode=0o700)
+    os.chown(cache, NOBODY, NOBODY)  # what another local user does first
+    report, stderr = run_kernel(tmp_path)
+    assert_went_elsewhere(tmp_path, report, stderr, cache, f"owned by uid {NOBODY}")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
+def test_numba_cache_below_another_users_directory_is_refused(tmp_path):
+    cache = cache_of(tmp_path)
+    cache.mkdir(parents=True, mode=0o700)
+    os.chown(cache.parent, NOBODY, NOBODY)  # they could swap the cache directory at any time
+    report, stderr = run_kernel(tmp_path)
+    assert_went_elsewhere(tmp_path, report, stderr, cache, f"owned by uid {NOBODY}")
+
+
+def test_numba_cache_symlink_is_refused(tmp_path):
+    cache = cache_of(tmp_path)
+    cache.parent.mkdir(parents=True, mode=0o700)
+    planted = tmp_path / "planted"
+    planted.mkdir(mode=0o700)
+    cache.symlink_to(planted)
+    report, stderr = run_kernel(tmp_path)
+    assert_went_elsewhere(tmp_path, report, stderr, cache, "symbolic link")
+    assert list(planted.iterdir()) == []
+
+
+def test_numba_cache_writable_by_group_is_refused(tmp_path):
+    cache = cache_of(tmp_path)
+    cache.mkdir(parents=True)
+    cache.chmod(0o770)
+    report, stderr = run_kernel(tmp_path)
+    assert_went_elsewhere(tmp_path, report, stderr, cache, "writable by group (mode 0770)")
+
+
+def test_numba_cache_dir_given_is_trusted(tmp_path):
+    given = tmp_path / "given"
+    report, stderr = run_kernel(tmp_path, NUMBA_CACHE_DIR=str(given))
+    assert report["env"] == str(given) and "rmm-dask:" not in stderr and not cache_of(tmp_path).exists()
