@@ -110,3 +110,43 @@ def test_numba_cache_dir_given_is_trusted(tmp_path):
     given = tmp_path / "given"
     report, stderr = run_kernel(tmp_path, NUMBA_CACHE_DIR=str(given))
     assert report["env"] == str(given) and "rmm-dask:" not in stderr and not cache_of(tmp_path).exists()
+
+
+# ------------------------------------------------------------------ inputs are read, never written
+
+
+def tree_state(root: Path) -> dict:
+    """Every entry under ``root`` (and root itself): type, mode, size and mtime."""
+    entries = [root, *sorted(root.rglob("*"))]
+    return {str(p.relative_to(root)): (p.lstat().st_mode, p.lstat().st_size, p.lstat().st_mtime_ns) for p in entries}
+
+
+@pytest.mark.parametrize("alias", ["agipd", "jungfrau"])
+def test_euxfel_runs_are_opened_read_only(tmp_path, alias):
+    """EXtra-data's RunDirectory saves karabo_data_map.json into a run directory it may write;
+    opening and masking a run (and refusing a broken one) leaves the directories as they were."""
+    from rmm_dask.detectors import get_detector
+    from rmm_dask.errors import InputError
+    from rmm_dask.io import open_run
+    from rmm_dask.io.synthetic import write_synthetic
+    from rmm_dask.pipeline import build_mask
+    from rmm_dask.synth import SynthConfig, synthesize
+
+    det = get_detector(alias)
+    runs = write_synthetic(synthesize(SynthConfig(modules=2, cells=1, frames=12, detector=det)), tmp_path, truth=None)
+    raw = tmp_path / "raw"
+    assert os.access(raw, os.W_OK)  # EXtra-data would write here
+    before = tree_state(raw)
+    darks = {g: open_run(runs[f"dark-{g}"], det) for g in det.gain_stages}
+    mask = build_mask(darks, open_run(runs["flat"], det), detector=det).compute(scheduler="sync")
+    assert mask["mask"].any() and (mask["mask"] == 0).mean() > 0.5  # a real result was computed
+    assert tree_state(raw) == before
+
+    # a rejected run: one module file truncated (refused after the others were opened)
+    broken = Path(runs["flat"])
+    victim = sorted(broken.glob("*.h5"))[-1]
+    victim.write_bytes(victim.read_bytes()[:2000])
+    before = tree_state(raw)
+    with pytest.raises(InputError, match=victim.name):
+        open_run(broken, det)
+    assert tree_state(raw) == before and not list(raw.rglob("karabo_data_map.json"))
