@@ -31,7 +31,7 @@ def run_kernel(tmp_path: Path, **env) -> tuple[dict, str]:
     tmp.mkdir(exist_ok=True)
     base = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
     base.update(HOME=str(home), TMPDIR=str(tmp), PYTHONPATH=str(ROOT), **env)
-    proc = subprocess.run([sys.executable, "-c", KERNEL], env=base, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", KERNEL], env=base, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["env"] == report["numba"]  # numba uses what the environment says
@@ -144,9 +144,106 @@ def test_euxfel_runs_are_opened_read_only(tmp_path, alias):
 
     # a rejected run: one module file truncated (refused after the others were opened)
     broken = Path(runs["flat"])
-    victim = sorted(broken.glob("*.h5"))[-1]
+    victim = max(broken.glob("*.h5"))
     victim.write_bytes(victim.read_bytes()[:2000])
     before = tree_state(raw)
     with pytest.raises(InputError, match=victim.name):
         open_run(broken, det)
     assert tree_state(raw) == before and not list(raw.rglob("karabo_data_map.json"))
+
+
+def test_demo_announces_and_removes_its_temporary_directory(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    from rmm_dask.cli import build_parser, main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["demo", "--modules", "1", "--cells", "1", "--frames", "40", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if line.startswith("writing to ")]
+    work = Path(line.split()[2])
+    assert work.parent == tmp_path and work.name.startswith("rmm-demo-") and "removed at the end" in line
+    assert "clean pixels flagged" in out and f"removed {work}" in out
+    # nothing left: runs, store, exports all gone (Dask's LocalCluster keeps its shared scratch directory)
+    assert [p.name for p in tmp_path.iterdir() if p.name != "dask-scratch-space"] == []
+    args = build_parser().parse_args(["demo", "--keep"])
+    assert args.keep and args.out is None
+
+
+# ------------------------------------------------------------------ what operators read
+
+
+def render(renderables, width: int = 80) -> list[str]:
+    """What a terminal of ``width`` columns shows of the renderables (rich), line by line."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=width, highlight=False, color_system=None)
+    for r in renderables:
+        console.print(r)
+    return console.file.getvalue().splitlines()
+
+
+def assert_fits(lines: list[str], width: int = 80) -> None:
+    assert lines and max(len(line) for line in lines) <= width
+    assert not [line for line in lines if "…" in line], "a cell was cut"
+
+
+def big_counts(modules=16, cells=352, gains=("high", "medium", "low")) -> dict:
+    """count_bits' layout for a full AGIPD-1M with the largest counts each row can hold."""
+    from rmm_dask.codes import BadPixel
+
+    names = [b.name for b in BadPixel] + ["any", "flagged"]
+    per_module = 512 * 128 * len(gains) * cells
+    row = lambda n: {name: n - i for i, name in enumerate(names)}  # noqa: E731
+    return {
+        "pixels": per_module * modules,
+        "total": row(per_module * modules),
+        "module": {m: row(per_module) for m in range(modules)},
+        "gain": {g: row(per_module * modules // len(gains)) for g in gains},
+        "cell": {c: row(per_module * modules // cells) for c in range(cells)},
+        "layers": {},
+    }
+
+
+def test_count_tables_fit_80_columns():
+    from rmm_dask.cli import SHORT, compact, counts_tables
+
+    counts = big_counts()
+    lines = render(counts_tables(counts, per_cell=True))
+    assert_fits(lines)
+    total = counts["total"]["OFFSET"]
+    assert any(line.split()[:3] == ["OFFSET", "OFFS", str(total)] for line in lines)  # exact totals, with the short name
+    header = next(line for line in lines if line.split()[:1] == ["OFFS"])
+    assert header.split() == [SHORT[n] for n in SHORT]
+    rows = [line.split() for line in lines if line.split()[:1] in (["module"], ["gain"], ["cell"])]
+    assert len(rows) == 16 + 3 + 352
+    assert rows[0][:3] == ["module", "0", compact(counts["module"][0]["OFFSET"])]
+    for n, shown in [(99_999, "99999"), (100_000, "100k"), (123_456, "123k"), (1_234_567, "1.2M"), (69_206_016, "69M"), (1_107_296_256, "1.1G")]:
+        assert compact(n) == shown and len(shown) <= 5
+
+
+def test_status_and_diff_tables_fit_80_columns():
+    from rmm_dask.cli import diff_tables, status_table
+
+    message = "12.50% of pixel-planes flagged, outside the bounds [0.00%, 10.00%]; " * 2
+    rows = [
+        {"id": i, "detector": "SPB_AGIPD1M", "version": i, "status": "interrupted", "attempts": 3,
+         "finished": "2026-12-01T01:31:07.123+00:00", "seconds": 21599.6, "bad_fraction": 0.0123456,
+         "newly_bad": 1_234_567, "recovered": 98_765, "message": message,
+         "runs": json.dumps({f"dark-{g}": f"/gpfs/exfel/exp/SPB/202601/p900000/raw/r{i:04d}" for g in ("high", "medium", "low")})}
+        for i in range(1, 4)
+    ]
+    lines = render(status_table(rows))
+    assert_fits(lines)
+    assert lines[0].strip() == "SPB_AGIPD1M"  # the detector as the table's title
+    assert any(line.split()[:5] == ["1", "v0001", "interrupted", "3", "2026-12-01"] for line in lines)
+    assert "".join(lines).replace(" ", "").count("outsidethebounds") == 6  # the messages, wrapped, never cut
+
+    counts = {"newly_bad": 1_000_000_000, "recovered": 999_999_999}
+    result = {"bits": {"GAIN_SEPARATION": {"set": 1_000_000_000, "cleared": 999_999_999}},
+              "module": {m: counts for m in range(16)}, "gain": {"medium": counts}, "cell": {c: counts for c in range(352)}}
+    lines = render(diff_tables(result, per_cell=True))
+    assert_fits(lines)
+    assert any(line.split() == ["GAIN_SEPARATION", "1000000000", "999999999"] for line in lines)
