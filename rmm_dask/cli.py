@@ -452,6 +452,15 @@ _MASK_OPTIONS = (
 )
 
 
+MASK_DESCRIPTION = (
+    "Make a bad-pixel mask with the Robust Mask Maker (Sadri et al. 2022): features of every pixel from the dark runs "
+    "(one per gain stage) and an optional flat run, a robust Gaussian model of the normal pixels of each ASIC, and a "
+    "pixel is bad where a feature lies more than --lambda robust sigmas from it. Runs are opened lazily, the mask is "
+    "computed on a Dask cluster and published as a Zarr store only when complete. Bad input: one line and exit 2; "
+    "a cluster that cannot run the job: exit 3; Ctrl-C or SIGTERM: exit 130."
+)
+
+
 def _add_mask_arguments(p):
     run = "a directory, a glob pattern (quoted: expanded by rmm, in name order) or several files of one acquisition"
     for g in GAIN_OPTIONS:
@@ -459,13 +468,13 @@ def _add_mask_arguments(p):
     p.add_argument("--flat", metavar="RUN", nargs="+", help=f"flat-field run: {run}")
     p.add_argument("--flat-stage", choices=GAIN_OPTIONS, help="gain stage of the flat run (default: the first dark given)")
     p.add_argument("--out", required=True, metavar="STORE", help="the Zarr store to publish")
-    p.add_argument("--detector", default="AGIPD1M")
-    p.add_argument("--dataset", help="dataset path inside HDF5 stack files")
+    p.add_argument("--detector", default="AGIPD1M", metavar="NAME|FILE.yaml", help="detector description: a name (AGIPD1M, JUNGFRAU1M, JUNGFRAU4M, CSPAD, PILATUS300K, PILATUS6M, EIGER1M, EIGER16M, LAMBDA750K, LAMBDA2M) or a YAML file (default: AGIPD1M)")
+    p.add_argument("--dataset", metavar="PATH", help="dataset path inside HDF5 stack files")
     p.add_argument("--config", metavar="FILE", help="YAML with parameters under 'rmm-dask:' (see configs/rmm.yaml)")
-    p.add_argument("--lambda", dest="lam", type=float, help="outlier threshold in robust sigmas (default 8)")
+    p.add_argument("--lambda", dest="lam", type=float, metavar="L", help="outlier threshold in robust sigmas (default 8)")
     p.add_argument("--method", choices=["rmm", "mad", "nonrobust"], help="statistics of the normal-pixel model")
-    p.add_argument("--cells-per-chunk", type=int, help="memory cells per task")
-    p.add_argument("--workers", type=int, help="worker processes (local) or a fixed number of worker jobs (slurm)")
+    p.add_argument("--cells-per-chunk", type=int, metavar="N", help="memory cells per task (default: rmm-dask.chunking.cells-per-chunk of the configuration)")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes (local) or a fixed number of worker jobs (slurm)")
     p.add_argument("--jobqueue", metavar="FILE", help="dask-jobqueue YAML for Slurm (default: configs/jobqueue.yaml, or $RMM_JOBQUEUE_CONFIG)")
     p.add_argument("--user-mask", metavar="FILE[:DATASET]", help="a user-drawn mask (.npy, .tif, .cbf, HDF5 FILE:DATASET), kept as its own layer")
     p.add_argument("--user-mask-good-is-one", action="store_true", help="the user mask marks good pixels with non-zero (Cheetah, OM)")
@@ -528,51 +537,63 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rmm-dask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("mask", help="make a mask from dark runs (one per gain stage) and an optional flat run")
+    p = sub.add_parser("mask", help="make a mask from dark runs (one per gain stage) and an optional flat run", description=MASK_DESCRIPTION)
     _add_mask_arguments(p)
-    p.add_argument("--cluster", default="local", help="'local', 'slurm' (dask-jobqueue) or a scheduler address tcp://host:port")
-    p.add_argument("--report", metavar="FILE.html", help="save Dask's performance report")
+    p.add_argument("--cluster", default="local", metavar="local|slurm|ADDRESS", help="'local', 'slurm' (dask-jobqueue) or a scheduler address tcp://host:port")
+    p.add_argument("--report", metavar="FILE.html", help="save Dask's performance report (task stream, worker profiles; one HTML file)")
     p.set_defaults(run=_mask)
 
-    p = sub.add_parser("submit", help="run `rmm mask --cluster slurm` as one Slurm batch job and return at once")
+    p = sub.add_parser("submit", help="run `rmm mask --cluster slurm` as one Slurm batch job and return at once", description=(
+        "Check the runs and options as `rmm mask` would (metadata and a few frames of the flat), write a batch script "
+        "that runs `rmm mask --cluster slurm` with them, submit it with sbatch and print the job id, log and result path."))
     _add_mask_arguments(p)
     p.add_argument("--log-dir", metavar="DIR", help="where the batch script and its log go (default: beside --out)")
     p.set_defaults(run=_submit)
 
-    p = sub.add_parser("synth", help="write a synthetic calibration set as the detector's raw runs, with its truth")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p = sub.add_parser("synth", help="write a synthetic calibration set as the detector's raw runs, with its truth", description=(
+        "Write dark runs (one per gain stage) and a flat run with planted defects of every kind, in the detector's real "
+        "file layout, under DIR/raw, and the planted truth in DIR/truth.h5."))
+    p.add_argument("--out", required=True, metavar="DIR", help="an empty or new directory to write into")
     p.add_argument("--detector", type=str.lower, choices=sorted(DEMOS), default="agipd", help="agipd, jungfrau (EuXFEL RAW), cspad (CXI), pilatus (CBF), eiger (NXmx), lambda (LAMBDA 2M: a file per module and part)")
     p.add_argument("--modules", type=int, help="modules (default per detector: agipd 2, jungfrau 2, cspad 32, pilatus 3, eiger 2, lambda 3)")
     p.add_argument("--cells", type=int, help="memory cells (default: agipd 2, others 1)")
     p.add_argument("--frames", type=int, help="dark frames per cell (default: 100 or 64)")
     p.add_argument("--flat-frames", type=int, help="flat frames per cell (default: --frames)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic set (default 0)")
     p.add_argument("--compression", choices=["gzip"], help="compress the image data as the facility may")
     p.set_defaults(run=_synth)
 
-    p = sub.add_parser("export", help="export a mask store to another format")
-    p.add_argument("store")
+    p = sub.add_parser("export", help="export a mask store to another format", description=(
+        "Write the mask of a store in the format analysis software reads; the user's and the manufacturer's layers are combined into it."))
+    p.add_argument("store", help="the mask store (Zarr) to export")
     p.add_argument("--to", required=True, choices=FORMATS, help="h5: the store's layout; crystfel: mask file + geometry lines; nexus: NXmx pixel_mask; euxfel: BadPixels; cheetah: 0/1 good map")
-    p.add_argument("--out", required=True, metavar="FILE")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
     p.set_defaults(run=_export)
 
-    p = sub.add_parser("diff", help="pixels newly bad and recovered between two masks, per bit, module, gain and cell")
-    p.add_argument("old")
-    p.add_argument("new")
+    p = sub.add_parser("diff", help="pixels newly bad and recovered between two masks, per bit, module, gain and cell", description=(
+        "Compare two mask stores of the same detector: pixel-planes newly bad and recovered, bits set and cleared, "
+        "per module, gain stage (and cell); --json also lists the pixels."))
+    p.add_argument("old", help="the earlier mask store")
+    p.add_argument("new", help="the later mask store")
     p.add_argument("--cells", action="store_true", help="list every memory cell")
     p.add_argument("--json", metavar="FILE", help="also write the counts as JSON")
     p.set_defaults(run=_diff)
 
-    p = sub.add_parser("nightly", help="re-mask new calibration runs of facility trees and publish versioned masks")
+    p = sub.add_parser("nightly", help="re-mask new calibration runs of facility trees and publish versioned masks", description=(
+        "The unattended re-masking service: find complete calibration sets in the configured trees, mask each new one, "
+        "publish it as <publish>/<name>/vNNNN and move <name>/current to it when it passes the sanity bounds "
+        "(see README, 'Nightly re-masking')."))
     p.add_argument("--config", required=True, metavar="FILE", help="the service's YAML (see configs/nightly.yaml)")
     p.add_argument("--once", action="store_true", help="one pass, then exit (for timers, cron and scrontab)")
     p.add_argument("--dry-run", action="store_true", help="show what a pass would do; change nothing")
     p.add_argument("--status", action="store_true", help="print the catalog and the current versions")
     p.set_defaults(run=_nightly)
 
-    p = sub.add_parser("show", help="counts per bit, module, gain and cell; --png for figures, --html for a report")
-    p.add_argument("store")
+    p = sub.add_parser("show", help="counts per bit, module, gain and cell; --png for figures, --html for a report", description=(
+        "Print a mask store's inputs, parameters and counts per bit, module, gain stage (and cell), and its layers; "
+        "write figures (--png) or one self-contained HTML page (--html)."))
+    p.add_argument("store", help="the mask store (Zarr) to show")
     p.add_argument("--cells", action="store_true", help="list the counts of every memory cell")
     p.add_argument("--png", metavar="DIR", help="write per-module mask images, the assembled detector and SNR histograms here")
     p.add_argument("--geometry", metavar="FILE.geom", help="CrystFEL geometry for the assembled image of EuXFEL detectors (default: EXtra-geom's example)")
@@ -580,15 +601,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --html report")
     p.set_defaults(run=_show)
 
-    p = sub.add_parser("demo", help="synthetic runs with planted defects -> mask on a LocalCluster -> exports -> score")
+    p = sub.add_parser("demo", help="synthetic runs with planted defects -> mask on a LocalCluster -> exports -> score", description=(
+        "Synthesise a calibration set with planted defects, mask it on a LocalCluster, export it to every format and score "
+        "the mask against the truth. Without --out it works in a temporary directory that it names first and removes at the end."))
     p.add_argument("--out", metavar="DIR", help="where to write, and keep, the runs, the store and the exports (default: a new temporary directory, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (its path is printed first)")
     p.add_argument("--detector", type=str.lower, choices=sorted(DEMOS), default="agipd", help="agipd (AGIPD-1M), jungfrau (JUNGFRAU 1M), cspad, pilatus (300K), eiger (1M), lambda (LAMBDA 2M)")
     p.add_argument("--modules", type=int, help="modules (default per detector, see rmm synth)")
-    p.add_argument("--cells", type=int)
+    p.add_argument("--cells", type=int, help="memory cells (default per detector, see rmm synth)")
     p.add_argument("--frames", type=int, help="frames per cell in each run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic set (default 0)")
+    p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     p.set_defaults(run=_demo)
     return parser
 

@@ -247,3 +247,57 @@ def test_status_and_diff_tables_fit_80_columns():
     lines = render(diff_tables(result, per_cell=True))
     assert_fits(lines)
     assert any(line.split() == ["GAIN_SEPARATION", "1000000000", "999999999"] for line in lines)
+
+
+def subparsers() -> dict:
+    import argparse
+
+    from rmm_dask.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices
+
+
+def test_every_command_and_option_has_help():
+    import argparse
+
+    for name, parser in subparsers().items():
+        assert parser.description and len(parser.description) > 60, name
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and len(action.help) > 10, (name, action.option_strings or action.dest)
+    text = subparsers()["mask"].format_help()
+    assert "Robust Mask Maker" in text and "--lambda L" in text and "exit 2" in text
+
+
+def readme_synopsis() -> dict[str, str]:
+    """The README's command synopsis: command -> its lines (from `rmm <command>` to the next command)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Commands", 1)[1].split("```")[1]
+    synopsis, name = {}, None
+    for line in block.splitlines():
+        if line.startswith("rmm "):
+            name = line.split()[1]
+        if name:
+            synopsis[name] = synopsis.get(name, "") + " " + line
+    return synopsis
+
+
+def test_readme_lists_every_option_of_every_command():
+    import re
+
+    synopsis = readme_synopsis()
+    commands = subparsers()
+    assert set(synopsis) == set(commands)
+    for name, parser in commands.items():
+        text, without = synopsis[name], set()
+        if "the options of rmm mask" in text:  # rmm submit: "(the options of rmm mask, without --a and --b)"
+            without = set(re.findall(r"--[a-z][a-z0-9-]*", text.split("without", 1)[1].split(")", 1)[0]))
+            text += synopsis["mask"]
+        words = set(re.findall(r"--[a-z][a-z0-9-]*", text)) - without
+        options = {o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+        assert not options - words, f"rmm {name}: README lacks {sorted(options - words)}"
+        assert not words - options, f"rmm {name}: README names {sorted(words - options)}, unknown to the parser"
+        assert not without & options, f"rmm {name}: README says it has no {sorted(without & options)}"
