@@ -315,7 +315,9 @@ def test_a_lost_or_corrupt_catalog_is_rebuilt_from_the_published_versions(tmp_pa
     for p in (tmp_path / "state").glob("catalog.sqlite*"):
         p.unlink()
     assert nightly(config, "--dry-run") == 0
-    assert "0 set(s) would be processed" in capsys.readouterr().out and not (tmp_path / "state" / "catalog.sqlite").exists()
+    out = capsys.readouterr().out
+    assert "a pass would record 2 published version(s) again" in out and "0 set(s) would be processed" in out
+    assert not (tmp_path / "state" / "catalog.sqlite").exists()
     assert nightly(config, "--once") == 0
     assert_nothing_masked_again()
 

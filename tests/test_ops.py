@@ -196,7 +196,10 @@ def big_counts(modules=16, cells=352, gains=("high", "medium", "low")) -> dict:
 
     names = [b.name for b in BadPixel] + ["any", "flagged"]
     per_module = 512 * 128 * len(gains) * cells
-    row = lambda n: {name: n - i for i, name in enumerate(names)}  # noqa: E731
+
+    def row(n):
+        return {name: n - i for i, name in enumerate(names)}
+
     return {
         "pixels": per_module * modules,
         "total": row(per_module * modules),

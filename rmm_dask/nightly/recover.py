@@ -57,7 +57,7 @@ def move_aside(path: Path) -> Path:
     return aside
 
 
-def adopt_published(catalog: Catalog, settings: Settings, say) -> int:
+def adopt_published(catalog: Catalog, settings: Settings, say, *, dry_run: bool = False) -> int:
     """Record the versions on disk that the catalog lacks, and the pointer ``current``; how many sets were recorded."""
     adopted = 0
     for watch in settings.detectors:
@@ -91,7 +91,10 @@ def adopt_published(catalog: Catalog, settings: Settings, say) -> int:
         if current is not None and catalog.pointer(watch.name) != current:
             catalog.set_pointer(watch.name, current)
     if adopted:
-        say(f"catalog: {adopted} published version(s) recorded again from their summary.json")
+        if dry_run:
+            say(f"a pass would record {adopted} published version(s) again from their summary.json")
+        else:
+            say(f"catalog: {adopted} published version(s) recorded again from their summary.json")
     return adopted
 
 
@@ -121,5 +124,5 @@ def catalog_for_dry_run(settings: Settings, path: Path, say) -> Catalog:
     catalog = Catalog.in_memory(source)
     if source is not None:
         source.close()
-    adopt_published(catalog, settings, say)
+    adopt_published(catalog, settings, say, dry_run=True)
     return catalog
