@@ -1,22 +1,11 @@
 """rmm-dask: the Robust Mask Maker (Sadri et al., J. Appl. Cryst. 2022) for X-ray pixel detectors."""
 
-import os
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 
+from .numba_cache import choose as _choose_numba_cache
 
-def _numba_cache() -> None:
-    """Numba caches compiled kernels beside the package or under the user's home; a service user
-    with neither writable (a root-owned venv, no home) would fail at import: use a temporary one."""
-    if "NUMBA_CACHE_DIR" in os.environ or os.access(os.path.dirname(__file__), os.W_OK):
-        return
-    home = os.path.expanduser("~")
-    if os.path.isdir(home) and os.access(home, os.W_OK):
-        return
-    os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"rmm-dask-numba-{os.getuid()}")
-
-
-_numba_cache()
+# numba loads its cache with pickle: only from a directory no one else can write (see numba_cache.py)
+_choose_numba_cache()
 
 try:
     __version__ = version("rmm-dask")

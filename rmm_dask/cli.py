@@ -121,26 +121,62 @@ def _user_mask(args, darks):
     return read_user_mask(args.user_mask, get_detector(args.detector), modules, good_is_one=args.user_mask_good_is_one)
 
 
-def _print_counts(console, store, per_cell: bool):
+#: column names of the per-module, gain and cell counts (at most 5 characters: 80-column terminals)
+SHORT = {
+    "OFFSET": "OFFS", "NOISE": "NOISE", "GAIN_SEPARATION": "GSEP", "GAIN_LEVEL": "GLVL",
+    "FLAT_HIGH": "FHIGH", "FLAT_LOW": "FLOW", "ASIC_EDGE": "EDGE", "NO_DATA": "NODAT", "any": "any",
+}
+
+
+def compact(n: int) -> str:
+    """A count in at most 5 characters: exact below 100000, else 123k, 1.2M, 12M, 1.2G."""
+    if n < 100_000:
+        return str(n)
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.1f}{suffix}" if v < 9.95 else f"{v:.0f}{suffix}"
+    return str(n)
+
+
+def _table(title: str | None = None, caption: str | None = None):
+    """A rich table without vertical rules, its cells never wrapped: as narrow as the content."""
+    from rich import box
     from rich.table import Table
 
+    return Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, title_justify="left", caption_justify="left")
+
+
+def counts_tables(counts: dict, per_cell: bool) -> list:
+    """The counts of ``summary.count_bits`` as two tables that fit 80 columns: per bit (exact,
+    with the short names), and per module, gain stage (and cell) with the short names."""
     from .codes import BadPixel
+
+    names = [b.name for b in BadPixel] + ["any"]
+    per_plane = counts["pixels"]
+    totals = _table()
+    for col, justify in (("bit", "left"), ("column", "left"), ("pixel-planes", "right"), ("fraction", "right")):
+        totals.add_column(col, justify=justify, no_wrap=True)
+    for n in names:
+        totals.add_row(n, SHORT[n], str(counts["total"][n]), f"{counts['total'][n] / per_plane:.2e}")
+    breakdown = _table(caption="columns: the bits above; counts of 100000 and more rounded: k = 10^3, M = 10^6, G = 10^9")
+    breakdown.add_column("", no_wrap=True)
+    for n in names:
+        breakdown.add_column(SHORT[n], justify="right", no_wrap=True)
+    for axis in ("module", "gain") + (("cell",) if per_cell else ()):
+        for key, row in counts[axis].items():
+            breakdown.add_row(f"{axis} {key}", *(compact(row[n]) for n in names))
+    return [totals, breakdown]
+
+
+def _print_counts(console, store, per_cell: bool):
     from .store import open_store
     from .summary import count_bits
 
     counts = count_bits(open_store(store))
-    names = [b.name for b in BadPixel] + ["any"]
-    per_plane = counts["pixels"]
-    table = Table(title=f"masked pixels in {store}")
-    table.add_column("")
-    for n in names:
-        table.add_column(n, justify="right")
-    table.add_row("all", *(f"{counts['total'][n]}" for n in names))
-    table.add_row("fraction", *(f"{counts['total'][n] / per_plane:.2e}" for n in names))
-    for axis in ("module", "gain") + (("cell",) if per_cell else ()):
-        for key, row in counts[axis].items():
-            table.add_row(f"{axis} {key}", *(str(row[n]) for n in names))
-    console.print(table)
+    console.print(f"masked pixel-planes in {store}:")
+    for table in counts_tables(counts, per_cell):
+        console.print(table)
     if not per_cell and len(counts["cell"]) > 1:
         any_bad = [row["any"] for row in counts["cell"].values()]
         console.print(f"per cell (any bit): min {min(any_bad)}, max {max(any_bad)} over {len(any_bad)} cells; --cells lists them")
@@ -193,8 +229,6 @@ def _export(args) -> int:
 def _diff(args) -> int:
     import json
 
-    from rich.table import Table
-
     from . import publish
     from .diff import diff_masks
 
@@ -203,25 +237,30 @@ def _diff(args) -> int:
         publish.prepare(args.json, overwrite=args.overwrite, what="the JSON counts")
     result = diff_masks(args.old, args.new)
     console.print(f"{args.old} -> {args.new}: {result['newly_bad']} pixels newly bad, {result['recovered']} recovered")
-    table = Table(title="bits set and cleared")
-    for col in ("bit", "set", "cleared"):
-        table.add_column(col, justify="left" if col == "bit" else "right")
-    for name, row in result["bits"].items():
-        table.add_row(name, str(row["set"]), str(row["cleared"]))
-    console.print(table)
-    table = Table(title="newly bad / recovered")
-    for col in ("", "newly bad", "recovered"):
-        table.add_column(col, justify="left" if not col else "right")
-    for axis in ("module", "gain") + (("cell",) if args.cells else ()):
-        for key, row in result[axis].items():
-            table.add_row(f"{axis} {key}", str(row["newly_bad"]), str(row["recovered"]))
-    console.print(table)
+    for table in diff_tables(result, args.cells):
+        console.print(table)
     if args.json:
         with publish.output(args.json, overwrite=args.overwrite, what="the JSON counts") as out:
             with open(out.tmp, "w") as f:
                 json.dump(result, f, indent=1)
         console.print(f"json: {out.target}")
     return 0
+
+
+def diff_tables(result: dict, per_cell: bool) -> list:
+    """``diff.diff_masks``'s counts as two narrow tables: per bit, and per module, gain (and cell)."""
+    bits = _table("bits set and cleared (pixel-planes)")
+    for col in ("bit", "set", "cleared"):
+        bits.add_column(col, justify="left" if col == "bit" else "right", no_wrap=True)
+    for name, row in result["bits"].items():
+        bits.add_row(name, str(row["set"]), str(row["cleared"]))
+    changes = _table("newly bad / recovered (pixel-planes)")
+    for col in ("", "newly bad", "recovered"):
+        changes.add_column(col, justify="left" if not col else "right", no_wrap=True)
+    for axis in ("module", "gain") + (("cell",) if per_cell else ()):
+        for key, row in result[axis].items():
+            changes.add_row(f"{axis} {key}", str(row["newly_bad"]), str(row["recovered"]))
+    return [bits, changes]
 
 
 def _nightly(args) -> int:
@@ -242,26 +281,46 @@ def _nightly(args) -> int:
 
 
 def _print_status(console, settings):
-    import json
-
-    from rich.table import Table
-
     from .nightly import status_rows
 
     rows, pointers = status_rows(settings)
-    table = Table(title=f"catalog {settings.state / 'catalog.sqlite'}")
-    for col in ("id", "detector", "version", "status", "tries", "runs", "finished", "s", "flagged", "new bad", "recovered", "message"):
-        table.add_column(col)
-    for r in rows:
-        runs = ", ".join(Path(p).name for p in json.loads(r["runs"]).values())
-        fraction = "" if r["bad_fraction"] is None else f"{r['bad_fraction']:.2e}"
-        table.add_row(
-            str(r["id"]), r["detector"], f"v{r['version']:04d}", r["status"], str(r["attempts"]), runs, r["finished"] or "",
-            "" if r["seconds"] is None else f"{r['seconds']:.0f}", fraction, "" if r["newly_bad"] is None else str(r["newly_bad"]), "" if r["recovered"] is None else str(r["recovered"]), r["message"] or "",
-        )
-    console.print(table)
+    console.print(f"catalog {settings.state / 'catalog.sqlite'}: {len(rows)} set(s)")
+    for renderable in status_table(rows):
+        console.print(renderable)
     for name, version in pointers.items():
         console.print(f"{name}: current -> {'none' if version is None else f'v{version:04d}'}  ({settings.publish / name})")
+
+
+def status_table(rows: list[dict]) -> list:
+    """The catalog's sets in 80 columns: a table per detector, one row per set (finished to the
+    minute, seconds, flagged fraction, newly bad/recovered), then each set's runs and message
+    on lines of their own."""
+    import json
+
+    from rich.text import Text
+
+    out = []
+    for detector in dict.fromkeys(r["detector"] for r in rows):
+        table = _table(title=detector)
+        for col, justify in (("id", "right"), ("version", "left"), ("status", "left"), ("tries", "right"),
+                             ("finished (UTC)", "left"), ("s", "right"), ("flagged", "right"), ("new/rec", "right")):
+            table.add_column(col, justify=justify, no_wrap=True)
+        notes = []
+        for r in (r for r in rows if r["detector"] == detector):
+            fraction = "" if r["bad_fraction"] is None else f"{r['bad_fraction']:.1e}"
+            changes = "" if r["newly_bad"] is None else f"{compact(r['newly_bad'])}/{compact(r['recovered'] or 0)}"
+            table.add_row(
+                str(r["id"]), f"v{r['version']:04d}", r["status"], str(r["attempts"]), (r["finished"] or "")[:16].replace("T", " "),
+                "" if r["seconds"] is None else compact(round(r["seconds"])), fraction, changes,
+            )
+            runs = json.loads(r["runs"])
+            where = Path(next(iter(runs.values()), "")).parent
+            names = ", ".join(f"{role} {Path(p).name}" for role, p in runs.items())
+            notes.append(Text(f"{r['id']}: {names} in {where}" + (f"; {r['message']}" if r["message"] else "")))
+        out += [table, *notes]
+    if rows:
+        out.append(Text("flagged: fraction of pixel-planes; new/rec: pixel-planes newly bad / recovered against the previous current"))
+    return out
 
 
 #: `rmm demo --detector` and `rmm synth --detector`: the set's default size per detector alias
@@ -303,8 +362,42 @@ def _synth(args) -> int:
 
 
 def _demo(args) -> int:
-    from rich.table import Table
+    console = _console()
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()):
+            raise InputError(out, "exists and is not empty")
+    cfg = _synth_config(args)  # (checked before anything is written)
+    if not args.out:
+        out = Path(tempfile.mkdtemp(prefix="rmm-demo-"))
+    keep = bool(args.out or args.keep)
+    console.print(f"writing to {out}" + ("" if keep else " (removed at the end; --keep or --out DIR keeps it)"))
+    try:
+        _demo_in(args, console, cfg, out, keep)
+    finally:
+        if not keep:
+            _remove_tree(out)
+            console.print(f"removed {out}")
+    return 0
 
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory the demo wrote, also where published files or directories are read-only."""
+    import shutil
+    import stat
+
+    def writable_then_retry(func, name, _exc):
+        parent = os.path.dirname(name)
+        os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+        func(name)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=writable_then_retry)
+    else:
+        shutil.rmtree(path, onerror=writable_then_retry)
+
+
+def _demo_in(args, console, cfg, out: Path, keep: bool) -> None:
     from .config import params_from_config
     from .exports import FORMATS, export
     from .io import open_run
@@ -313,11 +406,6 @@ def _demo(args) -> int:
     from .store import open_store
     from .synth import score, synthesize
 
-    console = _console()
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rmm-demo-"))
-    if out.exists() and any(out.iterdir()):
-        raise InputError(out, "exists and is not empty")
-    cfg = _synth_config(args)
     det = cfg.detector
     t0 = time.perf_counter()
     with console.status(f"synthesising a {det.name}-like calibration set with planted defects"):
@@ -339,9 +427,9 @@ def _demo(args) -> int:
     truth = read_truth(runs["truth"])
     root = open_store(store)
     scores = score(root["mask"][:], truth)
-    table = Table(title=f"RMM mask against the planted truth (lambda = {params.lam:g})")
+    table = _table(f"RMM mask against the planted truth (lambda = {params.lam:g})")
     for col in ("defect kind", "planted", "found", "recall"):
-        table.add_column(col, justify="left" if col == "defect kind" else "right")
+        table.add_column(col, justify="left" if col == "defect kind" else "right", no_wrap=True)
     for kind, (found, n) in scores["recall"].items():
         table.add_row(kind, str(n), str(found), f"{100 * found / n:.1f}%")
     table.add_row("clean pixels flagged", str(scores["clean"]), str(scores["false_positives"]), f"{scores['false_positive_fraction']:.1e}")
@@ -349,10 +437,10 @@ def _demo(args) -> int:
     planted = sum(int(v.sum()) for v in truth.outlier_frames.values())
     rejected = sum(int(root["rejected_frames"][g][:].sum()) for g in det.gain_stages)
     console.print(f"outlying dark frames: {planted} planted, {rejected} rejected by F1")
-    console.print(f"Zarr store: {store}")
-    for path in exported:
-        console.print(f"export: {path}")
-    return 0
+    if keep:
+        console.print(f"Zarr store: {store}")
+        for path in exported:
+            console.print(f"export: {path}")
 
 
 #: options of `rmm mask` that `rmm submit` passes on: (dest, flag, is a path)
@@ -373,6 +461,15 @@ _MASK_OPTIONS = (
 )
 
 
+MASK_DESCRIPTION = (
+    "Make a bad-pixel mask with the Robust Mask Maker (Sadri et al. 2022): features of every pixel from the dark runs "
+    "(one per gain stage) and an optional flat run, a robust Gaussian model of the normal pixels of each ASIC, and a "
+    "pixel is bad where a feature lies more than --lambda robust sigmas from it. Runs are opened lazily, the mask is "
+    "computed on a Dask cluster and published as a Zarr store only when complete. Bad input: one line and exit 2; "
+    "a cluster that cannot run the job: exit 3; Ctrl-C or SIGTERM: exit 130."
+)
+
+
 def _add_mask_arguments(p):
     run = "a directory, a glob pattern (quoted: expanded by rmm, in name order) or several files of one acquisition"
     for g in GAIN_OPTIONS:
@@ -380,13 +477,13 @@ def _add_mask_arguments(p):
     p.add_argument("--flat", metavar="RUN", nargs="+", help=f"flat-field run: {run}")
     p.add_argument("--flat-stage", choices=GAIN_OPTIONS, help="gain stage of the flat run (default: the first dark given)")
     p.add_argument("--out", required=True, metavar="STORE", help="the Zarr store to publish")
-    p.add_argument("--detector", default="AGIPD1M")
-    p.add_argument("--dataset", help="dataset path inside HDF5 stack files")
+    p.add_argument("--detector", default="AGIPD1M", metavar="NAME|FILE.yaml", help="detector description: a name (AGIPD1M, JUNGFRAU1M, JUNGFRAU4M, CSPAD, PILATUS300K, PILATUS6M, EIGER1M, EIGER16M, LAMBDA750K, LAMBDA2M) or a YAML file (default: AGIPD1M)")
+    p.add_argument("--dataset", metavar="PATH", help="dataset path inside HDF5 stack files")
     p.add_argument("--config", metavar="FILE", help="YAML with parameters under 'rmm-dask:' (see configs/rmm.yaml)")
-    p.add_argument("--lambda", dest="lam", type=float, help="outlier threshold in robust sigmas (default 8)")
+    p.add_argument("--lambda", dest="lam", type=float, metavar="L", help="outlier threshold in robust sigmas (default 8)")
     p.add_argument("--method", choices=["rmm", "mad", "nonrobust"], help="statistics of the normal-pixel model")
-    p.add_argument("--cells-per-chunk", type=int, help="memory cells per task")
-    p.add_argument("--workers", type=int, help="worker processes (local) or a fixed number of worker jobs (slurm)")
+    p.add_argument("--cells-per-chunk", type=int, metavar="N", help="memory cells per task (default: rmm-dask.chunking.cells-per-chunk of the configuration)")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes (local) or a fixed number of worker jobs (slurm)")
     p.add_argument("--jobqueue", metavar="FILE", help="dask-jobqueue YAML for Slurm (default: configs/jobqueue.yaml, or $RMM_JOBQUEUE_CONFIG)")
     p.add_argument("--user-mask", metavar="FILE[:DATASET]", help="a user-drawn mask (.npy, .tif, .cbf, HDF5 FILE:DATASET), kept as its own layer")
     p.add_argument("--user-mask-good-is-one", action="store_true", help="the user mask marks good pixels with non-zero (Cheetah, OM)")
@@ -449,52 +546,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rmm-dask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("mask", help="make a mask from dark runs (one per gain stage) and an optional flat run")
+    p = sub.add_parser("mask", help="make a mask from dark runs (one per gain stage) and an optional flat run", description=MASK_DESCRIPTION)
     _add_mask_arguments(p)
-    p.add_argument("--cluster", default="local", help="'local', 'slurm' (dask-jobqueue) or a scheduler address tcp://host:port")
-    p.add_argument("--report", metavar="FILE.html", help="save Dask's performance report (an existing one only with --overwrite)")
+    p.add_argument("--cluster", default="local", metavar="local|slurm|ADDRESS", help="'local', 'slurm' (dask-jobqueue) or a scheduler address tcp://host:port")
+    p.add_argument("--report", metavar="FILE.html", help="save Dask's performance report (task stream, worker profiles; one HTML file; an existing one only with --overwrite)")
     p.set_defaults(run=_mask)
 
-    p = sub.add_parser("submit", help="run `rmm mask --cluster slurm` as one Slurm batch job and return at once")
+    p = sub.add_parser("submit", help="run `rmm mask --cluster slurm` as one Slurm batch job and return at once", description=(
+        "Check the runs and options as `rmm mask` would (metadata and a few frames of the flat), write a batch script "
+        "that runs `rmm mask --cluster slurm` with them, submit it with sbatch and print the job id, log and result path."))
     _add_mask_arguments(p)
     p.add_argument("--log-dir", metavar="DIR", help="where the batch script and its log go (default: beside --out)")
     p.set_defaults(run=_submit)
 
-    p = sub.add_parser("synth", help="write a synthetic calibration set as the detector's raw runs, with its truth")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p = sub.add_parser("synth", help="write a synthetic calibration set as the detector's raw runs, with its truth", description=(
+        "Write dark runs (one per gain stage) and a flat run with planted defects of every kind, in the detector's real "
+        "file layout, under DIR/raw, and the planted truth in DIR/truth.h5."))
+    p.add_argument("--out", required=True, metavar="DIR", help="an empty or new directory to write into")
     p.add_argument("--detector", type=str.lower, choices=sorted(DEMOS), default="agipd", help="agipd, jungfrau (EuXFEL RAW), cspad (CXI), pilatus (CBF), eiger (NXmx), lambda (LAMBDA 2M: a file per module and part)")
     p.add_argument("--modules", type=int, help="modules (default per detector: agipd 2, jungfrau 2, cspad 32, pilatus 3, eiger 2, lambda 3)")
     p.add_argument("--cells", type=int, help="memory cells (default: agipd 2, others 1)")
     p.add_argument("--frames", type=int, help="dark frames per cell (default: 100 or 64)")
     p.add_argument("--flat-frames", type=int, help="flat frames per cell (default: --frames)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic set (default 0)")
     p.add_argument("--compression", choices=["gzip"], help="compress the image data as the facility may")
     p.set_defaults(run=_synth)
 
-    p = sub.add_parser("export", help="export a mask store to another format")
-    p.add_argument("store")
+    p = sub.add_parser("export", help="export a mask store to another format", description=(
+        "Write the mask of a store in the format analysis software reads; the user's and the manufacturer's layers are combined into it."))
+    p.add_argument("store", help="the mask store (Zarr) to export")
     p.add_argument("--to", required=True, choices=FORMATS, help="h5: the store's layout; crystfel: mask file + geometry lines; nexus: NXmx pixel_mask; euxfel: BadPixels; cheetah: 0/1 good map")
-    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in one atomic swap, once the new one is complete")
     p.set_defaults(run=_export)
 
-    p = sub.add_parser("diff", help="pixels newly bad and recovered between two masks, per bit, module, gain and cell")
-    p.add_argument("old")
-    p.add_argument("new")
+    p = sub.add_parser("diff", help="pixels newly bad and recovered between two masks, per bit, module, gain and cell", description=(
+        "Compare two mask stores of the same detector: pixel-planes newly bad and recovered, bits set and cleared, "
+        "per module, gain stage (and cell); --json also lists the pixels."))
+    p.add_argument("old", help="the earlier mask store")
+    p.add_argument("new", help="the later mask store")
     p.add_argument("--cells", action="store_true", help="list every memory cell")
     p.add_argument("--json", metavar="FILE", help="also write the counts as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file in one atomic swap")
     p.set_defaults(run=_diff)
 
-    p = sub.add_parser("nightly", help="re-mask new calibration runs of facility trees and publish versioned masks")
+    p = sub.add_parser("nightly", help="re-mask new calibration runs of facility trees and publish versioned masks", description=(
+        "The unattended re-masking service: find complete calibration sets in the configured trees, mask each new one, "
+        "publish it as <publish>/<name>/vNNNN and move <name>/current to it when it passes the sanity bounds "
+        "(see README, 'Nightly re-masking')."))
     p.add_argument("--config", required=True, metavar="FILE", help="the service's YAML (see configs/nightly.yaml)")
     p.add_argument("--once", action="store_true", help="one pass, then exit (for timers, cron and scrontab)")
     p.add_argument("--dry-run", action="store_true", help="show what a pass would do; change nothing")
     p.add_argument("--status", action="store_true", help="print the catalog and the current versions")
     p.set_defaults(run=_nightly)
 
-    p = sub.add_parser("show", help="counts per bit, module, gain and cell; --png for figures, --html for a report")
-    p.add_argument("store")
+    p = sub.add_parser("show", help="counts per bit, module, gain and cell; --png for figures, --html for a report", description=(
+        "Print a mask store's inputs, parameters and counts per bit, module, gain stage (and cell), and its layers; "
+        "write figures (--png) or one self-contained HTML page (--html)."))
+    p.add_argument("store", help="the mask store (Zarr) to show")
     p.add_argument("--cells", action="store_true", help="list the counts of every memory cell")
     p.add_argument("--png", metavar="DIR", help="write per-module mask images, the assembled detector and SNR histograms here")
     p.add_argument("--geometry", metavar="FILE.geom", help="CrystFEL geometry for the assembled image of EuXFEL detectors (default: EXtra-geom's example)")
@@ -502,14 +611,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --png directory or --html report in one atomic swap")
     p.set_defaults(run=_show)
 
-    p = sub.add_parser("demo", help="synthetic runs with planted defects -> mask on a LocalCluster -> exports -> score")
-    p.add_argument("--out", metavar="DIR", help="where to write (default: a new temporary directory)")
+    p = sub.add_parser("demo", help="synthetic runs with planted defects -> mask on a LocalCluster -> exports -> score", description=(
+        "Synthesise a calibration set with planted defects, mask it on a LocalCluster, export it to every format and score "
+        "the mask against the truth. Without --out it works in a temporary directory that it names first and removes at the end."))
+    p.add_argument("--out", metavar="DIR", help="where to write, and keep, the runs, the store and the exports (default: a new temporary directory, removed at the end)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (its path is printed first)")
     p.add_argument("--detector", type=str.lower, choices=sorted(DEMOS), default="agipd", help="agipd (AGIPD-1M), jungfrau (JUNGFRAU 1M), cspad, pilatus (300K), eiger (1M), lambda (LAMBDA 2M)")
     p.add_argument("--modules", type=int, help="modules (default per detector, see rmm synth)")
-    p.add_argument("--cells", type=int)
+    p.add_argument("--cells", type=int, help="memory cells (default per detector, see rmm synth)")
     p.add_argument("--frames", type=int, help="frames per cell in each run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic set (default 0)")
+    p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     p.set_defaults(run=_demo)
     return parser
 

@@ -16,7 +16,7 @@ def _report(path, overwrite=False):
     from . import publish
 
     with publish.output(path, overwrite=overwrite, what="the performance report") as out:
-        with performance_report(filename=str(out.tmp)):
+        with performance_report(filename=str(out.tmp), mode="inline"):  # bokeh inline: the page works offline
             yield
 
 

@@ -54,6 +54,16 @@ def test_mask_show_export(store, tmp_path, capsys):
         np.testing.assert_array_equal(f["mask"][:], root["mask"][:])
 
 
+def test_performance_report_works_offline(store):
+    """--report: one HTML page that loads nothing from the network (bokeh inline, not from its CDN)."""
+    import re
+
+    html = store.with_name("report.html").read_text()
+    sources = re.findall(r"<script[^>]*\bsrc=[\"']([^\"']+)", html)
+    assert not [s for s in sources if re.match(r"(https?:)?//", s)], sources
+    assert "Bokeh" in html and "task-stream" in html.lower().replace(" ", "-")  # the page itself is there
+
+
 def test_missing_run(tmp_path, capsys):
     assert main(["mask", "--dark-high", str(tmp_path / "r0099"), "--out", str(tmp_path / "m.zarr")]) == 2
     one_line_error(capsys, "r0099", "no such file or directory")

@@ -80,3 +80,33 @@ def test_scrontab_options_accepted_by_slurm(slurm):
     options = [o for o in options if not o.startswith("--output")] + ["--output=/dev/null"]
     proc = subprocess.run(["sbatch", "--test-only", *options, "--wrap", shlex.join(command)], capture_output=True, text=True)
     assert proc.returncode == 0 and "to start at" in proc.stderr, proc.stderr
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    settings = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_private_directories_only():
+    """numba loads its cache with pickle: every deploy file keeps it (and the state) in directories
+    of the service user alone, never a fixed name in a shared temporary directory."""
+    import yaml
+
+    texts = {p.name: p.read_text() for p in DEPLOY.glob("*/rmm-nightly*")}
+    assert set(texts) == {"rmm-nightly.service", "rmm-nightly.timer", "rmm-nightly.cron", "rmm-nightly.scrontab"}
+    for name, text in texts.items():
+        body = "\n".join(line for line in text.splitlines() if not line.startswith("# "))
+        assert "/tmp" not in body and "/var/tmp" not in body and "NUMBA_CACHE_DIR" not in body, name
+    unit = unit_settings(texts["rmm-nightly.service"])
+    assert unit["StateDirectory"] == ["rmm-nightly"] and unit["StateDirectoryMode"] == ["0700"]
+    assert unit["CacheDirectory"] == ["rmm-nightly"] and unit["CacheDirectoryMode"] == ["0700"]
+    assert unit["Environment"] == ["XDG_CACHE_HOME=%C/rmm-nightly"]  # %C: /var/cache for a system unit
+    state = yaml.safe_load((DEPLOY.parent / "configs" / "nightly.yaml").read_text())["nightly"]["state"]
+    assert state == "/var/lib/" + unit["StateDirectory"][0]  # the configuration uses the private state directory
+    cron = [line for line in texts["rmm-nightly.cron"].splitlines() if line.startswith("XDG_CACHE_HOME=")]
+    assert cron == ["XDG_CACHE_HOME=/var/cache/rmm-nightly"]
+    assert "install -d -o rmm -g rmm -m 0700 /var/cache/rmm-nightly /var/lib/rmm-nightly" in texts["rmm-nightly.cron"]

@@ -267,16 +267,102 @@ def test_crash_after_publication_is_finished_without_redoing_it(tmp_path, capsys
     assert "current -> v0001" in capsys.readouterr().out
 
 
-def test_a_lost_catalog_never_reuses_a_version_number(tmp_path):
-    night_runs(tmp_path / "facility" / "p700000", 1, flat=True)
+def catalog_view(tmp_path: Path) -> tuple[list[tuple], int | None]:
+    """The catalog's sets (version, status, runs' names, newly bad) and its pointer, for comparison."""
+    db = sqlite3.connect(tmp_path / "state" / "catalog.sqlite")
+    sets = [
+        (v, status, sorted(Path(p).name for p in json.loads(runs).values()), newly_bad)
+        for v, status, runs, newly_bad in db.execute("SELECT version, status, runs, newly_bad FROM sets ORDER BY version")
+    ]
+    pointer = db.execute("SELECT version FROM pointers WHERE detector = 'AGIPD'").fetchone()
+    db.close()
+    return sets, None if pointer is None else pointer[0]
+
+
+def test_a_lost_or_corrupt_catalog_is_rebuilt_from_the_published_versions(tmp_path, capsys):
+    """Without its catalog the service masks nothing again and current stays where it was;
+    a corrupt catalog is kept aside. diff.json names the published stores."""
+    facility = tmp_path / "facility" / "p700000"
     config = write_config(tmp_path)
+    night_runs(facility, 1, flat=True)
     assert nightly(config, "--once") == 0
+    night_runs(facility, 2)
+    assert nightly(config, "--once") == 0
+    capsys.readouterr()
+    published = tmp_path / "masks" / "AGIPD"
+    diff_text = (published / "v0002" / "diff.json").read_text()
+    diff = json.loads(diff_text)
+    assert diff["old"] == str(published / "v0001" / "mask.zarr") and diff["new"] == str(published / "v0002" / "mask.zarr")
+    assert ".partial" not in diff_text
+    before = catalog_view(tmp_path)
+    assert before == ([(1, "published", ["r0001", "r0002", "r0003", "r0004"], None), (2, "published", ["r0001", "r0005", "r0006", "r0007"], 3 * NEW_HOT)], 2)
+    stamps = {p: p.stat().st_mtime_ns for p in published.glob("v*/summary.json")}
+
+    def assert_nothing_masked_again():
+        out = capsys.readouterr().out
+        assert "catalog: 2 published version(s) recorded again from their summary.json" in out
+        assert "0 set(s) processed" in out and "mask:" not in out
+        assert versions(tmp_path) == ["v0001", "v0002"] and current(tmp_path) == "v0002"
+        assert {p: p.stat().st_mtime_ns for p in published.glob("v*/summary.json")} == stamps
+        assert catalog_view(tmp_path) == before
+        sets, events = catalog(tmp_path)
+        assert events == [(1, "rebuilt"), (2, "rebuilt"), (None, "current")]
+        assert sets[1]["store"] == str(published / "v0002" / "mask.zarr") and sets[1]["seconds"] > 0
+        assert json.loads(sets[1]["parameters"])["lam"] == 8.0 and sets[1]["software"].startswith("rmm-dask ")
+        return out
+
+    # lost: deleted with its WAL files
     for p in (tmp_path / "state").glob("catalog.sqlite*"):
         p.unlink()
-    assert nightly(config, "--once") == 0  # the set is new to the new catalog: masked again, as v0002
-    assert versions(tmp_path) == ["v0001", "v0002"] and current(tmp_path) == "v0002"
-    sets, _ = catalog(tmp_path)
-    assert [(s["version"], s["status"]) for s in sets] == [(2, "published")]
+    assert nightly(config, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "a pass would record 2 published version(s) again" in out and "0 set(s) would be processed" in out
+    assert not (tmp_path / "state" / "catalog.sqlite").exists()
+    assert nightly(config, "--once") == 0
+    assert_nothing_masked_again()
+
+    # corrupt: garbage over the whole file
+    garbage = os.urandom(3000)
+    (tmp_path / "state" / "catalog.sqlite").write_bytes(garbage)
+    assert main(["nightly", "--config", str(config), "--status"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "catalog.sqlite: is not a readable catalog (file is not a database)" in err, err
+    assert nightly(config, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "a pass would move it aside" in out and "0 set(s) would be processed" in out
+    assert (tmp_path / "state" / "catalog.sqlite").read_bytes() == garbage  # the dry run changed nothing
+    assert nightly(config, "--once") == 0
+    out = assert_nothing_masked_again()
+    (aside,) = (tmp_path / "state").glob("catalog.sqlite.corrupt-*")
+    assert aside.read_bytes() == garbage
+    assert sum(f"is corrupt (file is not a database): moved to {aside.name}" in line for line in out.splitlines()) == 1
+
+    # the next set gets the next number and becomes current
+    night_runs(facility, 3)
+    assert nightly(config, "--once") == 0
+    assert versions(tmp_path) == ["v0001", "v0002", "v0003"] and current(tmp_path) == "v0003"
+    assert json.loads((published / "v0003" / "diff.json").read_text())["against"] == "v0002"
+
+
+def test_a_damaged_page_is_found_and_the_catalog_moved_aside(tmp_path):
+    """Garbage inside a valid database (not only over its header) is found by SQLite's check."""
+    from rmm_dask.nightly.catalog import Catalog
+    from rmm_dask.nightly.recover import open_catalog
+
+    path = tmp_path / "catalog.sqlite"
+    with Catalog(path) as cat:
+        for i in range(100):
+            cat.claim("AGIPD", f"k{i}", {"dark-high": f"/facility/raw/r{i:04d}" * 20}, parameters={}, software="rmm-dask")
+    data = bytearray(path.read_bytes())
+    assert len(data) > 5 * 4096
+    data[3 * 4096: 3 * 4096 + 2000] = b"\xab" * 2000
+    path.write_bytes(bytes(data))
+    said = []
+    with open_catalog(path, said.append) as cat:
+        assert cat.sets() == []  # a new, empty catalog
+    (aside,) = tmp_path.glob("catalog.sqlite.corrupt-*")
+    assert aside.read_bytes() == bytes(data)
+    assert len(said) == 1 and "\n" not in said[0] and f"moved to {aside.name}" in said[0]
 
 
 def test_a_run_not_ready_stops_the_tree(tmp_path):

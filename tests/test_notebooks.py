@@ -17,14 +17,21 @@ def test_there_are_three_notebooks_without_outputs():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, tmp_path):
+def test_notebook_runs(path, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    tmp = tmp_path / "tmp"  # the kernel's temporary directory: what the notebook writes, and leaves
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs) or path.stem.startswith("01")  # figures drawn
+    said = "".join(o.get("text", "") for o in outputs)
+    (work,) = [line.split()[2].rstrip(";") for line in said.splitlines() if line.startswith("writing to ")]
+    assert Path(work).parent == tmp and f"removed {work}" in said  # it said where, and removed it
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("rmm-")] == []
     if path.stem.startswith("01"):
         assert any("dashboard: http" in o.get("text", "") for o in outputs)

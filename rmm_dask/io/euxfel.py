@@ -199,8 +199,15 @@ def _run_number(run_dir: str, files) -> int:
 
 
 def _open_run_directory(run_dir: str):
-    """``extra_data.RunDirectory`` with its failures (and its files skipped as unusable) as InputError."""
-    from extra_data import RunDirectory
+    """The run's files as one EXtra-data run, with its failures (and its files skipped as unusable) as InputError.
+
+    Read only: ``extra_data.RunDirectory`` would save its map of the files' trains and sources
+    (``karabo_data_map.json``) into the run directory when it may write there (and a virtual
+    overview file may be used in place of the files); ``DataCollection.from_paths`` opens the
+    same files as one run and writes nothing. The price: a map left by others is not read,
+    so each file's index is read on opening (as the first RunDirectory of a run does).
+    """
+    from extra_data import DataCollection
 
     names = sorted(f for f in os.listdir(run_dir) if f.endswith(".h5") and f.lower() != "overview.h5")
     if not names:
@@ -210,10 +217,7 @@ def _open_run_directory(run_dir: str):
     log = io.StringIO()
     try:
         with contextlib.redirect_stderr(log):
-            try:
-                run = RunDirectory(run_dir, _use_voview=False)
-            except TypeError:  # a later EXtra-data without the private switch
-                run = RunDirectory(run_dir)
+            run = DataCollection.from_paths([os.path.join(run_dir, n) for n in names], is_single_run=True)
     except Exception as e:  # noqa: BLE001  (EXtra-data raises bare Exceptions)
         _raise_for_unusable(run_dir, names, log.getvalue())
         raise InputError(run_dir, f"cannot open as a EuXFEL run: {e}") from None

@@ -11,7 +11,8 @@ Tables:
   (``running``, ``published``, ``held``, ``failed``, ``interrupted``), attempts, version,
   store, parameters, software, host/pid, start/end, seconds, counts and the message;
 * ``events``: what happened, in order (claimed, published, held, failed, interrupted,
-  current switched);
+  current switched, rebuilt: a set recorded again from its published version after the
+  catalog was lost, see recover.py);
 * ``pointers``: the version ``current`` points to, per detector.
 """
 
@@ -68,6 +69,10 @@ CREATE TABLE IF NOT EXISTS pointers (
 DONE = ("published", "held")
 
 
+def version_label(version: int) -> str:
+    return f"v{version:04d}"
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -82,10 +87,34 @@ class Catalog:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.executescript(SCHEMA)
+            except sqlite3.DatabaseError:  # not a database (or a damaged one): the caller decides
+                self.db.close()
+                raise
         self.db.row_factory = sqlite3.Row
+
+    @classmethod
+    def in_memory(cls, source: Catalog | None = None) -> Catalog:
+        """A scratch catalog in memory (a copy of ``source``, or empty): what --dry-run may change."""
+        self = cls.__new__(cls)
+        self.path = Path(":memory:")
+        self.db = sqlite3.connect(":memory:", isolation_level=None)
+        if source is not None:
+            source.db.backup(self.db)
+        self.db.executescript(SCHEMA)
+        self.db.row_factory = sqlite3.Row
+        return self
+
+    def verify(self) -> None:
+        """Raise sqlite3.DatabaseError unless SQLite finds the file sound and it holds our tables."""
+        problems = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(problems[:3]))
+        for table in ("sets", "events", "pointers"):
+            self.db.execute(f"SELECT * FROM {table} LIMIT 1").fetchall()
 
     def close(self) -> None:
         self.db.close()
@@ -169,6 +198,23 @@ class Catalog:
                 self.db.execute("UPDATE sets SET status = 'interrupted', message = ? WHERE id = ?", (detail, row["id"]))
                 self._event(row["id"], row["detector"], "interrupted", detail)
         return stale
+
+    def adopt(self, detector: str, key: str, runs: dict, version: int, status: str, *, source: str, **fields) -> int:
+        """Record a set found published on disk but missing from the catalog (after it was lost);
+        ``fields``: parameters, software, started, finished, seconds, store, bad_fraction,
+        newly_bad, recovered, message. The attempts that made it are unknown: counted as one."""
+        allowed = {"parameters", "software", "started", "finished", "seconds", "store", "bad_fraction", "newly_bad", "recovered", "message"}
+        if set(fields) - allowed:
+            raise ValueError(f"unknown fields {sorted(set(fields) - allowed)}")
+        cols = "".join(f", {k}" for k in fields)
+        marks = ", ?" * len(fields)
+        with self._transaction():
+            cur = self.db.execute(
+                f"INSERT INTO sets (detector, key, runs, status, attempts, version, discovered{cols}) VALUES (?, ?, ?, ?, 1, ?, ?{marks})",
+                (detector, key, json.dumps(runs), status, version, now(), *fields.values()),
+            )
+            self._event(cur.lastrowid, detector, "rebuilt", f"{status} {version_label(version)} recorded again from {source}")
+        return cur.lastrowid
 
     def set_pointer(self, detector: str, version: int, set_id: int | None = None) -> None:
         with self._transaction():

@@ -42,6 +42,11 @@ class Run:
     mtime: float  #: newest modification time of its files
 
 
+def runs_key(runs: dict) -> str:
+    """A set's identity in the catalog from its runs (role -> path, in the set's order)."""
+    return ";".join(f"{role}={path}" for role, path in runs.items())
+
+
 @dataclass(frozen=True)
 class CalibrationSet:
     """Dark runs per gain stage and an optional flat run of one detector."""
@@ -54,7 +59,7 @@ class CalibrationSet:
     @property
     def key(self) -> str:
         """The set's identity in the catalog: its runs' paths by role."""
-        return ";".join(f"{role}={path}" for role, path in self.runs.items())
+        return runs_key(self.runs)
 
     @property
     def runs(self) -> dict:

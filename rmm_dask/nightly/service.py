@@ -4,7 +4,9 @@ One pass (``--once``; without it, a pass every ``interval`` seconds):
 
 1. take the service lock (``<state>/nightly.lock``, an flock): a second pass started
    meanwhile (cron, a manual run) says so and does nothing;
-2. sets the catalog still shows running were left by a process that died: they are
+2. a lost or corrupt catalog is rebuilt from the published versions' summary.json
+   (recover.py: a corrupt file is moved aside), so no published set is masked again;
+   sets the catalog still shows running were left by a process that died: they are
    marked interrupted and will be processed again, under the same version number;
 3. for every watched detector, find the complete sets (discover.py) and, oldest first,
    process those not yet published or held (failed ones again, up to max-attempts):
@@ -27,6 +29,7 @@ import fcntl
 import json
 import os
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from .. import __version__
 from ..errors import ClusterError, InputError
 from .catalog import DONE, Catalog
 from .discover import CalibrationSet, find_sets
+from .recover import catalog_for_dry_run, catalog_for_pass
 from .settings import Sanity, Settings, Watch
 from .versions import Versions, version_name
 
@@ -117,11 +121,10 @@ def _timestamped(echo):
 
 def dry_run_pass(settings: Settings, say) -> int:
     """What a pass would do, without the lock and without changing anything."""
-    path = settings.state / CATALOG
-    catalog = Catalog(path, readonly=True) if path.exists() else None
+    catalog = catalog_for_dry_run(settings, settings.state / CATALOG, say)
     n = 0
     for watch, cset in discover(settings, say):
-        row = catalog.get(watch.name, cset.key) if catalog else None
+        row = catalog.get(watch.name, cset.key)
         what = action(row, settings.max_attempts, _complete(settings, row))
         if what is None:
             say(f"done: {cset.describe()} ({row['status']} {version_name(row['version'])}, {row['attempts']} attempt(s))")
@@ -130,14 +133,13 @@ def dry_run_pass(settings: Settings, say) -> int:
         where = version_name(row["version"]) if row else "a new version"
         say(f"would {what}: {cset.describe()} -> {watch.name}/{where}")
     say(f"dry run: {n} set(s) would be processed; nothing was changed")
-    if catalog:
-        catalog.close()
+    catalog.close()
     return 0
 
 
 def nightly_pass(settings: Settings, say) -> int:
     try:
-        with service_lock(settings.state), Catalog(settings.state / CATALOG) as catalog:
+        with service_lock(settings.state), catalog_for_pass(settings, settings.state / CATALOG, say) as catalog:
             for row in catalog.interrupt_stale():
                 say(f"{row['detector']} {version_name(row['version'])}: the attempt started {row['started']} did not finish; it will be resumed")
             failed = done = 0
@@ -250,7 +252,8 @@ def make_version(settings: Settings, watch: Watch, cset: CalibrationSet, version
     diff = None
     if current is not None:
         try:
-            diff = diff_masks(versions.path(current) / "mask.zarr", store) | {"against": version_name(current)}
+            # named as published (the store is still in the hidden partial directory)
+            diff = diff_masks(versions.path(current) / "mask.zarr", store) | {"against": version_name(current), "new": str(versions.path(version) / "mask.zarr")}
         except InputError as err:
             reasons.append(f"cannot compare with {version_name(current)}: {err.problem}")
     reasons += sanity_problems(counts, diff, settings.sanity)
@@ -319,7 +322,11 @@ def status_rows(settings: Settings) -> tuple[list, dict]:
     path = settings.state / CATALOG
     if not path.exists():
         return [], {}
-    with Catalog(path, readonly=True) as catalog:
-        rows = [dict(r) for r in catalog.sets()]
-        pointers = {w.name: catalog.pointer(w.name) for w in settings.detectors}
+    try:
+        with Catalog(path, readonly=True) as catalog:
+            catalog.verify()
+            rows = [dict(r) for r in catalog.sets()]
+            pointers = {w.name: catalog.pointer(w.name) for w in settings.detectors}
+    except sqlite3.DatabaseError as err:
+        raise InputError(path, f"is not a readable catalog ({' '.join(str(err).split())}); the next pass moves it aside and rebuilds it from the published versions") from None
     return rows, pointers
