@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -61,6 +62,14 @@ def _check_run_options(args):
         raise InputError("--flat-stage", f"the flat run is in {args.flat_stage} gain, but no --dark-{args.flat_stage} run is given")
     if args.cells_per_chunk is not None and args.cells_per_chunk < 1:
         raise InputError("--cells-per-chunk", "must be at least 1")
+    _check_workers(args)
+    if args.lam is not None and not (math.isfinite(args.lam) and args.lam > 0):
+        raise InputError("--lambda", f"must be a finite number above 0, not {args.lam:g}")
+
+
+def _check_workers(args):
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        raise InputError("--workers", f"must be at least 1, not {args.workers}")
 
 
 def _cells_per_chunk(args) -> int:
@@ -101,7 +110,7 @@ def _mask(args) -> int:
     path = run_mask(
         darks, flat, args.out, params=params, detector=args.detector, cluster=args.cluster, n_workers=args.workers,
         report=args.report, overwrite=args.overwrite, echo=console.print, flat_stage=args.flat_stage, user_mask=user_mask,
-        accept_flat=args.accept_flat,
+        accept_flat=args.accept_flat, outcome=args.outcome,
     )
     console.print(f"mask store: {path}  ({time.perf_counter() - t0:.1f} s)")
     _print_counts(console, path, per_cell=False)
@@ -159,6 +168,9 @@ def _show(args) -> int:
 
     console = _console()
     root = open_store(args.store)
+    for path in (args.png, args.html):
+        if path:
+            args.outcome.expect(path)
     if args.html and Path(args.html).exists() and not args.overwrite:  # before anything is written
         raise InputError(Path(args.html).absolute(), "exists already (give --overwrite to replace it)")
     attrs = root.attrs
@@ -180,6 +192,7 @@ def _show(args) -> int:
 def _export(args) -> int:
     from .exports import export
 
+    args.outcome.expect(args.out)
     for path in export(args.store, args.to, args.out, overwrite=args.overwrite):
         print(f"exported: {path}")
     return 0
@@ -193,6 +206,8 @@ def _diff(args) -> int:
     from .diff import diff_masks
 
     console = _console()
+    if args.json:
+        args.outcome.expect(args.json)
     result = diff_masks(args.old, args.new)
     console.print(f"{args.old} -> {args.new}: {result['newly_bad']} pixels newly bad, {result['recovered']} recovered")
     table = Table(title="bits set and cleared")
@@ -225,11 +240,24 @@ def _nightly(args) -> int:
         params_from_config()
     except (ValueError, TypeError, KeyError) as err:
         raise InputError(settings.path, f"invalid parameters under 'rmm-dask:': {err}") from None
-    if args.status:
-        _print_status(_console(), settings)
-        return 0
-    # plain lines with a time stamp each, flushed: the output goes to journald, cron mail or a log
-    return run_nightly(settings, once=args.once, dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
+    args.outcome.note = "versions published before stay published; the set in progress is resumed by the next pass"
+    with _catalog_errors(settings):
+        if args.status:
+            _print_status(_console(), settings)
+            return 0
+        # plain lines with a time stamp each, flushed: the output goes to journald, cron mail or a log
+        return run_nightly(settings, once=args.once, dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
+
+
+@contextlib.contextmanager
+def _catalog_errors(settings):
+    """SQLite's errors (only the catalog is a database) as one line naming the catalog file."""
+    import sqlite3
+
+    try:
+        yield
+    except sqlite3.DatabaseError as err:
+        raise InputError(settings.state / "catalog.sqlite", f"not a usable catalog ({err})") from None
 
 
 def _print_status(console, settings):
@@ -305,9 +333,11 @@ def _demo(args) -> int:
     from .synth import score, synthesize
 
     console = _console()
+    _check_workers(args)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rmm-demo-"))
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "exists and is not empty")
+    args.outcome.note = f"what was written so far is in {out.absolute()}"
     cfg = _synth_config(args)
     det = cfg.detector
     t0 = time.perf_counter()
@@ -504,16 +534,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminated(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+def _interrupted(signum, frame):
+    """Ctrl-C (SIGINT) and SIGTERM: stop the command where it is, once. Further signals while
+    it cleans up (cancels the tasks, stops the workers, removes its temporary files) are held."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _write_error(err: OSError) -> str | None:
+    """A failed write as 'FILE: problem' (no space, quota, read-only, permission), None for other OSErrors."""
+    from .job import WRITE_ERRNOS
+
+    if err.errno not in WRITE_ERRNOS:
+        return None
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit code: 0 done, 2 a user error (one line on stderr, nothing
+    written), 3 the cluster could not run the job, 130 interrupted (Ctrl-C, SIGTERM): one
+    line saying what was published, if anything."""
+    from .outcome import Outcome
+
     args = build_parser().parse_args(argv)
+    args.outcome = Outcome()
     # the scheduler runs in this process: its routine messages (and the tracebacks it logs
     # at INFO level when worker jobs are cancelled at the end) are not for the user
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    with _sigterm_as_interrupt(), _config_scope():
+    with _config_scope(), _interrupts():
         try:
             return args.run(args)
         except InputError as err:
@@ -523,8 +573,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rmm {args.command}: {err}", file=sys.stderr)
             return 3
         except KeyboardInterrupt:
-            print(f"rmm {args.command}: interrupted; nothing was published", file=sys.stderr)
+            print(f"rmm {args.command}: interrupted; {args.outcome.summary()}", file=sys.stderr)
             return 130
+        except OSError as err:
+            line = _write_error(err)
+            if line is None:
+                raise
+            print(f"rmm {args.command}: {line}; {args.outcome.summary()}", file=sys.stderr)
+            return 2
 
 
 @contextlib.contextmanager
@@ -545,18 +601,22 @@ def _config_scope():
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """scancel and Slurm's time limit send SIGTERM: clean up as on Ctrl-C (cancel the worker
-    jobs, remove the partial store) rather than die on the spot. Only for the duration of the
-    command, and only in the main thread (where Python handles signals)."""
+def _interrupts():
+    """Ctrl-C (SIGINT, to the whole process group from a terminal), scancel and Slurm's time
+    limit (SIGTERM) raise KeyboardInterrupt in the command: it cleans up (cancels the
+    tasks and the worker jobs, removes the partial store) and ``main`` exits with 130, rather
+    than dying on the spot. Only for the duration of the command, and only in the main thread
+    (where Python handles signals). Entered after ``rmm_dask.config`` is imported (it imports
+    dask-jobqueue, which installs a SIGINT handler that exits with status 0)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    previous = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

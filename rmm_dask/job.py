@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 from pathlib import Path
 
-from .errors import InputError
+from .errors import ClusterError, InputError
+
+#: OSErrors that writing the output causes: about the output, whatever file the message names
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
+
+#: a store needs at least this fraction of its uncompressed size: the float32 features and
+#: SNRs, most of a store, compress by about a quarter (the mask itself by 50x)
+LEAST_COMPRESSED = 0.5
 
 
 @contextlib.contextmanager
@@ -19,22 +28,69 @@ def _report(path):
         yield
 
 
+def store_nbytes(ds) -> int:
+    """Uncompressed bytes of the arrays a store of the lazy mask ``ds`` holds (from the graph, reads nothing)."""
+    return int(sum(var.nbytes for var in ds.data_vars.values()) + sum(c.nbytes for c in ds.coords.values()))
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def check_output(out, *, overwrite: bool = False, nbytes: int | None = None, what: str = "the output store") -> Path:
+    """Refuse, before any cluster starts, an output that cannot be published; its absolute path.
+
+    An existing output without ``overwrite``, a symbolic link at its name (dangling or not:
+    nothing is written through links), a parent that is missing or not writable, and,
+    with ``nbytes`` (the uncompressed size, :func:`store_nbytes`), a filesystem with clearly
+    too little room: less than :data:`LEAST_COMPRESSED` of it free.
+    """
+    target = Path(os.path.abspath(os.fspath(out)))
+    if target.is_symlink():
+        raise InputError(target, f"is a symbolic link (to {os.readlink(target)}); give the real path of {what}")
+    if target.exists() and not overwrite:
+        raise InputError(target, "exists already (give --overwrite to replace it)")
+    parent = target.parent
+    if not parent.is_dir():
+        raise InputError(parent, f"no such directory for {what}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        why = "read-only filesystem" if os.statvfs(parent).f_flag & os.ST_RDONLY else "permission denied"
+        raise InputError(parent, f"not writable ({why}): cannot write {what} there")
+    if nbytes:
+        st = os.statvfs(parent)
+        free = st.f_bavail * st.f_frsize
+        if free < LEAST_COMPRESSED * nbytes:
+            raise InputError(
+                target, f"no space left on device: {what} needs about {_mb(LEAST_COMPRESSED * nbytes)} to {_mb(nbytes)}, "
+                f"{parent} has {_mb(free)} free; nothing was published"
+            )
+    return target
+
+
 def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=None, report=None, overwrite=False, echo=print,
-             flat_stage=None, user_mask=None, accept_flat=False):
+             flat_stage=None, user_mask=None, accept_flat=False, outcome=None):
     """Build the mask graph of the opened runs, compute it on a cluster and publish the store.
 
-    Before any cluster is started, the flat run is checked on a few frames
-    (:func:`rmm_dask.flatcheck.check_flat`): a flat that is not lit, or not in its gain
-    stage, raises :class:`InputError` unless ``accept_flat``; the evidence goes into the
-    store's ``flat_check`` attribute either way.
+    Before any cluster is started, the output is checked (:func:`check_output`: not a link,
+    a writable directory, room for the store as estimated from the graph) and the flat run
+    is checked on a few frames (:func:`rmm_dask.flatcheck.check_flat`): a flat that is not
+    lit, or not in its gain stage, raises :class:`InputError` unless ``accept_flat``; the
+    evidence goes into the store's ``flat_check`` attribute either way.
+
+    A write that fails on the output's filesystem (no space, quota, read-only, too large)
+    raises :class:`InputError` naming the store; a worker that dies again and again (out of
+    memory) raises :class:`ClusterError`. ``outcome`` (:class:`rmm_dask.outcome.Outcome`), if
+    given, follows the stages and the outputs, for an honest line when the job is interrupted.
     """
     from .cluster import dask_client
     from .flatcheck import check_flat
+    from .outcome import Outcome
     from .pipeline import build_mask, check_runs
     from .store import remove_partial, write_store
 
-    if Path(out).exists() and not overwrite:  # before any cluster is started
-        raise InputError(Path(out).absolute(), "exists already (give --overwrite to replace it)")
+    outcome = outcome if outcome is not None else Outcome()
+    outcome.enter("building")
+    check_output(out, overwrite=overwrite)  # cheap checks before any run is read
     for name, ds in list(darks.items()) + ([("flat", flat)] if flat is not None else []):
         for note in ds.attrs.get("notes", []):
             echo(f"{name} run {ds.attrs.get('path')}: {note}")
@@ -45,12 +101,30 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
         if checked.get("accepted_by_option"):
             echo(f"flat run {flat.attrs.get('path')}: {checked['problem']}; used as flat because of --accept-flat")
     ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage, user_mask=user_mask, flat_check=checked)
+    target = check_output(out, overwrite=overwrite, nbytes=store_nbytes(ds))  # before any cluster is started
+    if report:
+        outcome.expect(check_output(report, overwrite=True, what="the performance report"))
+    outcome.expect(target)
     blocks = ds.mask.data.numblocks
     parallel = blocks[0] * blocks[2] * (len(darks) + (flat is not None))  # read and feature tasks at once
     partials = []
     try:
+        outcome.enter("computing")
         with dask_client(cluster, n_workers=n_workers, max_workers=parallel, echo=echo), _report(report):
-            return write_store(ds, out, overwrite=overwrite, partials=partials)
+            path = write_store(ds, out, overwrite=overwrite, partials=partials)
+        outcome.enter("published")
+        return path
+    except OSError as err:
+        if err.errno in WRITE_ERRNOS:
+            raise InputError(target, f"cannot write the store: {err.strerror or err}; nothing was published") from None
+        raise
+    except Exception as err:
+        if type(err).__name__ == "KilledWorker":  # distributed.KilledWorker, without importing distributed here
+            raise ClusterError(
+                f"a worker died again and again running {getattr(err, 'task', None) or 'a task'} (out of memory? "
+                f"see rmm-dask.cluster.memory-limit and --cells-per-chunk); nothing was published"
+            ) from None
+        raise
     finally:
         for path in partials:  # again, now that no worker can still be writing into it
             remove_partial(path)
