@@ -12,14 +12,12 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import ClusterError, InputError
 
 GAIN_OPTIONS = ("high", "medium", "low")
@@ -534,14 +532,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupted(signum, frame):
-    """Ctrl-C (SIGINT) and SIGTERM: stop the command where it is, once. Further signals while
-    it cleans up (cancels the tasks, stops the workers, removes its temporary files) are held."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def _write_error(err: OSError) -> str | None:
     """A failed write as 'FILE: problem' (no space, quota, read-only, permission), None for other OSErrors."""
     from .job import WRITE_ERRNOS
@@ -563,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     # the scheduler runs in this process: its routine messages (and the tracebacks it logs
     # at INFO level when worker jobs are cancelled at the end) are not for the user
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    with _config_scope(), _interrupts():
+    # after _config_scope, which imports dask-jobqueue (its import installs a SIGINT handler)
+    with _config_scope(), interrupts.handled():
         try:
             return args.run(args)
         except InputError as err:
@@ -598,25 +589,6 @@ def _config_scope():
     finally:
         dask.config.config.clear()
         dask.config.config.update(saved)
-
-
-@contextlib.contextmanager
-def _interrupts():
-    """Ctrl-C (SIGINT, to the whole process group from a terminal), scancel and Slurm's time
-    limit (SIGTERM) raise KeyboardInterrupt in the command: it cleans up (cancels the
-    tasks and the worker jobs, removes the partial store) and ``main`` exits with 130, rather
-    than dying on the spot. Only for the duration of the command, and only in the main thread
-    (where Python handles signals). Entered after ``rmm_dask.config`` is imported (it imports
-    dask-jobqueue, which installs a SIGINT handler that exits with status 0)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

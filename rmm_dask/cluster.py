@@ -13,6 +13,7 @@ import dask
 import dask.config
 
 from . import config as _config  # noqa: F401  (the rmm-dask defaults in dask.config)
+from . import interrupts
 from .errors import ClusterError
 
 
@@ -96,7 +97,7 @@ def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_work
     from distributed import Client, LocalCluster
 
     if cluster == "local":
-        with _sigint_blocked():
+        with _sigint_blocked(), interrupts.held():  # a Ctrl-C meanwhile: once it is up, to close it cleanly
             local = LocalCluster(
                 n_workers=n_workers or conf["n-workers"],
                 threads_per_worker=threads_per_worker or conf["threads-per-worker"],
@@ -133,10 +134,13 @@ def _slurm_client(conf: dict, *, n_workers=None, max_workers=None, echo=print):
     maximum = n_workers or min(conf["maximum-workers"], max_workers or conf["maximum-workers"])
     minimum = n_workers or min(conf["minimum-workers"], maximum)
     timeout = float(conf["worker-start-timeout"])
-    with SLURMCluster() as slurm:
+    with interrupts.held():  # a Ctrl-C meanwhile: once the cluster object exists, to close it
+        slurm = SLURMCluster()
+    try:
         _check_job_script(slurm.job_script())
         slurm.adapt(minimum=minimum, maximum=maximum)
-        with Client(slurm) as client:
+        client = Client(slurm)
+        try:
             echo(f"dashboard: {client.dashboard_link}  (Slurm worker jobs, {minimum} to {maximum})")
             try:
                 client.wait_for_workers(1, timeout=timeout)
@@ -147,20 +151,25 @@ def _slurm_client(conf: dict, *, n_workers=None, max_workers=None, echo=print):
                     f"{dask.config.get('jobqueue.slurm.log-directory') or 'the working directory'}"
                 ) from None
             echo(f"Slurm worker jobs: {_job_ids(slurm)}")
-            try:
-                yield client
-            finally:
-                echo(f"stopping Slurm worker jobs {_job_ids(slurm) or '(none left)'}")
-                slurm.scale(0)  # ends adaptive scaling; the jobs are cancelled as the cluster closes
+            yield client
+        finally:
+            echo(f"stopping Slurm worker jobs {_job_ids(slurm) or '(none left)'}")
+            with interrupts.held():
+                slurm.scale(0)  # ends adaptive scaling; the jobs are cancelled (scancel) as the cluster closes
+            _close(client, CLOSE_TIMEOUT)
+    finally:
+        _close(slurm, SLURM_CLOSE_TIMEOUT)
 
 
 #: seconds for the client, then the cluster, to close (the nannies give a worker 4 s, then kill it)
 CLOSE_TIMEOUT = 20
+#: seconds for a SLURMCluster to close: scancel for each worker job
+SLURM_CLOSE_TIMEOUT = 60
 
 
 def _close(thing, timeout: float) -> None:
-    """Close a client or cluster within ``timeout`` s; a second Ctrl-C meanwhile is held until it is closed."""
-    with _sigint_blocked():
+    """Close a client or cluster within ``timeout`` s; a Ctrl-C or SIGTERM meanwhile is raised once it is closed."""
+    with interrupts.held():
         try:
             thing.close(timeout=timeout)
         except (TimeoutError, OSError, RuntimeError):  # closing is best effort: the process ends anyway
