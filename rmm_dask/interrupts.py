@@ -4,9 +4,11 @@
 SIGTERM (scancel, Slurm's time limit, systemd) into one KeyboardInterrupt in the main
 thread for the duration of a command (:func:`handled`): the command cancels its tasks,
 stops its workers and worker jobs and removes its temporary files on the way out, and
-the command line exits with 130. Signals after the first are ignored, so that a second
-Ctrl-C does not cut that clean-up short. Inside :func:`held` (closing a cluster,
-starting a LocalCluster) a signal is remembered and raised when the block ends.
+the command line exits with 130. Signals in the :data:`GRACE` seconds after the first
+are ignored, so that pressing Ctrl-C again does not cut that clean-up short; a later one
+interrupts it too (a clean-up that hangs can still be stopped). Inside :func:`held`
+(closing a cluster, starting a LocalCluster) a signal is remembered and raised when the
+block ends.
 """
 
 from __future__ import annotations
@@ -14,32 +16,42 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: seconds after an interrupt in which further signals are ignored
+GRACE = 10.0
 
 _held = 0
 _pending: int | None = None
+_first: float | None = None  #: when the last KeyboardInterrupt was raised (time.monotonic)
+
+
+def _raise(signum: int):
+    global _first
+    _first = time.monotonic()
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _interrupted(signum, frame):
     global _pending
-    for sig in SIGNALS:  # the first one counts; the clean-up it starts runs to its end
-        signal.signal(sig, signal.SIG_IGN)
+    if _first is not None and time.monotonic() - _first < GRACE:
+        return  # the clean-up the first one started goes on
     if _held:
         _pending = signum
         return
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    _raise(signum)
 
 
 @contextlib.contextmanager
 def handled():
     """SIGINT and SIGTERM raise KeyboardInterrupt in the block (main thread only; elsewhere a no-op)."""
-    global _pending
+    global _pending, _first
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.signal(sig, _interrupted) for sig in SIGNALS}
-    _pending = None
+    _pending = _first = None
     try:
         yield
     finally:
@@ -58,4 +70,4 @@ def held():
         _held -= 1
         if not _held and _pending is not None:
             signum, _pending = _pending, None
-            raise KeyboardInterrupt(signal.Signals(signum).name)
+            _raise(signum)

@@ -102,6 +102,28 @@ def test_sigterm_after_publication_says_it_was_published(runs, tmp_path, monkeyp
     assert [p.name for p in tmp_path.iterdir()] == ["m.zarr"]
 
 
+def test_one_interrupt_held_during_clean_up_and_a_grace_for_the_next(monkeypatch):
+    """The first signal raises (at once, or when a held block ends); the next ones within GRACE do not."""
+    from rmm_dask import interrupts
+
+    def kill(sig):
+        os.kill(os.getpid(), sig)
+        time.sleep(0.01)  # the handler runs in this thread at the next bytecode
+
+    with interrupts.handled():
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            kill(signal.SIGTERM)
+        kill(signal.SIGINT)  # within the grace: the clean-up goes on
+        monkeypatch.setattr(interrupts, "GRACE", 0.0)
+        reached = False
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            with interrupts.held():
+                kill(signal.SIGINT)
+                reached = True  # held: the block runs to its end
+        assert reached
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's handler again
+
+
 def test_successful_mask_prints_no_traceback_and_no_killed_worker(runs, tmp_path, capfd):  # noqa: F811
     assert main(mask_args(runs, tmp_path / "m.zarr", "--workers", "2")) == 0
     captured = capfd.readouterr()
