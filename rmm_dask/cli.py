@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, interrupts, publish
 from .errors import ClusterError, InputError
 
 GAIN_OPTIONS = ("high", "medium", "low")
@@ -61,6 +60,14 @@ def _check_run_options(args):
         raise InputError("--flat-stage", f"the flat run is in {args.flat_stage} gain, but no --dark-{args.flat_stage} run is given")
     if args.cells_per_chunk is not None and args.cells_per_chunk < 1:
         raise InputError("--cells-per-chunk", "must be at least 1")
+    _check_workers(args)
+    if args.lam is not None and not (math.isfinite(args.lam) and args.lam > 0):
+        raise InputError("--lambda", f"must be a finite number above 0, not {args.lam:g}")
+
+
+def _check_workers(args):
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        raise InputError("--workers", f"must be at least 1, not {args.workers}")
 
 
 def _cells_per_chunk(args) -> int:
@@ -101,7 +108,7 @@ def _mask(args) -> int:
     path = run_mask(
         darks, flat, args.out, params=params, detector=args.detector, cluster=args.cluster, n_workers=args.workers,
         report=args.report, overwrite=args.overwrite, echo=console.print, flat_stage=args.flat_stage, user_mask=user_mask,
-        accept_flat=args.accept_flat,
+        accept_flat=args.accept_flat, outcome=args.outcome,
     )
     console.print(f"mask store: {path}  ({time.perf_counter() - t0:.1f} s)")
     _print_counts(console, path, per_cell=False)
@@ -190,16 +197,14 @@ def _print_counts(console, store, per_cell: bool):
 
 
 def _show(args) -> int:
-    from . import publish
     from .store import open_store
     from .summary import write_figures
 
     console = _console()
     root = open_store(args.store)
-    if args.png:  # both outputs checked before anything is written
-        publish.prepare(args.png, overwrite=args.overwrite, directory=True, what="the figures")
-    if args.html:
-        publish.prepare(args.html, overwrite=args.overwrite, what="the report")
+    for path, directory, what in ((args.png, True, "the figures"), (args.html, False, "the report")):
+        if path:  # both outputs checked before anything is written
+            args.outcome.expect(publish.prepare(path, overwrite=args.overwrite, directory=directory, what=what))
     attrs = root.attrs
     console.print(f"{args.store}: {attrs.get('detector')} mask, {attrs.get('software')}, {attrs.get('start_time')} - {attrs.get('end_time')}")
     for name, info in attrs.get("inputs", {}).items():
@@ -221,6 +226,7 @@ def _show(args) -> int:
 def _export(args) -> int:
     from .exports import export
 
+    args.outcome.expect(args.out)
     for path in export(args.store, args.to, args.out, overwrite=args.overwrite):
         print(f"exported: {path}")
     return 0
@@ -229,12 +235,11 @@ def _export(args) -> int:
 def _diff(args) -> int:
     import json
 
-    from . import publish
     from .diff import diff_masks
 
     console = _console()
     if args.json:
-        publish.prepare(args.json, overwrite=args.overwrite, what="the JSON counts")
+        args.outcome.expect(publish.prepare(args.json, overwrite=args.overwrite, what="the JSON counts"))
     result = diff_masks(args.old, args.new)
     console.print(f"{args.old} -> {args.new}: {result['newly_bad']} pixels newly bad, {result['recovered']} recovered")
     for table in diff_tables(result, args.cells):
@@ -273,11 +278,24 @@ def _nightly(args) -> int:
         params_from_config()
     except (ValueError, TypeError, KeyError) as err:
         raise InputError(settings.path, f"invalid parameters under 'rmm-dask:': {err}") from None
-    if args.status:
-        _print_status(_console(), settings)
-        return 0
-    # plain lines with a time stamp each, flushed: the output goes to journald, cron mail or a log
-    return run_nightly(settings, once=args.once, dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
+    args.outcome.note = "versions published before stay published; the set in progress is resumed by the next pass"
+    with _catalog_errors(settings):
+        if args.status:
+            _print_status(_console(), settings)
+            return 0
+        # plain lines with a time stamp each, flushed: the output goes to journald, cron mail or a log
+        return run_nightly(settings, once=args.once, dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
+
+
+@contextlib.contextmanager
+def _catalog_errors(settings):
+    """SQLite's errors (only the catalog is a database) as one line naming the catalog file."""
+    import sqlite3
+
+    try:
+        yield
+    except sqlite3.DatabaseError as err:
+        raise InputError(settings.state / "catalog.sqlite", f"not a usable catalog ({err})") from None
 
 
 def _print_status(console, settings):
@@ -363,6 +381,7 @@ def _synth(args) -> int:
 
 def _demo(args) -> int:
     console = _console()
+    _check_workers(args)
     if args.out:
         out = Path(args.out)
         if out.exists() and any(out.iterdir()):
@@ -372,29 +391,15 @@ def _demo(args) -> int:
         out = Path(tempfile.mkdtemp(prefix="rmm-demo-"))
     keep = bool(args.out or args.keep)
     console.print(f"writing to {out}" + ("" if keep else " (removed at the end; --keep or --out DIR keeps it)"))
+    if keep:
+        args.outcome.note = f"what was written so far is in {out.absolute()}"
     try:
         _demo_in(args, console, cfg, out, keep)
     finally:
         if not keep:
-            _remove_tree(out)
+            publish.remove(out, what="the demo's directory")
             console.print(f"removed {out}")
     return 0
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove a directory the demo wrote, also where published files or directories are read-only."""
-    import shutil
-    import stat
-
-    def writable_then_retry(func, name, _exc):
-        parent = os.path.dirname(name)
-        os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
-        func(name)
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=writable_then_retry)
-    else:
-        shutil.rmtree(path, onerror=writable_then_retry)
 
 
 def _demo_in(args, console, cfg, out: Path, keep: bool) -> None:
@@ -525,8 +530,6 @@ def _submit(args) -> int:
         checked = check_flat(darks, flat, detector=args.detector, flat_stage=args.flat_stage, params=params, accept=args.accept_flat)
         if checked.get("accepted_by_option"):
             print(f"flat run {flat.attrs.get('path')}: {checked['problem']}; used as flat because of --accept-flat")
-    from . import publish
-
     out = publish.prepare(args.out, overwrite=args.overwrite, directory=True, what="the output store")
     if args.jobqueue is None and os.environ.get("RMM_JOBQUEUE_CONFIG"):
         args.jobqueue = os.environ["RMM_JOBQUEUE_CONFIG"]
@@ -626,16 +629,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminated(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+def _write_error(err: OSError) -> str | None:
+    """A failed write as 'FILE: problem' (no space, quota, read-only, permission), None for other OSErrors."""
+    from .job import WRITE_ERRNOS
+
+    if err.errno not in WRITE_ERRNOS:
+        return None
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit code: 0 done, 2 a user error (one line on stderr, nothing
+    written), 3 the cluster could not run the job, 130 interrupted (Ctrl-C, SIGTERM): one
+    line saying what was published, if anything."""
+    from .outcome import Outcome
+
     args = build_parser().parse_args(argv)
+    args.outcome = Outcome()
     # the scheduler runs in this process: its routine messages (and the tracebacks it logs
     # at INFO level when worker jobs are cancelled at the end) are not for the user
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    with _sigterm_as_interrupt(), _config_scope():
+    # after _config_scope, which imports dask-jobqueue (its import installs a SIGINT handler)
+    with _config_scope(), interrupts.handled():
         try:
             return args.run(args)
         except InputError as err:
@@ -645,8 +661,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rmm {args.command}: {err}", file=sys.stderr)
             return 3
         except KeyboardInterrupt:
-            print(f"rmm {args.command}: interrupted; nothing was published", file=sys.stderr)
+            print(f"rmm {args.command}: interrupted; {args.outcome.summary()}", file=sys.stderr)
             return 130
+        except OSError as err:
+            line = _write_error(err)
+            if line is None:
+                raise
+            print(f"rmm {args.command}: {line}; {args.outcome.summary()}", file=sys.stderr)
+            return 2
 
 
 @contextlib.contextmanager
@@ -664,21 +686,6 @@ def _config_scope():
     finally:
         dask.config.config.clear()
         dask.config.config.update(saved)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """scancel and Slurm's time limit send SIGTERM: clean up as on Ctrl-C (cancel the worker
-    jobs, remove the partial store) rather than die on the spot. Only for the duration of the
-    command, and only in the main thread (where Python handles signals)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

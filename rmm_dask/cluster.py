@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ import dask
 import dask.config
 
 from . import config as _config  # noqa: F401  (the rmm-dask defaults in dask.config)
+from . import interrupts
 from .errors import ClusterError
 
 
@@ -34,9 +37,59 @@ def dask_client(
     schedulers started here queue read tasks with ``rmm-dask.cluster.worker-saturation``.
     """
     conf = dask.config.get("rmm-dask.cluster")
-    with dask.config.set({"distributed.scheduler.worker-saturation": conf["worker-saturation"]}):
+    with dask.config.set({"distributed.scheduler.worker-saturation": conf["worker-saturation"]}), quiet_distributed():
         with _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, echo) as client:
             yield client
+
+
+@contextlib.contextmanager
+def quiet_distributed(level=logging.CRITICAL):
+    """Distributed's own log lines off for the block, in this process.
+
+    The scheduler and the nannies of a LocalCluster run here. What they log is for Dask's
+    developers: a task's error (which reaches the user as the exception the client raises,
+    one line for an InputError), the tasks cancelled after it, workers killed when they do
+    not stop within 4 s of a close that was asked for, heartbeats lost at shutdown; and
+    asyncio's "Task exception was never retrieved" for the client's wait on the tasks that
+    an interrupt cancelled.
+    """
+    loggers = [logging.getLogger(name) for name in ("distributed", "asyncio")]
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, previous):
+            logger.setLevel(old)
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in this thread for the block, so that threads started in it block it too.
+
+    The worker processes of a LocalCluster are started by the threads of its event loop,
+    which LocalCluster starts in its constructor: started there, they keep SIGINT blocked
+    for their lifetime (restarted workers too) and a Ctrl-C at the terminal, which goes to
+    the whole process group, reaches only ``rmm`` itself. It cancels the job and closes
+    the cluster, which stops the workers; a worker never prints its own KeyboardInterrupt.
+    A Ctrl-C while the cluster starts is delivered once it has started.
+
+    multiprocessing's resource tracker is started first, here: starting it unblocks SIGINT
+    in the starting thread (Python 3.11 ``resource_tracker.ensure_running``), which would
+    otherwise be the event loop's thread, before it starts the workers.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager
@@ -44,16 +97,24 @@ def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_work
     from distributed import Client, LocalCluster
 
     if cluster == "local":
-        local = LocalCluster(
-            n_workers=n_workers or conf["n-workers"],
-            threads_per_worker=threads_per_worker or conf["threads-per-worker"],
-            memory_limit=memory_limit or conf["memory-limit"],
-            processes=True,
-            dashboard_address=":0",
-        )
-        with local, Client(local) as client:
-            echo(f"dashboard: {client.dashboard_link}  ({len(local.workers)} local workers)")
-            yield client
+        with _sigint_blocked(), interrupts.held():  # a Ctrl-C meanwhile: once it is up, to close it cleanly
+            local = LocalCluster(
+                n_workers=n_workers or conf["n-workers"],
+                threads_per_worker=threads_per_worker or conf["threads-per-worker"],
+                memory_limit=memory_limit or conf["memory-limit"],
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.CRITICAL,  # in the workers: no "Compute Failed" before the client's one line
+            )
+        try:
+            client = Client(local)
+            try:
+                echo(f"dashboard: {client.dashboard_link}  ({len(local.workers)} local workers)")
+                yield client
+            finally:
+                _close(client, CLOSE_TIMEOUT)
+        finally:
+            _close(local, CLOSE_TIMEOUT)
     elif cluster == "slurm":
         with _slurm_client(conf["slurm"], n_workers=n_workers, max_workers=max_workers, echo=echo) as client:
             yield client
@@ -73,10 +134,13 @@ def _slurm_client(conf: dict, *, n_workers=None, max_workers=None, echo=print):
     maximum = n_workers or min(conf["maximum-workers"], max_workers or conf["maximum-workers"])
     minimum = n_workers or min(conf["minimum-workers"], maximum)
     timeout = float(conf["worker-start-timeout"])
-    with SLURMCluster() as slurm:
+    with interrupts.held():  # a Ctrl-C meanwhile: once the cluster object exists, to close it
+        slurm = SLURMCluster()
+    try:
         _check_job_script(slurm.job_script())
         slurm.adapt(minimum=minimum, maximum=maximum)
-        with Client(slurm) as client:
+        client = Client(slurm)
+        try:
             echo(f"dashboard: {client.dashboard_link}  (Slurm worker jobs, {minimum} to {maximum})")
             try:
                 client.wait_for_workers(1, timeout=timeout)
@@ -87,11 +151,29 @@ def _slurm_client(conf: dict, *, n_workers=None, max_workers=None, echo=print):
                     f"{dask.config.get('jobqueue.slurm.log-directory') or 'the working directory'}"
                 ) from None
             echo(f"Slurm worker jobs: {_job_ids(slurm)}")
-            try:
-                yield client
-            finally:
-                echo(f"stopping Slurm worker jobs {_job_ids(slurm) or '(none left)'}")
-                slurm.scale(0)  # ends adaptive scaling; the jobs are cancelled as the cluster closes
+            yield client
+        finally:
+            echo(f"stopping Slurm worker jobs {_job_ids(slurm) or '(none left)'}")
+            with interrupts.held():
+                slurm.scale(0)  # ends adaptive scaling; the jobs are cancelled (scancel) as the cluster closes
+            _close(client, CLOSE_TIMEOUT)
+    finally:
+        _close(slurm, SLURM_CLOSE_TIMEOUT)
+
+
+#: seconds for the client, then the cluster, to close (the nannies give a worker 4 s, then kill it)
+CLOSE_TIMEOUT = 20
+#: seconds for a SLURMCluster to close: scancel for each worker job
+SLURM_CLOSE_TIMEOUT = 60
+
+
+def _close(thing, timeout: float) -> None:
+    """Close a client or cluster within ``timeout`` s; a Ctrl-C or SIGTERM meanwhile is raised once it is closed."""
+    with interrupts.held():
+        try:
+            thing.close(timeout=timeout)
+        except (TimeoutError, OSError, RuntimeError):  # closing is best effort: the process ends anyway
+            pass
 
 
 def _job_ids(cluster) -> str:

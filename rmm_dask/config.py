@@ -9,7 +9,10 @@ top-level ``rmm`` (the RAPIDS memory manager's old key) to ``distributed.rmm``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from pathlib import Path
 
 import dask.config
@@ -26,13 +29,30 @@ with open(DEFAULTS) as f:
     dask.config.update_defaults(yaml.safe_load(f))
 
 
+@contextlib.contextmanager
+def _keep_sigint():
+    """dask-jobqueue replaces the SIGINT handler on import with one that exits with status 0
+    (``sys.exit()``): Ctrl-C would end ``rmm`` as a success, and worker processes that
+    unpickle our tasks would print their own tracebacks. Keep whatever handler was there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: set from C, cannot be restored from Python
+            signal.signal(signal.SIGINT, previous)
+
+
 def _jobqueue_defaults() -> None:
     """Our SLURMCluster defaults over dask-jobqueue's own (which it registers on import).
 
     update_defaults replaces only values still equal to the previous defaults, so a
     user's ~/.config/dask/jobqueue.yaml and DASK_JOBQUEUE__... variables keep winning.
     """
-    import dask_jobqueue  # noqa: F401  (registers its defaults first)
+    with _keep_sigint():
+        import dask_jobqueue  # noqa: F401  (registers its defaults first)
 
     with open(JOBQUEUE_DEFAULTS) as f:
         dask.config.update_defaults(yaml.safe_load(f))

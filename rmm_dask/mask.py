@@ -71,8 +71,8 @@ class Params:
         if self.method not in METHODS:
             raise ValueError(f"unknown statistics {self.method!r}; choose one of {', '.join(METHODS)}")
         for name in ("lam", "f1_lambda", "f1_min_sigma"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+            if not 0 < getattr(self, name) < np.inf:
+                raise ValueError(f"{name} must be a finite number above 0, not {getattr(self, name)}")
         for name in ("window", "flat_tile"):
             value = getattr(self, name)
             if value is not None and (len(value) != 2 or min(value) < 1):

@@ -281,7 +281,8 @@ def prepare(target, *, overwrite: bool = False, directory: bool = False, what: s
         _tidy(parent)
         _check_target(parent, overwrite=overwrite, directory=directory, what=what)
         if not os.access(parent.target.parent, os.W_OK | os.X_OK):
-            raise InputError(parent.target.parent, f"not writable: cannot publish {what} there")
+            why = "read-only filesystem" if os.statvfs(parent.target.parent).f_flag & os.ST_RDONLY else "permission denied"
+            raise InputError(parent.target.parent, f"not writable ({why}): cannot publish {what} there")
     except OSError as err:
         raise InputError(parent.target, f"cannot prepare {what}: {_describe(err)}") from None
     finally:

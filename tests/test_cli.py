@@ -130,7 +130,7 @@ def test_demo(tmp_path, capsys):
         (["--flat-stage", "low", "--detector", "AGIPD1M"], ["--flat-stage", "no --dark-low"]),
         (["--detector", "EIGER99"], ["--detector", "unknown detector 'EIGER99'"]),
         (["--cells-per-chunk", "0"], ["--cells-per-chunk", "at least 1"]),
-        (["--lambda", "-1"], ["parameters", "lam must be positive"]),
+        (["--lambda", "-1"], ["--lambda", "must be a finite number above 0, not -1"]),
     ],
 )
 def test_bad_options(runs, tmp_path, capsys, extra, needles):

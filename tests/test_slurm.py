@@ -127,3 +127,25 @@ def test_workers_that_never_start_fail_clearly(slurm, small, tmp_path, capsys):
     refused.write_text("jobqueue:\n  slurm:\n    queue: no-such-partition\n")
     assert main(mask_argv(paths, tmp_path / "m.zarr", refused)) == 3
     assert "Slurm refuses the worker job" in capsys.readouterr().err
+
+
+def test_ctrl_c_to_the_process_group_cancels_the_worker_jobs(slurm, small, tmp_path):
+    """SIGINT as a terminal sends it (to the whole group) while the store is written: exit 130, one line, no job left."""
+    import os
+    import signal
+    import sys
+
+    _, paths, _, jobqueue = small
+    target = tmp_path / "m.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "rmm_dask", *mask_argv(paths, target, jobqueue)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".m.zarr.partial") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.02)
+    assert [line for line in squeue("-n", "rmm-worker", "-o", "%i") if line.strip()], "no worker job to cancel"
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert proc.stderr.read() == "rmm mask: interrupted; nothing was published\n"
+    assert list(tmp_path.iterdir()) == []
+    assert wait_queue_empty(), "worker jobs left behind"

@@ -1,0 +1,255 @@
+"""Honest exits: what `rmm` prints and leaves when it is interrupted, starved or given bad input.
+
+Ctrl-C to the whole process group (as a terminal sends it), SIGTERM after the store was
+published, outputs that cannot be written (read-only, full, a dangling link), impossible
+detector descriptions and parameters, a corrupt nightly catalog, an error inside a worker
+task, and a clean successful run. Each asserts the exit code, the one line on stderr, and
+what is left on disk.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+import zarr
+
+from rmm_dask import cluster
+from rmm_dask.cli import main
+from rmm_dask.store import STORE_FORMAT
+
+from .cli_errors import one_line_error
+from .test_cli import mask_args, raw, runs  # noqa: F401  (the module fixture: a small synthetic set)
+
+NOISE = ("Traceback", "KeyboardInterrupt", "Compute Failed", "still alive", "CancelledError", "Task exception")
+
+
+def _clean(err: str) -> None:
+    for word in NOISE:
+        assert word not in err, err
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """mount(size, ro=False) -> a directory on a new tmpfs (root only; skip elsewhere); unmounted at the end."""
+    mounts = []
+
+    def mount(size: str, ro: bool = False) -> Path:
+        where = tmp_path / f"fs{len(mounts)}"
+        where.mkdir()
+        if os.geteuid() != 0 or not shutil.which("mount"):
+            pytest.skip("mounting a small tmpfs needs root")
+        options = f"size={size}" + (",ro" if ro else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+# ------------------------------------------------------------------------------------- signals
+
+def test_ctrl_c_to_the_process_group_exits_130_and_leaves_nothing(runs, tmp_path):  # noqa: F811
+    """SIGINT to the whole group while the store is written: the workers get it too, and keep quiet."""
+    out = tmp_path / "m.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "rmm_dask", *mask_args(runs, out)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".m.zarr.partial") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=90) == 130
+    err = proc.stderr.read()
+    assert err == "rmm mask: interrupted; nothing was published\n", err
+    assert list(tmp_path.iterdir()) == []
+    deadline = time.monotonic() + 10  # the workers are gone with it
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("processes of the job's group are still running")
+
+
+def test_sigterm_after_publication_says_it_was_published(runs, tmp_path, monkeypatch, capfd):  # noqa: F811
+    """SIGTERM while the cluster closes, the store already in place: exit 130, the line names it, it is complete."""
+    out = tmp_path / "m.zarr"
+    close = cluster._close
+
+    def close_after_sigterm(thing, timeout):
+        if out.is_dir():  # published: the job is over, the cluster is being closed
+            os.kill(os.getpid(), signal.SIGTERM)
+        close(thing, timeout)
+
+    monkeypatch.setattr(cluster, "_close", close_after_sigterm)
+    assert main(mask_args(runs, out)) == 130
+    err = capfd.readouterr().err
+    assert err.strip() == f"rmm mask: interrupted; {out} was published", err
+    root = zarr.open_group(out, mode="r")
+    assert root.attrs["format"] == STORE_FORMAT and root["mask"].shape == (1, 3, 2, 512, 128)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.zarr"]
+
+
+def test_one_interrupt_held_during_clean_up_and_a_grace_for_the_next(monkeypatch):
+    """The first signal raises (at once, or when a held block ends); the next ones within GRACE do not."""
+    from rmm_dask import interrupts
+
+    def kill(sig):
+        os.kill(os.getpid(), sig)
+        time.sleep(0.01)  # the handler runs in this thread at the next bytecode
+
+    with interrupts.handled():
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            kill(signal.SIGTERM)
+        kill(signal.SIGINT)  # within the grace: the clean-up goes on
+        monkeypatch.setattr(interrupts, "GRACE", 0.0)
+        reached = False
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            with interrupts.held():
+                kill(signal.SIGINT)
+                reached = True  # held: the block runs to its end
+        assert reached
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's handler again
+
+
+def test_successful_mask_prints_no_traceback_and_no_killed_worker(runs, tmp_path, capfd):  # noqa: F811
+    assert main(mask_args(runs, tmp_path / "m.zarr", "--workers", "2")) == 0
+    captured = capfd.readouterr()
+    assert "mask store:" in captured.out
+    _clean(captured.err)
+    assert captured.err == "", captured.err
+
+
+def test_error_in_a_worker_task_is_one_line(tmp_path, capfd):
+    """A compressed chunk corrupted where only a worker reads it (not in the flat check's frames)."""
+    assert main(["synth", "--out", str(tmp_path / "s"), "--modules", "1", "--cells", "2", "--frames", "24", "--compression", "gzip"]) == 0
+    victim = next((tmp_path / "s" / "raw" / "r0002").glob("*.h5"))
+    with h5py.File(victim, "r") as f:
+        name = next(n for n in _datasets(f) if f[n].compression == "gzip" and f[n].ndim == 4)
+        chunk = f[name].id.get_chunk_info(f[name].id.get_num_chunks() - 5)
+    with open(victim, "r+b") as f:
+        f.seek(chunk.byte_offset + chunk.size // 2)
+        f.write(b"\xff" * 64)
+    capfd.readouterr()
+    out = tmp_path / "m.zarr"
+    argv = ["mask", *(a for n, g in enumerate(("high", "medium", "low"), 1) for a in (f"--dark-{g}", str(tmp_path / "s" / "raw" / f"r{n:04d}"))),
+            "--flat", str(tmp_path / "s" / "raw" / "r0004"), "--out", str(out), "--workers", "1"]
+    assert main(argv) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.count("\n") == 0 and victim.name in err and "cannot read" in err, err
+    _clean(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def _datasets(f):
+    names = []
+    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    return names
+
+
+# ------------------------------------------------------------------------------------- outputs
+
+def test_output_directory_not_writable(runs, tmp_path, mounted, capsys):  # noqa: F811
+    where = mounted("1m", ro=True)
+    assert main(mask_args(runs, where / "m.zarr")) == 2
+    one_line_error(capsys, str(where), "not writable (read-only filesystem)")
+    assert os.listdir(where) == []
+
+
+def test_no_room_for_the_store_is_refused_before_the_cluster_starts(runs, tmp_path, mounted, capsys):  # noqa: F811
+    where = mounted("1m")
+    t0 = time.monotonic()
+    assert main(mask_args(runs, where / "m.zarr")) == 2
+    err = one_line_error(capsys, str(where / "m.zarr"), "no space left on device", "MB free", "nothing was published")
+    assert "dashboard" not in capsys.readouterr().out  # no cluster was started
+    assert time.monotonic() - t0 < 30, err
+    assert os.listdir(where) == []
+
+
+def test_disk_full_while_writing_is_one_line(runs, tmp_path, mounted, capsys):  # noqa: F811
+    """Room for the estimate's lower bound, not for the compressed store: ENOSPC in a worker task."""
+    from rmm_dask.io import open_run
+    from rmm_dask.job import LEAST_COMPRESSED, store_nbytes
+    from rmm_dask.pipeline import build_mask
+
+    darks = {g: open_run(raw(runs, n)) for n, g in enumerate(("high", "medium", "low"), 1)}
+    estimate = store_nbytes(build_mask(darks, open_run(raw(runs, 4))))
+    where = mounted(f"{int((LEAST_COMPRESSED + 0.1) * estimate) // 1024}k")
+    assert main(mask_args(runs, where / "m.zarr")) == 2
+    one_line_error(capsys, str(where / "m.zarr"), "No space left on device", "nothing was published")
+    assert os.listdir(where) == []
+
+
+def test_dangling_symlink_as_output_is_refused(runs, tmp_path, capsys):  # noqa: F811
+    link = tmp_path / "m.zarr"
+    link.symlink_to(tmp_path / "elsewhere" / "m.zarr")
+    assert main(mask_args(runs, link)) == 2
+    one_line_error(capsys, str(link), "is a symbolic link")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.zarr"] and link.is_symlink()
+
+
+# ------------------------------------------------------------------------------------- inputs and options
+
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        (["--lambda", "inf"], ["--lambda", "must be a finite number above 0, not inf"]),
+        (["--lambda", "nan"], ["--lambda", "not nan"]),
+        (["--lambda", "0"], ["--lambda", "not 0"]),
+        (["--workers", "0"], ["--workers", "must be at least 1, not 0"]),
+        (["--workers", "-2"], ["--workers", "must be at least 1, not -2"]),
+    ],
+)
+def test_impossible_options(runs, tmp_path, capsys, extra, needles):  # noqa: F811
+    assert main(mask_args(runs, tmp_path / "m.zarr", *extra)) == 2
+    one_line_error(capsys, *needles)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lambda_inf_in_a_config_file(runs, tmp_path, capsys):  # noqa: F811
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("rmm-dask:\n  lambda: .inf\n")
+    assert main(mask_args(runs, tmp_path / "m.zarr", "--config", str(cfg))) == 2
+    one_line_error(capsys, "c.yaml", "lam must be a finite number above 0")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.yaml"]
+
+
+@pytest.mark.parametrize("change, needle", [("cells: 352", "cells must be at least 1, not -3"), ("gain-stages:", "at least one gain stage")])
+def test_detector_description_with_impossible_values(runs, tmp_path, capsys, change, needle):  # noqa: F811
+    from rmm_dask import detectors
+
+    lines = (Path(detectors.__file__).with_name("agipd1m.yaml")).read_text().splitlines()
+    key = change.split(":")[0] + ":"
+    text = "\n".join(("cells: -3" if key == "cells:" else "gain-stages: []") if line.startswith(key) else line for line in lines)
+    assert text != "\n".join(lines)
+    yaml_file = tmp_path / "det.yaml"
+    yaml_file.write_text(text)
+    assert main(mask_args(runs, tmp_path / "m.zarr", "--detector", str(yaml_file))) == 2
+    one_line_error(capsys, "--detector", "det.yaml", needle)
+    assert [p.name for p in tmp_path.iterdir()] == ["det.yaml"]
+
+
+@pytest.mark.parametrize("option", ["--status", "--once", "--dry-run"])
+def test_corrupt_nightly_catalog_is_one_line(tmp_path, capsys, option):
+    from .test_nightly import write_config
+
+    config = write_config(tmp_path)
+    catalog = tmp_path / "state" / "catalog.sqlite"
+    catalog.parent.mkdir()
+    catalog.write_bytes(b"not a database: overwritten by accident\n" * 200)
+    before = catalog.read_bytes()
+    assert main(["nightly", "--config", str(config), option]) == 2
+    one_line_error(capsys, str(catalog), "not a usable catalog")
+    assert catalog.read_bytes() == before and not (tmp_path / "masks").exists()
