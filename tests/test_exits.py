@@ -188,7 +188,7 @@ def test_disk_full_while_writing_is_one_line(runs, tmp_path, mounted, capsys):  
     estimate = store_nbytes(build_mask(darks, open_run(raw(runs, 4))))
     where = mounted(f"{int((LEAST_COMPRESSED + 0.1) * estimate) // 1024}k")
     assert main(mask_args(runs, where / "m.zarr")) == 2
-    one_line_error(capsys, str(where / "m.zarr"), "No space left on device", "nothing was published")
+    one_line_error(capsys, str(where / "m.zarr"), "no space left on device", "nothing was published")
     assert os.listdir(where) == []
 
 
@@ -241,8 +241,9 @@ def test_detector_description_with_impossible_values(runs, tmp_path, capsys, cha
     assert [p.name for p in tmp_path.iterdir()] == ["det.yaml"]
 
 
-@pytest.mark.parametrize("option", ["--status", "--once", "--dry-run"])
-def test_corrupt_nightly_catalog_is_one_line(tmp_path, capsys, option):
+def test_corrupt_nightly_catalog_is_one_line(tmp_path, capsys):
+    """--status reads a corrupt catalog only to say so: one line, exit 2, the file untouched; a dry run
+    says what a pass would do with it (a pass rebuilds it: tests/test_nightly.py)."""
     from .test_nightly import write_config
 
     config = write_config(tmp_path)
@@ -250,6 +251,9 @@ def test_corrupt_nightly_catalog_is_one_line(tmp_path, capsys, option):
     catalog.parent.mkdir()
     catalog.write_bytes(b"not a database: overwritten by accident\n" * 200)
     before = catalog.read_bytes()
-    assert main(["nightly", "--config", str(config), option]) == 2
-    one_line_error(capsys, str(catalog), "not a usable catalog")
+    assert main(["nightly", "--config", str(config), "--status"]) == 2
+    one_line_error(capsys, str(catalog), "is not a readable catalog (file is not a database)")
     assert catalog.read_bytes() == before and not (tmp_path / "masks").exists()
+    assert main(["nightly", "--config", str(config), "--dry-run"]) == 0
+    assert "would move it aside and rebuild it" in capsys.readouterr().out
+    assert catalog.read_bytes() == before and sorted(p.name for p in catalog.parent.iterdir()) == ["catalog.sqlite"]
