@@ -140,10 +140,15 @@ def test_ctrl_c_to_the_process_group_cancels_the_worker_jobs(slurm, small, tmp_p
     proc = subprocess.Popen([sys.executable, "-m", "rmm_dask", *mask_argv(paths, target, jobqueue)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
+    # the worker jobs are submitted before the store is begun; sbatch and squeue take seconds on a loaded
+    # machine, so they are seen first and the signal follows the store's temporary name at once
+    # (a small job may otherwise be published between the two)
+    while not [line for line in squeue("-n", "rmm-worker", "-o", "%i") if line.strip()]:
+        assert proc.poll() is None and time.monotonic() < deadline, f"no worker job to cancel: {proc.stderr.read()}"
+        time.sleep(0.1)
     while not any(p.name.startswith(".m.zarr.partial") for p in tmp_path.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.02)
-    assert [line for line in squeue("-n", "rmm-worker", "-o", "%i") if line.strip()], "no worker job to cancel"
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=120) == 130
     assert proc.stderr.read() == "rmm mask: interrupted; nothing was published\n"
