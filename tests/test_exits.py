@@ -124,6 +124,31 @@ def test_one_interrupt_held_during_clean_up_and_a_grace_for_the_next(monkeypatch
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's handler again
 
 
+def test_an_interrupt_python_drops_in_a_callback_is_raised_again(capfd):
+    """A signal whose handler runs inside a weakref callback (h5py and Dask run many, e.g. during the
+    flat check): Python drops and prints what is raised there, and the job would run to its end.
+    It is raised again, unprinted, once the callback is over."""
+    import weakref
+
+    from rmm_dask import interrupts
+
+    class Thing:
+        pass
+
+    reached = False
+    with interrupts.handled():
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            thing = Thing()
+            ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGINT))
+            del thing  # the callback runs here, and the handler inside it
+            reached = True  # the job goes on for a moment ...
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # ... and is interrupted
+                time.sleep(0.001)
+    assert reached and ref() is None
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
 def test_successful_mask_prints_no_traceback_and_no_killed_worker(runs, tmp_path, capfd):  # noqa: F811
     assert main(mask_args(runs, tmp_path / "m.zarr", "--workers", "2")) == 0
     captured = capfd.readouterr()
