@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import dask
@@ -97,33 +99,51 @@ def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_work
     from distributed import Client, LocalCluster
 
     if cluster == "local":
-        with _sigint_blocked(), interrupts.held():  # a Ctrl-C meanwhile: once it is up, to close it cleanly
-            local = LocalCluster(
-                n_workers=n_workers or conf["n-workers"],
-                threads_per_worker=threads_per_worker or conf["threads-per-worker"],
-                memory_limit=memory_limit or conf["memory-limit"],
-                processes=True,
-                dashboard_address=":0",
-                silence_logs=logging.CRITICAL,  # in the workers: no "Compute Failed" before the client's one line
-            )
-        try:
-            client = Client(local)
+        with _scratch_space():
+            with _sigint_blocked(), interrupts.held():  # a Ctrl-C meanwhile: once it is up, to close it cleanly
+                local = LocalCluster(
+                    n_workers=n_workers or conf["n-workers"],
+                    threads_per_worker=threads_per_worker or conf["threads-per-worker"],
+                    memory_limit=memory_limit or conf["memory-limit"],
+                    processes=True,
+                    dashboard_address=":0",
+                    silence_logs=logging.CRITICAL,  # in the workers: no "Compute Failed" before the client's one line
+                )
             try:
-                echo(f"dashboard: {client.dashboard_link}  ({len(local.workers)} local workers)")
-                yield client
+                client = Client(local)
+                try:
+                    echo(f"dashboard: {client.dashboard_link}  ({len(local.workers)} local workers)")
+                    yield client
+                finally:
+                    _close(client, CLOSE_TIMEOUT)
             finally:
-                _close(client, CLOSE_TIMEOUT)
-        finally:
-            _close(local, CLOSE_TIMEOUT)
+                _close(local, CLOSE_TIMEOUT)
     elif cluster == "slurm":
         with _slurm_client(conf["slurm"], n_workers=n_workers, max_workers=max_workers, echo=echo) as client:
             yield client
     elif "://" in cluster:
-        with Client(cluster) as client:
+        try:
+            client = Client(cluster)
+        except OSError as err:  # nothing listens there, or no answer within distributed.comm.timeouts.connect
+            raise ClusterError(f"cannot reach the scheduler {cluster} ({err}); nothing was published") from None
+        with client:
             echo(f"dashboard: {client.dashboard_link}  (scheduler {cluster})")
             yield client
     else:
         raise ValueError(f"cluster must be 'local', 'slurm' or a scheduler address like tcp://host:8786, not {cluster!r}")
+
+
+@contextlib.contextmanager
+def _scratch_space():
+    """Dask's temporary directory for the scheduler and the workers of a LocalCluster: a new one,
+    removed with the cluster (Dask's own ``dask-scratch-space`` stays in the temporary directory
+    for good, with its lock files), inside ``temporary-directory`` if that is configured."""
+    scratch = tempfile.mkdtemp(prefix="rmm-dask-scratch-", dir=dask.config.get("temporary-directory", None) or None)
+    try:
+        with dask.config.set({"temporary-directory": scratch}):
+            yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -149,12 +149,33 @@ def test_an_interrupt_python_drops_in_a_callback_is_raised_again(capfd):
     assert "Exception ignored" not in capfd.readouterr().err
 
 
-def test_successful_mask_prints_no_traceback_and_no_killed_worker(runs, tmp_path, capfd):  # noqa: F811
+def test_successful_mask_prints_no_traceback_and_no_killed_worker(runs, tmp_path, capfd, monkeypatch):  # noqa: F811
+    """... and leaves nothing in the temporary directory (Dask's scratch space is the cluster's own)."""
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     assert main(mask_args(runs, tmp_path / "m.zarr", "--workers", "2")) == 0
     captured = capfd.readouterr()
     assert "mask store:" in captured.out
     _clean(captured.err)
     assert captured.err == "", captured.err
+    assert list(tmp.iterdir()) == []
+
+
+def test_a_scheduler_that_cannot_be_reached_exits_3(runs, tmp_path, capsys):  # noqa: F811
+    import socket
+
+    import dask
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        assert main(mask_args(runs, tmp_path / "m.zarr", "--cluster", address)) == 3
+    one_line_error(capsys, f"cannot reach the scheduler {address}", "nothing was published")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_error_in_a_worker_task_is_one_line(tmp_path, capfd):
