@@ -660,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
         except ClusterError as err:
             print(f"rmm {args.command}: {err}", file=sys.stderr)
             return 3
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
+            _drop_frames(err)
             print(f"rmm {args.command}: interrupted; {args.outcome.summary()}", file=sys.stderr)
             return 130
         except OSError as err:
@@ -669,6 +670,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"rmm {args.command}: {line}; {args.outcome.summary()}", file=sys.stderr)
             return 2
+
+
+def _drop_frames(err: BaseException) -> None:
+    """Free, now and quietly, what the frames an interrupt ended still hold: a coroutine that a
+    library (zarr) had made but not yet awaited when the signal came would print "RuntimeWarning:
+    coroutine ... was never awaited" as it is freed."""
+    import traceback
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+        traceback.clear_frames(err.__traceback__)
 
 
 @contextlib.contextmanager

@@ -149,6 +149,28 @@ def test_an_interrupt_python_drops_in_a_callback_is_raised_again(capfd):
     assert "Exception ignored" not in capfd.readouterr().err
 
 
+def test_an_interrupt_leaves_no_coroutine_warning(monkeypatch, tmp_path, capfd):
+    """SIGTERM while zarr holds a coroutine it has not awaited yet: the one line, not Python's
+    "RuntimeWarning: coroutine ... was never awaited" after it."""
+    import warnings
+
+    from rmm_dask import cli
+
+    async def open_group():
+        pass
+
+    def export(args):
+        coroutine = open_group()  # noqa: F841  (what zarr's sync() holds when the signal comes)
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(cli, "_export", export)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["export", str(tmp_path / "m.zarr"), "--to", "h5", "--out", str(tmp_path / "m.h5")]) == 130
+    assert capfd.readouterr().err == "rmm export: interrupted; nothing was published\n"
+    assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_successful_mask_prints_no_traceback_and_no_killed_worker(runs, tmp_path, capfd, monkeypatch):  # noqa: F811
     """... and leaves nothing in the temporary directory (Dask's scratch space is the cluster's own)."""
     import tempfile
