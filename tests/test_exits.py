@@ -309,6 +309,15 @@ def test_detector_description_with_impossible_values(runs, tmp_path, capsys, cha
     assert [p.name for p in tmp_path.iterdir()] == ["det.yaml"]
 
 
+def test_detector_description_that_is_not_yaml(runs, tmp_path, capsys):  # noqa: F811
+    """PyYAML's message spans four lines: the problem and where it is, on one."""
+    yaml_file = tmp_path / "det.yaml"
+    yaml_file.write_text("name: [unclosed\n  : :\n")
+    assert main(mask_args(runs, tmp_path / "m.zarr", "--detector", str(yaml_file))) == 2
+    one_line_error(capsys, "--detector", "det.yaml", "not YAML", "(line 2, column 3)")
+    assert [p.name for p in tmp_path.iterdir()] == ["det.yaml"]
+
+
 def test_corrupt_nightly_catalog_is_one_line(tmp_path, capsys):
     """--status reads a corrupt catalog only to say so: one line, exit 2, the file untouched; a dry run
     says what a pass would do with it (a pass rebuilds it: tests/test_nightly.py)."""
