@@ -246,7 +246,10 @@ class Case:
         text = proc.out + proc.err
         for word in NOISE:
             if word in text:
-                self.crash.append(f"{word!r} in the output of `rmm {short}`")
+                at = text.index(word)
+                start = text.rfind("\n", 0, max(0, text.rfind("\n", 0, at))) + 1  # from the line before
+                excerpt = " | ".join(line.strip() for line in text[start:].splitlines()[:14] if line.strip())
+                self.crash.append(f"{word!r} in the output of `rmm {short}`: {excerpt}")
                 break
         if DASK_LOG.search(text):
             self.crash.append(f"Dask log lines in the output of `rmm {short}`")
@@ -1625,6 +1628,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-k", dest="only", help="run only the cases whose name contains this")
     parser.add_argument("--keep", action="store_true", help="keep the campaign's directory")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="run each selected case N times (intermittent faults)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
     t0 = time.monotonic()
@@ -1637,6 +1641,7 @@ def main() -> int:
         shared.build()
         print(f"shared inputs ready ({time.monotonic() - t0:.0f} s)\n", flush=True)
         selected = [cs for cs in CASES if not args.only or args.only in cs[0]]
+        selected = [cs for cs in selected for _ in range(args.repeat)]
         if args.only and any("nightly" in n or "status" in n for n, *_ in selected) and "nightly_first_pass" not in args.only:
             selected = [cs for cs in CASES if cs[0] == "nightly_first_pass"] + [cs for cs in selected if cs[0] != "nightly_first_pass"]
         print(f"{'#':>3} {'case':44} {'verdict':24} {'exit':>9} {'s':>5}")
@@ -1677,7 +1682,7 @@ def main() -> int:
             print(f"- {c.name} ({c.section}: {c.title}): {'+'.join(c.kinds())}")
             for what in (c.crash, c.leftovers, c.lost, c.problems):
                 for line in what:
-                    print(textwrap.indent(textwrap.shorten(line, 400) if "\n" not in line else line, "    "))
+                    print(textwrap.indent(textwrap.shorten(line, 1200) if "\n" not in line else line, "    "))
     print(f"\nruntime {time.monotonic() - t0:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps([dict(name=c.name, section=c.section, title=c.title, kinds=c.kinds(), skipped=c.skipped,

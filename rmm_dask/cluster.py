@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -133,17 +136,53 @@ def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_work
         raise ValueError(f"cluster must be 'local', 'slurm' or a scheduler address like tcp://host:8786, not {cluster!r}")
 
 
+SCRATCH_PREFIX = "rmm-dask-scratch-"
+_HOST = socket.gethostname().replace("/", "_") or "localhost"
+
+
 @contextlib.contextmanager
 def _scratch_space():
     """Dask's temporary directory for the scheduler and the workers of a LocalCluster: a new one,
-    removed with the cluster (Dask's own ``dask-scratch-space`` stays in the temporary directory
-    for good, with its lock files), inside ``temporary-directory`` if that is configured."""
-    scratch = tempfile.mkdtemp(prefix="rmm-dask-scratch-", dir=dask.config.get("temporary-directory", None) or None)
+    ``rmm-dask-scratch-<host>-<pid>-<random>``, removed with the cluster (Dask's own
+    ``dask-scratch-space`` stays in the temporary directory for good, with its lock files),
+    inside ``temporary-directory`` if that is configured. Those of killed jobs (this host,
+    the pid gone, ours) are removed first."""
+    base = dask.config.get("temporary-directory", None) or tempfile.gettempdir()
+    _remove_dead_scratch(base)
+    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{_HOST}-{os.getpid()}-", dir=base)
     try:
         with dask.config.set({"temporary-directory": scratch}):
             yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_dead_scratch(base: str) -> None:
+    """Remove the scratch directories (:func:`_scratch_space`) that killed jobs of this user left in ``base``."""
+    name = re.compile(rf"^{re.escape(SCRATCH_PREFIX)}{re.escape(_HOST)}-(\d+)-[^/]+$")
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for entry in entries:
+        m = name.match(entry.name)
+        try:
+            if not m or not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if not _alive(int(m[1])):
+            shutil.rmtree(entry.path, ignore_errors=True)  # never follows links inside
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -186,6 +186,31 @@ def test_successful_mask_prints_no_traceback_and_no_killed_worker(runs, tmp_path
     assert list(tmp.iterdir()) == []
 
 
+def test_scratch_space_of_killed_jobs_is_removed_by_the_next(tmp_path, monkeypatch):
+    """A job killed with SIGKILL leaves its LocalCluster's scratch directory; the next job removes it
+    (this host, its pid gone), and leaves those of live jobs, of other hosts, and links alone."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has now
+    dead = tmp_path / f"{cluster.SCRATCH_PREFIX}{cluster._HOST}-{gone.pid}-x1y2z3"
+    (dead / "dask-scratch-space" / "worker-abc").mkdir(parents=True)
+    live = tmp_path / f"{cluster.SCRATCH_PREFIX}{cluster._HOST}-{os.getppid()}-a1b2c3"
+    live.mkdir()
+    other_host = tmp_path / f"{cluster.SCRATCH_PREFIX}elsewhere-{gone.pid}-q1w2e3"
+    other_host.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    link = tmp_path / f"{cluster.SCRATCH_PREFIX}{cluster._HOST}-{gone.pid}-l1n2k3"
+    link.symlink_to(victim)
+    with cluster._scratch_space() as scratch:
+        assert Path(scratch).parent == tmp_path and Path(scratch).name.startswith(f"{cluster.SCRATCH_PREFIX}{cluster._HOST}-{os.getpid()}-")
+        assert not dead.exists() and live.is_dir() and other_host.is_dir() and link.is_symlink() and (victim / "keep").exists()
+    assert not Path(scratch).exists()
+
+
 def test_a_scheduler_that_cannot_be_reached_exits_3(runs, tmp_path, capsys):  # noqa: F811
     import socket
 
