@@ -645,15 +645,21 @@ def main(argv: list[str] | None = None) -> int:
     line saying what was published, if anything."""
     from .outcome import Outcome
 
-    args = build_parser().parse_args(argv)
-    args.outcome = Outcome()
-    # the scheduler runs in this process: its routine messages (and the tracebacks it logs
-    # at INFO level when worker jobs are cancelled at the end) are not for the user
-    logging.getLogger("distributed").setLevel(logging.WARNING)
-    # after _config_scope, which imports dask-jobqueue (its import installs a SIGINT handler)
-    with _config_scope(), interrupts.handled():
+    # from the start: a Ctrl-C while the commands' modules load is an interruption too (the
+    # SIGINT handler stays ours when dask-jobqueue is imported: rmm_dask.config keeps it)
+    with interrupts.handled():
         try:
-            return args.run(args)
+            args = build_parser().parse_args(argv)
+        except KeyboardInterrupt:
+            print("rmm: interrupted; nothing was published", file=sys.stderr)
+            return 130
+        args.outcome = Outcome()
+        # the scheduler runs in this process: its routine messages (and the tracebacks it logs
+        # at INFO level when worker jobs are cancelled at the end) are not for the user
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        try:
+            with _config_scope():
+                return args.run(args)
         except InputError as err:
             print(f"rmm {args.command}: {err}", file=sys.stderr)
             return 2

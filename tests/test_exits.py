@@ -149,6 +149,22 @@ def test_an_interrupt_python_drops_in_a_callback_is_raised_again(capfd):
     assert "Exception ignored" not in capfd.readouterr().err
 
 
+def test_ctrl_c_while_the_modules_load_exits_130(monkeypatch, capsys):
+    """A Ctrl-C right after Enter, while the parser imports the commands' modules: the one line."""
+    from rmm_dask import cli
+
+    build = cli.build_parser
+
+    def slow_build():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # the handler runs here
+        return build()
+
+    monkeypatch.setattr(cli, "build_parser", slow_build)
+    assert main(["show", "m.zarr"]) == 130
+    assert capsys.readouterr().err == "rmm: interrupted; nothing was published\n"
+
+
 def test_an_interrupt_leaves_no_coroutine_warning(monkeypatch, tmp_path, capfd):
     """SIGTERM while zarr holds a coroutine it has not awaited yet: the one line, not Python's
     "RuntimeWarning: coroutine ... was never awaited" after it."""
