@@ -165,6 +165,14 @@ def test_ctrl_c_while_the_modules_load_exits_130(monkeypatch, capsys):
     assert capsys.readouterr().err == "rmm: interrupted; nothing was published\n"
 
 
+def test_the_command_line_loads_nothing_heavy_before_its_ctrl_c_handler():
+    """Until main() installs its handler, a Ctrl-C is Python's KeyboardInterrupt traceback: importing the
+    command line (what the `rmm` script does first) loads neither numba nor numpy nor dask."""
+    code = "import sys, rmm_dask.cli; print(sorted(m for m in ('numba', 'numpy', 'dask', 'h5py', 'xarray') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_an_interrupt_leaves_no_coroutine_warning(monkeypatch, tmp_path, capfd):
     """SIGTERM while zarr holds a coroutine it has not awaited yet: the one line, not Python's
     "RuntimeWarning: coroutine ... was never awaited" after it."""
