@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench validate clean
+.PHONY: demo test bench validate campaign clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: $(VENV)/.installed-bench
 # (apt-get install dials, ~4 minutes); see benchmarks/validate_dials.py
 validate: $(VENV)/.installed
 	$(BIN)/python benchmarks/validate_dials.py
+
+# the fault campaign of issue 13 (not part of `make test`): ~100 cases of bad input, hostile output
+# paths, full and read-only filesystems, signals, the nightly service; root for the tmpfs cases
+campaign: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/fault_campaign.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -12,16 +12,22 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0+unknown"
 
-from .codes import BadPixel
-from .robust import fit_gaussian, robust_gaussian
-
 __all__ = ["BadPixel", "fit_gaussian", "robust_gaussian", "open_run", "__version__"]
 
 
 def __getattr__(name):
-    # the readers pull in xarray, dask and EXtra-data: only when asked for
+    # only when asked for: the readers pull in xarray, dask and EXtra-data, the kernels numba;
+    # `rmm` installs its Ctrl-C handler first (a Ctrl-C while numba loads would be a traceback)
     if name == "open_run":
         from .io import open_run
 
         return open_run
+    if name == "BadPixel":
+        from .codes import BadPixel
+
+        return BadPixel
+    if name in ("fit_gaussian", "robust_gaussian"):
+        from . import robust
+
+        return getattr(robust, name)
     raise AttributeError(f"module 'rmm_dask' has no attribute {name!r}")

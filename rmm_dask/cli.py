@@ -645,22 +645,29 @@ def main(argv: list[str] | None = None) -> int:
     line saying what was published, if anything."""
     from .outcome import Outcome
 
-    args = build_parser().parse_args(argv)
-    args.outcome = Outcome()
-    # the scheduler runs in this process: its routine messages (and the tracebacks it logs
-    # at INFO level when worker jobs are cancelled at the end) are not for the user
-    logging.getLogger("distributed").setLevel(logging.WARNING)
-    # after _config_scope, which imports dask-jobqueue (its import installs a SIGINT handler)
-    with _config_scope(), interrupts.handled():
+    # from the start: a Ctrl-C while the commands' modules load is an interruption too (the
+    # SIGINT handler stays ours when dask-jobqueue is imported: rmm_dask.config keeps it)
+    with interrupts.handled():
         try:
-            return args.run(args)
+            args = build_parser().parse_args(argv)
+        except KeyboardInterrupt:
+            print("rmm: interrupted; nothing was published", file=sys.stderr)
+            return 130
+        args.outcome = Outcome()
+        # the scheduler runs in this process: its routine messages (and the tracebacks it logs
+        # at INFO level when worker jobs are cancelled at the end) are not for the user
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        try:
+            with _config_scope():
+                return args.run(args)
         except InputError as err:
             print(f"rmm {args.command}: {err}", file=sys.stderr)
             return 2
         except ClusterError as err:
             print(f"rmm {args.command}: {err}", file=sys.stderr)
             return 3
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
+            _drop_frames(err)
             print(f"rmm {args.command}: interrupted; {args.outcome.summary()}", file=sys.stderr)
             return 130
         except OSError as err:
@@ -669,6 +676,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"rmm {args.command}: {line}; {args.outcome.summary()}", file=sys.stderr)
             return 2
+
+
+def _drop_frames(err: BaseException) -> None:
+    """Free, now and quietly, what the frames an interrupt ended still hold: a coroutine that a
+    library (zarr) had made but not yet awaited when the signal came would print "RuntimeWarning:
+    coroutine ... was never awaited" as it is freed."""
+    import traceback
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+        traceback.clear_frames(err.__traceback__)
 
 
 @contextlib.contextmanager

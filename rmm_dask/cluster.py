@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import dask
@@ -97,33 +102,87 @@ def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_work
     from distributed import Client, LocalCluster
 
     if cluster == "local":
-        with _sigint_blocked(), interrupts.held():  # a Ctrl-C meanwhile: once it is up, to close it cleanly
-            local = LocalCluster(
-                n_workers=n_workers or conf["n-workers"],
-                threads_per_worker=threads_per_worker or conf["threads-per-worker"],
-                memory_limit=memory_limit or conf["memory-limit"],
-                processes=True,
-                dashboard_address=":0",
-                silence_logs=logging.CRITICAL,  # in the workers: no "Compute Failed" before the client's one line
-            )
-        try:
-            client = Client(local)
+        with _scratch_space():
+            with _sigint_blocked(), interrupts.held():  # a Ctrl-C meanwhile: once it is up, to close it cleanly
+                local = LocalCluster(
+                    n_workers=n_workers or conf["n-workers"],
+                    threads_per_worker=threads_per_worker or conf["threads-per-worker"],
+                    memory_limit=memory_limit or conf["memory-limit"],
+                    processes=True,
+                    dashboard_address=":0",
+                    silence_logs=logging.CRITICAL,  # in the workers: no "Compute Failed" before the client's one line
+                )
             try:
-                echo(f"dashboard: {client.dashboard_link}  ({len(local.workers)} local workers)")
-                yield client
+                client = Client(local)
+                try:
+                    echo(f"dashboard: {client.dashboard_link}  ({len(local.workers)} local workers)")
+                    yield client
+                finally:
+                    _close(client, CLOSE_TIMEOUT)
             finally:
-                _close(client, CLOSE_TIMEOUT)
-        finally:
-            _close(local, CLOSE_TIMEOUT)
+                _close(local, CLOSE_TIMEOUT)
     elif cluster == "slurm":
         with _slurm_client(conf["slurm"], n_workers=n_workers, max_workers=max_workers, echo=echo) as client:
             yield client
     elif "://" in cluster:
-        with Client(cluster) as client:
+        try:
+            client = Client(cluster)
+        except OSError as err:  # nothing listens there, or no answer within distributed.comm.timeouts.connect
+            raise ClusterError(f"cannot reach the scheduler {cluster} ({err}); nothing was published") from None
+        with client:
             echo(f"dashboard: {client.dashboard_link}  (scheduler {cluster})")
             yield client
     else:
         raise ValueError(f"cluster must be 'local', 'slurm' or a scheduler address like tcp://host:8786, not {cluster!r}")
+
+
+SCRATCH_PREFIX = "rmm-dask-scratch-"
+_HOST = socket.gethostname().replace("/", "_") or "localhost"
+
+
+@contextlib.contextmanager
+def _scratch_space():
+    """Dask's temporary directory for the scheduler and the workers of a LocalCluster: a new one,
+    ``rmm-dask-scratch-<host>-<pid>-<random>``, removed with the cluster (Dask's own
+    ``dask-scratch-space`` stays in the temporary directory for good, with its lock files),
+    inside ``temporary-directory`` if that is configured. Those of killed jobs (this host,
+    the pid gone, ours) are removed first."""
+    base = dask.config.get("temporary-directory", None) or tempfile.gettempdir()
+    _remove_dead_scratch(base)
+    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{_HOST}-{os.getpid()}-", dir=base)
+    try:
+        with dask.config.set({"temporary-directory": scratch}):
+            yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_dead_scratch(base: str) -> None:
+    """Remove the scratch directories (:func:`_scratch_space`) that killed jobs of this user left in ``base``."""
+    name = re.compile(rf"^{re.escape(SCRATCH_PREFIX)}{re.escape(_HOST)}-(\d+)-[^/]+$")
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for entry in entries:
+        m = name.match(entry.name)
+        try:
+            if not m or not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if not _alive(int(m[1])):
+            shutil.rmtree(entry.path, ignore_errors=True)  # never follows links inside
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

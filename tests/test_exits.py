@@ -124,12 +124,129 @@ def test_one_interrupt_held_during_clean_up_and_a_grace_for_the_next(monkeypatch
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's handler again
 
 
-def test_successful_mask_prints_no_traceback_and_no_killed_worker(runs, tmp_path, capfd):  # noqa: F811
+def test_an_interrupt_python_drops_in_a_callback_is_raised_again(capfd):
+    """A signal whose handler runs inside a weakref callback (h5py and Dask run many, e.g. during the
+    flat check): Python drops and prints what is raised there, and the job would run to its end.
+    It is raised again, unprinted, once the callback is over."""
+    import weakref
+
+    from rmm_dask import interrupts
+
+    class Thing:
+        pass
+
+    reached = False
+    with interrupts.handled():
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            thing = Thing()
+            ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGINT))
+            del thing  # the callback runs here, and the handler inside it
+            reached = True  # the job goes on for a moment ...
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # ... and is interrupted
+                time.sleep(0.001)
+    assert reached and ref() is None
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
+def test_ctrl_c_while_the_modules_load_exits_130(monkeypatch, capsys):
+    """A Ctrl-C right after Enter, while the parser imports the commands' modules: the one line."""
+    from rmm_dask import cli
+
+    build = cli.build_parser
+
+    def slow_build():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # the handler runs here
+        return build()
+
+    monkeypatch.setattr(cli, "build_parser", slow_build)
+    assert main(["show", "m.zarr"]) == 130
+    assert capsys.readouterr().err == "rmm: interrupted; nothing was published\n"
+
+
+def test_the_command_line_loads_nothing_heavy_before_its_ctrl_c_handler():
+    """Until main() installs its handler, a Ctrl-C is Python's KeyboardInterrupt traceback: importing the
+    command line (what the `rmm` script does first) loads neither numba nor numpy nor dask."""
+    code = "import sys, rmm_dask.cli; print(sorted(m for m in ('numba', 'numpy', 'dask', 'h5py', 'xarray') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_an_interrupt_leaves_no_coroutine_warning(monkeypatch, tmp_path, capfd):
+    """SIGTERM while zarr holds a coroutine it has not awaited yet: the one line, not Python's
+    "RuntimeWarning: coroutine ... was never awaited" after it."""
+    import warnings
+
+    from rmm_dask import cli
+
+    async def open_group():
+        pass
+
+    def export(args):
+        coroutine = open_group()  # noqa: F841  (what zarr's sync() holds when the signal comes)
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(cli, "_export", export)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["export", str(tmp_path / "m.zarr"), "--to", "h5", "--out", str(tmp_path / "m.h5")]) == 130
+    assert capfd.readouterr().err == "rmm export: interrupted; nothing was published\n"
+    assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_successful_mask_prints_no_traceback_and_no_killed_worker(runs, tmp_path, capfd, monkeypatch):  # noqa: F811
+    """... and leaves nothing in the temporary directory (Dask's scratch space is the cluster's own)."""
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     assert main(mask_args(runs, tmp_path / "m.zarr", "--workers", "2")) == 0
     captured = capfd.readouterr()
     assert "mask store:" in captured.out
     _clean(captured.err)
     assert captured.err == "", captured.err
+    assert list(tmp.iterdir()) == []
+
+
+def test_scratch_space_of_killed_jobs_is_removed_by_the_next(tmp_path, monkeypatch):
+    """A job killed with SIGKILL leaves its LocalCluster's scratch directory; the next job removes it
+    (this host, its pid gone), and leaves those of live jobs, of other hosts, and links alone."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has now
+    dead = tmp_path / f"{cluster.SCRATCH_PREFIX}{cluster._HOST}-{gone.pid}-x1y2z3"
+    (dead / "dask-scratch-space" / "worker-abc").mkdir(parents=True)
+    live = tmp_path / f"{cluster.SCRATCH_PREFIX}{cluster._HOST}-{os.getppid()}-a1b2c3"
+    live.mkdir()
+    other_host = tmp_path / f"{cluster.SCRATCH_PREFIX}elsewhere-{gone.pid}-q1w2e3"
+    other_host.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    link = tmp_path / f"{cluster.SCRATCH_PREFIX}{cluster._HOST}-{gone.pid}-l1n2k3"
+    link.symlink_to(victim)
+    with cluster._scratch_space() as scratch:
+        assert Path(scratch).parent == tmp_path and Path(scratch).name.startswith(f"{cluster.SCRATCH_PREFIX}{cluster._HOST}-{os.getpid()}-")
+        assert not dead.exists() and live.is_dir() and other_host.is_dir() and link.is_symlink() and (victim / "keep").exists()
+    assert not Path(scratch).exists()
+
+
+def test_a_scheduler_that_cannot_be_reached_exits_3(runs, tmp_path, capsys):  # noqa: F811
+    import socket
+
+    import dask
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        assert main(mask_args(runs, tmp_path / "m.zarr", "--cluster", address)) == 3
+    one_line_error(capsys, f"cannot reach the scheduler {address}", "nothing was published")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_error_in_a_worker_task_is_one_line(tmp_path, capfd):
@@ -238,6 +355,15 @@ def test_detector_description_with_impossible_values(runs, tmp_path, capsys, cha
     yaml_file.write_text(text)
     assert main(mask_args(runs, tmp_path / "m.zarr", "--detector", str(yaml_file))) == 2
     one_line_error(capsys, "--detector", "det.yaml", needle)
+    assert [p.name for p in tmp_path.iterdir()] == ["det.yaml"]
+
+
+def test_detector_description_that_is_not_yaml(runs, tmp_path, capsys):  # noqa: F811
+    """PyYAML's message spans four lines: the problem and where it is, on one."""
+    yaml_file = tmp_path / "det.yaml"
+    yaml_file.write_text("name: [unclosed\n  : :\n")
+    assert main(mask_args(runs, tmp_path / "m.zarr", "--detector", str(yaml_file))) == 2
+    one_line_error(capsys, "--detector", "det.yaml", "not YAML", "(line 2, column 3)")
     assert [p.name for p in tmp_path.iterdir()] == ["det.yaml"]
 
 

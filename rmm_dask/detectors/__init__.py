@@ -304,8 +304,13 @@ def get_detector(name: str | os.PathLike | Detector) -> Detector:
             return load_detector(name)
         except OSError as err:
             raise KeyError(f"cannot read the detector description {name}: {err.strerror}") from None
-        except (ValueError, TypeError, yaml.YAMLError) as err:
-            raise KeyError(f"bad detector description: {err}") from None
+        except yaml.YAMLError as err:  # its message spans lines: the problem and where, on one
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = " ".join(str(getattr(err, "problem", None) or err).split())
+            raise KeyError(f"bad detector description {name}: not YAML: {problem}{where}") from None
+        except (ValueError, TypeError) as err:
+            raise KeyError(f"bad detector description: {' '.join(str(err).split())}") from None
     key = str(name).lower()
     key = ALIASES.get(key, key).lower()
     try:
