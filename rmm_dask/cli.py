@@ -642,7 +642,23 @@ def _write_error(err: OSError) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit code: 0 done, 2 a user error (one line on stderr, nothing
     written), 3 the cluster could not run the job, 130 interrupted (Ctrl-C, SIGTERM): one
-    line saying what was published, if anything."""
+    line saying what was published, if anything.
+
+    As the program (``argv`` None: the ``rmm`` script, ``python -m rmm_dask``), an interrupted
+    command ignores SIGINT and SIGTERM from its return on: Python's shutdown takes a moment
+    (threads, exit handlers), and a second Ctrl-C then would end it by SIGINT, not with 130
+    (Python resets its handlers to the default while it shuts down; an ignored signal stays ignored).
+    """
+    code = _main(argv)
+    if code == 130 and argv is None:
+        import signal
+
+        for sig in interrupts.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     from .outcome import Outcome
 
     # from the start: a Ctrl-C while the commands' modules load is an interruption too (the

@@ -124,6 +124,29 @@ def test_one_interrupt_held_during_clean_up_and_a_grace_for_the_next(monkeypatch
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's handler again
 
 
+def test_the_program_ignores_a_second_ctrl_c_while_python_shuts_down(monkeypatch, tmp_path, capsys):
+    """Ctrl-C twice: the second may come once main() has returned, while Python shuts down; as the
+    program (no argv) an interrupted rmm then ignores SIGINT and SIGTERM, so it still exits 130."""
+    from rmm_dask import cli
+
+    def export(args):
+        raise KeyboardInterrupt("SIGINT")
+
+    monkeypatch.setattr(cli, "_export", export)
+    monkeypatch.setattr(sys, "argv", ["rmm", "export", str(tmp_path / "m.zarr"), "--to", "h5", "--out", str(tmp_path / "m.h5")])
+    try:
+        assert main() == 130
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)  # ignored
+        time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert capsys.readouterr().err == "rmm export: interrupted; nothing was published\n"
+    assert main(["export", str(tmp_path / "m.zarr"), "--to", "h5", "--out", str(tmp_path / "m.h5")]) == 130  # called from Python:
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are as they were
+
+
 def test_an_interrupt_python_drops_in_a_callback_is_raised_again(capfd):
     """A signal whose handler runs inside a weakref callback (h5py and Dask run many, e.g. during the
     flat check): Python drops and prints what is raised there, and the job would run to its end.
