@@ -60,6 +60,7 @@ import stat
 import sys
 from pathlib import Path
 
+from . import interrupts
 from .errors import InputError
 
 __all__ = ["output", "prepare", "tidy", "remove", "create_temporary", "commit", "discard", "publish_symlink", "leftovers", "STEPS"]
@@ -572,18 +573,25 @@ def output(target, *, overwrite: bool = False, directory: bool = False, what: st
     one InputError line. ``read_only=False`` keeps the files writable (synthetic runs,
     which tests corrupt on purpose); everything else is published read-only.
     """
-    tmp = create_temporary(target, overwrite=overwrite, directory=directory, what=what)
+    tmp = None
     try:
+        # a Ctrl-C or SIGTERM (rmm's handler, rmm_dask.interrupts) right after the temporary is
+        # created is raised only once ``tmp`` holds it, here inside the try: it is removed below
+        with interrupts.held():
+            tmp = create_temporary(target, overwrite=overwrite, directory=directory, what=what)
         yield tmp
         _step("written")
     except (OSError, RuntimeError) as err:
+        if tmp is None:
+            raise
         discard(tmp)
         converted = _as_input_error(err, tmp)
         if converted is None:
             raise
         raise converted from None
     except BaseException:
-        discard(tmp)
+        if tmp is not None:
+            discard(tmp)
         raise
     commit(tmp, overwrite=overwrite, read_only=read_only)
 

@@ -93,6 +93,28 @@ def test_a_kill_at_every_step_leaves_the_old_or_the_new_output_and_the_next_run_
         assert os.listdir(work) == (["out"] if after else []), (step, os.listdir(work))
 
 
+@pytest.mark.parametrize("directory", [False, True], ids=["file", "dir"])
+def test_a_signal_right_after_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch, directory):
+    """SIGTERM to the group as the store's temporary is made (rmm mask just printed its dashboard link):
+    the interrupt waits until the temporary is in the helper's hands, which removes it."""
+    import signal
+    import time
+
+    from rmm_dask import interrupts
+
+    def hook(step):
+        if step == "created":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs here
+
+    monkeypatch.setattr(publish, "_HOOK", hook)
+    with interrupts.handled():
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            with publish.output(tmp_path / "out", directory=directory):
+                pytest.fail("the block ran after the interrupt")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_live_leftovers_are_left_and_old_style_names_are_removed(tmp_path):
     target = tmp_path / "m.zarr"
     live = tmp_path / f".m.zarr.partial-{HOST}-{os.getppid()}-0123abcd"  # our parent: alive
