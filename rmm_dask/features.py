@@ -30,6 +30,7 @@ __all__ = [
     "gain_separation",
     "local_snr",
     "flat_snr",
+    "flat_snr_sums",
 ]
 
 
@@ -303,7 +304,7 @@ def _window_model(fit_on, windows, method, min_sigma):
 # ---------------------------------------------------------------- F6 flat field
 
 
-def flat_snr(
+def flat_snr_sums(
     frames,
     offset=None,
     *,
@@ -316,8 +317,9 @@ def flat_snr(
     certain: float = 0.35,
     msse_lambda: float = 3.0,
     n_iter: int = 12,
+    sums=None,
 ):
-    """F6: each pixel's SNR against a robust local plane, averaged over the flat frames.
+    """F6 sums: per pixel, the sum of its SNRs against a robust local plane and their count.
 
     ``frames`` is ``(..., frame, y, x)`` (raw or float), ``offset`` the dark offset
     ``(..., y, x)`` subtracted first (None: none). Each frame is cut into tiles
@@ -330,7 +332,10 @@ def flat_snr(
     refit on the inliers), and ``(v - plane) / sigma`` is the pixel's SNR in that
     frame. ``exclude`` pixels, ``(y, x)`` or ``(..., y, x)`` bool (ASIC edges, pixels
     known bad from the dark), are left out of the fits; NaN
-    values are missing. Returns the mean SNR per pixel, float32 ``(..., y, x)``.
+    values are missing. Returns ``(total, count)``: the sum of the pixel's per-frame
+    SNRs (float64) and how many frames contributed (int64), each ``(..., y, x)``.
+    ``sums``, a ``(total, count)`` of earlier frames, is added to in place (and returned):
+    feeding a run's frames block by block, in order, gives bit-identical sums to one call.
     """
     x, lead = _split(frames, 3)
     n_frames, ny, nx = x.shape[1:]
@@ -347,8 +352,23 @@ def flat_snr(
     use = ~np.broadcast_to(exclude, lead + (ny, nx)).reshape(x.shape[0], ny, nx)
     keep = _keep_rows(keep, lead, n_frames)
     corr = truncation_factor(msse_lambda)
-    out = _flat_snr(x, off, use, keep, yb, xb, likely, certain, msse_lambda, n_iter, corr, min_sigma)
-    return out.reshape(lead + (ny, nx)) if lead else out[0]
+    rows = x.shape[0]
+    if sums is None:
+        sums = (np.zeros((rows, ny, nx)), np.zeros((rows, ny, nx), dtype=np.int64))
+    total, count = (np.asarray(a).reshape(rows, ny, nx) for a in sums)
+    _flat_snr_sums(x, off, use, keep, yb, xb, likely, certain, msse_lambda, n_iter, corr, min_sigma, total, count)
+    return total.reshape(lead + (ny, nx)), count.reshape(lead + (ny, nx))
+
+
+def flat_snr(frames, offset=None, **kwargs):
+    """F6: each pixel's SNR against a robust local plane, averaged over the flat frames.
+
+    Takes the arguments of :func:`flat_snr_sums` (but ``sums``) and returns the mean SNR
+    per pixel, float32 ``(..., y, x)`` (NaN where no frame contributed).
+    """
+    total, count = flat_snr_sums(frames, offset, **kwargs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -495,10 +515,8 @@ def tile_bounds(windows: list[tuple[int, int]], tile: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _flat_snr(x, off, use, keep, yb, xb, likely, certain, lam, n_iter, corr, min_sigma):
+def _flat_snr_sums(x, off, use, keep, yb, xb, likely, certain, lam, n_iter, corr, min_sigma, total, count):
     rows, n_frames, ny, nx = x.shape
-    total = np.zeros((rows, ny, nx))
-    count = np.zeros((rows, ny, nx), dtype=np.int64)
     npt = np.max(np.diff(yb)) * np.max(np.diff(xb))
     xs = np.empty(npt)
     ys = np.empty(npt)
@@ -537,9 +555,3 @@ def _flat_snr(x, off, use, keep, yb, xb, likely, certain, lam, n_iter, corr, min
                             elif d != 0:
                                 total[r, yy, xx] += np.inf if d > 0 else -np.inf
                             count[r, yy, xx] += 1
-    out = np.empty((rows, ny, nx), dtype=np.float32)
-    for r in range(rows):
-        for yy in range(ny):
-            for xx in range(nx):
-                out[r, yy, xx] = total[r, yy, xx] / count[r, yy, xx] if count[r, yy, xx] > 0 else np.nan
-    return out

@@ -169,6 +169,18 @@ def test_flat_snr_does_not_depend_on_how_cells_are_batched():
     np.testing.assert_array_equal(together, apart)
 
 
+def test_flat_snr_sums_fed_block_by_block_equal_one_call():
+    frames = np.stack([flat_frames(12, seed) for seed in range(2)])
+    whole = F.flat_snr_sums(frames)
+    sums = None
+    for a in range(0, 12, 5):
+        sums = F.flat_snr_sums(frames[:, a : a + 5], sums=sums)
+    np.testing.assert_array_equal(sums[0], whole[0])
+    np.testing.assert_array_equal(sums[1], whole[1])
+    assert (whole[1] == 12).all()
+    np.testing.assert_array_equal(F.flat_snr(frames), (whole[0] / whole[1]).astype(np.float32))
+
+
 def test_flat_snr_excluded_and_missing_pixels():
     frames = flat_frames(10).astype(np.float32)
     frames[:, 20:30, 20:30] = np.nan
