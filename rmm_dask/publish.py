@@ -42,6 +42,9 @@ The protocol, step by step (the names are the ones :data:`STEPS` lists, for the 
 6. ``removed-old``: the replaced copy is removed (step ``removing`` after each entry).
 7. ``synced``: the parent directory is fsync'ed, so the new name survives a crash.
 
+The file-system pieces (the parent directory opened once, temporary names and their
+leftovers, sealing and removing trees without following links) are in :mod:`rmm_dask.fstree`.
+
 A failure in any step (ENOSPC, EACCES, EROFS, a link found, ...) removes the temporary
 and raises :class:`InputError` naming the target and the problem: nothing is left and
 the published target, if any, is as it was.
@@ -54,14 +57,14 @@ import ctypes
 import errno
 import os
 import re
-import secrets
-import socket
 import stat
 import sys
 from pathlib import Path
 
-from . import interrupts
+from . import fstree, interrupts
 from .errors import InputError
+from .fstree import Parent, describe, leftovers, link_value, read_only_modes, seal_tree
+from .fstree import owned_name as _owned_name  # the tests plant links at the names it gives
 
 __all__ = ["output", "prepare", "tidy", "remove", "create_temporary", "commit", "discard", "publish_symlink", "leftovers", "STEPS"]
 
@@ -104,133 +107,10 @@ def _rename2(dir_fd: int, old: str, new: str, flags: int) -> bool:
     raise OSError(err, os.strerror(err), new)
 
 
-# ------------------------------------------------------------------------------------- names
-
-_HOST = socket.gethostname().replace("/", "_") or "localhost"
-
-
-def _owned_name(target_name: str, kind: str) -> str:
-    return f".{target_name}.{kind}-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _leftover_pattern(target_name: str) -> re.Pattern:
-    name = re.escape(target_name)
-    return re.compile(
-        rf"^\.{name}\.(?:(?P<kind>partial|old)-(?:(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{{8}}|(?P<token>[A-Za-z0-9_]+))"
-        rf"|(?P<link>[0-9a-f]{{8}}))$"  # earlier rmm-dask: .current.<hex> links of the nightly service
-    )
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def leftovers(dir_fd: int, target_name: str) -> list[tuple[str, str, bool]]:
-    """(name, 'partial'|'old', dead) of the temporaries of ``target_name`` in the directory.
-
-    Dead: made on this host by a process that is gone. Names of earlier rmm-dask versions carry
-    no host: a bare number is taken as a pid on this host, anything else as dead (those
-    versions are not expected to run beside this one on the same output).
-    """
-    pattern = _leftover_pattern(target_name)
-    found = []
-    for entry in os.scandir(dir_fd):
-        m = pattern.match(entry.name)
-        if not m:
-            continue
-        kind = m["kind"] or "partial"
-        if m["pid"] is not None:
-            dead = m["host"] == _HOST and not _alive(int(m["pid"]))
-        elif m["token"] is not None and m["token"].isdigit():
-            dead = not _alive(int(m["token"]))
-        else:
-            dead = True
-        found.append((entry.name, kind, dead))
-    return found
-
-
 # ------------------------------------------------------------------------------------- checks
 
-def _umask() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # where /proc cannot tell (not thread-safe, hence the last resort)
-    os.umask(mask)
-    return mask
-
-
-def _modes() -> tuple[int, int]:
-    """Read-only modes of published files and directories: the umask may take read bits, never add write bits."""
-    keep = ~_umask() & 0o777
-    return (0o444 & keep) | 0o400, (0o555 & keep) | 0o500
-
-
-def _describe(err: OSError) -> str:
-    name = errno.errorcode.get(err.errno or 0)
-    text = err.strerror or str(err)
-    return f"{text[0].lower()}{text[1:]}" + (f" ({name})" if name else "")
-
-
-def _is_link(dir_fd: int, name: str) -> str | None:
-    """The link's value if ``name`` is a symbolic link (also dangling), else None."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    return os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
-
-
-def _open_parent(target: Path, what: str) -> int:
-    try:
-        return os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise InputError(target.parent, f"no such directory for {what}") from None
-    except NotADirectoryError:
-        raise InputError(target.parent, f"not a directory: cannot write {what} there") from None
-    except OSError as err:
-        raise InputError(target.parent, f"cannot open the directory for {what}: {_describe(err)}") from None
-
-
-class _Parent:
-    """The target's directory, opened once; every step works relative to it."""
-
-    def __init__(self, target, what: str):
-        self.target = Path(os.path.abspath(os.fspath(target)))
-        self.name = self.target.name
-        if self.name in ("", ".", ".."):
-            raise InputError(self.target, f"not a name {what} can be written to")
-        self.fd = _open_parent(self.target, what)
-
-    def close(self):
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def lstat(self, name: str | None = None):
-        try:
-            return os.stat(name or self.name, dir_fd=self.fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-
-    def fsync(self):
-        os.fsync(self.fd)
-
-
-def _check_target(parent: _Parent, *, overwrite: bool, directory: bool, what: str) -> None:
-    link = _is_link(parent.fd, parent.name)
+def _check_target(parent: Parent, *, overwrite: bool, directory: bool, what: str) -> None:
+    link = link_value(parent.fd, parent.name)
     if link is not None:
         dangling = "" if os.path.exists(os.path.join(parent.target.parent, link)) else ", dangling"
         raise InputError(parent.target, f"is a symbolic link (to {link}{dangling}): not writing {what} through it; remove it or choose another name")
@@ -244,10 +124,10 @@ def _check_target(parent: _Parent, *, overwrite: bool, directory: bool, what: st
         raise InputError(parent.target, f"is {kind}, not the {'directory' if directory else 'file'} {what} is: not replacing it")
 
 
-def _tidy(parent: _Parent) -> None:
+def _tidy(parent: Parent) -> None:
     """Remove dead leftovers of earlier jobs on the target; restore a dead set-aside copy if the target is gone."""
     found = leftovers(parent.fd, parent.name)
-    olds = [name for name, kind, dead in found if dead and kind == "old" and _is_link(parent.fd, name) is None]
+    olds = [name for name, kind, dead in found if dead and kind == "old" and link_value(parent.fd, name) is None]
     if olds and parent.lstat() is None:  # a kill between the two renames of the fallback: put the old one back
         newest = max(olds, key=lambda n: parent.lstat(n).st_ctime_ns)
         _rename_noreplace(parent, newest, parent.name, directory=stat.S_ISDIR(parent.lstat(newest).st_mode))
@@ -260,7 +140,7 @@ def _tidy(parent: _Parent) -> None:
 def tidy(target) -> None:
     """Remove the dead leftovers of earlier jobs on ``target`` (and restore a set-aside copy); best effort."""
     try:
-        parent = _Parent(target, "the output")
+        parent = Parent(target, "the output")
     except InputError:
         return
     try:
@@ -277,7 +157,7 @@ def prepare(target, *, overwrite: bool = False, directory: bool = False, what: s
     Call it before a long job, so that a refused output costs nothing; :func:`output` and
     :func:`create_temporary` call it again.
     """
-    parent = _Parent(target, what)
+    parent = Parent(target, what)
     try:
         _tidy(parent)
         _check_target(parent, overwrite=overwrite, directory=directory, what=what)
@@ -285,7 +165,7 @@ def prepare(target, *, overwrite: bool = False, directory: bool = False, what: s
             why = "read-only filesystem" if os.statvfs(parent.target.parent).f_flag & os.ST_RDONLY else "permission denied"
             raise InputError(parent.target.parent, f"not writable ({why}): cannot publish {what} there")
     except OSError as err:
-        raise InputError(parent.target, f"cannot prepare {what}: {_describe(err)}") from None
+        raise InputError(parent.target, f"cannot prepare {what}: {describe(err)}") from None
     finally:
         parent.close()
     _step("prepared")
@@ -321,7 +201,7 @@ class Temporary:
 def create_temporary(target, *, overwrite: bool = False, directory: bool = False, what: str = "the output") -> Temporary:
     """Step 1 and 2: check the target, then create its temporary name exclusively beside it."""
     target = prepare(target, overwrite=overwrite, directory=directory, what=what)
-    parent = _Parent(target, what)
+    parent = Parent(target, what)
     try:
         for _ in range(100):
             name = _owned_name(parent.name, "partial")
@@ -339,43 +219,14 @@ def create_temporary(target, *, overwrite: bool = False, directory: bool = False
         else:
             raise InputError(target, "cannot find a free temporary name beside it")
     except OSError as err:
-        raise InputError(target, f"cannot write {what}: {_describe(err)}") from None
+        raise InputError(target, f"cannot write {what}: {describe(err)}") from None
     finally:
         parent.close()
     _step("created")
     return Temporary(target, target.parent / name, directory, (st.st_dev, st.st_ino), what)
 
 
-def _seal_tree(dir_fd: int, name: str, modes: tuple[int, int], uid: int, ident=None) -> None:
-    """fsync and make read-only ``name`` and everything below it; refuse links and other kinds."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
-    try:
-        st = os.fstat(fd)
-        if ident is not None and (st.st_dev, st.st_ino) != ident:
-            raise InputError(name, "the temporary was replaced while it was written: not publishing it")
-        if st.st_uid != uid:
-            raise InputError(name, f"is owned by uid {st.st_uid}, not by this process: not publishing it")
-        if stat.S_ISDIR(st.st_mode):
-            for entry in os.scandir(fd):
-                if entry.is_symlink():
-                    raise InputError(entry.name, "is a symbolic link inside the output: not publishing it")
-                _seal_tree(fd, entry.name, modes, uid)
-            os.fsync(fd)
-            os.fchmod(fd, modes[1])
-        elif stat.S_ISREG(st.st_mode):
-            os.fsync(fd)
-            os.fchmod(fd, modes[0])
-        else:
-            raise InputError(name, "is neither a file nor a directory: not publishing it")
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise InputError(name, "is a symbolic link inside the output: not publishing it") from None
-        raise
-    finally:
-        os.close(fd)
-
-
-def _rename_noreplace(parent: _Parent, old: str, new: str, *, directory: bool) -> None:
+def _rename_noreplace(parent: Parent, old: str, new: str, *, directory: bool) -> None:
     """Rename ``old`` to ``new`` in the parent, never over an existing ``new`` (FileExistsError)."""
     if _rename2(parent.fd, old, new, RENAME_NOREPLACE):
         return
@@ -395,14 +246,10 @@ def commit(tmp: Temporary, *, overwrite: bool = False, read_only: bool = True) -
     there was one, is left as it was.
     """
     target, what = tmp.target, tmp.what
-    parent = _Parent(target, what)
+    parent = Parent(target, what)
     old = None
     try:
-        modes = _modes() if read_only else (None, None)
-        if read_only:
-            _seal_tree(parent.fd, tmp.tmp.name, modes, os.geteuid(), tmp.ident)
-        else:
-            _check_tree(parent.fd, tmp.tmp.name, tmp.ident)
+        seal_tree(parent.fd, tmp.tmp.name, read_only_modes() if read_only else None, os.geteuid(), tmp.ident)
         _step("sealed")
         if not overwrite or parent.lstat() is None:  # whatever appeared meanwhile (a link too) is never replaced
             _rename_noreplace(parent, tmp.tmp.name, parent.name, directory=tmp.directory)
@@ -433,7 +280,7 @@ def commit(tmp: Temporary, *, overwrite: bool = False, read_only: bool = True) -
         raise
     except OSError as err:
         discard(tmp)
-        raise InputError(target, f"cannot publish {what}: {_describe(err)}; nothing was published") from None
+        raise InputError(target, f"cannot publish {what}: {describe(err)}; nothing was published") from None
     except BaseException:
         discard(tmp)
         raise
@@ -442,52 +289,10 @@ def commit(tmp: Temporary, *, overwrite: bool = False, read_only: bool = True) -
     return target
 
 
-def _check_tree(dir_fd: int, name: str, ident=None) -> None:
-    """For outputs left writable: the checks and the fsync of sealing, without the modes."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
-    try:
-        st = os.fstat(fd)
-        if ident is not None and (st.st_dev, st.st_ino) != ident:
-            raise InputError(name, "the temporary was replaced while it was written: not publishing it")
-        if stat.S_ISDIR(st.st_mode):
-            for entry in os.scandir(fd):
-                if entry.is_symlink():
-                    raise InputError(entry.name, "is a symbolic link inside the output: not publishing it")
-                _check_tree(fd, entry.name)
-        elif not stat.S_ISREG(st.st_mode):
-            raise InputError(name, "is neither a file nor a directory: not publishing it")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # ------------------------------------------------------------------------------------- removal
 
 def _remove_entry(dir_fd: int, name: str) -> None:
-    """Remove ``name`` (a file, a link, or a tree, read-only or not) without following any link."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=dir_fd)
-        return
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return
-    try:
-        st = os.fstat(fd)
-        if st.st_uid == os.geteuid() and st.st_mode & 0o700 != 0o700:
-            os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)  # a published tree: give the owner write back
-        for entry in os.scandir(fd):
-            _remove_entry(fd, entry.name)
-            _step("removing")
-    finally:
-        os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.rmdir(name, dir_fd=dir_fd)
+    fstree.remove_entry(dir_fd, name, on_entry=lambda: _step("removing"))
 
 
 def discard(tmp) -> bool:
@@ -512,11 +317,11 @@ def discard(tmp) -> bool:
 def remove(target, *, what: str = "the output") -> None:
     """Remove a published target (a read-only tree too), never following a link: InputError on failure."""
     target = Path(os.path.abspath(os.fspath(target)))
-    parent = _Parent(target, what)
+    parent = Parent(target, what)
     try:
         _remove_entry(parent.fd, parent.name)
     except OSError as err:
-        raise InputError(target, f"cannot remove {what}: {_describe(err)}") from None
+        raise InputError(target, f"cannot remove {what}: {describe(err)}") from None
     finally:
         parent.close()
 
@@ -553,7 +358,7 @@ def _as_input_error(err: Exception, tmp: Temporary) -> InputError | None:
     if not (code in _WRITE_ERRNOS or about_output or (isinstance(err, OSError) and "No space left" in text)):
         return None
     if code:
-        problem = _describe(OSError(code, os.strerror(code)))
+        problem = describe(OSError(code, os.strerror(code)))
     else:
         problem = text.split("\n")[0]
     _DISCARDED.add(tmp.tmp.name)
@@ -603,7 +408,7 @@ def publish_symlink(value: str, target, *, what: str = "the link") -> Path:
     is made under a temporary name of its own, and dead ones of earlier jobs are removed.
     """
     target = Path(os.path.abspath(os.fspath(target)))
-    parent = _Parent(target, what)
+    parent = Parent(target, what)
     name = None
     try:
         _tidy(parent)
@@ -624,7 +429,7 @@ def publish_symlink(value: str, target, *, what: str = "the link") -> Path:
         parent.fsync()
         _step("synced")
     except OSError as err:
-        raise InputError(target, f"cannot publish {what}: {_describe(err)}") from None
+        raise InputError(target, f"cannot publish {what}: {describe(err)}") from None
     finally:
         if name is not None:
             with contextlib.suppress(OSError):

@@ -1,0 +1,209 @@
+"""The file-system steps of publishing, each relative to an open directory and never through a link.
+
+:mod:`rmm_dask.publish` is the protocol (prepare, create, write, seal, swap); this module
+holds what it is made of: the target's parent directory opened once (:class:`Parent`),
+the names of temporaries and who owns them (:func:`owned_name`, :func:`leftovers`), the
+read-only modes (:func:`read_only_modes`), checking and sealing a written tree
+(:func:`seal_tree`) and removing one, read-only or not (:func:`remove_entry`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import socket
+import stat
+from pathlib import Path
+
+from .errors import InputError
+
+HOST = socket.gethostname().replace("/", "_") or "localhost"
+
+
+# ------------------------------------------------------------------------------------- names
+
+def owned_name(target_name: str, kind: str) -> str:
+    """A fresh name beside ``target_name`` for a temporary of this process: ``.NAME.<kind>-<host>-<pid>-<random>``."""
+    return f".{target_name}.{kind}-{HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _leftover_pattern(target_name: str) -> re.Pattern:
+    name = re.escape(target_name)
+    return re.compile(
+        rf"^\.{name}\.(?:(?P<kind>partial|old)-(?:(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{{8}}|(?P<token>[A-Za-z0-9_]+))"
+        rf"|(?P<link>[0-9a-f]{{8}}))$"  # earlier rmm-dask: .current.<hex> links of the nightly service
+    )
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def leftovers(dir_fd: int, target_name: str) -> list[tuple[str, str, bool]]:
+    """(name, 'partial'|'old', dead) of the temporaries of ``target_name`` in the directory.
+
+    Dead: made on this host by a process that is gone. Names of earlier rmm-dask versions carry
+    no host: a bare number is taken as a pid on this host, anything else as dead (those
+    versions are not expected to run beside this one on the same output).
+    """
+    pattern = _leftover_pattern(target_name)
+    found = []
+    for entry in os.scandir(dir_fd):
+        m = pattern.match(entry.name)
+        if not m:
+            continue
+        kind = m["kind"] or "partial"
+        if m["pid"] is not None:
+            dead = m["host"] == HOST and not _alive(int(m["pid"]))
+        elif m["token"] is not None and m["token"].isdigit():
+            dead = not _alive(int(m["token"]))
+        else:
+            dead = True
+        found.append((entry.name, kind, dead))
+    return found
+
+
+# ------------------------------------------------------------------------------------- the parent
+
+def describe(err: OSError) -> str:
+    """An OSError as the end of a one-line message: 'no space left on device (ENOSPC)'."""
+    name = errno.errorcode.get(err.errno or 0)
+    text = err.strerror or str(err)
+    return f"{text[0].lower()}{text[1:]}" + (f" ({name})" if name else "")
+
+
+def link_value(dir_fd: int, name: str) -> str | None:
+    """The link's value if ``name`` is a symbolic link (also dangling), else None."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
+
+
+class Parent:
+    """The target's directory, opened once (``O_DIRECTORY``); every step works relative to it."""
+
+    def __init__(self, target, what: str):
+        self.target = Path(os.path.abspath(os.fspath(target)))
+        self.name = self.target.name
+        if self.name in ("", ".", ".."):
+            raise InputError(self.target, f"not a name {what} can be written to")
+        try:
+            self.fd = os.open(self.target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise InputError(self.target.parent, f"no such directory for {what}") from None
+        except NotADirectoryError:
+            raise InputError(self.target.parent, f"not a directory: cannot write {what} there") from None
+        except OSError as err:
+            raise InputError(self.target.parent, f"cannot open the directory for {what}: {describe(err)}") from None
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def lstat(self, name: str | None = None):
+        try:
+            return os.stat(name or self.name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def fsync(self):
+        os.fsync(self.fd)
+
+
+# ------------------------------------------------------------------------------------- sealing
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # where /proc cannot tell (not thread-safe, hence the last resort)
+    os.umask(mask)
+    return mask
+
+
+def read_only_modes() -> tuple[int, int]:
+    """Read-only modes of published files and directories: the umask may take read bits, never add write bits."""
+    keep = ~_umask() & 0o777
+    return (0o444 & keep) | 0o400, (0o555 & keep) | 0o500
+
+
+def seal_tree(dir_fd: int, name: str, modes: tuple[int, int] | None, uid: int | None = None, ident=None) -> None:
+    """fsync ``name`` and everything below it, refusing links and other kinds; with ``modes``
+    (file, directory) also check the owner is ``uid`` and make each entry read-only.
+
+    ``ident`` (st_dev, st_ino): the inode ``name`` must be (the temporary as created).
+    """
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if ident is not None and (st.st_dev, st.st_ino) != ident:
+            raise InputError(name, "the temporary was replaced while it was written: not publishing it")
+        if modes is not None and st.st_uid != uid:
+            raise InputError(name, f"is owned by uid {st.st_uid}, not by this process: not publishing it")
+        if stat.S_ISDIR(st.st_mode):
+            for entry in os.scandir(fd):
+                if entry.is_symlink():
+                    raise InputError(entry.name, "is a symbolic link inside the output: not publishing it")
+                seal_tree(fd, entry.name, modes, uid)
+        elif not stat.S_ISREG(st.st_mode):
+            raise InputError(name, "is neither a file nor a directory: not publishing it")
+        os.fsync(fd)
+        if modes is not None:
+            os.fchmod(fd, modes[1] if stat.S_ISDIR(st.st_mode) else modes[0])
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InputError(name, "is a symbolic link inside the output: not publishing it") from None
+        raise
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------- removal
+
+def remove_entry(dir_fd: int, name: str, on_entry=None) -> None:
+    """Remove ``name`` (a file, a link, or a tree, read-only or not) without following any link.
+
+    ``on_entry()`` is called after each entry of a directory is removed (the tests' kill points).
+    """
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+        return
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o700 != 0o700:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)  # a published tree: give the owner write back
+        for entry in os.scandir(fd):
+            remove_entry(fd, entry.name, on_entry)
+            if on_entry is not None:
+                on_entry()
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(name, dir_fd=dir_fd)
