@@ -24,9 +24,9 @@ Its dims are ``(module, cell, y, x)`` with the store's module and memory-cell id
 coordinates: gain is reduced with *any* (corrected data mixes gain stages frame by frame,
 so a pixel bad in any stage is masked), or one stage is picked with ``gain="high"``. Given
 ``like=data``, the result follows EXtra-data's labels: the pixel dims take the names of
-``data``'s last two (``slow_scan``, ``fast_scan``), and frames stacked on one dim with a
-``cell`` level (``get_array(..., subtrain_index="cellId")`` without unstacking) get each
-frame's cell. Select data by memory cell (``subtrain_index="cellId"``; pulse ids do not name
+``data``'s last two (``slow_scan``, ``fast_scan`` from ``AGIPD1M.get_array``, ``dim_0``,
+``dim_1`` from ``get_dask_array``), and frames stacked on one dim with a ``cell`` or
+``cellId`` level (``subtrain_index="cellId"``, not unstacked) get each frame's cell. Select data by memory cell (``subtrain_index="cellId"``; pulse ids do not name
 cells). ``data.where(~bad)`` then aligns on ``module`` and ``cell`` by label (xarray keeps the
 labels both have) and sets the bad pixels to NaN.
 """

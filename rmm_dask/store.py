@@ -15,6 +15,12 @@ A store is written under a hidden temporary name beside its target and moved int
 place, read-only, only when every array is written (:mod:`rmm_dask.publish`): a reader
 never sees half a mask, and a job that fails or is interrupted leaves the previous store
 as it was; ``--overwrite`` swaps the new store with the old in one atomic step.
+
+Stores are read back through xarray: :func:`open_tree` gives the layout above as an
+``xarray.DataTree`` (lazily indexed, or dask arrays with ``chunks={}``); ``show``, ``diff``
+and ``export`` read it one module at a time, and :func:`rmm_dask.apply.open_mask` makes of
+it the Dataset users apply to their data. :func:`open_store` (a Zarr group) is for
+checking a store's arrays directly.
 """
 
 from __future__ import annotations
