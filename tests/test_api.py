@@ -113,21 +113,21 @@ def test_data_where_not_bad_masks_the_planted_defects(published):
     gone = gone[:, 0]  # (module, cell, y, x)
 
     dark = planted(truth, DARK_KINDS)
-    assert gone[dark].mean() > 0.95, gone[dark].mean()  # recall of the planted dark defects
+    assert gone[dark].mean() > 0.99, gone[dark].mean()  # recall of the planted dark defects (measured: all)
     assert gone[REJECT[0], :, REJECT[1], REJECT[2]].all()  # manufacturer's dead pixels
     assert not gone[VIRTUAL[0], :, VIRTUAL[1], VIRTUAL[2]].any()  # virtual alone: not a reason
     assert gone[USER[0], :, USER[1], USER[2]].all()  # the user's rectangle
     layers = np.zeros_like(gone)
     layers[REJECT[0], :, REJECT[1], REJECT[2]] = layers[USER[0], :, USER[1], USER[2]] = True
     clean = (truth.defects == 0).all(axis=1) & ~truth.edges & ~layers
-    assert gone[clean].mean() < 1e-3, gone[clean].mean()  # few clean pixels lost
+    assert gone[clean].mean() < 1e-4, gone[clean].mean()  # few clean pixels lost (lambda = 8)
     assert not gone[..., truth.edges].all()  # "dark" leaves the ASIC edges to the user
 
     alone = data.where(~bad_pixels(store, "dark", layers=False, like=data)).isnull().sel(module=[0, 1]).values[:, 0]
     assert not alone[USER[0], :, USER[1], USER[2]][clean[USER[0], :, USER[1], USER[2]]].any()
 
     flat = data.where(~bad_pixels(store, "flat", like=data)).isnull().sel(module=[0, 1]).values[:, 0]
-    assert flat[planted(truth, FLAT_KINDS)].mean() > 0.9
+    assert flat[planted(truth, FLAT_KINDS)].mean() > 0.9  # measured 0.93 (30 flat frames)
     every = data.where(~bad_pixels(store, "all", like=data)).isnull().sel(module=[0, 1]).values[:, 0]
     assert every[..., truth.edges].all() and every[dark].mean() >= gone[dark].mean()
 
