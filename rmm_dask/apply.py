@@ -132,6 +132,9 @@ def _like(bad: xr.DataArray, data: xr.DataArray) -> xr.DataArray:
     if "cell" not in data.dims and per_frame:  # frames stacked: train_pulse = (train, cell) or (trainId, cellId)
         (dim,) = data[per_frame].dims
         cells = xr.DataArray(data[per_frame].values, dims=dim)  # the cell of each frame, without the stacked index
+        missing = sorted(set(np.unique(cells.values).tolist()) - set(bad["cell"].values.tolist()))
+        if missing:
+            raise ValueError(f"the data has frames of memory cells {missing[:10]} that the mask {bad.attrs.get('store', '')} has not")
         bad = bad.sel(cell=cells).drop_vars("cell").assign_coords(data[dim].coords)  # the frames' labels, index and all
     elif "cell" not in data.dims:  # no memory cells in the data: bad in any cell
         bad = bad.any("cell")

@@ -143,14 +143,19 @@ def test_one_gain_stage(published):
     assert np.array_equal(bad_pixels(store, ["OFFSET", "noise"], gain=0, layers=False).values, high)
 
 
+def stack_frames(unstacked):
+    """(module, train, cell, y, x) -> (module, train_pulse, dim_0, dim_1), levels trainId and cellId: as get_dask_array."""
+    stacked = unstacked.stack(train_pulse=("train", "cell")).transpose("module", "train_pulse", "slow_scan", "fast_scan")
+    index = stacked.indexes["train_pulse"].set_names(["trainId", "cellId"])
+    stacked = stacked.drop_vars(["train_pulse", "train", "cell"]).assign_coords(xr.Coordinates.from_pandas_multiindex(index, "train_pulse"))
+    return stacked.rename(slow_scan="dim_0", fast_scan="dim_1")  # get_dask_array leaves the pixel dims unnamed
+
+
 def test_frames_stacked_with_a_cell_level(published):
     """AGIPD1M(run).get_dask_array('image.data', subtrain_index='cellId'): frames on one dim, (trainId, cellId) levels."""
     store, _ = published
     unstacked = corrected_like()
-    stacked = unstacked.stack(train_pulse=("train", "cell")).transpose("module", "train_pulse", "slow_scan", "fast_scan")
-    index = stacked.indexes["train_pulse"].set_names(["trainId", "cellId"])
-    stacked = stacked.drop_vars(["train_pulse", "train", "cell"]).assign_coords(xr.Coordinates.from_pandas_multiindex(index, "train_pulse"))
-    stacked = stacked.rename(slow_scan="dim_0", fast_scan="dim_1")  # get_dask_array leaves the pixel dims unnamed
+    stacked = stack_frames(unstacked)
     bad = bad_pixels(store, "dark", like=stacked)
     assert bad.dims == ("module", "train_pulse", "dim_0", "dim_1")
     masked = stacked.where(~bad)
@@ -160,6 +165,8 @@ def test_frames_stacked_with_a_cell_level(published):
     per_pixel = bad_pixels(store, "dark", like=frames)  # no memory cells in the data: bad in any cell
     np.testing.assert_array_equal(per_pixel.values, bad_pixels(store, "dark").any("cell").values)
     assert list(masked.indexes["train_pulse"].names) == ["trainId", "cellId"]  # the frames keep their labels
+    with pytest.raises(ValueError, match=r"frames of memory cells \[7\] that the mask .*mask.zarr has not"):
+        bad_pixels(store, "dark", like=stack_frames(corrected_like(cells=(0, 7))))
 
 
 def test_groups_of_bits():
