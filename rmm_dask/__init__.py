@@ -1,5 +1,18 @@
-"""rmm-dask: the Robust Mask Maker (Sadri et al., J. Appl. Cryst. 2022) for X-ray pixel detectors."""
+"""rmm-dask: the Robust Mask Maker (Sadri et al., J. Appl. Cryst. 2022) for X-ray pixel detectors.
 
+The public API, imported when first used (``import rmm_dask`` loads neither numba nor
+dask nor distributed):
+
+- :func:`open_run` (:mod:`rmm_dask.io`): a run on disk as a lazy ``xarray.Dataset``;
+- :func:`build_mask` (:mod:`rmm_dask.pipeline`): the lazy mask of dark runs and a flat run;
+- :func:`write_store` (:mod:`rmm_dask.store`): compute it into a Zarr store, published atomically;
+- :func:`open_mask`, :func:`bad_pixels` (:mod:`rmm_dask.apply`): a published store as a lazy
+  Dataset, and a boolean bad-pixel array for a group of bits, labelled to go with the data;
+- :func:`export` (:mod:`rmm_dask.exports`): a store in the formats downstream programs read;
+- :class:`BadPixel`, :func:`robust_gaussian`, :func:`fit_gaussian`: the bit codes and the estimator.
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 from .numba_cache import choose as _choose_numba_cache
@@ -12,22 +25,29 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0+unknown"
 
-__all__ = ["BadPixel", "fit_gaussian", "robust_gaussian", "open_run", "__version__"]
+#: public name -> the module that holds it; imported only when asked for: the readers pull in
+#: xarray, dask and EXtra-data, the kernels numba; `rmm` installs its Ctrl-C handler first
+#: (a Ctrl-C while numba loads would be a traceback)
+_API = {
+    "open_run": ".io",
+    "build_mask": ".pipeline",
+    "write_store": ".store",
+    "open_mask": ".apply",
+    "bad_pixels": ".apply",
+    "export": ".exports",
+    "BadPixel": ".codes",
+    "fit_gaussian": ".robust",
+    "robust_gaussian": ".robust",
+}
+
+__all__ = [*_API, "__version__"]
 
 
 def __getattr__(name):
-    # only when asked for: the readers pull in xarray, dask and EXtra-data, the kernels numba;
-    # `rmm` installs its Ctrl-C handler first (a Ctrl-C while numba loads would be a traceback)
-    if name == "open_run":
-        from .io import open_run
-
-        return open_run
-    if name == "BadPixel":
-        from .codes import BadPixel
-
-        return BadPixel
-    if name in ("fit_gaussian", "robust_gaussian"):
-        from . import robust
-
-        return getattr(robust, name)
+    if name in _API:
+        return getattr(import_module(_API[name], __name__), name)
     raise AttributeError(f"module 'rmm_dask' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_API])

@@ -1,5 +1,5 @@
 """What changed between two masks of the same detector: pixels newly bad, recovered, per bit,
-module, gain stage and cell. Read one module at a time."""
+module, gain stage and cell. Read through xarray (:func:`rmm_dask.store.open_tree`), one module at a time."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 
 from .codes import BadPixel, describe
 from .errors import InputError
-from .store import open_store
+from .store import gain_names, open_tree
 
 
 def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
@@ -20,14 +20,14 @@ def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
     and the bits of the bad side ('OFFSET|NOISE') (``new`` for newly bad, ``old`` for recovered); at most
     ``max_pixels`` each, in (module, y, x) order, with ``pixels_truncated`` saying so.
     """
-    a, b = open_store(old), open_store(new)
+    a, b = open_tree(old), open_tree(new)
     for name in ("module", "gain", "cell"):
-        if not np.array_equal(a[name][:], b[name][:]):
-            raise InputError(new, f"has {name}s {b[name][:].tolist()}, but {old} has {a[name][:].tolist()}: not the same detector layout")
+        if not np.array_equal(a[name].values, b[name].values):
+            raise InputError(new, f"has {name}s {b[name].values.tolist()}, but {old} has {a[name].values.tolist()}: not the same detector layout")
     if a["mask"].shape != b["mask"].shape:
         raise InputError(new, f"mask shape {b['mask'].shape} differs from {a['mask'].shape} in {old}")
-    gains = b.attrs.get("gain_stages") or [str(g) for g in b["gain"][:]]
-    cells = [int(c) for c in b["cell"][:]]
+    gains = gain_names(b)
+    cells = [int(c) for c in b["cell"].values]
     out = {
         "old": str(old),
         "new": str(new),
@@ -41,8 +41,8 @@ def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
         "recovered_pixels": [],
         "pixels_truncated": False,
     }
-    for i, m in enumerate(b["module"][:]):
-        ma, mb = a["mask"][i], b["mask"][i]  # (gain, cell, y, x)
+    for i, m in enumerate(b["module"].values):
+        ma, mb = a["mask"][i].values, b["mask"][i].values  # (gain, cell, y, x)
         row = out["module"][int(m)] = {}
         for key, hit in (("newly_bad", (ma == 0) & (mb != 0)), ("recovered", (ma != 0) & (mb == 0))):
             per_gain = hit.sum(axis=(1, 2, 3))

@@ -38,7 +38,7 @@ import numpy as np
 from .codes import BadPixel
 from .detectors import detector_of
 from . import publish
-from .store import export_h5, open_store
+from .store import export_h5, open_tree
 
 __all__ = ["export", "FORMATS", "NEXUS", "EUXFEL", "lookup"]
 
@@ -83,22 +83,22 @@ def lookup(mapping: dict) -> np.ndarray:
 
 
 class _Mask:
-    """A store read one module at a time: the mask's union over gains and cells, and its layers."""
+    """A store read through xarray one module at a time: the mask's union over gains and cells, and its layers."""
 
     def __init__(self, store):
-        self.root = open_store(store)
-        self.det = detector_of(self.root.attrs)
-        self.modules = [int(m) for m in self.root["module"][:]]
-        layers = self.root["layers"] if "layers" in self.root else {}
-        self.manufacturer = layers["manufacturer"] if "manufacturer" in layers else None
-        self.user = layers["user"] if "user" in layers else None
+        self.tree = open_tree(store)
+        self.det = detector_of(self.tree.attrs)
+        self.modules = [int(m) for m in self.tree["module"].values]
+        layers = self.tree["layers"].data_vars if "layers" in self.tree.children else {}
+        self.manufacturer = layers.get("manufacturer")
+        self.user = layers.get("user")
 
     def union(self, i: int) -> np.ndarray:
         """uint8 (y, x): the bits of module index ``i`` in any gain stage and cell."""
-        return np.bitwise_or.reduce(self.root["mask"][i].reshape(-1, *self.det.module_shape), axis=0)
+        return np.bitwise_or.reduce(self.tree["mask"][i].values.reshape(-1, *self.det.module_shape), axis=0)
 
     def layer(self, which, i: int, dtype) -> np.ndarray:
-        return np.zeros(self.det.module_shape, dtype) if which is None else np.asarray(which[i], dtype=dtype)
+        return np.zeros(self.det.module_shape, dtype) if which is None else np.asarray(which[i].values, dtype=dtype)
 
     def user_layer(self, i: int) -> np.ndarray:
         """uint32 (y, x): 1 where the user masked the pixel."""
@@ -124,12 +124,12 @@ def export(store, to: str, out, *, overwrite: bool = False) -> list[Path]:
     one is refused unless ``overwrite`` (then swapped atomically), a symbolic link at its
     name always.
     """
-    open_store(store)
+    tree = open_tree(store)
     publish.prepare(out, overwrite=overwrite, what="the export")  # before any pixel is read
     if to == "h5":
-        return [export_h5(store, out, overwrite=overwrite)]
+        return [export_h5(tree, out, overwrite=overwrite)]
     writer = {"crystfel": _crystfel, "nexus": _nexus, "euxfel": _euxfel, "cheetah": _cheetah}[to]
-    mask = _Mask(store)
+    mask = _Mask(tree)
     return writer(mask, out, overwrite)
 
 
@@ -148,7 +148,7 @@ def _write_h5(out, overwrite: bool, fill, nbytes: int) -> Path:
 
 
 def _provenance(f: h5py.File, mask: _Mask, fmt: str) -> None:
-    attrs = mask.root.attrs
+    attrs = mask.tree.attrs
     f.attrs["creator"] = f"{attrs.get('software')} export --to {fmt}"
     f.attrs["detector"] = mask.det.name
     f.attrs["modules"] = json.dumps(mask.modules)
@@ -182,26 +182,26 @@ def _nexus(mask: _Mask, out, overwrite) -> list[Path]:
 
 def _euxfel(mask: _Mask, out, overwrite) -> list[Path]:
     table = lookup(EUXFEL)
-    root = mask.root
-    gains = list(root.attrs.get("gain_stages") or [])
+    tree = mask.tree
+    gains = list(tree.attrs.get("gain_stages") or [])
 
     def fill(f, ensure_room):
         _provenance(f, mask, "euxfel")
-        d = f.create_dataset("mask", shape=root["mask"].shape, dtype=np.uint32, chunks=(1, 1, 1, *mask.det.module_shape), compression="gzip", compression_opts=1)
+        d = f.create_dataset("mask", shape=tree["mask"].shape, dtype=np.uint32, chunks=(1, 1, 1, *mask.det.module_shape), compression="gzip", compression_opts=1)
         for i in range(len(mask.modules)):
-            words = table[root["mask"][i]]
+            words = table[tree["mask"][i].values]
             ensure_room(words.nbytes)
             d[i] = words
         d.attrs["dims"] = ["module", "gain", "cell", "y", "x"]
         d.attrs["description"] = "EuXFEL BadPixels flags (extra.calibration.BadPixels) per module, gain stage, memory cell"
         f["module"] = np.asarray(mask.modules)
-        f["cell"] = root["cell"][:]
+        f["cell"] = tree["cell"].values
         f["gain"] = np.asarray(gains, dtype=h5py.string_dtype())
         ensure_room(sum(a.nbytes for a in (mask.user, mask.manufacturer) if a is not None))
         if mask.user is not None:
-            f.create_dataset("user_mask", data=(np.asarray(mask.user[:]) != 0).astype(np.uint32) * EUXFEL_USER, compression="gzip")
+            f.create_dataset("user_mask", data=(mask.user.values != 0).astype(np.uint32) * EUXFEL_USER, compression="gzip")
         if mask.manufacturer is not None:
-            f.create_dataset("manufacturer_mask", data=mask.manufacturer[:], compression="gzip")
+            f.create_dataset("manufacturer_mask", data=mask.manufacturer.values, compression="gzip")
 
     return [_write_h5(out, overwrite, fill, 0)]
 
@@ -254,7 +254,7 @@ def geometry_lines(path: Path, dataset: str, mask: _Mask) -> list[str]:
         "(module, y, x), as the data's `dim0 = %`, `dim1 = <module>`, `dim2 = ss`, `dim3 = fs` (EXtra-geom's layout)"
     )
     return [
-        f"; rmm-dask mask of {mask.det.name} ({mask.root.attrs.get('software')}): put these lines before the panels",
+        f"; rmm-dask mask of {mask.det.name} ({mask.tree.attrs.get('software')}): put these lines before the panels",
         f"; mask dataset: {layout}; any memory cell or gain stage bad = bad",
         f"mask0_file = {path}",
         f"mask0_data = {dataset}",

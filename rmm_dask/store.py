@@ -15,6 +15,12 @@ A store is written under a hidden temporary name beside its target and moved int
 place, read-only, only when every array is written (:mod:`rmm_dask.publish`): a reader
 never sees half a mask, and a job that fails or is interrupted leaves the previous store
 as it was; ``--overwrite`` swaps the new store with the old in one atomic step.
+
+Stores are read back through xarray: :func:`open_tree` gives the layout above as an
+``xarray.DataTree`` (lazily indexed, or dask arrays with ``chunks={}``); ``show``, ``diff``
+and ``export`` read it one module at a time, and :func:`rmm_dask.apply.open_mask` makes of
+it the Dataset users apply to their data. :func:`open_store` (a Zarr group) is for
+checking a store's arrays directly.
 """
 
 from __future__ import annotations
@@ -61,7 +67,8 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
     """Compute the lazy mask ``ds`` (from :func:`rmm_dask.pipeline.build_mask`) into a Zarr v3 store.
 
     ``compute`` is called with the dask collection that writes every array (default:
-    :func:`rmm_dask.cluster.compute`, with a progress bar); the store appears at
+    :func:`dask.compute`, on dask's current scheduler; ``rmm mask`` passes
+    :func:`rmm_dask.cluster.compute`, with a progress bar: stores know no clusters); the store appears at
     ``path`` only when it is complete. An existing ``path`` is refused unless
     ``overwrite``, and is then replaced only after the new store is complete. The
     temporary store is removed on failure (no space left, no permission: one InputError
@@ -69,9 +76,8 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
     the caller to remove it again once the cluster is shut down (a write task that was
     already running on a worker when the job failed may still land after the removal).
     """
+    import dask
     import dask.array as da
-
-    from .cluster import compute as default_compute
 
     attrs = {
         "format": STORE_FORMAT,
@@ -107,7 +113,7 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
             if name.startswith("train_id_"):
                 stage = name.removeprefix("train_id_")
                 root.create_array(f"rejected_frames/train_id_{stage}", data=np.asarray(coord.values), dimension_names=list(coord.dims))
-        (compute or default_compute)(da.store(sources, targets, lock=False, compute=False))
+        (compute or dask.compute)(da.store(sources, targets, lock=False, compute=False))
         attrs["end_time"] = _now()
         root.attrs.update(json.loads(json.dumps(attrs, default=str)))
         with warnings.catch_warnings():  # zarr warns that v3 has no consolidated metadata in its spec yet;
@@ -127,48 +133,93 @@ def _validate(path: Path, ds: xr.Dataset) -> None:
 
 
 def open_store(path) -> zarr.Group:
-    """Open a published mask store read-only, or raise InputError saying why not."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such mask store")
+    """Open a published mask store read-only as a Zarr group, or raise InputError saying why not."""
+    path = _existing(path)
     try:
         root = zarr.open_group(path, mode="r")
     except Exception as err:  # zarr raises several kinds for a non-store
         raise InputError(path, f"not a Zarr store ({err.__class__.__name__}: {err})") from None
-    if root.attrs.get("format") != STORE_FORMAT or "mask" not in root:
-        raise InputError(path, "not an rmm-dask mask store (no 'mask' array or format attribute)")
+    _check_store(path, root.attrs, "mask" in root)
     return root
 
 
+def open_tree(store, *, chunks=None) -> xr.DataTree:
+    """A published mask store as an ``xarray.DataTree`` (the layout above, one node per group), lazily.
+
+    ``store``: a path, a group from :func:`open_store`, or a tree already open (returned as it is).
+    Values are read when indexed (``chunks=None``: one module read as ``tree["mask"][i].values``),
+    or as dask arrays in the store's chunks (``chunks={}``). Attributes and dtypes are the
+    stored ones (no CF decoding). A path that is not a mask store raises InputError.
+    """
+    if isinstance(store, xr.DataTree):
+        return store
+    if isinstance(store, zarr.Group):  # already checked by open_store
+        return xr.open_datatree(store.store, engine="zarr", chunks=chunks, decode_cf=False)
+    path = _existing(store)
+    try:
+        tree = xr.open_datatree(path, engine="zarr", chunks=chunks, decode_cf=False)
+    except Exception as err:  # zarr and xarray raise several kinds for a non-store
+        raise InputError(path, f"not a Zarr store ({err.__class__.__name__}: {err})") from None
+    _check_store(path, tree.attrs, "mask" in tree.data_vars)
+    return tree
+
+
+def _existing(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such mask store")
+    return path
+
+
+def _check_store(path: Path, attrs, has_mask: bool) -> None:
+    if attrs.get("format") != STORE_FORMAT or not has_mask:
+        raise InputError(path, "not an rmm-dask mask store (no 'mask' array or format attribute)")
+
+
+def gain_names(tree: xr.DataTree) -> list[str]:
+    """The store's gain stages by name, in the order of its ``gain`` axis."""
+    return list(tree.attrs.get("gain_stages") or [str(g) for g in tree["gain"].values])
+
+
 def walk_arrays(group: zarr.Group, prefix: str = ""):
-    """(path, array) for every array below ``group``, depth first, in name order."""
+    """(path, array) for every array below ``group``, depth first, in name order (tests compare stores with it)."""
     for name in sorted(group.array_keys()):
         yield prefix + name, group[name]
     for name in sorted(group.group_keys()):
         yield from walk_arrays(group[name], f"{prefix}{name}/")
 
 
+def walk_variables(tree: xr.DataTree):
+    """(path, variable) for every array of a store's tree, each group's own arrays in name order, then its groups."""
+    prefix = "" if tree.is_root else tree.path.lstrip("/") + "/"
+    own = tree.to_dataset(inherit=False).variables
+    for name in sorted(own):
+        yield prefix + name, own[name]
+    for name in sorted(tree.children):
+        yield from walk_variables(tree.children[name])
+
+
 def export_h5(store, out, *, overwrite: bool = False) -> Path:
     """Write the store's layout to one HDF5 file (same paths, dims and attrs), atomically."""
     import h5py
 
-    root = open_store(store)
+    tree = open_tree(store)
     with publish.output(out, overwrite=overwrite, what="the export") as tmp:
         with h5py.File(tmp.tmp, "w") as f:
-            for path, arr in walk_arrays(root):
-                plane = arr.chunks if arr.ndim >= 3 else None
+            for path, var in walk_variables(tree):
+                chunks = tuple(var.encoding.get("chunks") or var.shape)
+                plane = chunks if var.ndim >= 3 else None
                 ds = f.create_dataset(
-                    path, shape=arr.shape, dtype=arr.dtype, chunks=plane, compression="gzip" if plane else None, compression_opts=1 if plane else None, shuffle=bool(plane)
+                    path, shape=var.shape, dtype=var.dtype, chunks=plane, compression="gzip" if plane else None, compression_opts=1 if plane else None, shuffle=bool(plane)
                 )
-                step = arr.chunks[0]
-                for i in range(0, arr.shape[0], step):  # one module at a time: memory bounded by a module
-                    block = arr[i : i + step]
+                for i in range(0, var.shape[0], chunks[0]):  # one module at a time: memory bounded by a module
+                    block = var[i : i + chunks[0]].values
                     tmp.ensure_room(block.nbytes)  # HDF5 must not meet a full disk (see publish.Temporary.ensure_room)
-                    ds[i : i + step] = block
-                ds.attrs["dimension_names"] = json.dumps(arr.metadata.dimension_names)
-                for k, v in arr.attrs.items():
+                    ds[i : i + chunks[0]] = block
+                ds.attrs["dimension_names"] = json.dumps(list(var.dims))
+                for k, v in var.attrs.items():
                     ds.attrs[k] = _h5_attr(v)
-            for k, v in root.attrs.items():
+            for k, v in tree.attrs.items():
                 f.attrs[k] = _h5_attr(v)
     return tmp.target
 

@@ -5,26 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from .codes import BadPixel
+from .store import gain_names, open_tree
 
 
-def count_bits(root: zarr.Group) -> dict:
+def count_bits(store) -> dict:
     """Pixels per bit, overall and per module, gain stage and cell, read one module at a time.
+
+    ``store``: a path, or a store opened by :func:`rmm_dask.store.open_store` or :func:`rmm_dask.store.open_tree`.
 
     Returns ``{"pixels": n pixel-planes, "total": {name: n}, "module": {id: {name: n}},
     "gain": {...}, "cell": {...}, "layers": {name: masked pixels}}`` where the names are the bits, ``any`` and ``flagged``:
     edge pixels are counted under ASIC_EDGE and in ``any``; ``flagged`` counts the pixels
     with any other bit (found bad by the analysis).
     """
-    mask = root["mask"]
-    modules, cells = root["module"][:], root["cell"][:]
-    gains = root.attrs.get("gain_stages") or [str(g) for g in root["gain"][:]]
+    tree = open_tree(store)
+    mask = tree["mask"]
+    modules, cells = tree["module"].values, tree["cell"].values
+    gains = gain_names(tree)
     per = {"module": {}, "gain": {g: _zero() for g in gains}, "cell": {int(c): _zero() for c in cells}}
     total = _zero()
     for i, m in enumerate(modules):
-        block = mask[i]  # (gain, cell, y, x)
+        block = mask[i].values  # (gain, cell, y, x)
         per["module"][int(m)] = row = _zero()
         for name, bits in _SELECTIONS:
             hit = (block & np.uint8(bits)) != 0
@@ -36,9 +39,9 @@ def count_bits(root: zarr.Group) -> dict:
                 per["gain"][g][name] += int(n)
             for c, n in zip(cells, by_cell):
                 per["cell"][int(c)][name] += int(n)
-    layers = root["layers"] if "layers" in root else None
-    per["layers"] = {name: int(np.count_nonzero(layers[name][:])) for name in sorted(layers.array_keys())} if layers is not None else {}
-    if layers is not None and "manufacturer" in layers:
+    layers = _layers(tree)
+    per["layers"] = {name: int(np.count_nonzero(layers[name].values)) for name in sorted(layers)}
+    if "manufacturer" in layers:
         per["manufacturer_bits"] = count_nexus_bits(layers["manufacturer"])
     return {"pixels": int(np.prod(mask.shape)), "total": total, **per}
 
@@ -48,8 +51,13 @@ def count_bits(root: zarr.Group) -> dict:
 NEXUS_BITS = {0: "gap", 1: "dead", 2: "under-responding", 3: "over-responding", 4: "noisy", 6: "cluster", 8: "user", 31: "virtual"}
 
 
+def _layers(tree) -> dict:
+    """The store's layers by name (``manufacturer``, ``user``), those it has."""
+    return dict(tree["layers"].data_vars) if "layers" in tree.children else {}
+
+
 def count_nexus_bits(layer) -> dict:
-    """Pixels per bit set in a NeXus ``pixel_mask`` layer (uint32, read one module at a time).
+    """Pixels per bit set in a NeXus ``pixel_mask`` layer (uint32 (module, y, x), read one module at a time).
 
     Keys are the names of :data:`NEXUS_BITS` (``bit N`` for the bits NeXus leaves
     undefined), in bit order, only bits that are set somewhere; ``reject`` counts the
@@ -76,11 +84,7 @@ def _zero() -> dict:
     return {name: 0 for name, _ in _SELECTIONS}
 
 
-#: AGIPD-1M quadrant positions of EXtra-geom's example geometry (its docs' values), in mm
-AGIPD_EXAMPLE_QUADS = [(-525, 625), (-550, -10), (520, -160), (542.5, 475)]
-
-
-def detector_image(root: zarr.Group, geometry: str | None = None) -> tuple[np.ndarray, str, str] | None:
+def detector_image(store, geometry: str | None = None) -> tuple[np.ndarray, str, str] | None:
     """The whole detector as one image: per pixel, the fraction of gain stages x cells masked (edges left out).
 
     From the detector's description: EuXFEL detectors (AGIPD-1M, JUNGFRAU) are
@@ -93,12 +97,13 @@ def detector_image(root: zarr.Group, geometry: str | None = None) -> tuple[np.nd
     """
     from .detectors import detector_of
 
-    det = detector_of(root.attrs)
+    tree = open_tree(store)
+    det = detector_of(tree.attrs)
     if det.n_modules < 2:
         return None
     full = np.full((det.n_modules, *det.module_shape), np.nan, dtype=np.float32)
-    for i, m in enumerate(root["module"][:]):
-        block = root["mask"][i]
+    for i, m in enumerate(tree["module"].values):
+        block = tree["mask"][i].values
         full[int(m)] = ((block != 0) & (block != BadPixel.ASIC_EDGE)).reshape(-1, *det.module_shape).mean(axis=0)
     name = det.name.upper()
     if name.startswith(("AGIPD1M", "JUNGFRAU")):
@@ -107,10 +112,9 @@ def detector_image(root: zarr.Group, geometry: str | None = None) -> tuple[np.nd
         cls = AGIPD_1MGeometry if name.startswith("AGIPD") else JUNGFRAUGeometry
         if geometry:
             geom, how = cls.from_crystfel_geom(geometry), f"EXtra-geom {cls.__name__} from {geometry}"
-        elif cls is AGIPD_1MGeometry:
-            geom, how = cls.from_quad_positions(quad_pos=AGIPD_EXAMPLE_QUADS), "EXtra-geom example AGIPD-1M geometry (approximate positions)"
-        else:
-            geom, how = cls.example(det.n_modules), f"EXtra-geom example {det.name} geometry (approximate positions)"
+        else:  # AGIPD-1M's example has its 16 modules; JUNGFRAU's is made for the number asked
+            geom = cls.example() if cls is AGIPD_1MGeometry else cls.example(det.n_modules)
+            how = f"EXtra-geom example {'AGIPD-1M' if cls is AGIPD_1MGeometry else det.name} geometry (approximate positions)"
         image, _ = geom.position_modules(full)
         return image, how, "lower"  # EXtra-geom: y up, as seen from the sample
     if det.frame_shape is not None:
@@ -162,7 +166,7 @@ def _image_figure(shape: tuple[int, int], n: int, *, title_room: float = 0.5):
     return fig, axes, cax
 
 
-def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geometry: str | None = None) -> list[Path]:
+def write_figures(store, out_dir, *, lam: float | None = None, geometry: str | None = None) -> list[Path]:
     """Per-module mask images, the assembled detector, the manufacturer's mask per bit and SNR histograms, as PNG files.
 
     Written into ``out_dir`` (created if needed: a directory of the caller's, such as the
@@ -173,35 +177,35 @@ def write_figures(root: zarr.Group, out_dir, *, lam: float | None = None, geomet
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, fig in _figures(root, lam=lam, geometry=geometry):
+    for name, fig in _figures(open_tree(store), lam=lam, geometry=geometry):
         path = out_dir / name
         fig.savefig(path, dpi=80)
         written.append(path)
     return written
 
 
-def figures_png(root: zarr.Group, *, lam: float | None = None, geometry: str | None = None) -> list[tuple[str, bytes]]:
+def figures_png(store, *, lam: float | None = None, geometry: str | None = None) -> list[tuple[str, bytes]]:
     """The figures of :func:`write_figures` as (file name, PNG bytes), drawn in memory."""
     import io
 
     out = []
-    for name, fig in _figures(root, lam=lam, geometry=geometry):
+    for name, fig in _figures(open_tree(store), lam=lam, geometry=geometry):
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=80)
         out.append((name, buffer.getvalue()))
     return out
 
 
-def _figures(root: zarr.Group, *, lam: float | None = None, geometry: str | None = None):
-    """(file name, matplotlib Figure) of every figure of a store, one at a time."""
+def _figures(tree, *, lam: float | None = None, geometry: str | None = None):
+    """(file name, matplotlib Figure) of every figure of a store's tree, one at a time."""
     from matplotlib.figure import Figure  # not pyplot: no global backend switch (notebooks keep theirs), thread-safe
 
-    lam = lam if lam is not None else float(root.attrs.get("parameters", {}).get("lam", 8.0))
-    gains = root.attrs.get("gain_stages") or [str(g) for g in root["gain"][:]]
-    mask = root["mask"]
+    lam = lam if lam is not None else float(tree.attrs.get("parameters", {}).get("lam", 8.0))
+    gains = gain_names(tree)
+    mask = tree["mask"]
     shape = tuple(mask.shape[-2:])
-    for i, m in enumerate(root["module"][:]):
-        block = mask[i]  # (gain, cell, y, x)
+    for i, m in enumerate(tree["module"].values):
+        block = mask[i].values  # (gain, cell, y, x)
         fig, axes, cax = _image_figure(shape, len(gains))
         for ax, g, plane in zip(axes, gains, block):
             bad = ((plane != 0) & (plane != BadPixel.ASIC_EDGE)).mean(axis=0)
@@ -212,18 +216,18 @@ def _figures(root: zarr.Group, *, lam: float | None = None, geometry: str | None
         fig.suptitle(f"module {int(m)}: masked pixels", y=1 - 0.15 / fig.get_figheight(), va="top")
         yield f"mask_module{int(m):02d}.png", fig
 
-    assembled = detector_image(root, geometry)
+    assembled = detector_image(tree, geometry)
     if assembled is not None:
         image, how, origin = assembled
         fig, (ax,), cax = _image_figure(image.shape, 1)
         im = ax.imshow(image, cmap="magma", vmin=0, vmax=1, interpolation="nearest", origin=origin, aspect="equal")
         ax.tick_params(labelsize=7)
         fig.colorbar(im, cax=cax, label="fraction of gain stages x cells masked")
-        fig.suptitle(f"{root.attrs.get('detector')}: {how}", fontsize=9, y=1 - 0.15 / fig.get_figheight(), va="top")
+        fig.suptitle(f"{tree.attrs.get('detector')}: {how}", fontsize=9, y=1 - 0.15 / fig.get_figheight(), va="top")
         yield "detector.png", fig
 
-    layers = root["layers"] if "layers" in root else None
-    if layers is not None and "manufacturer" in layers:
+    layers = _layers(tree)
+    if "manufacturer" in layers:
         bits = {k: v for k, v in count_nexus_bits(layers["manufacturer"]).items()}
         fig = Figure(figsize=(1.0 + 0.8 * len(bits), 3.5))
         ax = fig.subplots()
@@ -238,9 +242,9 @@ def _figures(root: zarr.Group, *, lam: float | None = None, geometry: str | None
         fig.tight_layout()
         yield "manufacturer_bits.png", fig
 
-    snr = root["snr"] if "snr" in root else None
-    if snr is not None:
-        names = sorted(snr.array_keys())
+    snr = tree["snr"].data_vars if "snr" in tree.children else None
+    if snr:
+        names = sorted(snr)
         fig = Figure(figsize=(4 * len(names), 3.5))
         axes = fig.subplots(1, len(names), squeeze=False)
         clip = max(4 * lam, 1.0)
@@ -248,7 +252,7 @@ def _figures(root: zarr.Group, *, lam: float | None = None, geometry: str | None
         for ax, name in zip(axes[0], names):
             counts = np.zeros(200, dtype=np.int64)
             for i in range(snr[name].shape[0]):  # one module at a time
-                values = np.asarray(snr[name][i], dtype=np.float64).ravel()
+                values = np.asarray(snr[name][i].values, dtype=np.float64).ravel()
                 counts += np.histogram(np.clip(values[~np.isnan(values)], -clip, clip), bins=edges)[0]
             ax.stairs(counts, edges, fill=True, color="0.3")
             if counts.any():

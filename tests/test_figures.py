@@ -55,7 +55,7 @@ def wide(tmp_path_factory):
 
 
 def test_module_images_keep_their_aspect(wide, tmp_path):
-    paths = {p.name: p for p in write_figures(zarr.open_group(wide, mode="r"), tmp_path)}
+    paths = {p.name: p for p in write_figures(wide, tmp_path)}  # a path, or an open store (below)
     w, h = png_size(paths["mask_module00.png"])
     assert w / h > 2.0  # 1556 / 516 = 3.0, with room for the colorbar and titles
     w, h = png_size(paths["detector.png"])  # three wide modules one above the other: nearly square
