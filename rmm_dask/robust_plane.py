@@ -8,13 +8,17 @@ scale of the residuals and a least-squares refit on the points within ``lambda *
 sigma``, twice, and the consistent standard deviation of the final inliers. The
 defaults (``LIKELY``, ``CERTAIN``, ``MSSE_LAMBDA``, ``N_ITER``) are robust.py's.
 
-How it is made fast: a point's rank is the rank of its key, the residual rounded to
-float32 in the high 32 bits and the point's index in the low ones (ties go by index),
-so ranks are found by selection on 64-bit integers, in place, with no indirection. The
-FLkOS steps stop once the plane stops moving: when no point of the tile moves by more
-than ``tol`` times the median |residual| (``TOL``, about a third of sigma: the plane of
-the FLkOS sample wanders by that much from step to step, and the refit on the inliers
-does not see it). ``tol=0`` runs all ``n_iter`` steps unless the plane is a fixed point.
+How it is made fast: no sorting. Ranks are found with a histogram of 256 buckets of
+the values (|residual|, bucket width a fraction of the scale of the step before): the
+cumulative counts tell which bucket holds a rank, and only that bucket's few points
+are sorted. The MSSE walk takes whole buckets at once when even their largest value,
+counted with the largest i, passes, and walks point by point only in the bucket where
+it stops. Ranks are those of (value, point index), so ties are broken by index, and
+the results do not depend on the buckets (only the time does). The FLkOS steps stop
+once the plane stops moving: when no point of the tile moves by more than ``tol`` times
+the median |residual| (``TOL``, a third of sigma: the plane of the FLkOS sample wanders
+by that much from step to step, and the refit on the inliers does not see it).
+``tol=0`` runs all ``n_iter`` steps unless the plane is a fixed point.
 
 Everything is deterministic and depends on the points given only, in their order.
 """
@@ -53,74 +57,100 @@ def robust_plane(x, y, z, *, likely=LIKELY, certain=CERTAIN, msse_lambda=MSSE_LA
     return a, b, c - a * x0 - b * y0, sigma
 
 
+NB = 256  #: buckets of the rank histograms
+_SPAN = 32.0  #: buckets per scale of the values: the last bucket starts at 8 x the scale
+
+
 @numba.njit(cache=True, nogil=True)
 def buffers(n: int):
-    """Work buffers for fits of up to n points: residuals, float32 residuals, keys, indices."""
-    return np.empty(n), np.empty(n, dtype=np.float32), np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.int64)
-
-
-_LOW = np.uint64(0xFFFFFFFF)
-_SHIFT = np.uint64(32)
+    """Work buffers for fits of up to n points."""
+    return (
+        np.empty(n),  # |residual|
+        np.empty(n),  # residual**2
+        np.empty(n, dtype=np.int64),  # bucket of each point
+        np.empty(n, dtype=np.int64),  # points of one bucket
+        np.empty(n, dtype=np.int64),  # selected points
+        np.empty(NB, dtype=np.int64),  # bucket counts
+        np.empty(NB),  # bucket sums of residual**2
+        np.empty(NB),  # bucket maxima of residual**2
+    )
 
 
 @numba.njit(cache=True, nogil=True)
-def _make_keys(r, n, f32, keys):
-    """keys[i]: float32(r[i]) (r >= 0, so its bits order as integers) above the index i."""
+def _bucketize(v, n, base, inv_w, bucket, cnt):
+    """bucket[i] = (v[i] - base) * inv_w, floored and clipped to [0, NB - 1]; cnt the counts."""
+    cnt[:] = 0
     for i in range(n):
-        f32[i] = r[i]
-    bits = f32.view(np.uint32)
+        t = (v[i] - base) * inv_w
+        b = NB - 1
+        if t < NB - 1:  # (also false for NaN)
+            b = int(t) if t > 0 else 0
+        bucket[i] = b
+        cnt[b] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _find(cnt, k):
+    """(bucket holding rank k, number of points in the buckets before it)."""
+    before = 0
+    for b in range(NB):
+        if before + cnt[b] > k:
+            return b, before
+        before += cnt[b]
+    return NB - 1, before - cnt[NB - 1]
+
+
+@numba.njit(cache=True, nogil=True)
+def _collect(v, n, bucket, b, items):
+    """items[:m]: the points of bucket b sorted by (v, index); returns m."""
+    m = 0
     for i in range(n):
-        keys[i] = (np.uint64(bits[i]) << _SHIFT) | np.uint64(i)
+        if bucket[i] == b:
+            items[m] = i
+            m += 1
+    if m > 32:
+        order = np.argsort(v[items[:m]], kind="mergesort")  # stable: ties stay in index order
+        items[:m] = items[:m][order]
+        return m
+    for j in range(1, m):
+        it = items[j]
+        x = v[it]
+        q = j
+        while q > 0 and v[items[q - 1]] > x:
+            items[q] = items[q - 1]
+            q -= 1
+        items[q] = it
+    return m
 
 
 @numba.njit(cache=True, nogil=True)
-def _select(keys, lo, hi, k):
-    """Reorder keys[lo:hi] so that keys[k] is the k-th smallest, smaller ones before it."""
-    while hi - lo > 1:
-        m = (lo + hi - 1) // 2  # median of three as pivot: deterministic, no quadratic runs on sorted data
-        p0, p1, p2 = keys[lo], keys[m], keys[hi - 1]
-        pivot = max(min(p0, p1), min(max(p0, p1), p2))
-        i, j = lo, hi - 1
-        while i <= j:
-            while keys[i] < pivot:
-                i += 1
-            while keys[j] > pivot:
-                j -= 1
-            if i <= j:
-                keys[i], keys[j] = keys[j], keys[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j + 1
-        elif k >= i:
-            lo = i
-        else:
-            return
+def _inv_width(scale):
+    return _SPAN / scale if scale > 1e-300 and scale < 1e300 else 0.0
 
 
 @numba.njit(cache=True, nogil=True)
-def _residuals(p, n, a, b, c, r, square):
-    """r[i] = |z - plane| (or its square) of the points p (rows x, y, z)."""
+def _residuals(p, n, a, b, c, r, r2):
+    """r = |z - plane|, r2 = r**2 of the points p (rows x, y, z)."""
     for i in range(n):
         d = p[2, i] - (a * p[0, i] + b * p[1, i] + c)
-        r[i] = d * d if square else abs(d)
+        r[i] = abs(d)
+        r2[i] = d * d
 
 
 @numba.njit(cache=True, nogil=True)
-def _lsq(p, idx, lo, hi):
-    """Least-squares plane z = a x + b y + c through the points idx[lo:hi] of p."""
-    n = hi - lo
+def _lsq(p, idx, m):
+    """Least-squares plane z = a x + b y + c through the points idx[:m] of p."""
     mx = my = mz = 0.0
-    for j in range(lo, hi):
+    for j in range(m):
         i = idx[j]
         mx += p[0, i]
         my += p[1, i]
         mz += p[2, i]
-    mx /= n
-    my /= n
-    mz /= n
+    mx /= m
+    my /= m
+    mz /= m
     sxx = syy = sxy = sxz = syz = 0.0
-    for j in range(lo, hi):
+    for j in range(m):
         i = idx[j]
         dx = p[0, i] - mx
         dy = p[1, i] - my
@@ -141,29 +171,106 @@ def _lsq(p, idx, lo, hi):
 
 
 @numba.njit(cache=True, nogil=True)
-def _indices(keys, lo, hi, idx):
-    for j in range(lo, hi):
-        idx[j] = np.int64(keys[j] & _LOW)
+def _start(p, n, work):
+    """(median of z, scale): the scale, half the interquartile range of 16 of the points,
+    only sizes the buckets."""
+    r, _, bucket, items, _, cnt, _, _ = work
+    m = min(n, 16)
+    for j in range(m):
+        items[j] = j * (n // m)
+        r[j] = p[2, items[j]]
+    for j in range(m):
+        bucket[j] = 0
+    _collect(r, m, bucket, 0, items)
+    center, scale = r[items[m // 2]], 0.5 * (r[items[(3 * m) // 4]] - r[items[m // 4]])
+    inv_w = 0.5 * _inv_width(scale)
+    _bucketize(p[2], n, center - 0.5 * NB / inv_w if inv_w > 0 else center, inv_w, bucket, cnt)
+    b, before = _find(cnt, n // 2)
+    _collect(p[2], n, bucket, b, items)
+    return p[2, items[n // 2 - before]], scale
 
 
 @numba.njit(cache=True, nogil=True)
-def _msse(r2, n, k0, lam2, f32, keys):
-    """MSSE scale of the squared residuals r2[:n]: from the k0 smallest, add the next
-    smallest while i * r2 <= lam2 * (their sum so far). Only the rest is sorted."""
-    _make_keys(r2, n, f32, keys)
-    _select(keys, 0, n, k0 - 1)
+def _flkos_step(p, n, a, b, c, k1, k2, scale, work):
+    """Least-squares plane through the points of |residual| rank k1 ... k2 - 1; also
+    returns the (k2 - 1)-th |residual| (about the median)."""
+    r, r2, bucket, items, idx, cnt, _, _ = work
+    _residuals(p, n, a, b, c, r, r2)
+    _bucketize(r, n, 0.0, _inv_width(scale), bucket, cnt)
+    b1, before1 = _find(cnt, k1)
+    b2, before2 = _find(cnt, k2 - 1)
+    m = 0
+    for i in range(n):  # the buckets strictly between
+        idx[m] = i
+        m += (bucket[i] > b1) & (bucket[i] < b2)
+    m1 = _collect(r, n, bucket, b1, items)
+    if b1 == b2:
+        for j in range(k1 - before1, k2 - before1):
+            idx[m] = items[j]
+            m += 1
+        median = r[items[k2 - 1 - before1]]
+    else:
+        for j in range(k1 - before1, m1):
+            idx[m] = items[j]
+            m += 1
+        _collect(r, n, bucket, b2, items)
+        for j in range(k2 - before2):
+            idx[m] = items[j]
+            m += 1
+        median = r[items[k2 - 1 - before2]]
+    a, b, c = _lsq(p, idx, m)
+    return a, b, c, median
+
+
+@numba.njit(cache=True, nogil=True)
+def _msse(p, n, a, b, c, k0, lam2, scale, work):
+    """MSSE scale of the residuals from the plane: from the k0 smallest squares, add the
+    next smallest while i * r2 <= lam2 * (their sum so far)."""
+    r, r2, bucket, items, _, cnt, bsum, bmax = work
+    _residuals(p, n, a, b, c, r, r2)
+    _bucketize(r, n, 0.0, _inv_width(scale), bucket, cnt)
+    bsum[:] = 0.0
+    bmax[:] = 0.0
+    for i in range(n):
+        bsum[bucket[i]] += r2[i]
+        bmax[bucket[i]] = max(bmax[bucket[i]], r2[i])
+    bk, before = _find(cnt, k0 - 1)
     cum = 0.0
-    for j in range(k0):
-        cum += r2[np.int64(keys[j] & _LOW)]
-    keys[k0:n].sort()
+    for q in range(bk):
+        cum += bsum[q]
+    mk = _collect(r, n, bucket, bk, items)
+    for j in range(k0 - before):
+        cum += r2[items[j]]
     i = k0
-    for j in range(k0, n):
-        v = r2[np.int64(keys[j] & _LOW)]
-        if i * v > lam2 * cum:
+    q, j, stop = bk, k0 - before, False
+    while True:
+        while j < mk:  # point by point through the bucket items[:mk] of q
+            v = r2[items[j]]
+            if i * v > lam2 * cum:
+                stop = True
+                break
+            cum += v
+            i += 1
+            j += 1
+        q += 1
+        while not stop and q < NB and (cnt[q] == 0 or (i + cnt[q] - 1) * bmax[q] <= lam2 * cum):
+            cum += bsum[q]  # the whole bucket passes
+            i += cnt[q]
+            q += 1
+        if stop or q == NB:
             break
-        cum += v
-        i += 1
+        mk = _collect(r, n, bucket, q, items)
+        j = 0
     return math.sqrt(cum / (i - 1)) if i > 1 else 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _inliers(r2, n, t2, idx):
+    m = 0
+    for i in range(n):
+        idx[m] = i
+        m += r2[i] <= t2
+    return m
 
 
 @numba.njit(cache=True, nogil=True)
@@ -178,48 +285,35 @@ def _robust_plane(p, n, xmax, ymax, likely, certain, lam, n_iter, tol, corr, wor
 
     ``work`` are the buffers of :func:`buffers`. Returns (a, b, c, sigma).
     """
-    r, f32, keys, idx = work
+    _, r2, _, _, idx, _, _, _ = work
     k1 = int(n * certain)
     k2 = int(n * likely)
-    zmin = p[2, :n].min()
-    for i in range(n):
-        r[i] = p[2, i] - zmin
-    _make_keys(r, n, f32, keys)
-    _select(keys, 0, n, n // 2)
-    a, b, c = 0.0, 0.0, p[2, np.int64(keys[n // 2] & _LOW)]  # start at the median
+    c, scale = _start(p, n, work)  # start at the median
+    a = b = 0.0
     if k2 > k1:
         for _ in range(n_iter):
-            _residuals(p, n, a, b, c, r, False)
-            _make_keys(r, n, f32, keys)
-            _select(keys, 0, n, k2 - 1)
-            _select(keys, 0, k2 - 1, k1)
-            _indices(keys, k1, k2, idx)
-            a2, b2, c2 = _lsq(p, idx, k1, k2)
+            a2, b2, c2, scale = _flkos_step(p, n, a, b, c, k1, k2, scale, work)
             moved = _move(a2 - a, b2 - b, c2 - c, xmax, ymax)
             a, b, c = a2, b2, c2
-            if moved <= tol * r[np.int64(keys[k2 - 1] & _LOW)]:  # against the median |residual|
+            if moved <= tol * scale:  # against the median |residual|
                 break
     lam2 = lam * lam
     k0 = max(k2, 3)
     sigma = 0.0
     for _ in range(2):  # MSSE scale, then least squares on the inliers
-        _residuals(p, n, a, b, c, r, True)
-        sigma = _msse(r, n, k0, lam2, f32, keys)
-        m = 0
-        for i in range(n):
-            if r[i] <= lam2 * sigma * sigma:
-                idx[m] = i
-                m += 1
+        sigma = _msse(p, n, a, b, c, k0, lam2, scale, work)
+        scale = 0.6745 * sigma
+        m = _inliers(r2, n, lam2 * sigma * sigma, idx)
         if m < 4:
             break
-        a, b, c = _lsq(p, idx, 0, m)
+        a, b, c = _lsq(p, idx, m)
     # final scale: std of the inlier residuals, made consistent for the truncation
-    _residuals(p, n, a, b, c, r, True)
+    _residuals(p, n, a, b, c, work[0], r2)
     ss = 0.0
     m = 0
     for i in range(n):
-        if r[i] <= lam2 * sigma * sigma:
-            ss += r[i]
+        if r2[i] <= lam2 * sigma * sigma:
+            ss += r2[i]
             m += 1
     sigma = math.sqrt(ss / (m - 3)) / corr if m > 3 else sigma
     return a, b, c, sigma
