@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from .robust import fit_gaussian, truncation_factor
-from .robust_plane import CERTAIN, LIKELY, MSSE_LAMBDA, N_ITER, TOL, _robust_plane, buffers
+from .robust_plane import CERTAIN, LIKELY, MSSE_LAMBDA, N_ITER, TOL, tile_snr_sums
 
 __all__ = [
     "frame_levels",
@@ -359,7 +359,7 @@ def flat_snr_sums(
     if sums is None:
         sums = (np.zeros((rows, ny, nx)), np.zeros((rows, ny, nx), dtype=np.int64))
     total, count = (np.asarray(a).reshape(rows, ny, nx) for a in sums)
-    _flat_snr_sums(x, off, use, keep, yb, xb, likely, certain, msse_lambda, n_iter, tol, corr, min_sigma, total, count)
+    tile_snr_sums(x, off, use, keep, yb, xb, likely, certain, msse_lambda, n_iter, tol, corr, min_sigma, total, count)
     return total.reshape(lead + (ny, nx)), count.reshape(lead + (ny, nx))
 
 
@@ -387,43 +387,3 @@ def tile_bounds(windows: list[tuple[int, int]], tile: int) -> np.ndarray:
             here.pop()
         starts += here
     return np.array(starts + [windows[-1][1]], dtype=np.int64)
-
-
-@numba.njit(cache=True, nogil=True)
-def _flat_snr_sums(x, off, use, keep, yb, xb, likely, certain, lam, n_iter, tol, corr, min_sigma, total, count):
-    rows, n_frames, ny, nx = x.shape
-    npt = np.max(np.diff(yb)) * np.max(np.diff(xb))
-    pts = np.empty((3, npt))  # x, y, z
-    work = buffers(npt)
-    for r in range(rows):
-        for f in range(n_frames):
-            if not keep[r, f]:
-                continue
-            for i in range(yb.size - 1):
-                y0, y1 = yb[i], yb[i + 1]
-                for j in range(xb.size - 1):
-                    x0, x1 = xb[j], xb[j + 1]
-                    n = 0
-                    for yy in range(y0, y1):
-                        for xx in range(x0, x1):
-                            v = float(x[r, f, yy, xx]) - off[r, yy, xx]
-                            if use[r, yy, xx] and np.isfinite(v):
-                                pts[0, n] = xx - x0
-                                pts[1, n] = yy - y0
-                                pts[2, n] = v
-                                n += 1
-                    if n < 12:
-                        continue
-                    a, b, c, sigma = _robust_plane(pts, n, x1 - x0 - 1, y1 - y0 - 1, likely, certain, lam, n_iter, tol, corr, work)
-                    sigma = max(sigma, min_sigma)
-                    for yy in range(y0, y1):
-                        for xx in range(x0, x1):
-                            v = float(x[r, f, yy, xx]) - off[r, yy, xx]
-                            if not np.isfinite(v):
-                                continue
-                            d = v - (a * (xx - x0) + b * (yy - y0) + c)
-                            if sigma > 0:
-                                total[r, yy, xx] += d / sigma
-                            elif d != 0:
-                                total[r, yy, xx] += np.inf if d > 0 else -np.inf
-                            count[r, yy, xx] += 1

@@ -32,7 +32,7 @@ import numpy as np
 
 from .robust import CERTAIN, LIKELY, MSSE_LAMBDA, N_ITER, truncation_factor
 
-__all__ = ["robust_plane", "TOL"]
+__all__ = ["robust_plane", "tile_snr_sums", "TOL"]
 
 TOL = 0.5  #: FLkOS stops when the plane moves less than this x the median |residual| anywhere in the tile
 
@@ -73,20 +73,17 @@ def buffers(n: int):
         np.empty(NB, dtype=np.int64),  # bucket counts
         np.empty(NB),  # bucket sums of residual**2
         np.empty(NB),  # bucket maxima of residual**2
+        np.empty(n, dtype=np.int64),  # points of another bucket
     )
 
 
 @numba.njit(cache=True, nogil=True)
-def _bucketize(v, n, base, inv_w, bucket, cnt):
-    """bucket[i] = (v[i] - base) * inv_w, floored and clipped to [0, NB - 1]; cnt the counts."""
-    cnt[:] = 0
-    for i in range(n):
-        t = (v[i] - base) * inv_w
-        b = NB - 1
-        if t < NB - 1:  # (also false for NaN)
-            b = int(t) if t > 0 else 0
-        bucket[i] = b
-        cnt[b] += 1
+def _bucket(t):
+    """floor(t) clipped to [0, NB - 1] (NaN: NB - 1)."""
+    b = NB - 1
+    if t < NB - 1:
+        b = int(t) if t > 0 else 0
+    return b
 
 
 @numba.njit(cache=True, nogil=True)
@@ -101,17 +98,23 @@ def _find(cnt, k):
 
 
 @numba.njit(cache=True, nogil=True)
-def _collect(v, n, bucket, b, items):
-    """items[:m]: the points of bucket b sorted by (v, index); returns m."""
+def _collect(bucket, n, b, items):
+    """items[:m]: the points of bucket b in index order; returns m."""
     m = 0
     for i in range(n):
         if bucket[i] == b:
             items[m] = i
             m += 1
+    return m
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort_items(v, items, m):
+    """Sort the points items[:m] (in index order) by (v, index)."""
     if m > 32:
         order = np.argsort(v[items[:m]], kind="mergesort")  # stable: ties stay in index order
         items[:m] = items[:m][order]
-        return m
+        return
     for j in range(1, m):
         it = items[j]
         x = v[it]
@@ -120,7 +123,6 @@ def _collect(v, n, bucket, b, items):
             items[q] = items[q - 1]
             q -= 1
         items[q] = it
-    return m
 
 
 @numba.njit(cache=True, nogil=True)
@@ -129,12 +131,25 @@ def _inv_width(scale):
 
 
 @numba.njit(cache=True, nogil=True)
-def _residuals(p, n, a, b, c, r, r2):
-    """r = |z - plane|, r2 = r**2 of the points p (rows x, y, z)."""
+def _residuals(p, n, a, b, c, inv_w, work, sums):
+    """|z - plane| and its square of the points p (rows x, y, z), their buckets of width
+    1 / inv_w and the counts (and, with ``sums``, the sum and maximum of the squares)."""
+    r, r2, bucket, _, _, cnt, bsum, bmax, _ = work
+    cnt[:] = 0
+    if sums:
+        bsum[:] = 0.0
+        bmax[:] = 0.0
     for i in range(n):
         d = p[2, i] - (a * p[0, i] + b * p[1, i] + c)
+        d2 = d * d
         r[i] = abs(d)
-        r2[i] = d * d
+        r2[i] = d2
+        k = _bucket(abs(d) * inv_w)
+        bucket[i] = k
+        cnt[k] += 1
+        if sums:
+            bsum[k] += d2
+            bmax[k] = max(bmax[k], d2)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -174,19 +189,23 @@ def _lsq(p, idx, m):
 def _start(p, n, work):
     """(median of z, scale): the scale, half the interquartile range of 16 of the points,
     only sizes the buckets."""
-    r, _, bucket, items, _, cnt, _, _ = work
+    r, _, bucket, items, _, cnt, _, _, _ = work
     m = min(n, 16)
     for j in range(m):
-        items[j] = j * (n // m)
-        r[j] = p[2, items[j]]
-    for j in range(m):
-        bucket[j] = 0
-    _collect(r, m, bucket, 0, items)
+        items[j] = j
+        r[j] = p[2, j * (n // m)]
+    _sort_items(r, items, m)
     center, scale = r[items[m // 2]], 0.5 * (r[items[(3 * m) // 4]] - r[items[m // 4]])
     inv_w = 0.5 * _inv_width(scale)
-    _bucketize(p[2], n, center - 0.5 * NB / inv_w if inv_w > 0 else center, inv_w, bucket, cnt)
+    base = center - 0.5 * NB / inv_w if inv_w > 0 else center
+    cnt[:] = 0
+    for i in range(n):
+        k = _bucket((p[2, i] - base) * inv_w)
+        bucket[i] = k
+        cnt[k] += 1
     b, before = _find(cnt, n // 2)
-    _collect(p[2], n, bucket, b, items)
+    m = _collect(bucket, n, b, items)
+    _sort_items(p[2], items, m)
     return p[2, items[n // 2 - before]], scale
 
 
@@ -194,30 +213,36 @@ def _start(p, n, work):
 def _flkos_step(p, n, a, b, c, k1, k2, scale, work):
     """Least-squares plane through the points of |residual| rank k1 ... k2 - 1; also
     returns the (k2 - 1)-th |residual| (about the median)."""
-    r, r2, bucket, items, idx, cnt, _, _ = work
-    _residuals(p, n, a, b, c, r, r2)
-    _bucketize(r, n, 0.0, _inv_width(scale), bucket, cnt)
+    r, _, bucket, lo, idx, cnt, _, _, hi = work
+    _residuals(p, n, a, b, c, _inv_width(scale), work, False)
     b1, before1 = _find(cnt, k1)
     b2, before2 = _find(cnt, k2 - 1)
-    m = 0
-    for i in range(n):  # the buckets strictly between
+    m = m1 = m2 = 0
+    for i in range(n):  # the buckets strictly between; the points of b1 and b2
+        k = bucket[i]
         idx[m] = i
-        m += (bucket[i] > b1) & (bucket[i] < b2)
-    m1 = _collect(r, n, bucket, b1, items)
+        m += (k > b1) & (k < b2)
+        if k == b1:
+            lo[m1] = i
+            m1 += 1
+        elif k == b2:
+            hi[m2] = i
+            m2 += 1
+    _sort_items(r, lo, m1)
     if b1 == b2:
         for j in range(k1 - before1, k2 - before1):
-            idx[m] = items[j]
+            idx[m] = lo[j]
             m += 1
-        median = r[items[k2 - 1 - before1]]
+        median = r[lo[k2 - 1 - before1]]
     else:
+        _sort_items(r, hi, m2)
         for j in range(k1 - before1, m1):
-            idx[m] = items[j]
+            idx[m] = lo[j]
             m += 1
-        _collect(r, n, bucket, b2, items)
         for j in range(k2 - before2):
-            idx[m] = items[j]
+            idx[m] = hi[j]
             m += 1
-        median = r[items[k2 - 1 - before2]]
+        median = r[hi[k2 - 1 - before2]]
     a, b, c = _lsq(p, idx, m)
     return a, b, c, median
 
@@ -226,19 +251,14 @@ def _flkos_step(p, n, a, b, c, k1, k2, scale, work):
 def _msse(p, n, a, b, c, k0, lam2, scale, work):
     """MSSE scale of the residuals from the plane: from the k0 smallest squares, add the
     next smallest while i * r2 <= lam2 * (their sum so far)."""
-    r, r2, bucket, items, _, cnt, bsum, bmax = work
-    _residuals(p, n, a, b, c, r, r2)
-    _bucketize(r, n, 0.0, _inv_width(scale), bucket, cnt)
-    bsum[:] = 0.0
-    bmax[:] = 0.0
-    for i in range(n):
-        bsum[bucket[i]] += r2[i]
-        bmax[bucket[i]] = max(bmax[bucket[i]], r2[i])
+    r, r2, bucket, items, _, cnt, bsum, bmax, _ = work
+    _residuals(p, n, a, b, c, _inv_width(scale), work, True)
     bk, before = _find(cnt, k0 - 1)
     cum = 0.0
     for q in range(bk):
         cum += bsum[q]
-    mk = _collect(r, n, bucket, bk, items)
+    mk = _collect(bucket, n, bk, items)
+    _sort_items(r, items, mk)
     for j in range(k0 - before):
         cum += r2[items[j]]
     i = k0
@@ -259,7 +279,8 @@ def _msse(p, n, a, b, c, k0, lam2, scale, work):
             q += 1
         if stop or q == NB:
             break
-        mk = _collect(r, n, bucket, q, items)
+        mk = _collect(bucket, n, q, items)
+        _sort_items(r, items, mk)
         j = 0
     return math.sqrt(cum / (i - 1)) if i > 1 else 0.0
 
@@ -285,7 +306,7 @@ def _robust_plane(p, n, xmax, ymax, likely, certain, lam, n_iter, tol, corr, wor
 
     ``work`` are the buffers of :func:`buffers`. Returns (a, b, c, sigma).
     """
-    _, r2, _, _, idx, _, _, _ = work
+    r2, idx = work[1], work[4]
     k1 = int(n * certain)
     k2 = int(n * likely)
     c, scale = _start(p, n, work)  # start at the median
@@ -308,7 +329,7 @@ def _robust_plane(p, n, xmax, ymax, likely, certain, lam, n_iter, tol, corr, wor
             break
         a, b, c = _lsq(p, idx, m)
     # final scale: std of the inlier residuals, made consistent for the truncation
-    _residuals(p, n, a, b, c, work[0], r2)
+    _residuals(p, n, a, b, c, 0.0, work, False)
     ss = 0.0
     m = 0
     for i in range(n):
@@ -317,3 +338,51 @@ def _robust_plane(p, n, xmax, ymax, likely, certain, lam, n_iter, tol, corr, wor
             m += 1
     sigma = math.sqrt(ss / (m - 3)) / corr if m > 3 else sigma
     return a, b, c, sigma
+
+
+@numba.njit(cache=True, nogil=True)
+def tile_snr_sums(x, off, use, keep, yb, xb, likely, certain, lam, n_iter, tol, corr, min_sigma, total, count):
+    """F6's loop: add each pixel's SNR against the robust plane of its tile to total, count.
+
+    x (rows, frame, y, x) values, off (rows, y, x) float32 offsets, use (rows, y, x) the
+    pixels that enter the fits, keep (rows, frame) the frames to use, yb and xb the tile
+    bounds (see :func:`rmm_dask.features.tile_bounds`). Tiles with fewer than 12 usable
+    pixels are skipped. (Here, in the file of the fit, so that numba's cache, which does
+    not see changes of functions in other files, recompiles it whenever the fit changes.)
+    """
+    rows, n_frames, ny, nx = x.shape
+    npt = np.max(np.diff(yb)) * np.max(np.diff(xb))
+    pts = np.empty((3, npt))  # x, y, z
+    work = buffers(npt)
+    for r in range(rows):
+        for f in range(n_frames):
+            if not keep[r, f]:
+                continue
+            for i in range(yb.size - 1):
+                y0, y1 = yb[i], yb[i + 1]
+                for j in range(xb.size - 1):
+                    x0, x1 = xb[j], xb[j + 1]
+                    n = 0
+                    for yy in range(y0, y1):
+                        for xx in range(x0, x1):
+                            v = float(x[r, f, yy, xx]) - off[r, yy, xx]
+                            if use[r, yy, xx] and np.isfinite(v):
+                                pts[0, n] = xx - x0
+                                pts[1, n] = yy - y0
+                                pts[2, n] = v
+                                n += 1
+                    if n < 12:
+                        continue
+                    a, b, c, sigma = _robust_plane(pts, n, x1 - x0 - 1, y1 - y0 - 1, likely, certain, lam, n_iter, tol, corr, work)
+                    sigma = max(sigma, min_sigma)
+                    for yy in range(y0, y1):
+                        for xx in range(x0, x1):
+                            v = float(x[r, f, yy, xx]) - off[r, yy, xx]
+                            if not np.isfinite(v):
+                                continue
+                            d = v - (a * (xx - x0) + b * (yy - y0) + c)
+                            if sigma > 0:
+                                total[r, yy, xx] += d / sigma
+                            elif d != 0:
+                                total[r, yy, xx] += np.inf if d > 0 else -np.inf
+                            count[r, yy, xx] += 1
