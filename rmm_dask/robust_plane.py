@@ -8,7 +8,7 @@ scale of the residuals and a least-squares refit on the points within ``lambda *
 sigma``, twice, and the consistent standard deviation of the final inliers. The
 defaults (``LIKELY``, ``CERTAIN``, ``MSSE_LAMBDA``, ``N_ITER``) are robust.py's.
 
-How it is made fast: no sorting. Ranks are found with a histogram of 256 buckets of
+How it is made fast: no full sorts. Ranks are found with a histogram of 256 buckets of
 the values (|residual|, bucket width a fraction of the scale of the step before): the
 cumulative counts tell which bucket holds a rank, and only that bucket's few points
 are sorted. The MSSE walk takes whole buckets at once when even their largest value,
@@ -18,7 +18,8 @@ the results do not depend on the buckets (only the time does). The FLkOS steps s
 once the plane stops moving: when no point of the tile moves by more than ``tol`` times
 the median |residual| (``TOL``, a third of sigma: the plane of the FLkOS sample wanders
 by that much from step to step, and the refit on the inliers does not see it).
-``tol=0`` runs all ``n_iter`` steps unless the plane is a fixed point.
+``tol=0`` runs all ``n_iter`` steps unless the plane is a fixed point (F6 before the
+early stop), ``tol < 0`` all of them.
 
 Everything is deterministic and depends on the points given only, in their order.
 """
@@ -40,13 +41,18 @@ TOL = 0.5  #: FLkOS stops when the plane moves less than this x the median |resi
 def robust_plane(x, y, z, *, likely=LIKELY, certain=CERTAIN, msse_lambda=MSSE_LAMBDA, n_iter=N_ITER, tol=TOL):
     """Robust plane ``z = a x + b y + c`` through the points (1-d arrays of one length, finite).
 
+    ``likely``, ``certain``, ``msse_lambda``, ``n_iter`` as :func:`rmm_dask.robust.robust_gaussian`;
+    ``tol``: the FLkOS steps stop once no point of the bounding box of (x, y) moves by more
+    than ``tol`` x the median |residual| (0: only at a fixed point; < 0: all ``n_iter`` steps).
     Returns ``(a, b, c, sigma)``, sigma the consistent standard deviation of the inlier
     residuals (see the module docstring; at least 4 points).
     """
+    if not 0.0 <= certain < likely <= 1.0:
+        raise ValueError(f"need 0 <= certain < likely <= 1, got certain={certain}, likely={likely}")
     z = np.asarray(z, dtype=np.float64)
     n = z.size
-    if n < 4:
-        raise ValueError(f"a robust plane needs at least 4 points, got {n}")
+    if n < 4 or np.shape(x) != z.shape or np.shape(y) != z.shape:
+        raise ValueError(f"a robust plane needs x, y, z of one length, at least 4 points; got {np.shape(x)}, {np.shape(y)}, {z.shape}")
     work = np.empty((3, n))
     work[0], work[1], work[2] = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), z
     x0, y0 = work[0].min(), work[1].min()
