@@ -33,7 +33,7 @@ import numpy as np
 
 from .robust import CERTAIN, LIKELY, MSSE_LAMBDA, N_ITER, truncation_factor
 
-__all__ = ["robust_plane", "tile_snr_sums", "TOL"]
+__all__ = ["TOL", "robust_plane", "tile_snr_sums"]
 
 TOL = 0.5  #: FLkOS stops when the plane moves less than this x the median |residual| anywhere in the tile
 
@@ -356,7 +356,7 @@ def tile_snr_sums(x, off, use, keep, yb, xb, likely, certain, lam, n_iter, tol, 
     pixels are skipped. (Here, in the file of the fit, so that numba's cache, which does
     not see changes of functions in other files, recompiles it whenever the fit changes.)
     """
-    rows, n_frames, ny, nx = x.shape
+    rows, n_frames = x.shape[:2]
     npt = np.max(np.diff(yb)) * np.max(np.diff(xb))
     pts = np.empty((3, npt))  # x, y, z
     work = buffers(npt)
