@@ -22,6 +22,7 @@ import numba
 import numpy as np
 
 from .robust import fit_gaussian, truncation_factor
+from .robust_plane import CERTAIN, LIKELY, MSSE_LAMBDA, N_ITER, TOL, tile_snr_sums
 
 __all__ = [
     "frame_levels",
@@ -313,10 +314,11 @@ def flat_snr_sums(
     exclude=None,
     keep=None,
     min_sigma: float = 0.0,
-    likely: float = 0.5,
-    certain: float = 0.35,
-    msse_lambda: float = 3.0,
-    n_iter: int = 12,
+    likely: float = LIKELY,
+    certain: float = CERTAIN,
+    msse_lambda: float = MSSE_LAMBDA,
+    n_iter: int = N_ITER,
+    tol: float = TOL,
     sums=None,
 ):
     """F6 sums: per pixel, the sum of its SNRs against a robust local plane and their count.
@@ -328,8 +330,9 @@ def flat_snr_sums(
     offsets and gains jump: ``windows`` are the ASIC windows ``([(y0, y1), ...], [(x0,
     x1), ...])`` (default: the whole module), and a window's remainder shorter than
     half a tile joins its last tile (see :func:`tile_bounds`); in
-    each tile a plane is fitted robustly (FLkOS on the residuals, MSSE scale,
-    refit on the inliers), and ``(v - plane) / sigma`` is the pixel's SNR in that
+    each tile a plane is fitted robustly (:mod:`rmm_dask.robust_plane`: FLkOS on the
+    residuals, stopped once the plane moves less than ``tol`` x the median |residual|,
+    MSSE scale, refit on the inliers), and ``(v - plane) / sigma`` is the pixel's SNR in that
     frame. ``exclude`` pixels, ``(y, x)`` or ``(..., y, x)`` bool (ASIC edges, pixels
     known bad from the dark), are left out of the fits; NaN
     values are missing. Returns ``(total, count)``: the sum of the pixel's per-frame
@@ -356,7 +359,7 @@ def flat_snr_sums(
     if sums is None:
         sums = (np.zeros((rows, ny, nx)), np.zeros((rows, ny, nx), dtype=np.int64))
     total, count = (np.asarray(a).reshape(rows, ny, nx) for a in sums)
-    _flat_snr_sums(x, off, use, keep, yb, xb, likely, certain, msse_lambda, n_iter, corr, min_sigma, total, count)
+    tile_snr_sums(x, off, use, keep, yb, xb, likely, certain, msse_lambda, n_iter, tol, corr, min_sigma, total, count)
     return total.reshape(lead + (ny, nx)), count.reshape(lead + (ny, nx))
 
 
@@ -369,134 +372,6 @@ def flat_snr(frames, offset=None, **kwargs):
     total, count = flat_snr_sums(frames, offset, **kwargs)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
-
-
-@numba.njit(cache=True, nogil=True)
-def _plane_lsq(xs, ys, zs, idx, a_, b_):
-    """Least-squares plane z = a x + b y + c through the points idx[a_:b_]."""
-    n = b_ - a_
-    mx = my = mz = 0.0
-    for j in range(a_, b_):
-        i = idx[j]
-        mx += xs[i]
-        my += ys[i]
-        mz += zs[i]
-    mx /= n
-    my /= n
-    mz /= n
-    sxx = syy = sxy = sxz = syz = 0.0
-    for j in range(a_, b_):
-        i = idx[j]
-        dx = xs[i] - mx
-        dy = ys[i] - my
-        dz = zs[i] - mz
-        sxx += dx * dx
-        syy += dy * dy
-        sxy += dx * dy
-        sxz += dx * dz
-        syz += dy * dz
-    det = sxx * syy - sxy * sxy
-    if det > 1e-9 * (sxx * syy + 1e-30):
-        a = (syy * sxz - sxy * syz) / det
-        b = (sxx * syz - sxy * sxz) / det
-    else:
-        a = 0.0
-        b = 0.0
-    return a, b, mz - a * mx - b * my
-
-
-@numba.njit(cache=True, nogil=True)
-def _msse_sorted(r2, n, k0, lam2, idx):
-    """MSSE scale of the squared residuals r2[:n], starting from the k0 smallest.
-
-    The k0 smallest are found by selection; only the rest is sorted, as the walk needs it.
-    """
-    for i in range(n):
-        idx[i] = i
-    _select(idx, r2, 0, n, k0 - 1)
-    cum = 0.0
-    for i in range(k0):
-        cum += r2[idx[i]]
-    rest = np.sort(r2[idx[k0:n]])
-    i = k0
-    for v in rest:
-        if i * v > lam2 * cum:
-            break
-        cum += v
-        i += 1
-    return math.sqrt(cum / (i - 1)) if i > 1 else 0.0
-
-
-@numba.njit(cache=True, nogil=True)
-def _select(idx, key, lo, hi, k):
-    """Reorder idx[lo:hi] so that idx[k] holds the k-th smallest key, smaller keys before it."""
-    while hi - lo > 1:
-        m = (lo + hi - 1) // 2  # median of three as pivot: deterministic, no quadratic runs on sorted data
-        p0, p1, p2 = key[idx[lo]], key[idx[m]], key[idx[hi - 1]]
-        pivot = max(min(p0, p1), min(max(p0, p1), p2))
-        i, j = lo, hi - 1
-        while i <= j:
-            while key[idx[i]] < pivot:
-                i += 1
-            while key[idx[j]] > pivot:
-                j -= 1
-            if i <= j:
-                idx[i], idx[j] = idx[j], idx[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j + 1
-        elif k >= i:
-            lo = i
-        else:
-            return
-
-
-@numba.njit(cache=True, nogil=True)
-def _robust_plane(xs, ys, zs, n, likely, certain, lam, n_iter, corr, r, idx):
-    """FLkOS plane fit to the first n points; returns (a, b, c, sigma).
-
-    Each step takes the points whose residual ranks between ``certain * n`` and
-    ``likely * n`` (found by selection, not sorting) and fits a least-squares
-    plane to them. ``r`` (float) and ``idx`` (int) are work buffers of at least n values.
-    """
-    k1 = int(n * certain)
-    k2 = int(n * likely)
-    for i in range(n):
-        idx[i] = i
-    _select(idx, zs, 0, n, n // 2)
-    a, b, c = 0.0, 0.0, zs[idx[n // 2]]  # start at the median
-    for _ in range(n_iter):
-        for i in range(n):
-            r[i] = abs(zs[i] - (a * xs[i] + b * ys[i] + c))
-        _select(idx, r, 0, n, k2 - 1)
-        _select(idx, r, 0, k2 - 1, k1)
-        a, b, c = _plane_lsq(xs, ys, zs, idx, k1, k2)
-    lam2 = lam * lam
-    k0 = max(k2, 3)
-    for _ in range(2):  # MSSE scale, then least squares on the inliers
-        for i in range(n):
-            d = zs[i] - (a * xs[i] + b * ys[i] + c)
-            r[i] = d * d
-        sigma = _msse_sorted(r, n, k0, lam2, idx)
-        m = 0
-        for i in range(n):
-            if r[i] <= lam2 * sigma * sigma:
-                idx[m] = i
-                m += 1
-        if m < 4:
-            break
-        a, b, c = _plane_lsq(xs, ys, zs, idx, 0, m)
-    # final scale: std of the inlier residuals, made consistent for the truncation
-    ss = 0.0
-    m = 0
-    for i in range(n):
-        d = zs[i] - (a * xs[i] + b * ys[i] + c)
-        if d * d <= lam2 * sigma * sigma:
-            ss += d * d
-            m += 1
-    sigma = math.sqrt(ss / (m - 3)) / corr if m > 3 else sigma
-    return a, b, c, sigma
 
 
 def tile_bounds(windows: list[tuple[int, int]], tile: int) -> np.ndarray:
@@ -512,46 +387,3 @@ def tile_bounds(windows: list[tuple[int, int]], tile: int) -> np.ndarray:
             here.pop()
         starts += here
     return np.array(starts + [windows[-1][1]], dtype=np.int64)
-
-
-@numba.njit(cache=True, nogil=True)
-def _flat_snr_sums(x, off, use, keep, yb, xb, likely, certain, lam, n_iter, corr, min_sigma, total, count):
-    rows, n_frames, ny, nx = x.shape
-    npt = np.max(np.diff(yb)) * np.max(np.diff(xb))
-    xs = np.empty(npt)
-    ys = np.empty(npt)
-    zs = np.empty(npt)
-    work = np.empty(npt)
-    idx = np.empty(npt, dtype=np.int64)
-    for r in range(rows):
-        for f in range(n_frames):
-            if not keep[r, f]:
-                continue
-            for i in range(yb.size - 1):
-                y0, y1 = yb[i], yb[i + 1]
-                for j in range(xb.size - 1):
-                    x0, x1 = xb[j], xb[j + 1]
-                    n = 0
-                    for yy in range(y0, y1):
-                        for xx in range(x0, x1):
-                            v = float(x[r, f, yy, xx]) - off[r, yy, xx]
-                            if use[r, yy, xx] and np.isfinite(v):
-                                xs[n] = xx - x0
-                                ys[n] = yy - y0
-                                zs[n] = v
-                                n += 1
-                    if n < 12:
-                        continue
-                    a, b, c, sigma = _robust_plane(xs, ys, zs, n, likely, certain, lam, n_iter, corr, work, idx)
-                    sigma = max(sigma, min_sigma)
-                    for yy in range(y0, y1):
-                        for xx in range(x0, x1):
-                            v = float(x[r, f, yy, xx]) - off[r, yy, xx]
-                            if not np.isfinite(v):
-                                continue
-                            d = v - (a * (xx - x0) + b * (yy - y0) + c)
-                            if sigma > 0:
-                                total[r, yy, xx] += d / sigma
-                            elif d != 0:
-                                total[r, yy, xx] += np.inf if d > 0 else -np.inf
-                            count[r, yy, xx] += 1

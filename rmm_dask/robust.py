@@ -31,6 +31,12 @@ import numpy as np
 
 __all__ = ["robust_gaussian", "median_mad", "mean_std", "fit_gaussian", "METHODS", "truncation_factor"]
 
+# The FLkOS defaults, as the reference library; also the robust plane's (robust_plane.py).
+LIKELY = 0.5  #: FLkOS sample: points ranked up to this fraction of N by distance (and MSSE's start)
+CERTAIN = 0.35  #: ... and from this fraction
+MSSE_LAMBDA = 3.0  #: inlier threshold of the MSSE scale, in sigmas
+N_ITER = 12  #: FLkOS steps at most
+
 
 def truncation_factor(lam: float) -> float:
     """sigma of N(0, 1) truncated to |x| <= lam: the inlier std is this much too small."""
@@ -62,10 +68,10 @@ def robust_gaussian(
     x,
     axis: int = -1,
     *,
-    likely: float = 0.5,
-    certain: float = 0.35,
-    msse_lambda: float = 3.0,
-    n_iter: int = 12,
+    likely: float = LIKELY,
+    certain: float = CERTAIN,
+    msse_lambda: float = MSSE_LAMBDA,
+    n_iter: int = N_ITER,
     min_sigma: float = 0.0,
     consistent: bool = True,
     background: bool = True,
