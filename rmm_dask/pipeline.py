@@ -1,16 +1,24 @@
 """The mask as a Dask graph: the kernels of :mod:`rmm_dask.mask` mapped per (module, cells) chunk.
 
 ``build_mask(darks, flat)`` takes the lazy datasets of :func:`rmm_dask.io.open_run`
-and returns a lazy ``xarray.Dataset``: nothing is read until it is computed. Per
-chunk of one module and a few memory cells (all frames, full module image):
+and returns a lazy ``xarray.Dataset``: nothing is read until it is computed. The graph
+is a few high-level ``blockwise`` layers over the (module, cell-chunk) grid, whatever the
+size of the detector (as flox builds its reductions):
 
-    read dark run g  ->  dark_stage (F1, F2, F3, F5)        one task per gain stage
-    dark stages + read flat  ->  mask_from_stages (F4, F6, verdicts)
+    one layer per dark run:  stage task  -> DarkStage (F1, F2, F3, F5)     (object blocks)
+    one finish layer:        stages + flat + layers -> ModuleMask (F4, F6, verdicts)
+    one layer per output:    mask, each feature and SNR, rejected frames per run:
+                             the chunk's array taken from its ModuleMask
 
-Each task holds at most one run's chunk and small per-pixel results, so worker
-memory is bounded by the chunk size, not by the length of the runs. A chunk's
-result depends only on its own cells, so the mask is the same whatever the
-chunking, the number of workers or the cluster.
+so a chunk costs 3 + 1 + 13 tasks for three dark runs and a flat, and the output layers
+fuse with the tasks that store them. A run as a reader made it (its regions registered in
+:mod:`rmm_dask.io.regions`) enters the stage and finish tasks as its chunk's
+:class:`~rmm_dask.io.regions.FrameSource`: the task reads its frames itself, in blocks of
+:data:`rmm_dask.mask.FRAME_BLOCK` (:func:`rmm_dask.mask.dark_stage_blocks`; the flat
+through F6's sums in frame order), so worker memory stays flat in the number of frames.
+Any other array (numpy-backed, sliced, rechunked) enters as its chunk, all frames in
+memory, with the same results bit for bit. A chunk's result depends only on its own
+cells, so the mask is the same whatever the chunking, the number of workers or the cluster.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
+from dask.layers import ArrayBlockwiseDep
 
 from .codes import MASK_DTYPE, BadPixel
 from .detectors import Detector, get_detector
@@ -162,22 +170,36 @@ def _take(result: ModuleMask, what: str, name: str | int | None):
 # ---------------------------------------------------------------------------- graph layers
 
 
+class _Regions(ArrayBlockwiseDep):
+    """The :class:`FrameSource` of each (module, cells) chunk of a reader's run, as a blockwise
+    argument: each task carries its own (a few paths and numbers), no task reads them out."""
+
+    def __init__(self, sources: np.ndarray, chunks: tuple, token: str):
+        super().__init__(chunks)
+        self.sources, self.token = sources, token
+
+    def __getitem__(self, index):
+        return self.sources[index]
+
+    def __dask_tokenize__(self):
+        return self.token
+
+
 def _chunk_input(ds: xr.Dataset, names: tuple, cell_chunks: tuple, streamed: bool) -> list:
-    """Blockwise arguments of a run's variables per (module, cells) chunk.
+    """Blockwise arguments ``(argument, index)`` of a run's variables per (module, cells) chunk.
 
     When the run's arrays are as a reader made them, chunked like the graph, and
-    ``streamed``: one object array ``m c`` of :class:`FrameSource` (one region per chunk,
-    all variables read at once). Otherwise each variable as a dask array ``m c f y x``
-    rechunked to whole chunks (numpy-backed or derived arrays: the generic path).
+    ``streamed``: one :class:`_Regions` ``m c`` (one region per chunk, all variables read at
+    once; the task streams its frames) and None for the other variables. Otherwise each
+    variable as a dask array ``m c f y x`` rechunked to whole chunks (numpy-backed or
+    derived arrays: the generic path, a chunk in memory).
     """
     arrays = [ds[v].data for v in names]
     sources = frame_sources(*arrays) if streamed else None
-    n_mod = ds.sizes["module"]
-    if sources is not None and tuple(arrays[0].chunks[:2]) == ((1,) * n_mod, tuple(cell_chunks)):
-        name = "regions-" + tokenize(*(a.name for a in arrays))
-        dsk = {(name, i, j): sources[i, j] for i, j in np.ndindex(sources.shape)}
-        graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-        return [(da.Array(graph, name, chunks=((1,) * n_mod, tuple(cell_chunks)), dtype=object), "mc")] + [(None, None)] * (len(names) - 1)
+    chunks = ((1,) * ds.sizes["module"], tuple(cell_chunks))
+    if sources is not None and tuple(arrays[0].chunks[:2]) == chunks:
+        token = tokenize("regions", *(a.name for a in arrays))
+        return [(_Regions(sources, chunks, token), "mc")] + [(None, None)] * (len(names) - 1)
     out = []
     for arr in arrays:
         if not isinstance(arr, da.Array):
@@ -189,7 +211,7 @@ def _chunk_input(ds: xr.Dataset, names: tuple, cell_chunks: tuple, streamed: boo
 def _objects(func, *args, **kwargs) -> da.Array:
     """A blockwise layer ``m c`` whose blocks are Python objects (a stage, a chunk's result)."""
     flat_args = [x for pair in args for x in pair]
-    return da.blockwise(func, "mc", *flat_args, concatenate=True, meta=np.empty((0, 0), dtype=object), **kwargs)
+    return da.blockwise(func, "mc", *flat_args, concatenate=True, align_arrays=False, meta=np.empty((0, 0), dtype=object), **kwargs)
 
 
 def build_mask(
