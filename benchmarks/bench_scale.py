@@ -106,9 +106,9 @@ class _Generated:
     def read(self, a: int, b: int):
         rng = np.random.default_rng([self.seed, a, b])
         shape = (self.cells, b - a, 512, 128)
-        analog = (5000 + rng.normal(0, 12, shape)).astype(np.uint16)
-        analog[:, :: 97] += 300  # some outlying frames, in many blocks
-        gain = (4800 + rng.normal(0, 8, shape)).astype(np.uint16)
+        analog = rng.integers(4980, 5021, shape, dtype=np.uint16)  # made as uint16, as a reader's block
+        analog[:, [f - a for f in range(a, b) if f % 97 == 0]] += 300  # outlying frames, in many blocks
+        gain = rng.integers(4790, 4811, shape, dtype=np.uint16)
         return analog, gain
 
     def __iter__(self):  # as a flat: blocks of frames in order
@@ -119,7 +119,7 @@ class _Generated:
 def bench_memory(n_frames: int = 2000):
     header(f"chunk tasks streamed: one module and cell, {n_frames} frames per run, blocks of {FRAME_BLOCK} frames")
     det, params = get_detector("AGIPD1M"), Params()
-    block_bytes = 2 * FRAME_BLOCK * 512 * 128 * 2  # analog + gain of one block, uint16
+    block_bytes = 2 * FRAME_BLOCK * 512 * 128 * 2  # analog + gain of one block, uint16 (a reader's read)
     warm = _Generated(64)
     mask_from_stages([dark_stage_blocks(warm.read, 64, det, params)] * 3, warm, det, params)  # compile
     run = _Generated(n_frames)

@@ -76,23 +76,47 @@ def frame_levels(frames, *, n_pixels: int = 4096, method: str = "rmm") -> np.nda
 
 def frame_sample(frames, n_pixels: int = 4096) -> np.ndarray:
     """The pixels F1 looks at, ``(..., frame, y, x) -> (..., frame, k)`` in the frames' own dtype:
-    every ``step``-th pixel, the same in every frame. Samples of consecutive blocks of frames,
-    joined along the frame axis, are the sample of all of them (:func:`sample_levels`)."""
+    every ``step``-th pixel, the same in every frame; a copy, which does not hold on to the
+    frames. Samples of consecutive blocks of frames, joined along the frame axis, are the
+    sample of all of them (:func:`sample_levels`)."""
     frames = np.asarray(frames)
     flat = frames.reshape(frames.shape[:-2] + (-1,))
     step = max(1, flat.shape[-1] // max(1, n_pixels))
-    return flat[..., ::step]
+    return flat[..., ::step].copy()
+
+
+LEVEL_FRAMES = 64  #: frames whose F1 levels are fitted at once (bounds the float64 temporaries)
 
 
 def sample_levels(sample, *, method: str = "rmm") -> np.ndarray:
-    """F1 frame levels from a :func:`frame_sample` of all frames, ``(..., frame, k) -> (..., frame)``."""
+    """F1 frame levels from a :func:`frame_sample` of all frames, ``(..., frame, k) -> (..., frame)``.
+
+    Each sampled pixel's mean over the frames (NaN left out for float data) is summed frame
+    after frame, as numpy's mean along the frame axis does; then the levels are fitted
+    :data:`LEVEL_FRAMES` frames at a time, so that the float64 temporaries stay small
+    whatever the run length (a frame's level depends on its own deviations only).
+    """
     sample = np.asarray(sample)
-    values = sample.astype(np.float64)
-    with warnings.catch_warnings():  # all-NaN pixels: their deviations stay NaN (missing)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        values -= np.nanmean(values, axis=-2, keepdims=True) if sample.dtype.kind == "f" else values.mean(axis=-2, keepdims=True)
-    mu, _ = fit_gaussian(values, -1, method=method)
-    return mu
+    n_frames = sample.shape[-2]
+    is_float = sample.dtype.kind == "f"
+    total = np.zeros(sample.shape[:-2] + sample.shape[-1:])
+    count = np.zeros(total.shape, dtype=np.intp) if is_float else n_frames
+    for f in range(n_frames):  # in frame order, as a reduction along a non-contiguous axis adds them
+        row = sample[..., f, :].astype(np.float64)
+        if is_float:
+            finite = ~np.isnan(row)
+            count += finite
+            row[~finite] = 0.0
+        total += row
+    with np.errstate(invalid="ignore", divide="ignore"):  # all-NaN pixels: their deviations stay NaN (missing)
+        mean = total / count if not is_float else np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    levels = np.empty(sample.shape[:-1])
+    for f0 in range(0, n_frames, LEVEL_FRAMES):
+        values = sample[..., f0 : f0 + LEVEL_FRAMES, :].astype(np.float64)
+        values -= mean[..., None, :]
+        mu, _ = fit_gaussian(values, -1, method=method)
+        levels[..., f0 : f0 + LEVEL_FRAMES] = mu
+    return levels
 
 
 def frame_filter(levels, *, lam: float = 8.0, min_sigma: float = 1.0, method: str = "rmm") -> np.ndarray:

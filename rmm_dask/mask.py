@@ -122,7 +122,7 @@ def dark_stage(analog, gain, detector: Detector, params: Params = Params()) -> D
     return stage
 
 
-FRAME_BLOCK = 32  #: frames per block when a run is streamed through a task (:func:`dark_stage_blocks`)
+FRAME_BLOCK = 64  #: frames per block when a run is streamed through a task (:func:`dark_stage_blocks`)
 
 
 def dark_stage_blocks(read, n_frames: int, detector: Detector, params: Params = Params(), block: int = FRAME_BLOCK) -> DarkStage:
@@ -136,18 +136,22 @@ def dark_stage_blocks(read, n_frames: int, detector: Detector, params: Params = 
     one block, per-pixel sums and the F1 sample (:func:`rmm_dask.features.frame_sample`).
     """
     ranges = [(a, min(a + block, n_frames)) for a in range(0, n_frames, block)]
-    samples, moments = [], None
+    sample, moments = None, None
     for a, b in ranges:
         analog, gain = read(a, b)
-        samples.append(F.frame_sample(analog, params.f1_pixels))
+        part = F.frame_sample(analog, params.f1_pixels)
+        if sample is None:  # the F1 sample of every frame, filled block by block
+            sample = np.empty(part.shape[:-2] + (n_frames, part.shape[-1]), dtype=part.dtype)
+        sample[..., a:b, :] = part
         if moments is None:
             lead, shape = analog.shape[:-3], analog.shape[-2:]
             moments = [F.RunMoments(v.dtype, lead, shape, n_frames) if v is not None else None for v in (analog, gain)]
         for m, values in zip(moments, (analog, gain)):
             if m is not None and m.exact:
                 m.add(values)  # every frame: F1 is not decided yet
-    levels = F.sample_levels(np.concatenate(samples, axis=-2), method=params.method)
-    del samples
+        del analog, gain, values  # before the next block is read: one block in memory
+    levels = F.sample_levels(sample, method=params.method)
+    del sample, part
     keep = F.frame_filter(levels, lam=params.f1_lambda, min_sigma=params.f1_min_sigma, method=params.method)
     kept = int(keep.reshape(-1, n_frames).sum(axis=1).max(initial=0))
     for i, m in enumerate(moments):
@@ -161,6 +165,7 @@ def dark_stage_blocks(read, n_frames: int, detector: Detector, params: Params = 
             for m, v, e in zip(moments, values, exact):
                 if e:
                     m.remove(v, dropped[..., a:b])
+            del values, v
     for step in ("add", "add_squares"):
         todo = [m is not None and not (m.exact and not m.keep_known) and (step == "add" or m.passes == 2) for m in moments]
         if not any(todo):
@@ -170,6 +175,7 @@ def dark_stage_blocks(read, n_frames: int, detector: Detector, params: Params = 
             for m, v, t in zip(moments, values, todo):
                 if t:
                     getattr(m, step)(v, keep[..., a:b])
+            del values, v
     offset, noise, count = moments[0].result(keep)
     stage = DarkStage(keep=keep, levels=levels, offset=offset, noise=noise, count=count)
     if moments[1] is not None:
@@ -210,6 +216,7 @@ def flat_feature(flat, offset, detector: Detector, params: Params = Params(), ex
     sums = None
     for block in [flat] if isinstance(flat, np.ndarray) else flat:
         sums = F.flat_snr_sums(block, offset, sums=sums, **kwargs)
+        del block  # before the next block is read
     total, count = sums
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
