@@ -12,13 +12,13 @@ flat in the number of frames.
   generated block by block: peak of the task's allocations (tracemalloc) against one frame
   block, and the time per frame.
 * rss: ``rmm mask`` end to end on one module and cell of 64 and of 512 frames (EuXFEL RAW
-  files written here): peak resident memory of the largest process (/usr/bin/time -v).
+  files written here): peak resident memory of the command and its worker processes,
+  summed (psutil, sampled every 20 ms).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -34,7 +34,7 @@ from rmm_dask.detectors import get_detector
 from rmm_dask.io import regions
 from rmm_dask.io.common import DIMS, graph_array
 from rmm_dask.io.euxfel import _plane, _RawBlock, _read_raw_block
-from rmm_dask.mask import FRAME_BLOCK, Params, dark_stage_blocks, mask_from_stages
+from rmm_dask.mask import FRAME_BLOCK, Params, dark_stage, dark_stage_blocks, mask_from_stages
 from rmm_dask.pipeline import build_mask
 
 BEFORE = {"build_s": 44.0, "tasks": 332_288, "rss_ratio": 487 / 307}  #: issue 14, measured before
@@ -104,11 +104,12 @@ class _Generated:
         self.n_frames, self.cells, self.seed = n_frames, cells, seed
 
     def read(self, a: int, b: int):
-        rng = np.random.default_rng([self.seed, a, b])
         shape = (self.cells, b - a, 512, 128)
-        analog = rng.integers(4980, 5021, shape, dtype=np.uint16)  # made as uint16, as a reader's block
-        analog[:, [f - a for f in range(a, b) if f % 97 == 0]] += 300  # outlying frames, in many blocks
-        gain = rng.integers(4790, 4811, shape, dtype=np.uint16)
+        analog, gain = np.empty(shape, dtype=np.uint16), np.empty(shape, dtype=np.uint16)  # as a reader's block
+        for f in range(a, b):  # each frame from its own seed: the same frame whatever the range read
+            rng = np.random.default_rng([self.seed, f])
+            analog[:, f - a] = rng.integers(4980, 5021, shape[2:], dtype=np.uint16) + (300 if f % 97 == 0 else 0)
+            gain[:, f - a] = rng.integers(4790, 4811, shape[2:], dtype=np.uint16)
         return analog, gain
 
     def __iter__(self):  # as a flat: blocks of frames in order
@@ -141,35 +142,75 @@ def bench_memory(n_frames: int = 2000):
           f"  ({1e3 * stage_s / n_frames:.2f} ms per frame, {int((~stage.keep).sum())} frames dropped)")
     print(f"finish (F6):  peak {finish_peak / 2**20:6.1f} MiB = {finish_peak / block_bytes:.2f} x the block  {goal(finish_peak / block_bytes, 2.5, higher_is_better=False)}"
           f"  ({1e3 * finish_s / n_frames:.2f} ms per frame)")
+    tracemalloc.start()  # before: the task held the chunk's whole run (the reader's array) and worked on it
+    whole = [np.concatenate(v, axis=1) for v in zip(*(run.read(a, min(a + FRAME_BLOCK, n_frames)) for a in range(0, n_frames, FRAME_BLOCK)))]
+    same = dark_stage(whole[0], whole[1], det, params)
+    _, memory_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    del whole
+    assert all(np.array_equal(getattr(same, k), getattr(stage, k), equal_nan=True) for k in ("keep", "offset", "noise", "gain_mean", "gain_std"))
+    print(f"in memory:    peak {memory_peak / 2**20:6.1f} MiB = {memory_peak / block_bytes:.2f} x the block (the whole chunk, as before; same stage bit for bit)")
 
 
-def _rmm_mask_rss(frames: int, tmp: str) -> tuple[float, float]:
-    """(peak RSS in MiB of the largest process, seconds) of ``rmm mask`` on one module and cell."""
+_WRITTEN: dict = {}  #: (directory, frames) -> the runs written there
+
+
+def _rmm_mask_rss(frames: int, tmp: str, code: str | None = None) -> tuple[float, float]:
+    """(peak RSS in MiB of the largest process, seconds) of ``rmm mask`` on one module and cell
+    (``code``: a checkout of rmm-dask to run instead of this one, e.g. the code before)."""
     from rmm_dask.io.synthetic import write_synthetic
     from rmm_dask.synth import SynthConfig, synthesize
 
-    paths = write_synthetic(synthesize(SynthConfig(modules=1, cells=1, frames=frames, flat_frames=frames, seed=3)), os.path.join(tmp, f"f{frames}"))
-    cmd = [sys.executable, "-m", "rmm_dask.cli", "mask", "--out", os.path.join(tmp, f"m{frames}.zarr"), "--workers", "1"]
+    key = (tmp, frames)
+    if key not in _WRITTEN:
+        _WRITTEN[key] = write_synthetic(synthesize(SynthConfig(modules=1, cells=1, frames=frames, flat_frames=frames, seed=3)), os.path.join(tmp, f"f{frames}"))
+    paths = _WRITTEN[key]
+    out = os.path.join(tmp, f"m{frames}-{'before' if code else 'now'}.zarr")
+    cmd = [sys.executable, "-m", "rmm_dask.cli", "mask", "--out", out, "--workers", "1"]
     for g in ("high", "medium", "low"):
         cmd += [f"--dark-{g}", str(paths[f"dark-{g}"])]
     cmd += ["--flat", str(paths["flat"])]
+    env = dict(os.environ, PYTHONPATH=code) if code else None
+    return _peak_tree_rss(cmd, env)
+
+
+def _peak_tree_rss(cmd: list, env) -> tuple[float, float]:
+    """(peak of the summed RSS of a command and all its processes in MiB, seconds), sampled every 20 ms."""
+    import psutil
+
     t = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    top, peak, each = psutil.Process(proc.pid), 0, {}
+    while proc.poll() is None:
+        total = 0
+        for p in [top, *top.children(recursive=True)]:
+            try:
+                rss = p.memory_info().rss
+            except psutil.Error:
+                continue
+            total += rss
+            each[p.pid] = max(each.get(p.pid, 0), rss)
+        peak = max(peak, total)
+        time.sleep(0.02)
+    print("   peaks per process (MiB):", sorted(round(v / 2**20) for v in each.values()))
     seconds = time.perf_counter() - t
     if proc.returncode != 0:
-        raise RuntimeError(f"rmm mask failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)[1])
-    return rss / 1024, seconds
+        raise RuntimeError(f"rmm mask failed ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+    return peak / 2**20, seconds
 
 
 def bench_rss():
+    """With ``--before=DIR``: the same runs with the rmm-dask checkout in DIR too (the code before)."""
     header("rmm mask end to end, one module and cell: peak memory against run length")
+    before = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--before=")), None)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        (short, t_short), (long_, t_long) = _rmm_mask_rss(64, tmp), _rmm_mask_rss(512, tmp)
-    ratio = long_ / short
-    print(f"64 frames:    {short:6.0f} MiB ({t_short:.0f} s)")
-    print(f"512 frames:   {long_:6.0f} MiB ({t_long:.0f} s)")
-    print(f"ratio:        {ratio:.2f} (before {BEFORE['rss_ratio']:.2f})  {goal(ratio, 1.25, higher_is_better=False)}")
+        for label, code in [("now", None)] + ([("before", before)] if before else []):
+            (short, t_short), (long_, t_long) = _rmm_mask_rss(64, tmp, code), _rmm_mask_rss(512, tmp, code)
+            ratio = long_ / short
+            print(f"{label:7s} 64 frames: {short:5.0f} MiB ({t_short:.0f} s), 512 frames: {long_:5.0f} MiB ({t_long:.0f} s), "
+                  f"ratio {ratio:.2f}  {goal(ratio, 1.25, higher_is_better=False)}")
+    if not before:
+        print(f"(before, issue 14: ratio {BEFORE['rss_ratio']:.2f}; --before=DIR measures it here)")
 
 
 if __name__ == "__main__":
