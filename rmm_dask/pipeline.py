@@ -270,9 +270,9 @@ def build_mask(
         manufacturer = da.from_array(np.asarray(manufacturer), chunks=(1, ny, nx))
     kw = dict(detector=detector, params=params, block=FRAME_BLOCK)
     stage_objects = []
+    variables = ("analog", "gain") if has_gain else ("analog",)
     for g in stages:
-        names = ("analog", "gain") if has_gain else ("analog",)
-        inputs = _chunk_input(darks[g], names, cell_chunks, streamed=True)
+        inputs = _chunk_input(darks[g], variables, cell_chunks, streamed=True)
         if not has_gain:
             inputs.append((None, None))
         stage_objects.append((_objects(_stage_task, *inputs, **kw), "mc"))
