@@ -28,7 +28,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-bench
-	@for b in dark robust flat e2e quality counting; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
+	@for b in dark robust flat e2e quality counting scale; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 # downstream check with a real spot finder (not part of `make test`): needs Debian's dials
 # (apt-get install dials, ~4 minutes); see benchmarks/validate_dials.py

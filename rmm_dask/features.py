@@ -7,7 +7,8 @@ knows about Dask, files or detectors beyond the window shapes it is given.
 
 - F1 :func:`frame_levels`, :func:`frame_filter`: robust mean of each frame, outlying frames dropped.
 - F2, F3, F5 :func:`pixel_moments`: per-pixel mean and std over frames in one pass
-  (exact integer accumulation for raw uint16 data).
+  (exact integer accumulation for raw uint16 data); :class:`RunMoments` the same from
+  frames fed block by block (a run streamed through memory).
 - F4 :func:`gain_separation`: gain stages whose indicator levels overlap.
 - F6 :func:`flat_snr`: SNR of each pixel against a robust local plane, averaged over flat frames.
 - :func:`local_snr`: a feature's SNR against its robust model per window (one ASIC, evenly spaced or not).
@@ -28,6 +29,9 @@ __all__ = [
     "frame_levels",
     "frame_filter",
     "pixel_moments",
+    "RunMoments",
+    "frame_sample",
+    "sample_levels",
     "gain_separation",
     "local_snr",
     "flat_snr",
@@ -60,23 +64,60 @@ def frame_levels(frames, *, n_pixels: int = 4096, method: str = "rmm") -> np.nda
     (up to one constant per series, which the F1 decision does not see).
 
     Taken over a regular subsample of about ``n_pixels`` pixels (the same pixels in
-    every frame), which is all a frame-level statistic needs and keeps F1 cheap beside
-    the per-pixel features. Each pixel's mean is subtracted first because a module's raw
-    values are multimodal (each ASIC has its own offset): the mode of the raw values can
-    jump from one ASIC's cluster to another's between frames, the mode of the deviations
-    cannot. (A frame shifted as a whole moves every pixel's mean by the same amount, so
-    the mean serves as well as a median here, at a tenth of the cost.) ``method`` names the
-    statistics (see :data:`rmm_dask.robust.METHODS`).
+    every frame, :func:`frame_sample`), which is all a frame-level statistic needs and keeps
+    F1 cheap beside the per-pixel features. Each pixel's mean is subtracted first because a
+    module's raw values are multimodal (each ASIC has its own offset): the mode of the raw
+    values can jump from one ASIC's cluster to another's between frames, the mode of the
+    deviations cannot. (A frame shifted as a whole moves every pixel's mean by the same
+    amount, so the mean serves as well as a median here, at a tenth of the cost.) ``method``
+    names the statistics (see :data:`rmm_dask.robust.METHODS`).
     """
+    return sample_levels(frame_sample(frames, n_pixels), method=method)
+
+
+def frame_sample(frames, n_pixels: int = 4096) -> np.ndarray:
+    """The pixels F1 looks at, ``(..., frame, y, x) -> (..., frame, k)`` in the frames' own dtype:
+    every ``step``-th pixel, the same in every frame; a copy, which does not hold on to the
+    frames. Samples of consecutive blocks of frames, joined along the frame axis, are the
+    sample of all of them (:func:`sample_levels`)."""
     frames = np.asarray(frames)
     flat = frames.reshape(frames.shape[:-2] + (-1,))
     step = max(1, flat.shape[-1] // max(1, n_pixels))
-    sample = flat[..., ::step].astype(np.float64)
-    with warnings.catch_warnings():  # all-NaN pixels: their deviations stay NaN (missing)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        sample -= np.nanmean(sample, axis=-2, keepdims=True) if frames.dtype.kind == "f" else sample.mean(axis=-2, keepdims=True)
-    mu, _ = fit_gaussian(sample, -1, method=method)
-    return mu
+    return flat[..., ::step].copy()
+
+
+LEVEL_FRAMES = 64  #: frames whose F1 levels are fitted at once (bounds the float64 temporaries)
+
+
+def sample_levels(sample, *, method: str = "rmm") -> np.ndarray:
+    """F1 frame levels from a :func:`frame_sample` of all frames, ``(..., frame, k) -> (..., frame)``.
+
+    Each sampled pixel's mean over the frames (NaN left out for float data) is summed frame
+    after frame, as numpy's mean along the frame axis does; then the levels are fitted
+    :data:`LEVEL_FRAMES` frames at a time, so that the float64 temporaries stay small
+    whatever the run length (a frame's level depends on its own deviations only).
+    """
+    sample = np.asarray(sample)
+    n_frames = sample.shape[-2]
+    is_float = sample.dtype.kind == "f"
+    total = np.zeros(sample.shape[:-2] + sample.shape[-1:])
+    count = np.zeros(total.shape, dtype=np.intp) if is_float else n_frames
+    for f in range(n_frames):  # in frame order, as a reduction along a non-contiguous axis adds them
+        row = sample[..., f, :].astype(np.float64)
+        if is_float:
+            finite = ~np.isnan(row)
+            count += finite
+            row[~finite] = 0.0
+        total += row
+    with np.errstate(invalid="ignore", divide="ignore"):  # all-NaN pixels: their deviations stay NaN (missing)
+        mean = total / count if not is_float else np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    levels = np.empty(sample.shape[:-1])
+    for f0 in range(0, n_frames, LEVEL_FRAMES):
+        values = sample[..., f0 : f0 + LEVEL_FRAMES, :].astype(np.float64)
+        values -= mean[..., None, :]
+        mu, _ = fit_gaussian(values, -1, method=method)
+        levels[..., f0 : f0 + LEVEL_FRAMES] = mu
+    return levels
 
 
 def frame_filter(levels, *, lam: float = 8.0, min_sigma: float = 1.0, method: str = "rmm") -> np.ndarray:
@@ -101,48 +142,120 @@ def pixel_moments(frames, keep=None):
     """Per-pixel mean, standard deviation (ddof=1) and frame count over the kept frames.
 
     ``frames`` is ``(..., frame, y, x)``; ``keep`` an optional ``(..., frame)`` bool.
-    Raw unsigned 16-bit data (up to 32767 frames) is accumulated exactly in 64-bit
+    Raw unsigned 16-bit data (up to 32767 kept frames) is accumulated exactly in 64-bit
     integers in one pass over the frames (no cancellation, whatever the offset); other
     data in two float64 passes, ignoring NaN per pixel.
     Returns float64 ``mean``, ``std`` of shape ``(..., y, x)`` and int ``count``
     (frames that contributed, per pixel). With fewer than 2 frames std is NaN.
+    :class:`RunMoments` gives the same, bit for bit, from frames fed block by block.
     """
     frames = np.asarray(frames)
     if frames.ndim < 3:
         raise ValueError(f"frames must be (..., frame, y, x), got shape {frames.shape}")
-    x, lead = _split(frames, 3)
-    n_frames, ny, nx = x.shape[1:]
-    x = x.reshape(x.shape[0], n_frames, ny * nx)
-    keep = _keep_rows(keep, lead, n_frames)
-    n = keep.sum(axis=1)
-    if frames.dtype.kind == "u" and frames.dtype.itemsize <= 2 and float(n.max(initial=0)) < 2**15:
-        # n * sum(v^2) < 2**63: the variance is exact in integers
-        mean, var = _moments_int(x, keep)
-        count = np.broadcast_to(n[:, None], mean.shape)
-    elif frames.dtype.kind in "iuf":
-        mean, var, count = _moments_float(x if frames.dtype.kind == "f" else x.astype(np.float64), keep)
-    else:
-        raise TypeError(f"cannot compute moments of {frames.dtype} data")
-    out = (lead + (ny, nx)) if lead else (ny, nx)
-    with np.errstate(invalid="ignore"):
-        std = np.sqrt(var)
-    return mean.reshape(out), std.reshape(out), np.ascontiguousarray(count).reshape(out)
+    lead, n_frames = frames.shape[:-3], frames.shape[-3]
+    keep = _keep_rows(keep, lead, n_frames).reshape(lead + (n_frames,))
+    kept = int(keep.reshape(-1, n_frames).sum(axis=1).max(initial=0))
+    moments = RunMoments(frames.dtype, lead, frames.shape[-2:], kept, keep_known=True)
+    moments.add(frames, keep)
+    if moments.passes == 2:
+        moments.add_squares(frames, keep)
+    return moments.result(keep)
+
+
+class RunMoments:
+    """:func:`pixel_moments` of a run whose frames come in blocks, in frame order: the same
+    result bit for bit, in memory that does not grow with the run.
+
+    Raw unsigned 16-bit data (exact integer sums): :meth:`add` every block (with its
+    ``keep``, or all frames when which frames F1 keeps is not known yet, ``keep_known=False``),
+    then, once it is, :meth:`remove` the frames it dropped; integer sums are exact, so the
+    order does not matter. Other data (float64 sums, order matters): :meth:`add` every
+    block with its ``keep``, then :meth:`add_squares` every block again (``passes == 2``).
+    ``result(keep)`` gives ``(mean, std, count)`` as :func:`pixel_moments` does.
+    """
+
+    def __init__(self, dtype, lead: tuple, shape: tuple, n_frames: int, *, keep_known: bool = False):
+        """``lead`` the leading (cell) shape, ``shape`` (y, x), ``n_frames`` the most frames to be summed."""
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "iuf":
+            raise TypeError(f"cannot compute moments of {dtype} data")
+        self.lead, self.shape, self.dtype = tuple(lead), tuple(shape), dtype
+        self.rows, self.pixels = max(1, math.prod(self.lead)), math.prod(self.shape)
+        self.exact = dtype.kind == "u" and dtype.itemsize <= 2 and n_frames < 2**15  # n * sum(v^2) < 2**63
+        self.keep_known = keep_known
+        self.passes = 1 if self.exact else 2
+        if self.exact:
+            self.s = np.zeros((self.rows, self.pixels), dtype=np.int64)
+            self.ss = np.zeros((self.rows, self.pixels), dtype=np.int64)
+        else:
+            self.total = np.zeros((self.rows, self.pixels))
+            self.count = np.zeros((self.rows, self.pixels), dtype=np.int64)
+            self.squares = np.zeros((self.rows, self.pixels))
+            self._mean = None
+
+    def _rows(self, frames, keep):
+        frames = np.asarray(frames)
+        n = frames.shape[-3]
+        x = frames.reshape(self.rows, n, self.pixels)
+        if not self.exact and frames.dtype.kind != "f":
+            x = x.astype(np.float64)
+        return x, _keep_rows(keep, self.lead, n)
+
+    def add(self, frames, keep=None):
+        """Add a block ``(..., frames, y, x)`` of the run (its frames' ``keep``, or None: all)."""
+        x, k = self._rows(frames, keep if (self.keep_known or not self.exact) else None)
+        if self.exact:
+            _sums_int(x, k, self.s, self.ss, 1)
+        else:
+            _sums_float(x, k, self.total, self.count)
+
+    def remove(self, frames, dropped):
+        """Exact sums only: take out the ``dropped`` frames of a block added before."""
+        x, k = self._rows(frames, dropped)
+        _sums_int(x, k, self.s, self.ss, -1)
+
+    def mean(self) -> np.ndarray:
+        """Float sums: the per-pixel mean once every block was added (needed by :meth:`add_squares`)."""
+        if self._mean is None:
+            self._mean = _float_mean(self.total, self.count)
+        return self._mean
+
+    def add_squares(self, frames, keep=None):
+        """Float sums, second pass: add a block's squared deviations from the mean."""
+        x, k = self._rows(frames, keep)
+        _squares_float(x, k, self.mean(), self.squares)
+
+    def result(self, keep=None):
+        """``(mean, std, count)`` per pixel, ``(..., y, x)``, as :func:`pixel_moments` returns them."""
+        if self.exact:
+            if keep is None:
+                raise ValueError("exact sums need the frames' keep to finish")
+            n = np.asarray(keep, dtype=np.bool_).reshape(self.rows, -1).sum(axis=1).astype(np.int64)
+            mean, var = _finish_int(self.s, self.ss, n)
+            count = np.broadcast_to(n[:, None], mean.shape)
+        else:
+            mean, var, count = self.mean(), _float_var(self.squares, self.count), self.count
+        out = self.lead + self.shape
+        with np.errstate(invalid="ignore"):
+            std = np.sqrt(var)
+        return mean.reshape(out), std.reshape(out), np.ascontiguousarray(count).reshape(out)
 
 
 PIXEL_BLOCK = 2048  #: pixels whose accumulators (32 KiB) stay in L1 while all frames stream by
 
 
 @numba.njit(cache=True, nogil=True)
-def _moments_int(x, keep):
-    """Exact per-pixel sums of unsigned 16-bit values: one pass, frames streamed per pixel block."""
+def _sums_int(x, keep, s_out, ss_out, sign):
+    """Exact per-pixel sums of unsigned 16-bit values and of their squares, times ``sign``, added
+    to ``s_out``, ``ss_out``: one pass, the frames streamed per pixel block."""
     rows, n_frames, n_pix = x.shape
-    mean = np.empty((rows, n_pix))
-    var = np.empty((rows, n_pix))
-    s = np.empty(PIXEL_BLOCK, dtype=np.uint32)  # < 2**32 for fewer than 2**16 frames
-    ss = np.empty(PIXEL_BLOCK, dtype=np.uint64)
+    s = np.empty(PIXEL_BLOCK, dtype=np.int64)
+    ss = np.empty(PIXEL_BLOCK, dtype=np.int64)
     for r in range(rows):
         frames = np.nonzero(keep[r])[0]
         n = frames.shape[0]
+        if n == 0:
+            continue
         for p0 in range(0, n_pix, PIXEL_BLOCK):
             m = min(PIXEL_BLOCK, n_pix - p0)
             s[:m] = 0
@@ -152,55 +265,86 @@ def _moments_int(x, keep):
                 a = x[r, frames[k], p0 : p0 + m]
                 b = x[r, frames[k + 1], p0 : p0 + m]
                 for p in range(m):
-                    va = np.uint32(a[p])
-                    vb = np.uint32(b[p])
+                    va = np.int64(a[p])
+                    vb = np.int64(b[p])
                     s[p] += va + vb
-                    ss[p] += np.uint64(va * va) + np.uint64(vb * vb)  # each square < 2**32
+                    ss[p] += va * va + vb * vb
                 k += 2
             if k < n:
                 a = x[r, frames[k], p0 : p0 + m]
                 for p in range(m):
-                    va = np.uint32(a[p])
+                    va = np.int64(a[p])
                     s[p] += va
-                    ss[p] += np.uint64(va * va)
+                    ss[p] += va * va
             for p in range(m):
-                if n == 0:
-                    mean[r, p0 + p] = np.nan
-                    var[r, p0 + p] = np.nan
-                    continue
-                mean[r, p0 + p] = s[p] / n
-                # n * sum(x^2) - sum(x)^2 is exact in integers
-                t1 = np.int64(s[p])
-                var[r, p0 + p] = (n * np.int64(ss[p]) - t1 * t1) / (n * (n - 1.0)) if n > 1 else np.nan
+                s_out[r, p0 + p] += sign * s[p]
+                ss_out[r, p0 + p] += sign * ss[p]
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish_int(s, ss, n_rows):
+    rows, n_pix = s.shape
+    mean = np.empty((rows, n_pix))
+    var = np.empty((rows, n_pix))
+    for r in range(rows):
+        n = n_rows[r]
+        for p in range(n_pix):
+            if n == 0:
+                mean[r, p] = np.nan
+                var[r, p] = np.nan
+                continue
+            mean[r, p] = s[r, p] / n
+            # n * sum(x^2) - sum(x)^2 is exact in integers
+            t1 = s[r, p]
+            var[r, p] = (n * ss[r, p] - t1 * t1) / (n * (n - 1.0)) if n > 1 else np.nan
     return mean, var
 
 
 @numba.njit(cache=True, nogil=True)
-def _moments_float(x, keep):
+def _sums_float(x, keep, total, count):
+    """Per-pixel sums of the finite values of the kept frames, frame after frame."""
     rows, n_frames, n_pix = x.shape
-    mean = np.zeros((rows, n_pix))
-    var = np.zeros((rows, n_pix))
-    count = np.zeros((rows, n_pix), dtype=np.int64)
     for r in range(rows):
         for f in range(n_frames):
             if keep[r, f]:
                 for p in range(n_pix):
                     v = x[r, f, p]
                     if np.isfinite(v):
-                        mean[r, p] += v
+                        total[r, p] += v
                         count[r, p] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _float_mean(total, count):
+    rows, n_pix = total.shape
+    mean = np.empty((rows, n_pix))
+    for r in range(rows):
         for p in range(n_pix):
-            mean[r, p] = mean[r, p] / count[r, p] if count[r, p] > 0 else np.nan
+            mean[r, p] = total[r, p] / count[r, p] if count[r, p] > 0 else np.nan
+    return mean
+
+
+@numba.njit(cache=True, nogil=True)
+def _squares_float(x, keep, mean, squares):
+    rows, n_frames, n_pix = x.shape
+    for r in range(rows):
         for f in range(n_frames):
             if keep[r, f]:
                 for p in range(n_pix):
                     v = x[r, f, p]
                     if np.isfinite(v):
                         d = v - mean[r, p]
-                        var[r, p] += d * d
+                        squares[r, p] += d * d
+
+
+@numba.njit(cache=True, nogil=True)
+def _float_var(squares, count):
+    rows, n_pix = squares.shape
+    var = np.empty((rows, n_pix))
+    for r in range(rows):
         for p in range(n_pix):
-            var[r, p] = var[r, p] / (count[r, p] - 1) if count[r, p] > 1 else np.nan
-    return mean, var, count
+            var[r, p] = squares[r, p] / (count[r, p] - 1) if count[r, p] > 1 else np.nan
+    return var
 
 
 # ---------------------------------------------------------------- F4 gain stages

@@ -122,22 +122,104 @@ def dark_stage(analog, gain, detector: Detector, params: Params = Params()) -> D
     return stage
 
 
-def flat_stage(analog, offset, detector: Detector, params: Params = Params(), exclude=None) -> np.ndarray:
-    """F6 mean SNR of one module's flat run ``(cell, frame, y, x)``, after subtracting ``offset``.
+FRAME_BLOCK = 64  #: frames per block when a run is streamed through a task (:func:`dark_stage_blocks`)
 
-    ``exclude`` (``(cell, y, x)`` or ``(y, x)`` bool) are pixels kept out of the background
-    fits besides the ASIC edges: the pixels the dark runs already found bad, so that a
-    dead region cannot become the local background of its normal neighbours.
+
+def dark_stage_blocks(read, n_frames: int, detector: Detector, params: Params = Params(), block: int = FRAME_BLOCK) -> DarkStage:
+    """:func:`dark_stage` of a run read ``block`` frames at a time: the same result, bit for bit.
+
+    ``read(start, stop)`` returns ``(analog, gain)`` of frames ``[start, stop)``, each
+    ``(cell, frame, y, x)`` (``gain`` may be None). Raw uint16 data is read once: every
+    frame's F1 sample and exact integer sums are taken in the same pass, then F1 decides on
+    all levels and only the frames it drops are read again and subtracted. Other data is
+    read once for F1 and twice more for the float moments (sums in frame order). Memory:
+    one block, per-pixel sums and the F1 sample (:func:`rmm_dask.features.frame_sample`).
+    """
+    ranges = [(a, min(a + block, n_frames)) for a in range(0, n_frames, block)]
+    sample, moments = None, None
+    for a, b in ranges:
+        analog, gain = read(a, b)
+        part = F.frame_sample(analog, params.f1_pixels)
+        if sample is None:  # the F1 sample of every frame, filled block by block
+            sample = np.empty(part.shape[:-2] + (n_frames, part.shape[-1]), dtype=part.dtype)
+        sample[..., a:b, :] = part
+        if moments is None:
+            lead, shape = analog.shape[:-3], analog.shape[-2:]
+            moments = [F.RunMoments(v.dtype, lead, shape, n_frames) if v is not None else None for v in (analog, gain)]
+        for m, values in zip(moments, (analog, gain)):
+            if m is not None and m.exact:
+                m.add(values)  # every frame: F1 is not decided yet
+        del analog, gain, values  # before the next block is read: one block in memory
+    levels = F.sample_levels(sample, method=params.method)
+    del sample, part
+    keep = F.frame_filter(levels, lam=params.f1_lambda, min_sigma=params.f1_min_sigma, method=params.method)
+    kept = int(keep.reshape(-1, n_frames).sum(axis=1).max(initial=0))
+    for i, m in enumerate(moments):
+        if m is not None and not m.exact and F.RunMoments(m.dtype, m.lead, m.shape, kept).exact:
+            moments[i] = F.RunMoments(m.dtype, m.lead, m.shape, kept, keep_known=True)  # long run, few kept: exact, as in memory
+    exact = [m is not None and m.exact and not m.keep_known for m in moments]
+    dropped = ~keep
+    if any(exact) and dropped.any():
+        for a, b in _runs_of(np.flatnonzero(dropped.reshape(-1, n_frames).any(axis=0)), block):
+            values = read(a, b)
+            for m, v, e in zip(moments, values, exact):
+                if e:
+                    m.remove(v, dropped[..., a:b])
+            del values, v
+    for step in ("add", "add_squares"):
+        todo = [m is not None and not (m.exact and not m.keep_known) and (step == "add" or m.passes == 2) for m in moments]
+        if not any(todo):
+            continue
+        for a, b in ranges:
+            values = read(a, b)
+            for m, v, t in zip(moments, values, todo):
+                if t:
+                    getattr(m, step)(v, keep[..., a:b])
+            del values, v
+    offset, noise, count = moments[0].result(keep)
+    stage = DarkStage(keep=keep, levels=levels, offset=offset, noise=noise, count=count)
+    if moments[1] is not None:
+        stage.gain_mean, stage.gain_std, _ = moments[1].result(keep)
+    return stage
+
+
+def _runs_of(frames: np.ndarray, block: int):
+    """Consecutive frame numbers as ``[start, stop)`` ranges of at most ``block`` frames."""
+    start = prev = None
+    for f in frames.tolist():
+        if start is not None and f == prev + 1 and f - start < block:
+            prev = f
+            continue
+        if start is not None:
+            yield start, prev + 1
+        start = prev = f
+    if start is not None:
+        yield start, prev + 1
+
+
+def flat_feature(flat, offset, detector: Detector, params: Params = Params(), exclude=None) -> np.ndarray:
+    """F6 mean SNR of one module's flat run, after subtracting ``offset``.
+
+    ``flat`` is the run's analog ``(cell, frame, y, x)``, or an iterable of such blocks of
+    consecutive frames in frame order (the same result, bit for bit). ``exclude``
+    (``(cell, y, x)`` or ``(y, x)`` bool) are pixels kept out of the background fits besides
+    the ASIC edges: the pixels the dark runs already found bad, so that a dead region
+    cannot become the local background of its normal neighbours.
     """
     edges = detector.asic_edges()
-    return F.flat_snr(
-        analog,
-        offset,
+    kwargs = dict(
         tile=params.flat_tile,
         windows=(detector.asic_windows(0), detector.asic_windows(1)),
         exclude=edges if exclude is None else edges | exclude,
         min_sigma=detector.min_sigma,
     )
+    sums = None
+    for block in [flat] if isinstance(flat, np.ndarray) else flat:
+        sums = F.flat_snr_sums(block, offset, sums=sums, **kwargs)
+        del block  # before the next block is read
+    total, count = sums
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
 
 
 def _outliers(feature, detector: Detector, params: Params, min_sigma: float | None = None, known=None):
@@ -256,23 +338,44 @@ def classify_flat(result: ModuleMask, flat_snr, detector: Detector, params: Para
 
 
 def mask_from_stages(stages: list[DarkStage], flat, detector: Detector, params: Params = Params(), flat_stage_index: int = 0, known=None):
-    """Verdicts from the dark stages (in gain order) and the flat run's analog ``(cell, frame, y, x)`` or None.
+    """Verdicts from the dark stages (in gain order) and the flat run or None.
 
+    ``flat`` is the flat run's analog ``(cell, frame, y, x)``, or an object with ``n_frames``
+    that gives, each time it is iterated, its blocks of consecutive frames in order
+    (iterated once or, for the photon-counting test, twice), as :func:`flat_feature` takes them.
     ``known`` (y, x) bool: pixels already known bad (the manufacturer's or the user's mask),
     kept out of every model fit; their own verdicts are still made.
     """
     result = classify_dark(stages, detector, params, known)
     if flat is not None:
+        blocks = [flat] if isinstance(flat, np.ndarray) else flat
         dark_bad = result.mask[flat_stage_index] != 0
         if known is not None:
             dark_bad = dark_bad | known
-        snr = flat_stage(flat, stages[flat_stage_index].offset, detector, params, exclude=dark_bad)
+        snr = flat_feature(blocks, stages[flat_stage_index].offset, detector, params, exclude=dark_bad)
         counts = None
         if _poisson(detector, params):
-            mean, _, frames = F.pixel_moments(flat)
+            moments = None
+            for block in blocks:
+                if moments is None:
+                    moments = F.RunMoments(block.dtype, block.shape[:-3], block.shape[-2:], _n_frames(flat), keep_known=True)
+                moments.add(block)
+            mean, frames = _mean_and_frames(moments, _n_frames(flat), block.shape[:-3])
             counts = (np.rint(mean * frames), frames)
         classify_flat(result, snr, detector, params, known, counts=counts, exclude=dark_bad)
     return result
+
+
+def _n_frames(flat) -> int:
+    return flat.shape[-3] if isinstance(flat, np.ndarray) else flat.n_frames
+
+
+def _mean_and_frames(moments, n_frames: int, lead: tuple):
+    """Per-pixel mean and frame count of all frames, from sums of a single pass (no squares needed)."""
+    if moments.exact:
+        mean, _, frames = moments.result(np.ones(lead + (n_frames,), dtype=bool))
+        return mean, frames
+    return moments.mean().reshape(lead + moments.shape), moments.count.reshape(lead + moments.shape)
 
 
 def module_mask(dark: list[tuple], flat, detector: Detector, params: Params = Params(), flat_stage_index: int = 0):

@@ -1,16 +1,24 @@
 """The mask as a Dask graph: the kernels of :mod:`rmm_dask.mask` mapped per (module, cells) chunk.
 
 ``build_mask(darks, flat)`` takes the lazy datasets of :func:`rmm_dask.io.open_run`
-and returns a lazy ``xarray.Dataset``: nothing is read until it is computed. Per
-chunk of one module and a few memory cells (all frames, full module image):
+and returns a lazy ``xarray.Dataset``: nothing is read until it is computed. The graph
+is a few high-level ``blockwise`` layers over the (module, cell-chunk) grid, whatever the
+size of the detector (as flox builds its reductions):
 
-    read dark run g  ->  dark_stage (F1, F2, F3, F5)        one task per gain stage
-    dark stages + read flat  ->  mask_from_stages (F4, F6, verdicts)
+    one layer per dark run:  stage task  -> DarkStage (F1, F2, F3, F5)     (object blocks)
+    one finish layer:        stages + flat + layers -> ModuleMask (F4, F6, verdicts)
+    one layer per output:    mask, each feature and SNR, rejected frames per run:
+                             the chunk's array taken from its ModuleMask
 
-Each task holds at most one run's chunk and small per-pixel results, so worker
-memory is bounded by the chunk size, not by the length of the runs. A chunk's
-result depends only on its own cells, so the mask is the same whatever the
-chunking, the number of workers or the cluster.
+so a chunk costs 3 + 1 + 13 tasks for three dark runs and a flat, and the output layers
+fuse with the tasks that store them. A run as a reader made it (its regions registered in
+:mod:`rmm_dask.io.regions`) enters the stage and finish tasks as its chunk's
+:class:`~rmm_dask.io.regions.FrameSource`: the task reads its frames itself, in blocks of
+:data:`rmm_dask.mask.FRAME_BLOCK` (:func:`rmm_dask.mask.dark_stage_blocks`; the flat
+through F6's sums in frame order), so worker memory stays flat in the number of frames.
+Any other array (numpy-backed, sliced, rechunked) enters as its chunk, all frames in
+memory, with the same results bit for bit. A chunk's result depends only on its own
+cells, so the mask is the same whatever the chunking, the number of workers or the cluster.
 """
 
 from __future__ import annotations
@@ -19,15 +27,17 @@ import datetime as dt
 import os
 from dataclasses import asdict
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
+from dask.layers import ArrayBlockwiseDep
 
 from .codes import MASK_DTYPE, BadPixel
 from .detectors import Detector, get_detector
 from .errors import InputError
-from .mask import DarkStage, Params, dark_stage, mask_from_stages
+from .io.regions import FrameSource, frame_sources
+from .mask import FRAME_BLOCK, ModuleMask, Params, dark_stage, dark_stage_blocks, mask_from_stages
 
 DIMS = ("module", "gain", "cell", "y", "x")
 GAINLESS = {"flat_snr"}  #: features without a gain axis: F6 is measured once per pixel and cell
@@ -87,35 +97,56 @@ def _short(values) -> str:
     return str(values) if len(values) <= 8 else f"[{values[0]}, ..., {values[-1]}] ({len(values)})"
 
 
-def _blocks(ds: xr.Dataset, var: str, cell_chunks) -> np.ndarray | None:
-    """Delayed (module, cell-block) chunks of a variable, all frames and pixels in each."""
-    if var not in ds:
-        return None
-    arr = ds[var].data
-    if not isinstance(arr, da.Array):
-        arr = da.from_array(arr, chunks=(1, cell_chunks, -1, -1, -1))
-    arr = arr.rechunk((1, cell_chunks, -1, -1, -1))
-    return arr.to_delayed()[:, :, 0, 0, 0]
+# ---------------------------------------------------------------------------- chunk tasks
 
 
-def _checked_mask(stages: list[DarkStage], flat, detector, params, flat_index, flat_path, known=None, check=None):
-    """Chunk task: verdicts of one (module, cells) chunk.
+class _FlatBlocks:
+    """A flat run's (module, cells) chunk as blocks of frames, read in order each time it is iterated."""
 
-    ``check`` (the stage names and the flat's gain block) is given only when the flat was
-    not checked before the graph was built (:func:`rmm_dask.flatcheck.check_flat`): then
-    this chunk's flat is judged by the same rule, on all its frames.
+    def __init__(self, source: FrameSource, block: int):
+        self.source, self.block, self.n_frames = source, block, source.n_frames
+
+    def __iter__(self):
+        for a in range(0, self.n_frames, self.block):
+            (values,) = self.source.frames(a, min(a + self.block, self.n_frames)).read()
+            yield values[0]
+
+
+def _stage_task(analog, gain, detector, params, block):
+    """Chunk task: one dark run's :class:`DarkStage`, streamed from its regions or from the chunk in memory."""
+    if isinstance(analog, FrameSource):
+
+        def read(a, b):
+            values = analog.frames(a, b).read()
+            return values[0][0], (values[1][0] if len(values) > 1 else None)
+
+        return dark_stage_blocks(read, analog.n_frames, detector, params, block)
+    return dark_stage(analog[0], None if gain is None else gain[0], detector, params)
+
+
+def _finish_task(*args, n_stages, detector, params, flat_index, flat_path, check, block):
+    """Chunk task: verdicts of one (module, cells) chunk (a :class:`ModuleMask`).
+
+    ``args`` are the stages, the flat (a region or the chunk in memory, or None), the
+    flat's gain (only for ``check``) and the manufacturer's and the user's layers (or None).
+    ``check`` (the stage names) is given only when the flat was not checked before the
+    graph was built (:func:`rmm_dask.flatcheck.check_flat`): then this chunk's flat is
+    judged by the same rule, on all its frames (read into memory for that).
     """
-    flat = None if flat is None else flat[0]
+    stages, (flat, flat_gain, manufacturer, user) = list(args[:n_stages]), args[n_stages:]
+    if isinstance(flat, FrameSource):
+        flat = _FlatBlocks(flat, block)
+    elif flat is not None:
+        flat = flat[0]
     if flat is not None and check is not None:
         from .flatcheck import flat_evidence, flat_problem
 
-        names, flat_gain = check
-        stage = names[flat_index]
-        ev = flat_evidence(flat, None if flat_gain is None else flat_gain[0], dict(zip(names, stages)), detector, stage)
+        stage = check[flat_index]
+        ev = flat_evidence(flat, None if flat_gain is None else flat_gain[0], dict(zip(check, stages)), detector, stage)
         problem = flat_problem(ev, stage, detector)
         if problem is not None:
             raise InputError(flat_path, problem)
-    return mask_from_stages(stages, flat, detector, params, flat_index, known=_known(known))
+    return mask_from_stages(stages, flat, detector, params, flat_index, known=_known((manufacturer, user)))
 
 
 def _known(layers) -> np.ndarray | None:
@@ -129,8 +160,58 @@ def _known(layers) -> np.ndarray | None:
     return known
 
 
-def _stage_task(analog, gain, detector, params):
-    return dark_stage(analog[0], None if gain is None else gain[0], detector, params)
+def _take(result: ModuleMask, what: str, name: str | int | None):
+    """One output of a chunk's :class:`ModuleMask`, with the module axis in front."""
+    if what == "mask":
+        return result.mask[None]
+    return getattr(result, what)[name][None]
+
+
+# ---------------------------------------------------------------------------- graph layers
+
+
+class _Regions(ArrayBlockwiseDep):
+    """The :class:`FrameSource` of each (module, cells) chunk of a reader's run, as a blockwise
+    argument: each task carries its own (a few paths and numbers), no task reads them out."""
+
+    def __init__(self, sources: np.ndarray, chunks: tuple, token: str):
+        super().__init__(chunks)
+        self.sources, self.token = sources, token
+
+    def __getitem__(self, index):
+        return self.sources[index]
+
+    def __dask_tokenize__(self):
+        return self.token
+
+
+def _chunk_input(ds: xr.Dataset, names: tuple, cell_chunks: tuple, streamed: bool) -> list:
+    """Blockwise arguments ``(argument, index)`` of a run's variables per (module, cells) chunk.
+
+    When the run's arrays are as a reader made them, chunked like the graph, and
+    ``streamed``: one :class:`_Regions` ``m c`` (one region per chunk, all variables read at
+    once; the task streams its frames) and None for the other variables. Otherwise each
+    variable as a dask array ``m c f y x`` rechunked to whole chunks (numpy-backed or
+    derived arrays: the generic path, a chunk in memory).
+    """
+    arrays = [ds[v].data for v in names]
+    sources = frame_sources(*arrays) if streamed else None
+    chunks = ((1,) * ds.sizes["module"], tuple(cell_chunks))
+    if sources is not None and tuple(arrays[0].chunks[:2]) == chunks:
+        token = tokenize("regions", *(a.name for a in arrays))
+        return [(_Regions(sources, chunks, token), "mc")] + [(None, None)] * (len(names) - 1)
+    out = []
+    for arr in arrays:
+        if not isinstance(arr, da.Array):
+            arr = da.from_array(arr, chunks=(1, cell_chunks, -1, -1, -1))
+        out.append((arr.rechunk((1, cell_chunks, -1, -1, -1)), "mcfyx"))
+    return out
+
+
+def _objects(func, *args, **kwargs) -> da.Array:
+    """A blockwise layer ``m c`` whose blocks are Python objects (a stage, a chunk's result)."""
+    flat_args = [x for pair in args for x in pair]
+    return da.blockwise(func, "mc", *flat_args, concatenate=True, align_arrays=False, meta=np.empty((0, 0), dtype=object), **kwargs)
 
 
 def build_mask(
@@ -168,12 +249,8 @@ def build_mask(
 
     ref = darks[stages[0]]
     cell_chunks = ref.analog.data.chunks[1] if isinstance(ref.analog.data, da.Array) else (ref.sizes["cell"],)
-    analog = {g: _blocks(darks[g], "analog", cell_chunks) for g in stages}
-    gain = {g: _blocks(darks[g], "gain", cell_chunks) for g in stages}
-    flat_blocks = _blocks(flat, "analog", cell_chunks) if flat is not None else None
     in_task_check = flat is not None and flat_check is None
-    flat_gain = _blocks(flat, "gain", cell_chunks) if in_task_check else None
-    has_gain = all(gain[g] is not None for g in stages)
+    has_gain = all("gain" in darks[g] for g in stages)
 
     n_mod, n_gain = ref.sizes["module"], len(stages)
     ny, nx = detector.module_shape
@@ -189,32 +266,37 @@ def build_mask(
         if user_mask.shape != (n_mod, ny, nx):
             raise ValueError(f"the user mask is {user_mask.shape}, expected (module, y, x) = {(n_mod, ny, nx)}")
         user_mask = da.from_array(user_mask, chunks=(1, ny, nx))  # one graph key per module, not a copy per task
-    pieces = {"mask": [], **{f: [] for f in feature_names}, **{"snr_" + f: [] for f in snr_names}}
-    pieces.update({f"rejected_frames_{g}": [] for g in stages})
-    task = dask.delayed(_stage_task, pure=True)
-    finish = dask.delayed(_checked_mask, pure=True)
-    for m in range(n_mod):
-        row = {k: [] for k in pieces}
-        for b, nc in enumerate(cell_chunks):
-            st = [task(analog[g][m, b], gain[g][m, b] if has_gain else None, detector, params) for g in stages]
-            flat_block = flat_blocks[m, b] if flat is not None else None
-            layers = (
-                None if manufacturer is None else manufacturer.blocks[m, 0, 0],
-                None if user_mask is None else user_mask.blocks[m, 0, 0],
-            )
-            check = (stages, None if flat_gain is None else flat_gain[m, b]) if in_task_check else None
-            res = finish(st, flat_block, detector, params, flat_index, _path(flat) if flat is not None else "", layers, check)
-            plane = (n_gain, nc, ny, nx)
-            row["mask"].append(da.from_delayed(res.mask, plane, dtype=MASK_DTYPE))
-            for f in feature_names:
-                row[f].append(da.from_delayed(res.features[f], _shape(f, plane), dtype=np.float32))
-            for f in snr_names:
-                row["snr_" + f].append(da.from_delayed(res.snr[f], _shape(f, plane), dtype=np.float32))
-            for i, g in enumerate(stages):
-                nf = darks[g].sizes["frame"]
-                row[f"rejected_frames_{g}"].append(da.from_delayed(res.rejected_frames[i], (nc, nf), dtype=bool))
-        for k, v in row.items():
-            pieces[k].append(da.concatenate(v, axis=1 if v[0].ndim == 4 else 0))  # along cells
+    if manufacturer is not None and not isinstance(manufacturer, da.Array):
+        manufacturer = da.from_array(np.asarray(manufacturer), chunks=(1, ny, nx))
+    kw = dict(detector=detector, params=params, block=FRAME_BLOCK)
+    stage_objects = []
+    variables = ("analog", "gain") if has_gain else ("analog",)
+    for g in stages:
+        inputs = _chunk_input(darks[g], variables, cell_chunks, streamed=True)
+        if not has_gain:
+            inputs.append((None, None))
+        stage_objects.append((_objects(_stage_task, *inputs, **kw), "mc"))
+    flat_inputs = [(None, None), (None, None)]
+    if flat is not None:
+        flat_inputs = _chunk_input(flat, ("analog", "gain") if in_task_check and "gain" in flat else ("analog",), cell_chunks, streamed=not in_task_check)
+        flat_inputs = (flat_inputs + [(None, None)])[:2]
+    layers = [(None, None) if layer is None else (layer, "myx") for layer in (manufacturer, user_mask)]
+    result = _objects(
+        _finish_task, *stage_objects, *flat_inputs, *layers, n_stages=n_gain, flat_index=flat_index,
+        flat_path=_path(flat) if flat is not None else "", check=list(stages) if in_task_check else None, **kw,
+    )
+
+    def output(what, name, index, dtype, **new_axes):
+        return da.blockwise(_take, index, result, "mc", what, None, name, None, new_axes=new_axes, dtype=dtype, concatenate=True)
+
+    pixels = dict(y=ny, x=nx)
+    pieces = {"mask": output("mask", None, "mgcyx", MASK_DTYPE, g=n_gain, **pixels)}
+    for f in feature_names:
+        pieces[f] = output("features", f, "mcyx" if f in GAINLESS else "mgcyx", np.float32, **({} if f in GAINLESS else {"g": n_gain}), **pixels)
+    for f in snr_names:
+        pieces[_snr_name(f)] = output("snr", f, "mcyx" if f in GAINLESS else "mgcyx", np.float32, **({} if f in GAINLESS else {"g": n_gain}), **pixels)
+    for i, g in enumerate(stages):
+        pieces[f"rejected_frames_{g}"] = output("rejected_frames", i, "mcf", bool, f=darks[g].sizes["frame"])
 
     coords = {
         "module": ref.module.values,
@@ -223,14 +305,14 @@ def build_mask(
         "y": np.arange(ny),
         "x": np.arange(nx),
     }
-    data_vars = {"mask": (DIMS, da.stack(pieces["mask"]), {"role": "mask", "flag_meanings": _bit_names()})}
+    data_vars = {"mask": (DIMS, pieces["mask"], {"role": "mask", "flag_meanings": _bit_names()})}
     for f in feature_names:
-        data_vars[f] = (_dims(f), da.stack(pieces[f]), {"role": "feature"})
+        data_vars[f] = (_dims(f), pieces[f], {"role": "feature"})
     for f in snr_names:
-        data_vars["snr_" + f] = (_dims(f), da.stack(pieces["snr_" + f]), {"role": "snr", "feature": f})
+        data_vars[_snr_name(f)] = (_dims(f), pieces[_snr_name(f)], {"role": "snr", "feature": f})
     for g in stages:
         frame = f"frame_{g}"
-        data_vars[f"rejected_frames_{g}"] = (("module", "cell", frame), da.stack(pieces[f"rejected_frames_{g}"]), {"role": "rejected_frames", "gain_stage": g})
+        data_vars[f"rejected_frames_{g}"] = (("module", "cell", frame), pieces[f"rejected_frames_{g}"], {"role": "rejected_frames", "gain_stage": g})
         if "train_id" in darks[g].coords:
             coords[f"train_id_{g}"] = (frame, darks[g].train_id.values)
     if manufacturer is not None:
@@ -253,8 +335,9 @@ def build_mask(
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
-def _shape(feature: str, plane: tuple) -> tuple:
-    return plane[1:] if feature in GAINLESS else plane
+def _snr_name(feature: str) -> str:
+    """The dataset variable of a feature's SNR: ``snr_<feature>``, and ``snr_flat`` for F6's ``flat_snr``."""
+    return "snr_flat" if feature == "flat_snr" else f"snr_{feature}"
 
 
 def _dims(feature: str) -> tuple:

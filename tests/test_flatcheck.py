@@ -149,18 +149,28 @@ def test_the_sample_is_the_first_frames_of_the_block(agipd, pilatus):
         assert sample_frames(ds.analog.data, m, 0, 100).shape[2] == ds.sizes["frame"]
 
 
-def test_heads_read_only_the_first_frames(agipd, pilatus):
-    from rmm_dask.io.cbf import _read_cbf_block
-    from rmm_dask.io.euxfel import _read_raw_block
+def test_regions_read_only_the_frames_asked_for(agipd, pilatus):
+    import os
 
-    raw = open_run(agipd["flat"]).analog.data
-    (block,) = [t[1] for t in dict(raw.__dask_graph__()).values() if isinstance(t, tuple) and hasattr(t[1], "head")][:1]
-    assert _read_raw_block(block.head(3)).shape[3] == 3
-    np.testing.assert_array_equal(_read_raw_block(block.head(3)), _read_raw_block(block)[:, :, :, :3])
-    cbf = open_run(pilatus["flat"], "PILATUS300K").analog.data
-    blocks = sorted((t[1] for t in dict(cbf.__dask_graph__()).values() if isinstance(t, tuple) and hasattr(t[1], "head")), key=lambda b: b.start)
-    assert len(blocks[0].head(5).paths) == 5 and len(blocks[1].head(5).paths) == 0
-    np.testing.assert_array_equal(_read_cbf_block(blocks[0].head(5)), _read_cbf_block(blocks[0])[:, :, :5])
+    from rmm_dask.io.cbf import _CbfBlock, _read_cbf_block
+    from rmm_dask.io.regions import frame_sources
+
+    ds = open_run(agipd["flat"])
+    sources = frame_sources(ds.analog.data, ds.gain.data)  # both variables from one read
+    assert sources.shape == ds.analog.data.numblocks[:2]
+    m = ds.sizes["module"] - 1
+    full_a, full_g = ds.analog.data.blocks[m, 0].compute(scheduler="sync"), ds.gain.data.blocks[m, 0].compute(scheduler="sync")
+    source = sources[m, 0]
+    assert source.n_frames == ds.sizes["frame"]
+    for a, b in ((0, 3), (3, 7), (ds.sizes["frame"] - 2, ds.sizes["frame"] + 5)):
+        analog, gain = source.frames(a, b).read()
+        np.testing.assert_array_equal(analog, full_a[:, :, a:b])
+        np.testing.assert_array_equal(gain, full_g[:, :, a:b])
+    assert frame_sources(ds.analog.data[:, :, :5]) is None  # not as the reader made it: no regions
+    files = sorted(os.path.join(pilatus["flat"], f) for f in os.listdir(pilatus["flat"]) if f.endswith(".cbf"))
+    block = _CbfBlock(files[4:10], get_detector("PILATUS300K"), (0, 1), "frame", 4)  # run frames 4..9
+    assert block.frames(0, 4).n_frames == 0 and block.frames(6, 100).paths == tuple(files[6:10])
+    np.testing.assert_array_equal(_read_cbf_block(block.frames(5, 7)), _read_cbf_block(block)[:, :, 1:3])
 
 
 def test_the_sample_of_an_nxmx_stack_reads_its_first_frames(pilatus, tmp_path):

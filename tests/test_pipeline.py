@@ -65,7 +65,7 @@ def test_graph_equals_the_in_memory_recipe(calib):
         ref = module_mask([(calib.dark[g].analog[m], calib.dark[g].gain[m]) for g in GAINS], calib.flat.analog[m], calib.config.detector)
         np.testing.assert_array_equal(ds.mask.values[m], ref.mask)
         np.testing.assert_array_equal(ds.offset.values[m], ref.features["offset"])
-        np.testing.assert_array_equal(ds.snr_flat_snr.values[m], ref.snr["flat_snr"])
+        np.testing.assert_array_equal(ds.snr_flat.values[m], ref.snr["flat_snr"])
         np.testing.assert_array_equal(ds.rejected_frames_low.values[m], ref.rejected_frames[2])
 
 

@@ -86,9 +86,10 @@ def listing(directory):
 
 
 def read_tasks(ds):
-    """The read tasks of a run's analog data: (function, region) of every task that reads files."""
-    graph = dict(ds.analog.data.__dask_graph__())
-    return [task for task in graph.values() if isinstance(task, tuple) and task and task[0] is _read_region]
+    """The read tasks of a run's analog data: (function, region) of every block, as the reader registered them."""
+    from rmm_dask.io.regions import frame_sources
+
+    return [(source.reader, source.region) for source in frame_sources(ds.analog.data).ravel()]
 
 
 # ---------------------------------------------------------------------------- file names
@@ -131,7 +132,7 @@ def test_module_and_part_files_join_into_one_lazy_run(tmp_path, detector):
     tasks = read_tasks(ds)
     assert len(tasks) == MODULES
     for _, region in tasks:
-        assert len(region.segments) == PARTS and all(isinstance(path, str) for path, _, _ in region.segments)
+        assert len(region.segments) == PARTS and all(isinstance(path, str) for path, *_ in region.segments)
         assert pickle.loads(pickle.dumps(region)).segments == region.segments
     values = ds.compute(scheduler="sync")
     expected = data.astype(np.float32)[:, None]  # (module, cell, frame, y, x)
@@ -157,18 +158,22 @@ def test_glob_and_list_give_the_same_run(tmp_path, detector):
     np.testing.assert_array_equal(selected.pixel_mask.values[0], pixel_masks()[2])
 
 
-def test_region_head_reads_the_first_frames_only(tmp_path, detector):
+def test_region_frames_read_those_frames_only(tmp_path, detector):
     data = counts(2)
     write_module_parts(tmp_path / "run", data)
-    (_, region), *_ = read_tasks(open_run(tmp_path / "run", detector))
-    head = region.head(6)  # part 0 (4 frames) and 2 frames of part 1
+    (read, region), *_ = read_tasks(open_run(tmp_path / "run", detector))
+    assert read is _read_region
+    head = region.frames(0, 6)  # part 0 (4 frames) and 2 frames of part 1
     assert isinstance(head, _Region) and head.shape == (6, NY, NX)
-    assert [(os.path.basename(p), n) for p, _, n in head.segments] == [("scan_m1_part00000.nxs", 4), ("scan_m1_part00001.nxs", 2)]
+    assert [(os.path.basename(p), first, n) for p, _, first, n in head.segments] == [("scan_m1_part00000.nxs", 0, 4), ("scan_m1_part00001.nxs", 0, 2)]
     np.testing.assert_array_equal(_read_region(head)[0, 0], data[0, :6])
-    assert region.head(1000).shape == region.shape and region.head(1000).segments == region.segments
+    middle = region.frames(5, 11)  # frames 1-3 of part 1 and 0-2 of part 2
+    assert [(os.path.basename(p), first, n) for p, _, first, n in middle.segments] == [("scan_m1_part00001.nxs", 1, 3), ("scan_m1_part00002.nxs", 0, 3)]
+    np.testing.assert_array_equal(_read_region(middle)[0, 0], data[0, 5:11])
+    assert region.frames(0, 1000).shape == region.shape and region.frames(0, 1000).segments == region.segments
     assert region.shape == (PARTS * PER_PART, NY, NX)  # the region itself is unchanged
-    with pytest.raises(ValueError, match="at least 1 frame"):
-        region.head(0)
+    with pytest.raises(ValueError, match="no frame"):
+        region.frames(3, 3)
 
 
 def test_parts_of_a_stack_split_over_numbered_files(tmp_path, detector):
@@ -184,7 +189,7 @@ def test_parts_of_a_stack_split_over_numbered_files(tmp_path, detector):
     assert ds.attrs["format"] == "hdf5-stack (modules layout)" and len(ds.attrs["files"]) == 4
     np.testing.assert_array_equal(ds.analog.values[:, 0], data.astype(np.float32))
     (_, region), *_ = read_tasks(ds)
-    np.testing.assert_array_equal(_read_region(region.head(8))[0, 0], data[0, :8])
+    np.testing.assert_array_equal(_read_region(region.frames(0, 8))[0, 0], data[0, :8])
 
 
 def test_nxmx_master_with_its_data_files_in_a_directory(tmp_path):

@@ -1,4 +1,4 @@
-"""Readers and writers: runs on disk as lazy, labelled ``xarray`` datasets.
+"""Readers (and, until they move, writers): runs on disk as lazy, labelled ``xarray`` datasets.
 
 :func:`open_run` opens a run as an ``xarray.Dataset`` with dims ``(module, cell, frame,
 y, x)`` and data variables ``analog`` (and ``gain`` for detectors that record their gain
@@ -14,7 +14,8 @@ compute. What a run is:
   frames, at the detector's dataset or ``dataset``.
 
 :func:`write_raw_run` and :func:`write_jungfrau_run` write arrays as EuXFEL RAW runs
-(synthetic data, tests).
+(synthetic data, tests). Shared reader helpers are in :mod:`.common`; where each lazy
+array's blocks are read from, for streaming, in :mod:`.regions`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from .cbf import open_cbf_series
 from .euxfel import open_euxfel_run
 from .euxfel_write import write_jungfrau_run, write_raw_run
 from .files import acquisition, directory_files, expand
-from .hdf5 import open_hdf5_stack, resolve_detector
+from .common import resolve_detector
+from .hdf5 import open_hdf5_stack
 
 _EUXFEL_FILE = re.compile(r"^(RAW|CORR)-R\d+-")
 

@@ -3,7 +3,8 @@
 A run is a directory of ``*.cbf`` files, in name order. Opening reads only the text
 header of the first file (shape and element type); each read task decodes a block of
 frames and cuts them into modules; the blocks are then rechunked to one module and all
-frames per chunk, the pipeline's unit. Values below 0 (PILATUS marks gaps -1 and bad
+frames per chunk, the pipeline's unit. A run of one module registers its frames as one
+region (:mod:`rmm_dask.io.regions`) that the pipeline streams block by block. Values below 0 (PILATUS marks gaps -1 and bad
 pixels -2) are missing (NaN).
 """
 
@@ -19,7 +20,9 @@ from dask.base import tokenize
 
 from ..detectors import Detector
 from ..errors import InputError
-from .hdf5 import DIMS, negative_as_nan, file_token, graph_array, one_cell_dataset, resolve_detector, select_modules, write_run_dir
+from . import regions
+from .common import DIMS, file_token, graph_array, negative_as_nan, one_cell_dataset, resolve_detector, select_modules
+from .hdf5 import write_run_dir
 
 __all__ = ["open_cbf_series", "write_cbf_series", "FRAMES_PER_TASK"]
 
@@ -52,10 +55,15 @@ class _CbfBlock:
     def __init__(self, paths: tuple, det: Detector, wanted: tuple, layout: str, start: int):
         self.paths, self.det, self.wanted, self.layout, self.start = tuple(paths), det, tuple(wanted), layout, start
 
-    def head(self, n: int) -> "_CbfBlock":
-        """Only the frames of this block among the run's first ``n`` (none when the block starts later)."""
-        keep = max(0, min(len(self.paths), int(n) - self.start))
-        return _CbfBlock(self.paths[:keep], self.det, self.wanted, self.layout, self.start)
+    @property
+    def n_frames(self) -> int:
+        return len(self.paths)
+
+    def frames(self, start: int, stop: int) -> "_CbfBlock":
+        """Only the frames of this block among the run's frames ``[start, stop)`` (none when they do not meet)."""
+        a = min(len(self.paths), max(0, int(start) - self.start))
+        b = max(a, min(len(self.paths), int(stop) - self.start))
+        return _CbfBlock(self.paths[a:b], self.det, self.wanted, self.layout, self.start + a)
 
     def __reduce__(self):
         return type(self), (self.paths, self.det, self.wanted, self.layout, self.start)
@@ -107,6 +115,10 @@ def open_cbf_series(path: str | os.PathLike, detector: str | Detector, *, module
     chunks = ((len(wanted),), (1,), tuple(min(FRAMES_PER_TASK, n_frames - s) for s in starts), (det.module_shape[0],), (det.module_shape[1],))
     blocks = graph_array(name, tasks, chunks, np.float32)
     analog = blocks.rechunk({0: 1, 2: n_frames})  # the pipeline's chunk: one module, all frames
+    if len(wanted) == 1:  # one module: its frames can be streamed (with several, each module would decode every frame)
+        grid = np.empty((1, 1), dtype=object)
+        grid[0, 0] = _CbfBlock(files, det, wanted, layout, 0)
+        regions.register(analog, _read_cbf_block, grid)
     return one_cell_dataset(
         {"analog": (DIMS, analog)}, wanted, n_frames, det,
         source="cbf", path=run_dir, format=f"cbf ({layout} layout, {element})", notes=[], files=files,

@@ -1,13 +1,14 @@
-"""HDF5 stacks of frames (plain, CXI, NeXus/NXmx), and the shared "open an HDF5 file or say
-what is wrong with it".
+"""HDF5 stacks of frames (plain, CXI, NeXus/NXmx).
 
 :func:`open_hdf5_stack` reads a dataset of frames, full detector frames ``(frame, Y, X)``,
 ``(frame, module, y, x)`` or ``(frame, y, x)``, in one file, in part files joined along
 frames, or in one file per module, as the same lazy dataset as a EuXFEL run: dims
 ``(module, cell, frame, y, x)`` with a single memory cell (id 0). One read task per
 module, ``(_read_region, region)``; a region carries file paths, never an open file, and
-``region.head(n)`` is the same region limited to its first n frames (a small sample).
-Which files make one acquisition is decided in :mod:`rmm_dask.io.files`.
+``region.frames(start, stop)`` is the same region limited to those frames (a sample, or
+one block of frames streamed through the pipeline; see :mod:`rmm_dask.io.regions`).
+Which files make one acquisition is decided in :mod:`rmm_dask.io.files`; the helpers every
+reader shares are in :mod:`rmm_dask.io.common`.
 """
 
 from __future__ import annotations
@@ -17,80 +18,22 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import dask.array as da
+
 import h5py
-import hdf5plugin  # noqa: F401  (registers bitshuffle, LZ4, Zstd, ... so compressed data decodes)
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
 from h5py import h5s
 
-from ..detectors import Detector, get_detector
+from ..detectors import Detector
 from ..errors import InputError
+from .regions import grid_of, register
+from .common import DIMS, file_token, graph_array, negative_as_nan, one_cell_dataset, open_hdf5, resolve_detector, select_modules
 
-__all__ = ["open_hdf5", "open_hdf5_stack", "resolve_detector"]
-
-DIMS = ("module", "cell", "frame", "y", "x")
-_TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")
-
-
-# ---------------------------------------------------------------------------- shared helpers
+__all__ = ["open_hdf5_stack"]
 
 
-def resolve_detector(detector: str | Detector) -> Detector:
-    """A :class:`Detector` from itself or its name (ValueError for an unknown name)."""
-    try:
-        return get_detector(detector)
-    except KeyError as e:
-        raise ValueError(e.args[0]) from None
-
-
-def open_hdf5(path: str | os.PathLike) -> h5py.File:
-    """Open an HDF5 file read-only, or raise :class:`InputError` saying what is wrong with it.
-
-    Distinguishes a missing file, a directory, an unreadable file, an empty file, a
-    file that is not HDF5, and a truncated or otherwise corrupt HDF5 file.
-    """
-    path = os.fspath(path)
-    if not os.path.lexists(path):
-        raise InputError(path, "no such file")
-    if os.path.isdir(path):
-        raise InputError(path, "is a directory, expected an HDF5 file")
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            f.read(8)
-    except OSError as e:
-        raise InputError(path, f"cannot read the file ({e.strerror or e})") from None
-    if size == 0:
-        raise InputError(path, "empty file, expected HDF5")
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        message = str(e)
-    match = _TRUNCATED.search(message)
-    if match:
-        raise InputError(path, f"truncated HDF5 file ({match[1]} of {match[2]} bytes; copy or transfer incomplete?)")
-    if not h5py.is_hdf5(path):
-        raise InputError(path, "not an HDF5 file")
-    raise InputError(path, f"corrupt or truncated HDF5 file ({message})")
-
-
-def graph_array(name: str, tasks: dict, chunks: tuple, dtype) -> da.Array:
-    """A dask array from ``{block index: (function, *arguments)}`` read tasks with no dependencies."""
-    dsk = {(name, *index): task for index, task in tasks.items()}
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-    return da.Array(graph, name, chunks=chunks, dtype=dtype)
-
-
-def file_token(paths) -> list:
-    """What identifies the content of files for a graph name: path, size and mtime of each."""
-    out = []
-    for p in paths:
-        st = os.stat(p)
-        out.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
-    return out
+# ---------------------------------------------------------------------------- writing (moves to the test-data package)
 
 
 def write_run_dir(run_dir: Path, write) -> Path:
@@ -112,11 +55,11 @@ def write_run_dir(run_dir: Path, write) -> Path:
 
 
 class _Region:
-    """One read task of a stack: one module's pixels in every frame, as (1, 1, frame, y, x).
+    """One read task of a stack: one module's pixels in some frames, as (1, 1, frame, y, x).
 
-    ``segments`` are the (file, dataset, frames) the frames are concatenated from, in
-    order (one dataset; the ``data_000001``, ... datasets of a NeXus master file; the
-    part files of a series); ``index`` the fixed indices between the frame axis and the
+    ``segments`` are the (file, dataset, first frame, frames) the frames are concatenated
+    from, in order (one dataset; the ``data_000001``, ... datasets of a NeXus master file;
+    the part files of a series); ``index`` the fixed indices between the frame axis and the
     module's pixels (``()``, or the module's index); ``origin`` the module's first pixel
     (y, x) in the frame; ``shape`` (frames, y, x) of the result. Holds paths, never open files.
     """
@@ -132,50 +75,64 @@ class _Region:
     def __repr__(self):
         return f"_Region({len(self.segments)} segments, index={self.index}, origin={self.origin}, shape={self.shape}, dtype={self.dtype})"
 
-    def head(self, n: int) -> _Region:
-        """The same region limited to its first ``n`` frames (all of them when it has fewer);
-        ``_read_region(region.head(n))`` reads only the segments those frames are in."""
-        n = int(n)
-        if n < 1:
-            raise ValueError(f"head needs at least 1 frame, not {n}")
-        n = min(n, self.shape[0])
-        segments, left = [], n
-        for path, dataset, count in self.segments:
-            if left == 0:
-                break
-            take = min(count, left)
-            segments.append((path, dataset, take))
-            left -= take
-        return _Region(tuple(segments), self.index, self.origin, (n, *self.shape[1:]), self.dtype)
+    @property
+    def n_frames(self) -> int:
+        return self.shape[0]
+
+    def frames(self, start: int, stop: int) -> _Region:
+        """The same region limited to its frames ``[start, stop)`` (cut to the frames it has);
+        ``_read_region`` of it reads only the segments those frames are in."""
+        start, stop = max(0, int(start)), min(int(stop), self.shape[0])
+        if stop <= start:
+            raise ValueError(f"frames({start}, {stop}) of a region of {self.shape[0]} frames holds no frame")
+        segments, at = [], 0
+        for path, dataset, first, count in self.segments:
+            lo, hi = max(start, at), min(stop, at + count)
+            if lo < hi:
+                segments.append((path, dataset, first + lo - at, hi - lo))
+            at += count
+        return _Region(tuple(segments), self.index, self.origin, (stop - start, *self.shape[1:]), self.dtype)
 
 
 def _read_region(region: _Region) -> np.ndarray:
-    """Read one module of every frame, one HDF5 chunk of frames at a time, straight into the output.
+    """Read one module of the region's frames, one HDF5 chunk of frames at a time, straight into the output.
 
     One read per chunk: a single selection spanning many chunks is several times slower in HDF5 1.14.
     """
     n_frames, ny, nx = region.shape
     out = np.empty((1, 1, n_frames, ny, nx), dtype=region.dtype)
     ones, f0 = (1,) * len(region.index), 0
-    for path, dataset, n_seg in region.segments:
+    for path, dataset, first, n_seg in region.segments:
         try:
             with h5py.File(path, "r") as f:
                 ds = f[dataset]
-                if ds.shape[0] < n_seg:
+                if ds.shape[0] < first + n_seg:
                     raise InputError(path, f"dataset {dataset} changed shape since it was opened: {ds.shape}")
                 step = ds.chunks[0] if ds.chunks else max(1, (4 << 20) // (ny * nx * ds.dtype.itemsize))
                 space = ds.id.get_space()
-                for a in range(0, n_seg, step):
-                    n = min(step, n_seg - a)
+                a = first
+                while a < first + n_seg:
+                    n = min(step - a % step, first + n_seg - a)  # up to the end of the HDF5 chunk a is in
                     space.select_hyperslab((a, *region.index, *region.origin), (n, *ones, ny, nx))
                     mem = (n, *ones, ny, nx)
-                    ds.id.read(h5s.create_simple(mem), space, out[0, 0, f0 + a : f0 + a + n].reshape(mem))
+                    ds.id.read(h5s.create_simple(mem), space, out[0, 0, f0 + a - first : f0 + a - first + n].reshape(mem))
+                    a += n
         except InputError:
             raise
         except (OSError, KeyError, ValueError, TypeError) as e:
             raise InputError(path, f"cannot read dataset {dataset}: {e}") from None
         f0 += n_seg
     return out
+
+
+def _low_bits(raw: np.ndarray) -> np.ndarray:
+    """The analog value of a detector with its gain stage in bits 14-15: bits 0-13."""
+    return raw & np.uint16(0x3FFF)
+
+
+def _high_bits(raw: np.ndarray) -> np.ndarray:
+    """The gain stage of such a detector: bits 14-15."""
+    return raw >> np.uint16(14)
 
 
 def _candidates(f: h5py.File) -> list[str]:
@@ -215,7 +172,7 @@ def _data_files(path: str, d: h5py.Dataset) -> list[str]:
     return sorted(set(out))
 
 
-def _segments(f: h5py.File, path: str, dataset: str) -> list[tuple[str, str, tuple, np.dtype, list]]:
+def _frame_datasets(f: h5py.File, path: str, dataset: str) -> list[tuple[str, str, tuple, np.dtype, list]]:
     """(file, dataset, shape, dtype, files the data is in) of the frames: the dataset, or a NeXus
     data group's data_NNNNNN (external links: the data files are named for provenance), or the
     ``data`` dataset of the group in an NXmx data file; virtual datasets name their source files."""
@@ -268,13 +225,13 @@ class _Part:
     def __init__(self, path: str, dataset: str, det: Detector):
         self.path = path
         with open_hdf5(path) as f:
-            segments = _segments(f, path, dataset)
+            segments = _frame_datasets(f, path, dataset)
             has_mask = det.pixel_mask and isinstance(f.get(det.pixel_mask), h5py.Dataset)
             self.mask = (det.pixel_mask, f[det.pixel_mask].shape) if has_mask else None
         shapes = {s[2][1:] for s in segments}
         if len(shapes) > 1:
             raise InputError(path, f"dataset {dataset}: its parts hold frames of different shapes {sorted(shapes)}")
-        self.segments = [(p, d, int(shape[0])) for p, d, shape, _, _ in segments]
+        self.segments = [(p, d, 0, int(shape[0])) for p, d, shape, _, _ in segments]
         self.shape, self.dtype = segments[0][2], segments[0][3]
         self.files = [path, *(name for *_, names in segments for name in names)]
 
@@ -369,52 +326,30 @@ def open_hdf5_stack(
     files = sorted({name for parts in opened.values() for part in parts for name in part.files})
     frame_shape = (n_frames, *det.module_shape)
     name = "hdf5-stack-" + tokenize(file_token(files), [available[m] for m in wanted], str(dtype), wanted, det)
-    tasks = {(i, 0, 0, 0, 0): (_read_region, _Region(*available[m], frame_shape, dtype.str)) for i, m in enumerate(wanted)}
+    grid = np.empty((len(wanted), 1), dtype=object)
+    for i, m in enumerate(wanted):
+        grid[i, 0] = _Region(*available[m], frame_shape, dtype.str)
+    tasks = {(i, 0, 0, 0, 0): (_read_region, grid[i, 0]) for i in range(len(wanted))}
     chunks = ((1,) * len(wanted), (1,), (n_frames,), (det.module_shape[0],), (det.module_shape[1],))
     raw = graph_array(name, tasks, chunks, dtype)
-    data = {"analog": (DIMS, raw)}
+    views = {"analog": None}
     if det.counting and dtype.kind == "i":  # counts below 0 mark gaps and bad pixels (Dectris -1, -2): missing
-        data = {"analog": (DIMS, raw.map_blocks(negative_as_nan, dtype=np.float32))}
+        views = {"analog": negative_as_nan}
     if det.gain == "bits":
         if dtype.kind != "u" or dtype.itemsize != 2:
             raise InputError(first.path, f"{where} holds {dtype}; {det.name} raw data with the gain in bits 14-15 is uint16")
-        data = {"analog": (DIMS, raw & np.uint16(0x3FFF)), "gain": (DIMS, raw >> np.uint16(14))}
+        views = {"analog": _low_bits, "gain": _high_bits}
+    data, shared = {}, grid
+    for var, view in views.items():
+        arr = raw if view is None else raw.map_blocks(view, dtype=view(np.zeros(1, dtype)).dtype)
+        register(arr, _read_region, shared, view)
+        shared = grid_of(arr)  # the other variables are views of the same read
+        data[var] = (DIMS, arr)
     mask = _pixel_mask(opened, det, wanted)
     if mask is not None:
         data["pixel_mask"] = (("module", "y", "x"), mask)
     notes = [f"manufacturer pixel mask {det.pixel_mask} kept as its own layer"] if mask is not None else []
     return one_cell_dataset(data, wanted, n_frames, det, source=dataset, path=label, format=f"hdf5-stack ({layout} layout)", notes=notes, files=files)
-
-
-def negative_as_nan(block: np.ndarray) -> np.ndarray:
-    """Float32 counts with the negative values (gaps, bad pixels of counting detectors) as NaN."""
-    out = block.astype(np.float32)
-    out[block < 0] = np.nan
-    return out
-
-
-def one_cell_dataset(data: dict, modules: list, n_frames: int, det: Detector, **attrs) -> xr.Dataset:
-    """The Dataset of a run with one memory cell (id 0): ``data`` variables, coordinates and attrs."""
-    return xr.Dataset(
-        data,
-        coords={
-            "module": ("module", np.asarray(modules, dtype=np.int64)),
-            "cell": ("cell", np.zeros(1, dtype=np.int64)),
-            "frame": ("frame", np.arange(n_frames, dtype=np.int64)),
-        },
-        attrs={"detector": det.name, "run": -1, **attrs},
-    )
-
-
-def select_modules(path: str, available: list, modules, what: str) -> list:
-    """The module numbers asked for (all ``available`` for None), or InputError naming the missing ones."""
-    if modules is None:
-        return available
-    wanted = sorted({int(m) for m in np.atleast_1d(modules)})
-    missing = [m for m in wanted if m not in available]
-    if missing:
-        raise InputError(path, f"{what} has no module {missing} (modules {available[0]}..{available[-1]})")
-    return wanted
 
 
 def _read_pixel_mask(sources: tuple, det: Detector) -> np.ndarray:
