@@ -187,6 +187,7 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def _slurm_client(conf: dict, *, n_workers=None, max_workers=None, echo=print):
+    _config.register_jobqueue_defaults()  # imports dask_jobqueue (keeping our SIGINT handler)
     from dask_jobqueue import SLURMCluster
     from distributed import Client
 
