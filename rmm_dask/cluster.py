@@ -41,6 +41,8 @@ def dask_client(
     end with the block, whether it succeeds, fails or is interrupted (Ctrl-C). The
     schedulers started here queue read tasks with ``rmm-dask.cluster.worker-saturation``.
     """
+    import distributed  # noqa: F401  (its defaults in dask.config first: a set before them would drop them on exit)
+
     conf = dask.config.get("rmm-dask.cluster")
     with dask.config.set({"distributed.scheduler.worker-saturation": conf["worker-saturation"]}), quiet_distributed():
         with _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, echo) as client:
