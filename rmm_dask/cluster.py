@@ -30,12 +30,14 @@ def dask_client(
     threads_per_worker: int | None = None,
     memory_limit=None,
     max_workers: int | None = None,
+    input_bytes: int | None = None,
     echo=print,
 ):
     """A ``distributed.Client`` for the duration of the block; its workers are shut down afterwards.
 
-    ``cluster`` is ``"local"`` (a LocalCluster of worker processes sized from the
-    ``rmm-dask.cluster`` config), ``"slurm"`` (dask-jobqueue's SLURMCluster from the
+    ``cluster`` is ``"local"`` (a LocalCluster sized from the ``rmm-dask.cluster`` config: for a
+    job of less than ``local-threads-below`` bytes of input (``input_bytes``), one worker of
+    ``n-workers`` threads in this process, else worker processes; :func:`local_processes`), ``"slurm"`` (dask-jobqueue's SLURMCluster from the
     ``jobqueue.slurm`` config, scaled adaptively up to ``max_workers``), or a scheduler
     address (``tcp://host:8786``). The dashboard link is echoed at start. The workers
     end with the block, whether it succeeds, fails or is interrupted (Ctrl-C). The
@@ -45,7 +47,7 @@ def dask_client(
 
     conf = dask.config.get("rmm-dask.cluster")
     with dask.config.set({"distributed.scheduler.worker-saturation": conf["worker-saturation"]}), quiet_distributed():
-        with _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, echo) as client:
+        with _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, input_bytes, echo) as client:
             yield client
 
 
@@ -100,24 +102,27 @@ def _sigint_blocked():
 
 
 @contextlib.contextmanager
-def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, echo):
+def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, input_bytes, echo):
     from distributed import Client, LocalCluster
 
     if cluster == "local":
+        n = n_workers or conf["n-workers"]
+        processes = local_processes(input_bytes, conf)
         with _scratch_space():
             with _sigint_blocked(), interrupts.held():  # a Ctrl-C meanwhile: once it is up, to close it cleanly
                 local = LocalCluster(
-                    n_workers=n_workers or conf["n-workers"],
-                    threads_per_worker=threads_per_worker or conf["threads-per-worker"],
+                    n_workers=n if processes else 1,
+                    threads_per_worker=(threads_per_worker or conf["threads-per-worker"]) * (1 if processes else n),
                     memory_limit=memory_limit or conf["memory-limit"],
-                    processes=True,
+                    processes=processes,
                     dashboard_address=":0",
                     silence_logs=logging.CRITICAL,  # in the workers: no "Compute Failed" before the client's one line
                 )
             try:
                 client = Client(local)
                 try:
-                    echo(f"dashboard: {client.dashboard_link}  ({len(local.workers)} local workers)")
+                    what = f"{len(local.workers)} local worker processes" if processes else f"{n} worker threads in this process"
+                    echo(f"dashboard: {client.dashboard_link}  ({what})")
                     yield client
                 finally:
                     _close(client, CLOSE_TIMEOUT)
@@ -136,6 +141,23 @@ def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_work
             yield client
     else:
         raise ValueError(f"cluster must be 'local', 'slurm' or a scheduler address like tcp://host:8786, not {cluster!r}")
+
+
+def local_processes(input_bytes: int | None, conf: dict) -> bool:
+    """Whether a local job of ``input_bytes`` runs in worker processes rather than threads of this process.
+
+    The kernels release the GIL (numba ``nogil``), so threads compute as fast as processes;
+    a process cluster costs seconds to start (each worker imports the modules, numba loads
+    its cache) and moves every chunk's result between processes. That pays only for large
+    jobs, where a worker that runs out of memory is restarted by its nanny and the job goes
+    on: below ``rmm-dask.cluster.local-threads-below`` (bytes, or a size like ``4GB``;
+    0: always processes) a job runs in threads. Measured in benchmarks/bench_e2e.py.
+    """
+    from dask.utils import parse_bytes
+
+    below = conf.get("local-threads-below", 0) or 0
+    below = parse_bytes(below) if isinstance(below, str) else int(below)
+    return input_bytes is None or input_bytes >= below
 
 
 SCRATCH_PREFIX = "rmm-dask-scratch-"

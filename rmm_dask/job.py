@@ -35,6 +35,12 @@ def store_nbytes(ds) -> int:
     return int(sum(var.nbytes for var in ds.data_vars.values()) + sum(c.nbytes for c in ds.coords.values()))
 
 
+def input_nbytes(darks: dict, flat=None) -> int:
+    """Bytes of the runs' data variables as opened (lazy: read from their metadata, reads no pixel)."""
+    runs = list(darks.values()) + ([flat] if flat is not None else [])
+    return int(sum(var.nbytes for ds in runs for var in ds.data_vars.values()))
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
@@ -73,6 +79,7 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     from .flatcheck import check_flat
     from .outcome import Outcome
     from .pipeline import build_mask, check_runs
+    from .numba_cache import compile_notice
     from .store import remove_partial, write_store
 
     from . import publish
@@ -95,12 +102,16 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage, user_mask=user_mask, flat_check=checked)
     check_room(target, store_nbytes(ds))  # before any cluster is started
     outcome.expect(target)
+    notice = compile_notice()  # the first run after an install or upgrade: numba compiles, once
+    if notice:
+        echo(notice)
     blocks = ds.mask.data.numblocks
     parallel = blocks[0] * blocks[2] * (len(darks) + (flat is not None))  # read and feature tasks at once
     partials = []
     try:
         outcome.enter("computing")
-        with dask_client(cluster, n_workers=n_workers, max_workers=parallel, echo=echo), _report(report, overwrite):
+        with dask_client(cluster, n_workers=n_workers, max_workers=parallel, input_bytes=input_nbytes(darks, flat), echo=echo), \
+                _report(report, overwrite):
             path = write_store(ds, out, overwrite=overwrite, partials=partials)
         outcome.enter("published")
         return path

@@ -291,3 +291,29 @@ def test_a_configuration_file_changes_dask_config_for_its_block_only(tmp_path):
         assert dask.config.get("jobqueue.slurm.queue") == "calib"
     assert dask.config.get("rmm-dask") == before
     assert dask.config.get("jobqueue.slurm.queue") is None
+
+
+def test_only_the_first_run_compiles_and_says_so(tmp_path):
+    """A module of cached kernels is cold in a new cache directory, and warm in the next process once one of them ran."""
+    import subprocess
+    import sys
+
+    (tmp_path / "probe_kernels.py").write_text(
+        "import numba\n\n\n@numba.njit(cache=True)\ndef twice(x):\n    return 2 * x\n\n\n@numba.njit(cache=True)\ndef unused(x):\n    return x\n"
+    )
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    code = (
+        "import importlib.util, sys\n"
+        "from rmm_dask.numba_cache import cold_kernels, compile_notice\n"
+        f"spec = importlib.util.spec_from_file_location('rmm_dask.probe_kernels', {str(tmp_path / 'probe_kernels.py')!r})\n"
+        "m = sys.modules['rmm_dask.probe_kernels'] = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(m)\n"
+        "print(sorted(cold_kernels()), compile_notice())\n"
+        "assert m.twice(3) == 6\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    first, second = (subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout for _ in range(2))
+    assert first.startswith("['rmm_dask.probe_kernels.twice', 'rmm_dask.probe_kernels.unused'] compiling the kernels once (~")
+    assert "later runs reuse them" in first
+    assert second.strip() == "[] None"  # `unused` never compiled, but its module is cached: not a cold start
