@@ -19,6 +19,7 @@ from pathlib import Path
 from . import __version__, interrupts, publish, tables
 from .demo import DEMOS
 from .errors import ClusterError, InputError
+from .job import write_error
 
 GAIN_OPTIONS = ("high", "medium", "low")
 
@@ -102,10 +103,7 @@ def _open_runs(args, detector):
 
 def _mask(args) -> int:
     console = _console()
-    _check_run_options(args)
-    params = _setup_config(args)
-    darks, flat = _open_runs(args, args.detector)
-    user_mask = _user_mask(args, darks)
+    params, darks, flat, user_mask = _inputs(args)
     t0 = time.perf_counter()
     from .job import run_mask
 
@@ -119,6 +117,14 @@ def _mask(args) -> int:
     if args.report:
         console.print(f"performance report: {Path(args.report).absolute()}")
     return 0
+
+
+def _inputs(args):
+    """What `rmm mask` and `rmm submit` start from, checked: params, dark runs, flat run (or None), user mask (or None)."""
+    _check_run_options(args)
+    params = _setup_config(args)
+    darks, flat = _open_runs(args, args.detector)
+    return params, darks, flat, _user_mask(args, darks)
 
 
 def _user_mask(args, darks):
@@ -201,7 +207,7 @@ def _nightly(args) -> int:
     args.outcome.note = "versions published before stay published; the set in progress is resumed by the next pass"
     with _catalog_errors(settings):
         if args.status:
-            _print_status(_console(), settings)
+            tables.print_status(_console(), settings)
             return 0
         # plain lines with a time stamp each, flushed: the output goes to journald, cron mail or a log
         return run_nightly(settings, once=args.once, dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
@@ -216,17 +222,6 @@ def _catalog_errors(settings):
         yield
     except sqlite3.DatabaseError as err:
         raise InputError(settings.state / "catalog.sqlite", f"not a usable catalog ({err})") from None
-
-
-def _print_status(console, settings):
-    from .nightly import status_rows
-
-    rows, pointers = status_rows(settings)
-    console.print(f"catalog {settings.state / 'catalog.sqlite'}: {len(rows)} set(s)")
-    for renderable in tables.status_table(rows):
-        console.print(renderable)
-    for name, version in pointers.items():
-        console.print(f"{name}: current -> {'none' if version is None else f'v{version:04d}'}  ({settings.publish / name})")
 
 
 MASK_DESCRIPTION = (
@@ -287,10 +282,7 @@ def _submit(args) -> int:
     from .pipeline import build_mask
     from .submit import submit
 
-    _check_run_options(args)
-    params = _setup_config(args)
-    darks, flat = _open_runs(args, args.detector)  # metadata only: bad input fails here, not in the queue
-    user_mask = _user_mask(args, darks)
+    params, darks, flat, user_mask = _inputs(args)  # metadata only: bad input fails here, not in the queue
     build_mask(darks, flat, detector=args.detector, params=params, flat_stage=args.flat_stage, user_mask=user_mask, flat_check={})  # the graph's checks
     if flat is not None:  # a few frames: a dark given as flat is refused here, not in the queue
         checked = check_flat(darks, flat, detector=args.detector, flat_stage=args.flat_stage, params=params, accept=args.accept_flat)
@@ -429,16 +421,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_error(err: OSError) -> str | None:
-    """A failed write as 'FILE: problem' (no space, quota, read-only, permission), None for other OSErrors."""
-    from .job import WRITE_ERRNOS
-
-    if err.errno not in WRITE_ERRNOS:
-        return None
-    where = f"{err.filename}: " if err.filename else ""
-    return f"{where}{err.strerror or err}"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit code: 0 done, 2 a user error (one line on stderr, nothing
     written), 3 the cluster could not run the job, 130 interrupted (Ctrl-C, SIGTERM): one
@@ -487,7 +469,7 @@ def _main(argv: list[str] | None) -> int:
             print(f"rmm {args.command}: interrupted; {args.outcome.summary()}", file=sys.stderr)
             return 130
         except OSError as err:
-            line = _write_error(err)
+            line = write_error(err)
             if line is None:
                 raise
             print(f"rmm {args.command}: {line}; {args.outcome.summary()}", file=sys.stderr)

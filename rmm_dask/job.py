@@ -15,6 +15,14 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACC
 LEAST_COMPRESSED = 0.5
 
 
+def write_error(err: OSError) -> str | None:
+    """A failed write as 'FILE: problem' (no space, quota, read-only, permission), None for other OSErrors."""
+    if err.errno not in WRITE_ERRNOS:
+        return None
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
+
+
 @contextlib.contextmanager
 def _report(path, overwrite=False):
     """Dask's performance report of the block, published like every output (rmm_dask.publish)."""
@@ -75,14 +83,13 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     memory) raises :class:`ClusterError`. ``outcome`` (:class:`rmm_dask.outcome.Outcome`), if
     given, follows the stages and the outputs, for an honest line when the job is interrupted.
     """
+    from . import publish
     from .cluster import dask_client
     from .flatcheck import check_flat
+    from .numba_cache import compile_notice
     from .outcome import Outcome
     from .pipeline import build_mask, check_runs
-    from .numba_cache import compile_notice
     from .store import remove_partial, write_store
-
-    from . import publish
 
     outcome = outcome if outcome is not None else Outcome()
     outcome.enter("building")

@@ -122,3 +122,14 @@ def status_table(rows: list[dict]) -> list:
         out.append(Text("flagged: fraction of pixel-planes; new/rec: pixel-planes newly bad / recovered against the previous current"))
     return out
 
+
+def print_status(console, settings) -> None:
+    """The nightly catalog's sets (:func:`status_table`) and where each ``current`` points."""
+    from .nightly import status_rows
+
+    rows, pointers = status_rows(settings)
+    console.print(f"catalog {settings.state / 'catalog.sqlite'}: {len(rows)} set(s)")
+    for renderable in status_table(rows):
+        console.print(renderable)
+    for name, version in pointers.items():
+        console.print(f"{name}: current -> {'none' if version is None else f'v{version:04d}'}  ({settings.publish / name})")
