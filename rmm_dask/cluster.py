@@ -37,7 +37,8 @@ def dask_client(
 
     ``cluster`` is ``"local"`` (a LocalCluster sized from the ``rmm-dask.cluster`` config: for a
     job of less than ``local-threads-below`` bytes of input (``input_bytes``), one worker of
-    ``n-workers`` threads in this process, else worker processes; :func:`local_processes`), ``"slurm"`` (dask-jobqueue's SLURMCluster from the
+    ``n-workers`` threads in this process, else worker processes; :func:`local_processes`;
+    the dashboard with worker processes only, unless ``rmm-dask.cluster.dashboard`` is true or false), ``"slurm"`` (dask-jobqueue's SLURMCluster from the
     ``jobqueue.slurm`` config, scaled adaptively up to ``max_workers``), or a scheduler
     address (``tcp://host:8786``). The dashboard link is echoed at start. The workers
     end with the block, whether it succeeds, fails or is interrupted (Ctrl-C). The
@@ -108,6 +109,7 @@ def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_work
     if cluster == "local":
         n = n_workers or conf["n-workers"]
         processes = local_processes(input_bytes, conf)
+        dashboard = processes if conf.get("dashboard", "auto") == "auto" else bool(conf["dashboard"])
         with _scratch_space():
             with _sigint_blocked(), interrupts.held():  # a Ctrl-C meanwhile: once it is up, to close it cleanly
                 local = LocalCluster(
@@ -115,14 +117,14 @@ def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_work
                     threads_per_worker=(threads_per_worker or conf["threads-per-worker"]) * (1 if processes else n),
                     memory_limit=memory_limit or conf["memory-limit"],
                     processes=processes,
-                    dashboard_address=":0",
+                    dashboard_address=":0" if dashboard else None,  # bokeh's server: seconds to start
                     silence_logs=logging.CRITICAL,  # in the workers: no "Compute Failed" before the client's one line
                 )
             try:
                 client = Client(local)
                 try:
                     what = f"{len(local.workers)} local worker processes" if processes else f"{n} worker threads in this process"
-                    echo(f"dashboard: {client.dashboard_link}  ({what})")
+                    echo(f"dashboard: {client.dashboard_link if dashboard else 'none'}  ({what})")
                     yield client
                 finally:
                     _close(client, CLOSE_TIMEOUT)

@@ -70,6 +70,8 @@ def run_demo(cfg, out: Path | None, *, keep: bool, workers: int | None, console,
 
 
 def _demo_in(cfg, out: Path, *, keep: bool, workers: int | None, console) -> None:
+    import dask.config
+
     from .config import params_from_config
     from .exports import FORMATS, export
     from .io import open_run
@@ -91,7 +93,8 @@ def _demo_in(cfg, out: Path, *, keep: bool, workers: int | None, console) -> Non
     flat = open_run(runs["flat"], det)
     params = params_from_config()
     t0 = time.perf_counter()
-    store = run_mask(darks, flat, out / "mask.zarr", params=params, detector=det, n_workers=workers, echo=console.print)
+    with dask.config.set({"rmm-dask.cluster.dashboard": True}):  # a demo shows it, small as it is
+        store = run_mask(darks, flat, out / "mask.zarr", params=params, detector=det, n_workers=workers, echo=console.print)
     console.print(f"masked in {time.perf_counter() - t0:.1f} s")
     exported = [p for fmt in FORMATS for p in export(store, fmt, out / f"mask.{SUFFIX[fmt]}")]
     _print_scores(console, open_store(store), read_truth(runs["truth"]), det, params.lam)
