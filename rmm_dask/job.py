@@ -68,6 +68,19 @@ def check_room(target, nbytes: int, what: str = "the output store") -> None:
         )
 
 
+def _start_zarr_loop() -> None:
+    """Have zarr make its IO event loop now, whole. zarr makes it in the thread that first writes,
+    here the main thread as the store is created: a Ctrl-C right then (as the store's temporary
+    appears) interrupted the loop's constructor, and the half-made loop printed an "Exception
+    ignored in BaseEventLoop.__del__" traceback as it was freed."""
+    import zarr
+
+    from . import interrupts
+
+    with interrupts.held():
+        zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+
+
 def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=None, report=None, overwrite=False, echo=print,
              flat_stage=None, user_mask=None, accept_flat=False, outcome=None):
     """Build the mask graph of the opened runs, compute it on a cluster and publish the store.
@@ -114,6 +127,7 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
         echo(notice)
     blocks = ds.mask.data.numblocks
     parallel = blocks[0] * blocks[2] * (len(darks) + (flat is not None))  # read and feature tasks at once
+    _start_zarr_loop()
     partials = []
     try:
         outcome.enter("computing")
