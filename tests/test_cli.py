@@ -317,3 +317,13 @@ def test_only_the_first_run_compiles_and_says_so(tmp_path):
     assert first.startswith("['rmm_dask.probe_kernels.twice', 'rmm_dask.probe_kernels.unused'] compiling the kernels once (~")
     assert "later runs reuse them" in first
     assert second.strip() == "[] None"  # `unused` never compiled, but its module is cached: not a cold start
+
+
+def test_small_local_jobs_run_in_threads_large_ones_in_processes():
+    from rmm_dask.cluster import local_processes
+
+    conf = {"local-threads-below": "8GB"}
+    assert not local_processes(10**9, conf)  # the 2-module x 4-cell x 128-frame bench set: threads
+    assert local_processes(8 * 10**9, conf) and local_processes(2 * 10**12, conf)  # a full AGIPD-1M set: processes
+    assert local_processes(None, conf)  # size unknown: processes, as before
+    assert local_processes(1, {"local-threads-below": 0}) and local_processes(1, {})  # 0 or unset: always processes
