@@ -31,10 +31,10 @@ def _console():
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-def _setup_config(args):
+def _setup_config(args, with_params: bool = True):
     """--config and --jobqueue set in dask.config for the command (``args.scope``, which
-    :func:`main` closes); Params from it and the explicit options."""
-    from .config import load_config, load_jobqueue_config, params_from_config, scoped
+    :func:`main` closes); Params from it and the explicit options (:func:`_params`)."""
+    from .config import load_config, load_jobqueue_config, scoped
 
     sections = {}
     if getattr(args, "config", None):
@@ -44,6 +44,13 @@ def _setup_config(args):
         sections.update(load_jobqueue_config(jobqueue))
     if sections:
         args.scope.enter_context(scoped(sections))
+    return _params(args) if with_params else None
+
+
+def _params(args):
+    """Params from dask.config and the explicit options (loads the kernels: numba)."""
+    from .config import params_from_config
+
     try:
         return params_from_config(lam=getattr(args, "lam", None), method=getattr(args, "method", None))
     except (ValueError, TypeError, KeyError) as err:
@@ -122,9 +129,9 @@ def _mask(args) -> int:
 def _inputs(args):
     """What `rmm mask` and `rmm submit` start from, checked: params, dark runs, flat run (or None), user mask (or None)."""
     _check_run_options(args)
-    params = _setup_config(args)
-    darks, flat = _open_runs(args, args.detector)
-    return params, darks, flat, _user_mask(args, darks)
+    _setup_config(args, with_params=False)
+    darks, flat = _open_runs(args, args.detector)  # a run that is not there fails before the kernels load
+    return _params(args), darks, flat, _user_mask(args, darks)
 
 
 def _user_mask(args, darks):
