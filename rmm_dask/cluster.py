@@ -123,7 +123,7 @@ def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_work
             try:
                 client = Client(local)
                 try:
-                    what = f"{len(local.workers)} local worker processes" if processes else f"{n} worker threads in this process"
+                    what = f"{len(local.workers)} local worker process(es)" if processes else f"{n} worker thread(s) in this process"
                     echo(f"dashboard: {client.dashboard_link if dashboard else 'none'}  ({what})")
                     yield client
                 finally:
