@@ -331,16 +331,12 @@ class _Formats:
     imported only when a value is checked or the choices are listed, not to build the parser."""
 
     def __contains__(self, value) -> bool:
-        return value in self._all()
+        return value in iter(self)
 
     def __iter__(self):
-        return iter(self._all())
-
-    @staticmethod
-    def _all():
         from .exports import FORMATS
 
-        return FORMATS
+        return iter(FORMATS)
 
 
 def build_parser() -> argparse.ArgumentParser:
