@@ -1,5 +1,7 @@
-"""End to end: `rmm mask` on a LocalCluster against the kernels alone; worker memory against the
-chunk; 1 vs 2 workers; and the wall-time model of a full AGIPD-1M calibration set.
+"""End to end: `rmm --help` and an argument error; `rmm mask` as a program against a plain h5py
+read of the same files (both as new processes); worker threads against worker processes; the
+pipeline against the kernels alone; worker memory against the chunk; and the wall-time model of
+a full AGIPD-1M calibration set.
 
     .venv/bin/python benchmarks/bench_e2e.py     (or make bench)
 
@@ -10,6 +12,9 @@ so the data is in the page cache.
 from __future__ import annotations
 
 import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -65,9 +70,11 @@ def make_set(root: Path, frames: int):
     return calib, paths, nbytes
 
 
-def run_job(paths, out: Path, n_workers: int):
-    """Wall time of open + graph + compute + publish on a fresh LocalCluster; worker memory."""
-    with dask_client("local", n_workers=n_workers, echo=lambda *_: None) as client:
+def run_job(paths, out: Path, n_workers: int, threads: bool = False):
+    """Wall time of open + graph + compute + publish on a fresh LocalCluster (worker processes, or
+    ``threads`` of this process); worker memory (the process's, for threads)."""
+    below = "1PB" if threads else 0  # rmm-dask.cluster.local-threads-below: threads for every job, or never
+    with dask.config.set({"rmm-dask.cluster.local-threads-below": below}), dask_client("local", n_workers=n_workers, input_bytes=1, echo=lambda *_: None) as client:
         client.run(build_warmup)  # numba compiled (from its cache) before the clock starts
         client.run(start_sampling)
         t0 = time.perf_counter()
@@ -95,21 +102,60 @@ def kernel_seconds(calib) -> float:
     return time.perf_counter() - t0
 
 
+def program_seconds(*argv: str, check: bool = True) -> float:
+    """Wall time of ``python argv...`` as a new process: what a user waits for, start-up included."""
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{argv}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
+    return time.perf_counter() - t0
+
+
+PLAIN_READ = """
+import sys, h5py
+for path in sys.argv[1:]:
+    with h5py.File(path) as f:
+        f.visititems(lambda name, obj: obj[()] if isinstance(obj, h5py.Dataset) and name.endswith("image/data") else None)
+"""
+
+
+def startup():
+    header("start-up: `rmm --help` and an argument error, as new processes (median of 3)")
+    for what, argv in (("rmm --help", ["--help"]), ("rmm mask --bogus", ["mask", "--bogus"])):
+        t = statistics.median(program_seconds("-m", "rmm_dask", *argv, check=False) for _ in range(3))
+        print(f"{what:18} {t:5.2f} s  {goal(t, 1.0, higher_is_better=False)}")
+
+
+def end_to_end(paths, root: Path, nbytes: int):
+    """`rmm mask` as the user runs it against a plain h5py read of the same files, both new processes."""
+    files = sorted(str(p) for role in ("dark-high", "dark-medium", "dark-low", "flat") for p in Path(paths[role]).glob("*.h5"))
+    plain = statistics.median(program_seconds("-c", PLAIN_READ, *files) for _ in range(3))
+    runs = [a for role in ("dark-high", "dark-medium", "dark-low", "flat") for a in (f"--{role}", str(paths[role]))]
+    t = program_seconds("-m", "rmm_dask", "mask", *runs, "--detector", "AGIPD1M", "--out", str(root / "e2e.zarr"))
+    ratio = plain / t
+    print(f"plain h5py read of the image data, new process: {plain:6.2f} s")
+    print(f"rmm mask, new process (cache warm):             {t:6.2f} s  {nbytes / t / 1e9:5.2f} GB/s")
+    print(f"rmm mask against the plain read: {ratio:.3f}  {goal(ratio, 0.1)}")
+
+
 def main():
+    startup()
     with tempfile.TemporaryDirectory(prefix="rmm-bench-") as tmp:
         root = Path(tmp)
         frames = 128
         calib, paths, nbytes = make_set(root, frames)
         header(f"end to end: {MODULES} modules x {CELLS} cells x {frames} frames, 3 dark runs + flat, {nbytes / 1e9:.2f} GB of raw analog + gain")
-        tk = kernel_seconds(calib)
+        tk = kernel_seconds(calib)  # compiles the kernels (once after an install) before anything is timed
         print(f"kernels alone, 1 core:        {tk:6.1f} s  {nbytes / tk / 1e9:5.2f} GB/s per core")
-        t1, mem1 = run_job(paths, root / "w1.zarr", 1)
+        end_to_end(paths, root, nbytes)
+        tt, _ = run_job(paths, root / "threads.zarr", 2, threads=True)
         t2, mem2 = run_job(paths, root / "w2.zarr", 2)
-        print(f"rmm mask, LocalCluster 1 worker:  {t1:6.1f} s  {nbytes / t1 / 1e9:5.2f} GB/s")
-        print(f"rmm mask, LocalCluster 2 workers: {t2:6.1f} s  {nbytes / t2 / 1e9:5.2f} GB/s")
-        ratio = tk / (2 * t2)
+        print(f"LocalCluster, 2 threads in one process: {tt:6.1f} s  {nbytes / tt / 1e9:5.2f} GB/s")
+        print(f"LocalCluster, 2 worker processes:       {t2:6.1f} s  {nbytes / t2 / 1e9:5.2f} GB/s")
+        print(f"processes / threads (a job of this size runs in threads, rmm-dask.cluster.local-threads-below): "
+              f"{t2 / tt:.2f}  {goal(t2 / tt, 1.0)}")
+        ratio = tk / (2 * min(tt, t2))
         print(f"2 workers against 2 cores of kernels alone: {ratio:.2f}  {goal(ratio, 0.5)}")
-        print(f"scaling 1 -> 2 workers: {t1 / t2:.2f}x  {goal(t1 / t2, 1.7)}")
 
         chunk = frames * 512 * 128 * 2 * 2  # one cell of one module: analog + gain, uint16
         print(f"worker peak memory above idle: {mem2 / 2**20:.0f} MiB = {mem2 / chunk:.1f} x the {chunk / 2**20:.0f} MiB chunk  {goal(mem2 / chunk, 2.5, higher_is_better=False)}")

@@ -13,12 +13,13 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from . import __version__, interrupts, publish
+from . import __version__, interrupts, publish, tables
+from .demo import DEMOS
 from .errors import ClusterError, InputError
+from .job import write_error
 
 GAIN_OPTIONS = ("high", "medium", "low")
 
@@ -30,15 +31,26 @@ def _console():
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-def _setup_config(args):
-    """Merge --config and --jobqueue into dask.config; Params from it and the explicit options."""
-    from .config import load_config, load_jobqueue_config, params_from_config
+def _setup_config(args, with_params: bool = True):
+    """--config and --jobqueue set in dask.config for the command (``args.scope``, which
+    :func:`main` closes); Params from it and the explicit options (:func:`_params`)."""
+    from .config import load_config, load_jobqueue_config, scoped
 
+    sections = {}
     if getattr(args, "config", None):
-        load_config(args.config)
+        sections.update(load_config(args.config))
     jobqueue = getattr(args, "jobqueue", None) or os.environ.get("RMM_JOBQUEUE_CONFIG")
     if jobqueue:
-        load_jobqueue_config(jobqueue)
+        sections.update(load_jobqueue_config(jobqueue))
+    if sections:
+        args.scope.enter_context(scoped(sections))
+    return _params(args) if with_params else None
+
+
+def _params(args):
+    """Params from dask.config and the explicit options (loads the kernels: numba)."""
+    from .config import params_from_config
+
     try:
         return params_from_config(lam=getattr(args, "lam", None), method=getattr(args, "method", None))
     except (ValueError, TypeError, KeyError) as err:
@@ -98,10 +110,7 @@ def _open_runs(args, detector):
 
 def _mask(args) -> int:
     console = _console()
-    _check_run_options(args)
-    params = _setup_config(args)
-    darks, flat = _open_runs(args, args.detector)
-    user_mask = _user_mask(args, darks)
+    params, darks, flat, user_mask = _inputs(args)
     t0 = time.perf_counter()
     from .job import run_mask
 
@@ -111,10 +120,18 @@ def _mask(args) -> int:
         accept_flat=args.accept_flat, outcome=args.outcome,
     )
     console.print(f"mask store: {path}  ({time.perf_counter() - t0:.1f} s)")
-    _print_counts(console, path, per_cell=False)
+    tables.print_counts(console, path, per_cell=False)
     if args.report:
         console.print(f"performance report: {Path(args.report).absolute()}")
     return 0
+
+
+def _inputs(args):
+    """What `rmm mask` and `rmm submit` start from, checked: params, dark runs, flat run (or None), user mask (or None)."""
+    _check_run_options(args)
+    _setup_config(args, with_params=False)
+    darks, flat = _open_runs(args, args.detector)  # a run that is not there fails before the kernels load
+    return _params(args), darks, flat, _user_mask(args, darks)
 
 
 def _user_mask(args, darks):
@@ -126,74 +143,6 @@ def _user_mask(args, darks):
 
     modules = next(iter(darks.values())).module.values
     return read_user_mask(args.user_mask, get_detector(args.detector), modules, good_is_one=args.user_mask_good_is_one)
-
-
-#: column names of the per-module, gain and cell counts (at most 5 characters: 80-column terminals)
-SHORT = {
-    "OFFSET": "OFFS", "NOISE": "NOISE", "GAIN_SEPARATION": "GSEP", "GAIN_LEVEL": "GLVL",
-    "FLAT_HIGH": "FHIGH", "FLAT_LOW": "FLOW", "ASIC_EDGE": "EDGE", "NO_DATA": "NODAT", "any": "any",
-}
-
-
-def compact(n: int) -> str:
-    """A count in at most 5 characters: exact below 100000, else 123k, 1.2M, 12M, 1.2G."""
-    if n < 100_000:
-        return str(n)
-    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            v = n / scale
-            return f"{v:.1f}{suffix}" if v < 9.95 else f"{v:.0f}{suffix}"
-    return str(n)
-
-
-def _table(title: str | None = None, caption: str | None = None):
-    """A rich table without vertical rules, its cells never wrapped: as narrow as the content."""
-    from rich import box
-    from rich.table import Table
-
-    return Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, title_justify="left", caption_justify="left")
-
-
-def counts_tables(counts: dict, per_cell: bool) -> list:
-    """The counts of ``summary.count_bits`` as two tables that fit 80 columns: per bit (exact,
-    with the short names), and per module, gain stage (and cell) with the short names."""
-    from .codes import BadPixel
-
-    names = [b.name for b in BadPixel] + ["any"]
-    per_plane = counts["pixels"]
-    totals = _table()
-    for col, justify in (("bit", "left"), ("column", "left"), ("pixel-planes", "right"), ("fraction", "right")):
-        totals.add_column(col, justify=justify, no_wrap=True)
-    for n in names:
-        totals.add_row(n, SHORT[n], str(counts["total"][n]), f"{counts['total'][n] / per_plane:.2e}")
-    breakdown = _table(caption="columns: the bits above; counts of 100000 and more rounded: k = 10^3, M = 10^6, G = 10^9")
-    breakdown.add_column("", no_wrap=True)
-    for n in names:
-        breakdown.add_column(SHORT[n], justify="right", no_wrap=True)
-    for axis in ("module", "gain") + (("cell",) if per_cell else ()):
-        for key, row in counts[axis].items():
-            breakdown.add_row(f"{axis} {key}", *(compact(row[n]) for n in names))
-    return [totals, breakdown]
-
-
-def _print_counts(console, store, per_cell: bool):
-    from .store import open_store
-    from .summary import count_bits
-
-    counts = count_bits(open_store(store))
-    console.print(f"masked pixel-planes in {store}:")
-    for table in counts_tables(counts, per_cell):
-        console.print(table)
-    if not per_cell and len(counts["cell"]) > 1:
-        any_bad = [row["any"] for row in counts["cell"].values()]
-        console.print(f"per cell (any bit): min {min(any_bad)}, max {max(any_bad)} over {len(any_bad)} cells; --cells lists them")
-    bits = counts.get("manufacturer_bits")
-    for name, n in counts.get("layers", {}).items():
-        if name == "manufacturer" and bits:  # gaps and virtual pixels are information, not defects
-            per_bit = ", ".join(f"{bit} {k}" for bit, k in bits.items() if bit not in ("reject", "any"))
-            console.print(f"layer manufacturer: {bits['reject']} pixels rejected (NeXus bits 0-15), {bits['any']} with any bit: {per_bit}")
-        else:
-            console.print(f"layer {name}: {n} pixels masked (kept apart from the bits above; exports combine them)")
 
 
 def _show(args) -> int:
@@ -210,7 +159,7 @@ def _show(args) -> int:
     for name, info in attrs.get("inputs", {}).items():
         console.print(f"  {name}: {info.get('path')} ({info.get('frames')} frames per cell)")
     console.print(f"  parameters: {attrs.get('parameters')}")
-    _print_counts(console, args.store, per_cell=args.cells)
+    tables.print_counts(console, args.store, per_cell=args.cells)
     if args.png:
         with publish.output(args.png, overwrite=args.overwrite, directory=True, what="the figures") as out:
             names = [p.name for p in write_figures(root, out.tmp, geometry=args.geometry)]
@@ -242,7 +191,7 @@ def _diff(args) -> int:
         args.outcome.expect(publish.prepare(args.json, overwrite=args.overwrite, what="the JSON counts"))
     result = diff_masks(args.old, args.new)
     console.print(f"{args.old} -> {args.new}: {result['newly_bad']} pixels newly bad, {result['recovered']} recovered")
-    for table in diff_tables(result, args.cells):
+    for table in tables.diff_tables(result, args.cells):
         console.print(table)
     if args.json:
         with publish.output(args.json, overwrite=args.overwrite, what="the JSON counts") as out:
@@ -252,28 +201,12 @@ def _diff(args) -> int:
     return 0
 
 
-def diff_tables(result: dict, per_cell: bool) -> list:
-    """``diff.diff_masks``'s counts as two narrow tables: per bit, and per module, gain (and cell)."""
-    bits = _table("bits set and cleared (pixel-planes)")
-    for col in ("bit", "set", "cleared"):
-        bits.add_column(col, justify="left" if col == "bit" else "right", no_wrap=True)
-    for name, row in result["bits"].items():
-        bits.add_row(name, str(row["set"]), str(row["cleared"]))
-    changes = _table("newly bad / recovered (pixel-planes)")
-    for col in ("", "newly bad", "recovered"):
-        changes.add_column(col, justify="left" if not col else "right", no_wrap=True)
-    for axis in ("module", "gain") + (("cell",) if per_cell else ()):
-        for key, row in result[axis].items():
-            changes.add_row(f"{axis} {key}", str(row["newly_bad"]), str(row["recovered"]))
-    return [bits, changes]
-
-
 def _nightly(args) -> int:
-    from .config import merge_sections, params_from_config
+    from .config import check_sections, params_from_config, scoped
     from .nightly import read_settings, run_nightly
 
     settings = read_settings(args.config)
-    merge_sections(settings.path, settings.sections)
+    args.scope.enter_context(scoped(check_sections(settings.path, settings.sections)))
     try:
         params_from_config()
     except (ValueError, TypeError, KeyError) as err:
@@ -281,7 +214,7 @@ def _nightly(args) -> int:
     args.outcome.note = "versions published before stay published; the set in progress is resumed by the next pass"
     with _catalog_errors(settings):
         if args.status:
-            _print_status(_console(), settings)
+            tables.print_status(_console(), settings)
             return 0
         # plain lines with a time stamp each, flushed: the output goes to journald, cron mail or a log
         return run_nightly(settings, once=args.once, dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
@@ -298,174 +231,6 @@ def _catalog_errors(settings):
         raise InputError(settings.state / "catalog.sqlite", f"not a usable catalog ({err})") from None
 
 
-def _print_status(console, settings):
-    from .nightly import status_rows
-
-    rows, pointers = status_rows(settings)
-    console.print(f"catalog {settings.state / 'catalog.sqlite'}: {len(rows)} set(s)")
-    for renderable in status_table(rows):
-        console.print(renderable)
-    for name, version in pointers.items():
-        console.print(f"{name}: current -> {'none' if version is None else f'v{version:04d}'}  ({settings.publish / name})")
-
-
-def status_table(rows: list[dict]) -> list:
-    """The catalog's sets in 80 columns: a table per detector, one row per set (finished to the
-    minute, seconds, flagged fraction, newly bad/recovered), then each set's runs and message
-    on lines of their own."""
-    import json
-
-    from rich.text import Text
-
-    out = []
-    for detector in dict.fromkeys(r["detector"] for r in rows):
-        table = _table(title=detector)
-        for col, justify in (("id", "right"), ("version", "left"), ("status", "left"), ("tries", "right"),
-                             ("finished (UTC)", "left"), ("s", "right"), ("flagged", "right"), ("new/rec", "right")):
-            table.add_column(col, justify=justify, no_wrap=True)
-        notes = []
-        for r in (r for r in rows if r["detector"] == detector):
-            fraction = "" if r["bad_fraction"] is None else f"{r['bad_fraction']:.1e}"
-            changes = "" if r["newly_bad"] is None else f"{compact(r['newly_bad'])}/{compact(r['recovered'] or 0)}"
-            table.add_row(
-                str(r["id"]), f"v{r['version']:04d}", r["status"], str(r["attempts"]), (r["finished"] or "")[:16].replace("T", " "),
-                "" if r["seconds"] is None else compact(round(r["seconds"])), fraction, changes,
-            )
-            runs = json.loads(r["runs"])
-            where = Path(next(iter(runs.values()), "")).parent
-            names = ", ".join(f"{role} {Path(p).name}" for role, p in runs.items())
-            notes.append(Text(f"{r['id']}: {names} in {where}" + (f"; {r['message']}" if r["message"] else "")))
-        out += [table, *notes]
-    if rows:
-        out.append(Text("flagged: fraction of pixel-planes; new/rec: pixel-planes newly bad / recovered against the previous current"))
-    return out
-
-
-#: `rmm demo --detector` and `rmm synth --detector`: the set's default size per detector alias
-#: (the alias names the detector, see rmm_dask.detectors.ALIASES); LAMBDA: 3 modules x 5 parts
-#: of 12 frames, darks at 0.004 counts/frame as real LAMBDA darks
-DEMOS = {
-    "agipd": dict(modules=2, cells=2, frames=100),
-    "jungfrau": dict(modules=2, cells=1, frames=64),
-    "cspad": dict(modules=32, cells=1, frames=64),
-    "pilatus": dict(modules=3, cells=1, frames=100),
-    "eiger": dict(modules=2, cells=1, frames=64),
-    "lambda": dict(modules=3, cells=1, frames=60, dark_rate=0.004),
-}
-
-
-def _synth_config(args):
-    from .detectors import get_detector
-    from .synth import SynthConfig
-
-    size = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in DEMOS[args.detector].items()}
-    flat_frames = getattr(args, "flat_frames", None) or size["frames"]
-    try:
-        return SynthConfig(**size, flat_frames=flat_frames, seed=args.seed, detector=get_detector(args.detector))
-    except ValueError as err:
-        raise InputError("--detector", str(err)) from None
-
-
-def _synth(args) -> int:
-    from .io.synthetic import write_synthetic
-    from .synth import synthesize
-
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise InputError(out, "exists and is not empty")
-    paths = write_synthetic(synthesize(_synth_config(args)), out, compression=args.compression)
-    for name, path in paths.items():
-        print(f"{name}: {path}")
-    return 0
-
-
-def _demo(args) -> int:
-    console = _console()
-    _check_workers(args)
-    if args.out:
-        out = Path(args.out)
-        if out.exists() and any(out.iterdir()):
-            raise InputError(out, "exists and is not empty")
-    cfg = _synth_config(args)  # (checked before anything is written)
-    if not args.out:
-        out = Path(tempfile.mkdtemp(prefix="rmm-demo-"))
-    keep = bool(args.out or args.keep)
-    console.print(f"writing to {out}" + ("" if keep else " (removed at the end; --keep or --out DIR keeps it)"))
-    if keep:
-        args.outcome.note = f"what was written so far is in {out.absolute()}"
-    try:
-        _demo_in(args, console, cfg, out, keep)
-    finally:
-        if not keep:
-            publish.remove(out, what="the demo's directory")
-            console.print(f"removed {out}")
-    return 0
-
-
-def _demo_in(args, console, cfg, out: Path, keep: bool) -> None:
-    from .config import params_from_config
-    from .exports import FORMATS, export
-    from .io import open_run
-    from .io.synthetic import layout_of, read_truth, write_synthetic
-    from .job import run_mask
-    from .store import open_store
-    from .synth import score, synthesize
-
-    det = cfg.detector
-    t0 = time.perf_counter()
-    with console.status(f"synthesising a {det.name}-like calibration set with planted defects"):
-        calib = synthesize(cfg)
-        runs = write_synthetic(calib, out)
-    console.print(
-        f"synthetic {det.name}-like set: {cfg.modules} modules x {cfg.cells} cells x {cfg.frames} frames, {layout_of(det)} runs "
-        f"({len(calib.dark)} dark gain stage(s) + flat) in {out / 'raw'} ({time.perf_counter() - t0:.1f} s)"
-    )
-    darks = {g: open_run(runs[f"dark-{g}"], det) for g in det.gain_stages}
-    flat = open_run(runs["flat"], det)
-    params = params_from_config()
-    t0 = time.perf_counter()
-    store = run_mask(darks, flat, out / "mask.zarr", params=params, detector=det, n_workers=args.workers, echo=console.print)
-    console.print(f"masked in {time.perf_counter() - t0:.1f} s on a LocalCluster")
-    suffix = {"crystfel": "crystfel.h5", "nexus": "nxs", "euxfel": "euxfel.h5", "cheetah": "cheetah.h5", "h5": "h5"}
-    exported = [p for fmt in FORMATS for p in export(store, fmt, out / f"mask.{suffix[fmt]}")]
-
-    truth = read_truth(runs["truth"])
-    root = open_store(store)
-    scores = score(root["mask"][:], truth)
-    table = _table(f"RMM mask against the planted truth (lambda = {params.lam:g})")
-    for col in ("defect kind", "planted", "found", "recall"):
-        table.add_column(col, justify="left" if col == "defect kind" else "right", no_wrap=True)
-    for kind, (found, n) in scores["recall"].items():
-        table.add_row(kind, str(n), str(found), f"{100 * found / n:.1f}%")
-    table.add_row("clean pixels flagged", str(scores["clean"]), str(scores["false_positives"]), f"{scores['false_positive_fraction']:.1e}")
-    console.print(table)
-    planted = sum(int(v.sum()) for v in truth.outlier_frames.values())
-    rejected = sum(int(root["rejected_frames"][g][:].sum()) for g in det.gain_stages)
-    console.print(f"outlying dark frames: {planted} planted, {rejected} rejected by F1")
-    if keep:
-        console.print(f"Zarr store: {store}")
-        for path in exported:
-            console.print(f"export: {path}")
-
-
-#: options of `rmm mask` that `rmm submit` passes on: (dest, flag, is a path)
-_MASK_OPTIONS = (
-    *((f"dark_{g}", f"--dark-{g}", True) for g in GAIN_OPTIONS),
-    ("flat", "--flat", True),
-    ("flat_stage", "--flat-stage", False),
-    ("out", "--out", True),
-    ("detector", "--detector", False),
-    ("dataset", "--dataset", False),
-    ("config", "--config", True),
-    ("lam", "--lambda", False),
-    ("method", "--method", False),
-    ("cells_per_chunk", "--cells-per-chunk", False),
-    ("workers", "--workers", False),
-    ("jobqueue", "--jobqueue", True),
-    ("user_mask", "--user-mask", True),
-)
-
-
 MASK_DESCRIPTION = (
     "Make a bad-pixel mask with the Robust Mask Maker (Sadri et al. 2022): features of every pixel from the dark runs "
     "(one per gain stage) and an optional flat run, a robust Gaussian model of the normal pixels of each ASIC, and a "
@@ -475,56 +240,56 @@ MASK_DESCRIPTION = (
 )
 
 
-def _add_mask_arguments(p):
+def _add_mask_arguments(p) -> list[argparse.Action]:
+    """The options of `rmm mask` that `rmm submit` takes too and passes on (:func:`_mask_argv`); those naming files have ``path`` set."""
+    def add(*flags, path=False, **kwargs):
+        action = p.add_argument(*flags, **kwargs)
+        action.path = path
+        return action
+
     run = "a directory, a glob pattern (quoted: expanded by rmm, in name order) or several files of one acquisition"
-    for g in GAIN_OPTIONS:
-        p.add_argument(f"--dark-{g}", metavar="RUN", nargs="+", help=f"dark run in {g} gain: {run}")
-    p.add_argument("--flat", metavar="RUN", nargs="+", help=f"flat-field run: {run}")
-    p.add_argument("--flat-stage", choices=GAIN_OPTIONS, help="gain stage of the flat run (default: the first dark given)")
-    p.add_argument("--out", required=True, metavar="STORE", help="the Zarr store to publish")
-    p.add_argument("--detector", default="AGIPD1M", metavar="NAME|FILE.yaml", help="detector description: a name (AGIPD1M, JUNGFRAU1M, JUNGFRAU4M, CSPAD, PILATUS300K, PILATUS6M, EIGER1M, EIGER16M, LAMBDA750K, LAMBDA2M) or a YAML file (default: AGIPD1M)")
-    p.add_argument("--dataset", metavar="PATH", help="dataset path inside HDF5 stack files")
-    p.add_argument("--config", metavar="FILE", help="YAML with parameters under 'rmm-dask:' (see configs/rmm.yaml)")
-    p.add_argument("--lambda", dest="lam", type=float, metavar="L", help="outlier threshold in robust sigmas (default 8)")
-    p.add_argument("--method", choices=["rmm", "mad", "nonrobust"], help="statistics of the normal-pixel model")
-    p.add_argument("--cells-per-chunk", type=int, metavar="N", help="memory cells per task (default: rmm-dask.chunking.cells-per-chunk of the configuration)")
-    p.add_argument("--workers", type=int, metavar="N", help="worker processes (local) or a fixed number of worker jobs (slurm)")
-    p.add_argument("--jobqueue", metavar="FILE", help="dask-jobqueue YAML for Slurm (default: configs/jobqueue.yaml, or $RMM_JOBQUEUE_CONFIG)")
-    p.add_argument("--user-mask", metavar="FILE[:DATASET]", help="a user-drawn mask (.npy, .tif, .cbf, HDF5 FILE:DATASET), kept as its own layer")
-    p.add_argument("--user-mask-good-is-one", action="store_true", help="the user mask marks good pixels with non-zero (Cheetah, OM)")
-    p.add_argument("--accept-flat", action="store_true", help="use a flat run the check doubts (not lit, or in another gain stage); the store records it")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store (and --report) in one atomic swap, once the new one is complete")
+    return [
+        *(add(f"--dark-{g}", path=True, metavar="RUN", nargs="+", help=f"dark run in {g} gain: {run}") for g in GAIN_OPTIONS),
+        add("--flat", path=True, metavar="RUN", nargs="+", help=f"flat-field run: {run}"),
+        add("--flat-stage", choices=GAIN_OPTIONS, help="gain stage of the flat run (default: the first dark given)"),
+        add("--out", path=True, required=True, metavar="STORE", help="the Zarr store to publish"),
+        add("--detector", default="AGIPD1M", metavar="NAME|FILE.yaml", help="detector description: a name (AGIPD1M, JUNGFRAU1M, JUNGFRAU4M, CSPAD, PILATUS300K, PILATUS6M, EIGER1M, EIGER16M, LAMBDA750K, LAMBDA2M) or a YAML file (default: AGIPD1M)"),
+        add("--dataset", metavar="PATH", help="dataset path inside HDF5 stack files"),
+        add("--config", path=True, metavar="FILE", help="YAML with parameters under 'rmm-dask:' (see configs/rmm.yaml)"),
+        add("--lambda", dest="lam", type=float, metavar="L", help="outlier threshold in robust sigmas (default 8)"),
+        add("--method", choices=["rmm", "mad", "nonrobust"], help="statistics of the normal-pixel model"),
+        add("--cells-per-chunk", type=int, metavar="N", help="memory cells per task (default: rmm-dask.chunking.cells-per-chunk of the configuration)"),
+        add("--workers", type=int, metavar="N", help="local workers (threads of one process for small jobs, else processes; see rmm-dask.cluster) or a fixed number of worker jobs (slurm)"),
+        add("--jobqueue", path=True, metavar="FILE", help="dask-jobqueue YAML for Slurm (default: configs/jobqueue.yaml, or $RMM_JOBQUEUE_CONFIG)"),
+        add("--user-mask", path=True, metavar="FILE[:DATASET]", help="a user-drawn mask (.npy, .tif, .cbf, HDF5 FILE:DATASET), kept as its own layer"),
+        add("--user-mask-good-is-one", action="store_true", help="the user mask marks good pixels with non-zero (Cheetah, OM)"),
+        add("--accept-flat", action="store_true", help="use a flat run the check doubts (not lit, or in another gain stage); the store records it"),
+        add("--overwrite", action="store_true", help="replace an existing store (and --report) in one atomic swap, once the new one is complete"),
+    ]
 
 
 def _mask_argv(args) -> list[str]:
-    """The options of ``rmm mask`` that repeat ``args`` in a batch job: paths absolute, a run's
-    several paths or quoted glob pattern kept as given (the job expands the pattern, as here)."""
+    """The options of ``rmm mask`` that repeat ``args`` in a batch job, as the parser defines them:
+    paths absolute, a run's several paths or quoted glob pattern kept as given (the job expands
+    the pattern, as here)."""
     argv = []
-    for dest, flag, is_path in _MASK_OPTIONS:
-        value = getattr(args, dest)
-        if value is not None:
-            is_path = is_path or (dest == "detector" and str(value).endswith((".yaml", ".yml")))
+    for action in _add_mask_arguments(argparse.ArgumentParser(add_help=False)):
+        value, flag = getattr(args, action.dest), action.option_strings[0]
+        if action.nargs == 0:  # a switch
+            argv += [flag] if value else []
+        elif value is not None:
+            is_path = action.path or (action.dest == "detector" and str(value).endswith((".yaml", ".yml")))
             values = value if isinstance(value, list) else [value]  # a run may be several paths
             argv += [flag, *(str(Path(v).absolute()) if is_path else str(v) for v in values)]
-    if args.overwrite:
-        argv.append("--overwrite")
-    if args.user_mask_good_is_one:
-        argv.append("--user-mask-good-is-one")
-    if args.accept_flat:
-        argv.append("--accept-flat")
     return argv
 
 
 def _submit(args) -> int:
-    from .submit import submit
-
     from .flatcheck import check_flat
     from .pipeline import build_mask
+    from .submit import submit
 
-    _check_run_options(args)
-    params = _setup_config(args)
-    darks, flat = _open_runs(args, args.detector)  # metadata only: bad input fails here, not in the queue
-    user_mask = _user_mask(args, darks)
+    params, darks, flat, user_mask = _inputs(args)  # metadata only: bad input fails here, not in the queue
     build_mask(darks, flat, detector=args.detector, params=params, flat_stage=args.flat_stage, user_mask=user_mask, flat_check={})  # the graph's checks
     if flat is not None:  # a few frames: a dark given as flat is refused here, not in the queue
         checked = check_flat(darks, flat, detector=args.detector, flat_stage=args.flat_stage, params=params, accept=args.accept_flat)
@@ -542,9 +307,39 @@ def _submit(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .exports import FORMATS
+def _synth(args) -> int:
+    from .demo import synth_config, write_set
 
+    cfg = synth_config(args.detector, seed=args.seed, modules=args.modules, cells=args.cells, frames=args.frames, flat_frames=args.flat_frames)
+    for name, path in write_set(cfg, Path(args.out), compression=args.compression).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo, synth_config
+
+    _check_workers(args)
+    cfg = synth_config(args.detector, seed=args.seed, modules=args.modules, cells=args.cells, frames=args.frames)  # checked before anything is written
+    out = Path(args.out) if args.out else None
+    run_demo(cfg, out, keep=args.keep, workers=args.workers, console=_console(), outcome=args.outcome)
+    return 0
+
+
+class _Formats:
+    """The export formats as the choices of ``--to``: rmm_dask.exports (h5py, zarr, xarray) is
+    imported only when a value is checked or the choices are listed, not to build the parser."""
+
+    def __contains__(self, value) -> bool:
+        return value in iter(self)
+
+    def __iter__(self):
+        from .exports import FORMATS
+
+        return iter(FORMATS)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmm", description="Robust Mask Maker: bad-pixel masks for X-ray detectors.")
     parser.add_argument("--version", action="version", version=f"rmm-dask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -578,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a mask store to another format", description=(
         "Write the mask of a store in the format analysis software reads; the user's and the manufacturer's layers are combined into it."))
     p.add_argument("store", help="the mask store (Zarr) to export")
-    p.add_argument("--to", required=True, choices=FORMATS, help="h5: the store's layout; crystfel: mask file + geometry lines; nexus: NXmx pixel_mask; euxfel: BadPixels; cheetah: 0/1 good map")
+    p.add_argument("--to", required=True, choices=_Formats(), metavar="FORMAT", help="h5: the store's layout; crystfel: mask file + geometry lines; nexus: NXmx pixel_mask; euxfel: BadPixels; cheetah: 0/1 good map")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in one atomic swap, once the new one is complete")
     p.set_defaults(run=_export)
@@ -629,16 +424,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_error(err: OSError) -> str | None:
-    """A failed write as 'FILE: problem' (no space, quota, read-only, permission), None for other OSErrors."""
-    from .job import WRITE_ERRNOS
-
-    if err.errno not in WRITE_ERRNOS:
-        return None
-    where = f"{err.filename}: " if err.filename else ""
-    return f"{where}{err.strerror or err}"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit code: 0 done, 2 a user error (one line on stderr, nothing
     written), 3 the cluster could not run the job, 130 interrupted (Ctrl-C, SIGTERM): one
@@ -674,7 +459,7 @@ def _main(argv: list[str] | None) -> int:
         # at INFO level when worker jobs are cancelled at the end) are not for the user
         logging.getLogger("distributed").setLevel(logging.WARNING)
         try:
-            with _config_scope():
+            with contextlib.ExitStack() as args.scope:  # what the command sets in dask.config (_setup_config)
                 return args.run(args)
         except InputError as err:
             print(f"rmm {args.command}: {err}", file=sys.stderr)
@@ -687,7 +472,7 @@ def _main(argv: list[str] | None) -> int:
             print(f"rmm {args.command}: interrupted; {args.outcome.summary()}", file=sys.stderr)
             return 130
         except OSError as err:
-            line = _write_error(err)
+            line = write_error(err)
             if line is None:
                 raise
             print(f"rmm {args.command}: {line}; {args.outcome.summary()}", file=sys.stderr)
@@ -704,23 +489,6 @@ def _drop_frames(err: BaseException) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
         traceback.clear_frames(err.__traceback__)
-
-
-@contextlib.contextmanager
-def _config_scope():
-    """--config and --jobqueue change dask.config for one command, not for the process."""
-    import copy
-
-    import dask.config
-
-    from . import config as _defaults  # noqa: F401  (merged before the snapshot, so they stay)
-
-    saved = copy.deepcopy(dask.config.config)
-    try:
-        yield
-    finally:
-        dask.config.config.clear()
-        dask.config.config.update(saved)
 
 
 if __name__ == "__main__":

@@ -30,20 +30,25 @@ def dask_client(
     threads_per_worker: int | None = None,
     memory_limit=None,
     max_workers: int | None = None,
+    input_bytes: int | None = None,
     echo=print,
 ):
     """A ``distributed.Client`` for the duration of the block; its workers are shut down afterwards.
 
-    ``cluster`` is ``"local"`` (a LocalCluster of worker processes sized from the
-    ``rmm-dask.cluster`` config), ``"slurm"`` (dask-jobqueue's SLURMCluster from the
+    ``cluster`` is ``"local"`` (a LocalCluster sized from the ``rmm-dask.cluster`` config: for a
+    job of less than ``local-threads-below`` bytes of input (``input_bytes``), one worker of
+    ``n-workers`` threads in this process, else worker processes; :func:`local_processes`;
+    the dashboard with worker processes only, unless ``rmm-dask.cluster.dashboard`` is true or false), ``"slurm"`` (dask-jobqueue's SLURMCluster from the
     ``jobqueue.slurm`` config, scaled adaptively up to ``max_workers``), or a scheduler
     address (``tcp://host:8786``). The dashboard link is echoed at start. The workers
     end with the block, whether it succeeds, fails or is interrupted (Ctrl-C). The
     schedulers started here queue read tasks with ``rmm-dask.cluster.worker-saturation``.
     """
+    import distributed  # noqa: F401  (its defaults in dask.config first: a set before them would drop them on exit)
+
     conf = dask.config.get("rmm-dask.cluster")
     with dask.config.set({"distributed.scheduler.worker-saturation": conf["worker-saturation"]}), quiet_distributed():
-        with _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, echo) as client:
+        with _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, input_bytes, echo) as client:
             yield client
 
 
@@ -98,24 +103,28 @@ def _sigint_blocked():
 
 
 @contextlib.contextmanager
-def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, echo):
+def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, input_bytes, echo):
     from distributed import Client, LocalCluster
 
     if cluster == "local":
+        n = n_workers or conf["n-workers"]
+        processes = local_processes(input_bytes, conf)
+        dashboard = processes if conf.get("dashboard", "auto") == "auto" else bool(conf["dashboard"])
         with _scratch_space():
             with _sigint_blocked(), interrupts.held():  # a Ctrl-C meanwhile: once it is up, to close it cleanly
                 local = LocalCluster(
-                    n_workers=n_workers or conf["n-workers"],
-                    threads_per_worker=threads_per_worker or conf["threads-per-worker"],
+                    n_workers=n if processes else 1,
+                    threads_per_worker=(threads_per_worker or conf["threads-per-worker"]) * (1 if processes else n),
                     memory_limit=memory_limit or conf["memory-limit"],
-                    processes=True,
-                    dashboard_address=":0",
+                    processes=processes,
+                    dashboard_address=":0" if dashboard else None,  # bokeh's server: seconds to start
                     silence_logs=logging.CRITICAL,  # in the workers: no "Compute Failed" before the client's one line
                 )
             try:
                 client = Client(local)
                 try:
-                    echo(f"dashboard: {client.dashboard_link}  ({len(local.workers)} local workers)")
+                    what = f"{len(local.workers)} local worker process(es)" if processes else f"{n} worker thread(s) in this process"
+                    echo(f"dashboard: {client.dashboard_link if dashboard else 'none'}  ({what})")
                     yield client
                 finally:
                     _close(client, CLOSE_TIMEOUT)
@@ -134,6 +143,23 @@ def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_work
             yield client
     else:
         raise ValueError(f"cluster must be 'local', 'slurm' or a scheduler address like tcp://host:8786, not {cluster!r}")
+
+
+def local_processes(input_bytes: int | None, conf: dict) -> bool:
+    """Whether a local job of ``input_bytes`` runs in worker processes rather than threads of this process.
+
+    The kernels release the GIL (numba ``nogil``), so threads compute as fast as processes;
+    a process cluster costs seconds to start (each worker imports the modules, numba loads
+    its cache) and moves every chunk's result between processes. That pays only for large
+    jobs, where a worker that runs out of memory is restarted by its nanny and the job goes
+    on: below ``rmm-dask.cluster.local-threads-below`` (bytes, or a size like ``4GB``;
+    0: always processes) a job runs in threads. Measured in benchmarks/bench_e2e.py.
+    """
+    from dask.utils import parse_bytes
+
+    below = conf.get("local-threads-below", 0) or 0
+    below = parse_bytes(below) if isinstance(below, str) else int(below)
+    return input_bytes is None or input_bytes >= below
 
 
 SCRATCH_PREFIX = "rmm-dask-scratch-"
@@ -187,6 +213,7 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def _slurm_client(conf: dict, *, n_workers=None, max_workers=None, echo=print):
+    _config.register_jobqueue_defaults()  # imports dask_jobqueue (keeping our SIGINT handler)
     from dask_jobqueue import SLURMCluster
     from distributed import Client
 

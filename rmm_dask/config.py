@@ -5,6 +5,13 @@ also at ``configs/rmm.yaml``) and are merged into ``dask.config`` at import, so 
 user's file, ``DASK_RMM_DASK__...`` environment variables and explicit options override them
 in Dask's usual order. The key is ``rmm-dask``, not ``rmm``: distributed renames a
 top-level ``rmm`` (the RAPIDS memory manager's old key) to ``distributed.rmm``.
+
+Importing this module loads neither the kernels (numba) nor dask-jobqueue: the SLURMCluster
+defaults (``rmm_dask/jobqueue.yaml`` over dask-jobqueue's own) are registered by
+:func:`register_jobqueue_defaults` when a Slurm cluster or batch script is made, or a
+``jobqueue:`` section is read. A user's file changes dask.config for one command only:
+:func:`load_config` and :func:`check_sections` return the sections, :func:`scoped` sets them
+for a block (``dask.config.set``).
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import dask.config
 import yaml
 
 from .errors import InputError
-from .mask import FEATURES, Params
 
 DEFAULTS = Path(__file__).with_name("rmm.yaml")
 JOBQUEUE_DEFAULTS = Path(__file__).with_name("jobqueue.yaml")
@@ -45,20 +51,25 @@ def _keep_sigint():
             signal.signal(signal.SIGINT, previous)
 
 
-def _jobqueue_defaults() -> None:
-    """Our SLURMCluster defaults over dask-jobqueue's own (which it registers on import).
+_jobqueue_registered = False
+
+
+def register_jobqueue_defaults() -> None:
+    """Our SLURMCluster defaults over dask-jobqueue's own (which it registers on import); once.
 
     update_defaults replaces only values still equal to the previous defaults, so a
-    user's ~/.config/dask/jobqueue.yaml and DASK_JOBQUEUE__... variables keep winning.
+    user's ~/.config/dask/jobqueue.yaml, DASK_JOBQUEUE__... variables and a ``jobqueue:``
+    section set before keep winning.
     """
+    global _jobqueue_registered
+    if _jobqueue_registered:
+        return
     with _keep_sigint():
         import dask_jobqueue  # noqa: F401  (registers its defaults first)
 
     with open(JOBQUEUE_DEFAULTS) as f:
         dask.config.update_defaults(yaml.safe_load(f))
-
-
-_jobqueue_defaults()
+    _jobqueue_registered = True
 
 
 def read_yaml(path: str | os.PathLike):
@@ -72,24 +83,23 @@ def read_yaml(path: str | os.PathLike):
 
 
 def load_config(path: str | os.PathLike) -> dict:
-    """Merge a user's YAML file (keys under ``rmm-dask:``, as in configs/rmm.yaml) into dask.config."""
+    """A user's YAML file (keys under ``rmm-dask:``, as in configs/rmm.yaml), checked: its sections for :func:`scoped`."""
     data = read_yaml(path)
     if not isinstance(data, dict) or set(data) - {KEY}:
         raise InputError(path, f"expected a mapping with the parameters under '{KEY}:'")
-    merge_sections(path, data)
-    return data
+    return check_sections(path, data)
 
 
-def load_jobqueue_config(path: str | os.PathLike) -> None:
-    """Merge a dask-jobqueue YAML file (``jobqueue: slurm: ...``) into dask.config."""
+def load_jobqueue_config(path: str | os.PathLike) -> dict:
+    """A dask-jobqueue YAML file (``jobqueue: slurm: ...``), checked: its section for :func:`scoped`."""
     data = read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("jobqueue"), dict):
         raise InputError(path, "expected dask-jobqueue settings under 'jobqueue: slurm:'")
-    merge_sections(path, {"jobqueue": data["jobqueue"]})
+    return check_sections(path, {"jobqueue": data["jobqueue"]})
 
 
-def merge_sections(path: str | os.PathLike, data: dict) -> None:
-    """Merge the ``rmm-dask:`` and ``jobqueue:`` sections of a file's ``data`` into dask.config."""
+def check_sections(path: str | os.PathLike, data: dict) -> dict:
+    """The ``rmm-dask:`` and ``jobqueue:`` sections of a file's ``data``, checked (InputError naming ``path``)."""
     params = data.get(KEY, {})
     if not isinstance(params, dict):
         raise InputError(path, f"expected a mapping with the parameters under '{KEY}:'")
@@ -98,12 +108,29 @@ def merge_sections(path: str | os.PathLike, data: dict) -> None:
         raise InputError(path, f"unknown parameters {sorted(unknown)} under '{KEY}:'")
     if not isinstance(data.get("jobqueue", {}), dict):
         raise InputError(path, "expected dask-jobqueue settings under 'jobqueue: slurm:'")
-    sections = {k: data[k] for k in (KEY, "jobqueue") if data.get(k)}
-    dask.config.update(dask.config.config, sections, priority="new")
+    return {k: data[k] for k in (KEY, "jobqueue") if data.get(k)}
 
 
-def params_from_config(**overrides) -> Params:
-    """Params from dask.config's ``rmm-dask`` section; keyword overrides (None = not given) win."""
+def scoped(sections: dict):
+    """A ``dask.config.set`` context with every value of ``sections`` (nested mappings) set by its
+    dotted key: the rest of each section keeps its value, and all is as before when the block ends."""
+    if "jobqueue" in sections:  # dask-jobqueue's defaults first: they must not replace the file's values later
+        register_jobqueue_defaults()
+    return dask.config.set(dict(_leaves(sections)))
+
+
+def _leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def params_from_config(**overrides):
+    """:class:`rmm_dask.mask.Params` from dask.config's ``rmm-dask`` section; keyword overrides (None = not given) win."""
+    from .mask import FEATURES, Params  # the kernels (numba): only for the commands that compute
+
     c = dask.config.get(KEY)
     window = c.get("window")
     values = dict(

@@ -15,6 +15,14 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACC
 LEAST_COMPRESSED = 0.5
 
 
+def write_error(err: OSError) -> str | None:
+    """A failed write as 'FILE: problem' (no space, quota, read-only, permission), None for other OSErrors."""
+    if err.errno not in WRITE_ERRNOS:
+        return None
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
+
+
 @contextlib.contextmanager
 def _report(path, overwrite=False):
     """Dask's performance report of the block, published like every output (rmm_dask.publish)."""
@@ -33,6 +41,12 @@ def _report(path, overwrite=False):
 def store_nbytes(ds) -> int:
     """Uncompressed bytes of the arrays a store of the lazy mask ``ds`` holds (from the graph, reads nothing)."""
     return int(sum(var.nbytes for var in ds.data_vars.values()) + sum(c.nbytes for c in ds.coords.values()))
+
+
+def input_nbytes(darks: dict, flat=None) -> int:
+    """Bytes of the runs' data variables as opened (lazy: read from their metadata, reads no pixel)."""
+    runs = list(darks.values()) + ([flat] if flat is not None else [])
+    return int(sum(var.nbytes for ds in runs for var in ds.data_vars.values()))
 
 
 def _mb(n: float) -> str:
@@ -54,6 +68,19 @@ def check_room(target, nbytes: int, what: str = "the output store") -> None:
         )
 
 
+def _start_zarr_loop() -> None:
+    """Have zarr make its IO event loop now, whole. zarr makes it in the thread that first writes,
+    here the main thread as the store is created: a Ctrl-C right then (as the store's temporary
+    appears) interrupted the loop's constructor, and the half-made loop printed an "Exception
+    ignored in BaseEventLoop.__del__" traceback as it was freed."""
+    import zarr
+
+    from . import interrupts
+
+    with interrupts.held():
+        zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+
+
 def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=None, report=None, overwrite=False, echo=print,
              flat_stage=None, user_mask=None, accept_flat=False, outcome=None):
     """Build the mask graph of the opened runs, compute it on a cluster and publish the store.
@@ -69,13 +96,13 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     memory) raises :class:`ClusterError`. ``outcome`` (:class:`rmm_dask.outcome.Outcome`), if
     given, follows the stages and the outputs, for an honest line when the job is interrupted.
     """
+    from . import publish
     from .cluster import dask_client
     from .flatcheck import check_flat
+    from .numba_cache import compile_notice
     from .outcome import Outcome
     from .pipeline import build_mask, check_runs
     from .store import remove_partial, write_store
-
-    from . import publish
 
     outcome = outcome if outcome is not None else Outcome()
     outcome.enter("building")
@@ -95,12 +122,17 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage, user_mask=user_mask, flat_check=checked)
     check_room(target, store_nbytes(ds))  # before any cluster is started
     outcome.expect(target)
+    notice = compile_notice()  # the first run after an install or upgrade: numba compiles, once
+    if notice:
+        echo(notice)
     blocks = ds.mask.data.numblocks
     parallel = blocks[0] * blocks[2] * (len(darks) + (flat is not None))  # read and feature tasks at once
+    _start_zarr_loop()
     partials = []
     try:
         outcome.enter("computing")
-        with dask_client(cluster, n_workers=n_workers, max_workers=parallel, echo=echo), _report(report, overwrite):
+        with dask_client(cluster, n_workers=n_workers, max_workers=parallel, input_bytes=input_nbytes(darks, flat), echo=echo), \
+                _report(report, overwrite):
             path = write_store(ds, out, overwrite=overwrite, partials=partials)
         outcome.enter("published")
         return path

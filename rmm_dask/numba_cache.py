@@ -106,3 +106,47 @@ def choose() -> str:
     if "numba" in sys.modules:  # imported before rmm-dask: it read the environment already
         sys.modules["numba"].config.CACHE_DIR = chosen
     return chosen
+
+
+#: seconds numba takes to compile one of our kernels on the 2-core test machine (cold cache:
+#: 16 kernels in ~40 s under load, benchmarks/bench_e2e.py); for the estimate users are told
+SECONDS_PER_KERNEL = 2.5
+
+
+def cold_kernels() -> list[str]:
+    """The cached numba kernels of the ``rmm_dask`` modules imported so far that will compile when
+    first called: those of modules none of whose kernels has a compiled version of the module's
+    current source in the cache (the first run after an install or an upgrade). A kernel the
+    jobs so far never needed (e.g. the one for float data) in a module otherwise cached does
+    not count: it compiles, briefly, only when a job needs it.
+
+    This reads numba's cache index (``<function>.nbi`` in :func:`choose`'s directory, whose
+    stamp must match the source file) through numba's cache objects, not a public interface:
+    should they change, no kernel is reported cold.
+    """
+    if "numba" not in sys.modules:
+        return []
+    try:
+        from numba.core.caching import FunctionCache
+        from numba.core.dispatcher import Dispatcher
+    except ImportError:
+        return []
+    per_module = {}  # module -> {kernel: whether its cache holds a compiled version}
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith("rmm_dask."):
+            continue
+        for attr, obj in list(vars(module).items()):
+            if isinstance(obj, Dispatcher) and getattr(obj.py_func, "__module__", None) == name and isinstance(getattr(obj, "_cache", None), FunctionCache):
+                try:
+                    per_module.setdefault(name, {})[attr] = bool(obj._cache._cache_file._load_index())
+                except Exception:  # an unreadable index is numba's to handle; not a reason to fail here
+                    per_module.setdefault(name, {})[attr] = True
+    return [f"{name}.{attr}" for name, kernels in per_module.items() if not any(kernels.values()) for attr in kernels]
+
+
+def compile_notice() -> str | None:
+    """The one line to print before the kernels compile, or None when their cache is warm."""
+    cold = cold_kernels()
+    if not cold:
+        return None
+    return f"compiling the kernels once (~{max(5, round(len(cold) * SECONDS_PER_KERNEL, -1)):.0f} s); later runs reuse them"

@@ -20,7 +20,7 @@ import dask.config
 from dask.utils import parse_bytes
 
 from . import __version__
-from . import config as _config  # noqa: F401  (defaults in dask.config)
+from . import config as _config  # the defaults in dask.config
 from .errors import ClusterError
 
 TEMPLATE = Path(__file__).parent / "templates" / "rmm-mask.sbatch"
@@ -28,6 +28,7 @@ TEMPLATE = Path(__file__).parent / "templates" / "rmm-mask.sbatch"
 
 def job_script(mask_args: list[str], out: Path, *, log_dir: Path | None = None) -> tuple[str, Path]:
     """The batch script for ``rmm mask <mask_args>`` and the path of its log (``%j`` = job id)."""
+    _config.register_jobqueue_defaults()
     conf = dask.config.get("rmm-dask.submit")
     slurm = dask.config.get("jobqueue.slurm")
     log_dir = Path(log_dir or conf.get("log-directory") or out.parent).absolute()

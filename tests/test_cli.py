@@ -225,3 +225,105 @@ def test_show_html_report_renders_in_a_headless_browser(store, tmp_path, capsys)
     pixels = matplotlib.image.imread(png)[..., :3]
     colours = np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert len(colours) > 50  # figures in colour, not an empty page of text
+
+
+HEAVY = ("numba", "distributed", "matplotlib", "dask_jobqueue")
+
+
+def _modules_after(code: str) -> list[str]:
+    """The heavy modules a fresh interpreter holds after running ``code``."""
+    import subprocess
+    import sys
+
+    probe = f"{code}\nimport sys; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return eval(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["mask", "--help"], ["export", "--help"], ["mask", "--bogus"], ["export", "s.zarr", "--to", "bogus", "--out", "x"]])
+def test_help_and_argument_errors_load_no_heavy_module(argv):
+    """`rmm --help` and argument errors answer at once: no numba, distributed, matplotlib or dask-jobqueue."""
+    code = f"from rmm_dask.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
+    assert _modules_after(code) == []
+
+
+def test_importing_the_configuration_loads_neither_the_kernels_nor_jobqueue():
+    assert _modules_after("import rmm_dask.config") == []
+
+
+def test_submit_passes_every_mask_option_on():
+    """What `rmm submit` hands to the batch job parses back to the same options, for every option the two share."""
+    import argparse
+
+    from rmm_dask.cli import _add_mask_arguments, _mask_argv, build_parser
+
+    shared = _add_mask_arguments(argparse.ArgumentParser(add_help=False))
+    argv = ["submit", "--dark-high", "d1", "d2", "--dark-medium", "dm", "--dark-low", "dl*.h5", "--flat", "f", "--flat-stage", "high",
+            "--out", "m.zarr", "--detector", "JUNGFRAU1M", "--dataset", "/data", "--config", "c.yaml", "--lambda", "7",
+            "--method", "mad", "--cells-per-chunk", "3", "--workers", "4", "--jobqueue", "jq.yaml", "--user-mask", "u.npy",
+            "--user-mask-good-is-one", "--accept-flat", "--overwrite"]
+    given = build_parser().parse_args(argv)
+    assert {a.dest for a in shared} <= {k for k, v in vars(given).items() if v not in (None, False)}  # the argv above sets them all
+    again = build_parser().parse_args(["mask", *_mask_argv(given)])
+    for action in shared:
+        value, expected = getattr(again, action.dest), getattr(given, action.dest)
+        if getattr(action, "path", False):  # made absolute for the job
+            expected = [os.path.abspath(v) for v in expected] if isinstance(expected, list) else os.path.abspath(expected)
+        assert value == expected, action.dest
+
+
+def test_a_configuration_file_changes_dask_config_for_its_block_only(tmp_path):
+    import dask.config
+    import yaml
+
+    from rmm_dask import config
+
+    params, jobqueue = tmp_path / "c.yaml", tmp_path / "jq.yaml"
+    params.write_text(yaml.safe_dump({"rmm-dask": {"lambda": 5.5, "f1": {"pixels": 100}}}))
+    jobqueue.write_text(yaml.safe_dump({"jobqueue": {"slurm": {"queue": "calib"}}}))
+    before = dask.config.get("rmm-dask")
+    with config.scoped(config.load_config(params) | config.load_jobqueue_config(jobqueue)):
+        assert dask.config.get("rmm-dask.lambda") == 5.5
+        assert dask.config.get("rmm-dask.f1") == {**before["f1"], "pixels": 100}  # the rest of the section stays
+        assert dask.config.get("jobqueue.slurm.queue") == "calib"
+        assert dask.config.get("jobqueue.slurm.name") == "rmm-worker"  # rmm_dask/jobqueue.yaml, registered first
+        config.register_jobqueue_defaults()  # as a Slurm cluster does: the file's value wins
+        assert dask.config.get("jobqueue.slurm.queue") == "calib"
+    assert dask.config.get("rmm-dask") == before
+    assert dask.config.get("jobqueue.slurm.queue") is None
+
+
+def test_only_the_first_run_compiles_and_says_so(tmp_path):
+    """A module of cached kernels is cold in a new cache directory, and warm in the next process once one of them ran."""
+    import subprocess
+    import sys
+
+    (tmp_path / "probe_kernels.py").write_text(
+        "import numba\n\n\n@numba.njit(cache=True)\ndef twice(x):\n    return 2 * x\n\n\n@numba.njit(cache=True)\ndef unused(x):\n    return x\n"
+    )
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    code = (
+        "import importlib.util, sys\n"
+        "from rmm_dask.numba_cache import cold_kernels, compile_notice\n"
+        f"spec = importlib.util.spec_from_file_location('rmm_dask.probe_kernels', {str(tmp_path / 'probe_kernels.py')!r})\n"
+        "m = sys.modules['rmm_dask.probe_kernels'] = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(m)\n"
+        "print(sorted(cold_kernels()), compile_notice())\n"
+        "assert m.twice(3) == 6\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    first, second = (subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout for _ in range(2))
+    assert first.startswith("['rmm_dask.probe_kernels.twice', 'rmm_dask.probe_kernels.unused'] compiling the kernels once (~")
+    assert "later runs reuse them" in first
+    assert second.strip() == "[] None"  # `unused` never compiled, but its module is cached: not a cold start
+
+
+def test_small_local_jobs_run_in_threads_large_ones_in_processes():
+    from rmm_dask.cluster import local_processes
+
+    conf = {"local-threads-below": "8GB"}
+    assert not local_processes(10**9, conf)  # the 2-module x 4-cell x 128-frame bench set: threads
+    assert local_processes(8 * 10**9, conf) and local_processes(2 * 10**12, conf)  # a full AGIPD-1M set: processes
+    assert local_processes(None, conf)  # size unknown: processes, as before
+    assert local_processes(1, {"local-threads-below": 0}) and local_processes(1, {})  # 0 or unset: always processes

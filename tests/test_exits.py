@@ -58,10 +58,13 @@ def mounted(tmp_path):
 
 # ------------------------------------------------------------------------------------- signals
 
-def test_ctrl_c_to_the_process_group_exits_130_and_leaves_nothing(runs, tmp_path):  # noqa: F811
-    """SIGINT to the whole group while the store is written: the workers get it too, and keep quiet."""
+@pytest.mark.parametrize("threads_below", ["8GB", "0"], ids=["threads", "processes"])
+def test_ctrl_c_to_the_process_group_exits_130_and_leaves_nothing(runs, tmp_path, threads_below):  # noqa: F811
+    """SIGINT to the whole group while the store is written: the workers (threads of rmm, as for
+    this small job, or worker processes, as for large ones) get it too, and keep quiet."""
     out = tmp_path / "m.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "rmm_dask", *mask_args(runs, out)], start_new_session=True,
+    env = {**os.environ, "DASK_RMM_DASK__CLUSTER__LOCAL_THREADS_BELOW": threads_below}
+    proc = subprocess.Popen([sys.executable, "-m", "rmm_dask", *mask_args(runs, out)], start_new_session=True, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not any(p.name.startswith(".m.zarr.partial") for p in tmp_path.iterdir()):

@@ -211,7 +211,7 @@ def big_counts(modules=16, cells=352, gains=("high", "medium", "low")) -> dict:
 
 
 def test_count_tables_fit_80_columns():
-    from rmm_dask.cli import SHORT, compact, counts_tables
+    from rmm_dask.tables import SHORT, compact, counts_tables
 
     counts = big_counts()
     lines = render(counts_tables(counts, per_cell=True))
@@ -228,7 +228,7 @@ def test_count_tables_fit_80_columns():
 
 
 def test_status_and_diff_tables_fit_80_columns():
-    from rmm_dask.cli import diff_tables, status_table
+    from rmm_dask.tables import diff_tables, status_table
 
     message = "12.50% of pixel-planes flagged, outside the bounds [0.00%, 10.00%]; " * 2
     rows = [

@@ -1,0 +1,135 @@
+"""What the commands print as tables (rich, 80 columns): counts of a store, of a diff, the nightly catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: column names of the per-module, gain and cell counts (at most 5 characters: 80-column terminals)
+SHORT = {
+    "OFFSET": "OFFS", "NOISE": "NOISE", "GAIN_SEPARATION": "GSEP", "GAIN_LEVEL": "GLVL",
+    "FLAT_HIGH": "FHIGH", "FLAT_LOW": "FLOW", "ASIC_EDGE": "EDGE", "NO_DATA": "NODAT", "any": "any",
+}
+
+
+def compact(n: int) -> str:
+    """A count in at most 5 characters: exact below 100000, else 123k, 1.2M, 12M, 1.2G."""
+    if n < 100_000:
+        return str(n)
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.1f}{suffix}" if v < 9.95 else f"{v:.0f}{suffix}"
+    return str(n)
+
+
+def table(title: str | None = None, caption: str | None = None):
+    """A rich table without vertical rules, its cells never wrapped: as narrow as the content."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, title_justify="left", caption_justify="left")
+
+
+def counts_tables(counts: dict, per_cell: bool) -> list:
+    """The counts of ``summary.count_bits`` as two tables that fit 80 columns: per bit (exact,
+    with the short names), and per module, gain stage (and cell) with the short names."""
+    from .codes import BadPixel
+
+    names = [b.name for b in BadPixel] + ["any"]
+    per_plane = counts["pixels"]
+    totals = table()
+    for col, justify in (("bit", "left"), ("column", "left"), ("pixel-planes", "right"), ("fraction", "right")):
+        totals.add_column(col, justify=justify, no_wrap=True)
+    for n in names:
+        totals.add_row(n, SHORT[n], str(counts["total"][n]), f"{counts['total'][n] / per_plane:.2e}")
+    breakdown = table(caption="columns: the bits above; counts of 100000 and more rounded: k = 10^3, M = 10^6, G = 10^9")
+    breakdown.add_column("", no_wrap=True)
+    for n in names:
+        breakdown.add_column(SHORT[n], justify="right", no_wrap=True)
+    for axis in ("module", "gain") + (("cell",) if per_cell else ()):
+        for key, row in counts[axis].items():
+            breakdown.add_row(f"{axis} {key}", *(compact(row[n]) for n in names))
+    return [totals, breakdown]
+
+
+def print_counts(console, store, per_cell: bool) -> None:
+    """Print the counts of a store (per bit; per module, gain stage and, with ``per_cell``, cell) and its layers."""
+    from .store import open_store
+    from .summary import count_bits
+
+    counts = count_bits(open_store(store))
+    console.print(f"masked pixel-planes in {store}:")
+    for t in counts_tables(counts, per_cell):
+        console.print(t)
+    if not per_cell and len(counts["cell"]) > 1:
+        any_bad = [row["any"] for row in counts["cell"].values()]
+        console.print(f"per cell (any bit): min {min(any_bad)}, max {max(any_bad)} over {len(any_bad)} cells; --cells lists them")
+    bits = counts.get("manufacturer_bits")
+    for name, n in counts.get("layers", {}).items():
+        if name == "manufacturer" and bits:  # gaps and virtual pixels are information, not defects
+            per_bit = ", ".join(f"{bit} {k}" for bit, k in bits.items() if bit not in ("reject", "any"))
+            console.print(f"layer manufacturer: {bits['reject']} pixels rejected (NeXus bits 0-15), {bits['any']} with any bit: {per_bit}")
+        else:
+            console.print(f"layer {name}: {n} pixels masked (kept apart from the bits above; exports combine them)")
+
+
+
+def diff_tables(result: dict, per_cell: bool) -> list:
+    """``diff.diff_masks``'s counts as two narrow tables: per bit, and per module, gain (and cell)."""
+    bits = table("bits set and cleared (pixel-planes)")
+    for col in ("bit", "set", "cleared"):
+        bits.add_column(col, justify="left" if col == "bit" else "right", no_wrap=True)
+    for name, row in result["bits"].items():
+        bits.add_row(name, str(row["set"]), str(row["cleared"]))
+    changes = table("newly bad / recovered (pixel-planes)")
+    for col in ("", "newly bad", "recovered"):
+        changes.add_column(col, justify="left" if not col else "right", no_wrap=True)
+    for axis in ("module", "gain") + (("cell",) if per_cell else ()):
+        for key, row in result[axis].items():
+            changes.add_row(f"{axis} {key}", str(row["newly_bad"]), str(row["recovered"]))
+    return [bits, changes]
+
+
+
+def status_table(rows: list[dict]) -> list:
+    """The catalog's sets in 80 columns: a table per detector, one row per set (finished to the
+    minute, seconds, flagged fraction, newly bad/recovered), then each set's runs and message
+    on lines of their own."""
+    import json
+
+    from rich.text import Text
+
+    out = []
+    for detector in dict.fromkeys(r["detector"] for r in rows):
+        rows_table = table(title=detector)
+        for col, justify in (("id", "right"), ("version", "left"), ("status", "left"), ("tries", "right"),
+                             ("finished (UTC)", "left"), ("s", "right"), ("flagged", "right"), ("new/rec", "right")):
+            rows_table.add_column(col, justify=justify, no_wrap=True)
+        notes = []
+        for r in (r for r in rows if r["detector"] == detector):
+            fraction = "" if r["bad_fraction"] is None else f"{r['bad_fraction']:.1e}"
+            changes = "" if r["newly_bad"] is None else f"{compact(r['newly_bad'])}/{compact(r['recovered'] or 0)}"
+            rows_table.add_row(
+                str(r["id"]), f"v{r['version']:04d}", r["status"], str(r["attempts"]), (r["finished"] or "")[:16].replace("T", " "),
+                "" if r["seconds"] is None else compact(round(r["seconds"])), fraction, changes,
+            )
+            runs = json.loads(r["runs"])
+            where = Path(next(iter(runs.values()), "")).parent
+            names = ", ".join(f"{role} {Path(p).name}" for role, p in runs.items())
+            notes.append(Text(f"{r['id']}: {names} in {where}" + (f"; {r['message']}" if r["message"] else "")))
+        out += [rows_table, *notes]
+    if rows:
+        out.append(Text("flagged: fraction of pixel-planes; new/rec: pixel-planes newly bad / recovered against the previous current"))
+    return out
+
+
+def print_status(console, settings) -> None:
+    """The nightly catalog's sets (:func:`status_table`) and where each ``current`` points."""
+    from .nightly import status_rows
+
+    rows, pointers = status_rows(settings)
+    console.print(f"catalog {settings.state / 'catalog.sqlite'}: {len(rows)} set(s)")
+    for renderable in status_table(rows):
+        console.print(renderable)
+    for name, version in pointers.items():
+        console.print(f"{name}: current -> {'none' if version is None else f'v{version:04d}'}  ({settings.publish / name})")
