@@ -97,7 +97,7 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     given, follows the stages and the outputs, for an honest line when the job is interrupted.
     """
     from . import publish
-    from .cluster import dask_client
+    from .cluster import compute, dask_client
     from .flatcheck import check_flat
     from .numba_cache import compile_notice
     from .outcome import Outcome
@@ -133,7 +133,7 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
         outcome.enter("computing")
         with dask_client(cluster, n_workers=n_workers, max_workers=parallel, input_bytes=input_nbytes(darks, flat), echo=echo), \
                 _report(report, overwrite):
-            path = write_store(ds, out, overwrite=overwrite, partials=partials)
+            path = write_store(ds, out, overwrite=overwrite, compute=compute, partials=partials)
         outcome.enter("published")
         return path
     except OSError as err:
