@@ -39,7 +39,9 @@ Nothing here knows about Dask, files or detectors beyond the windows it is given
 from __future__ import annotations
 
 import numpy as np
-from scipy import special, stats
+
+# scipy is imported inside the functions that use it: scipy.stats costs ~1 s at start-up
+# (every `rmm mask`), and only photon-counting detectors need it.
 
 __all__ = ["MAX_DISPERSION", "TRIM", "tail_probability", "window_rate", "poisson_z", "counting_snr"]
 
@@ -53,11 +55,13 @@ TRIM = 1e-4
 
 def tail_probability(lam: float) -> float:
     """One-sided tail of the normal distribution beyond ``lam`` sigmas (8: 6.2e-16)."""
+    from scipy import special
     return float(special.ndtr(-lam))
 
 
 def _cdf(k, m):
     """Poisson CDF, 0 for k < 0 (also for m = 0)."""
+    from scipy import stats
     k = np.asarray(k, dtype=np.float64)
     return np.where(k < 0, 0.0, stats.poisson.cdf(np.maximum(k, 0), m))
 
@@ -71,6 +75,7 @@ def window_rate(total, count, *, trim: float = TRIM, n_iter: int = 20):
     counts per frame; the inliers' total counts and truncation-corrected exposure
     (frames), so that ``rate = S / E``; the dispersion index; and the bool inlier map.
     """
+    from scipy import stats
     total = np.asarray(total, dtype=np.float64)
     count = np.asarray(count, dtype=np.float64)
     valid = (count > 0) & np.isfinite(total)
@@ -120,6 +125,7 @@ def _log_tail(k, trials, p, upper: bool):
     Where scipy's tail underflows to 0, the geometric bound on the tail beyond ``k``
     (an upper bound of the probability, so a conservative z) is used instead.
     """
+    from scipy import stats
     with np.errstate(divide="ignore", invalid="ignore"):
         if upper:
             tail = stats.binom.sf(k - 1, trials, p)
@@ -140,6 +146,7 @@ def poisson_z(total, count, s, exposure, inlier=None):
     own test). The exact conditional test of two Poisson rates (see the module's notes).
     NaN where a pixel has no valid frame or the window no rate.
     """
+    from scipy import special
     t = np.asarray(total, dtype=np.float64)
     n = np.asarray(count, dtype=np.float64)
     own = np.zeros(t.shape, dtype=bool) if inlier is None else np.asarray(inlier, dtype=bool)
