@@ -12,12 +12,19 @@ code as the user that imports rmm-dask. The directory is therefore, in this orde
 3. else a fresh ``mkdtemp`` directory, removed when the process exits. A directory of
    step 2 that exists but fails the check is refused with a one-line warning on stderr.
 
+In step 2 the kernels go to a subdirectory named by a digest of the sources of the modules
+that hold kernels (:func:`kernels_digest`): numba checks only the source file of the
+function it loads, not that of the kernels it calls from other files, so a cache kept
+across an upgrade or an edit of a callee's file could run the old callee. A new digest
+compiles once; the subdirectories of earlier versions are left for ``rm -r`` (a few MB each).
+
 Call :func:`choose` before numba compiles anything (``rmm_dask/__init__.py`` does).
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import shutil
 import stat
@@ -66,6 +73,21 @@ def problem(path: str, uid: int | None = None) -> str | None:
         above = os.path.dirname(above)
 
 
+def kernels_digest() -> str:
+    """16 hex digits of the sources of the package's modules that hold numba kernels."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    data = f.read()
+                if b"njit" in data:
+                    h.update(os.path.relpath(os.path.join(folder, name), root).encode() + b"\0" + data)
+    return h.hexdigest()[:16]
+
+
 def _make(path: str) -> None:
     """Create ``path`` and its missing parents with mode 0700 (an existing one is left as it is)."""
     missing = []
@@ -95,6 +117,15 @@ def choose() -> str:
             except OSError:
                 path = None  # a home we may not write: no warning, nothing was refused
         why = problem(path) if path is not None else "unusable"
+        if why is None:
+            sub = os.path.join(path, kernels_digest())
+            try:
+                os.mkdir(sub, 0o700)
+            except FileExistsError:
+                pass  # made by an earlier run of this version: checked like its parent below
+            except OSError as err:
+                why = f"cannot hold a subdirectory ({err.strerror})"
+            path, why = sub, why or problem(sub)
         if why is None:
             chosen = path
         else:

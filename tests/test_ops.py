@@ -3,11 +3,14 @@ never written, the demo cleans up, and what operators read fits a terminal."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from rmm_dask.numba_cache import kernels_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -55,18 +58,33 @@ def assert_went_elsewhere(tmp_path: Path, report: dict, stderr: str, refused: Pa
 def test_numba_cache_is_private_per_user(tmp_path):
     report, stderr = run_kernel(tmp_path)
     cache = cache_of(tmp_path)
-    assert report["env"] == str(cache) and "rmm-dask:" not in stderr
-    for d in (cache, cache.parent):
+    assert report["env"] == str(cache / kernels_digest()) and "rmm-dask:" not in stderr
+    for d in (cache / kernels_digest(), cache, cache.parent):
         assert (d.stat().st_mode & 0o777) == 0o700 and d.stat().st_uid == os.getuid()
     again, _ = run_kernel(tmp_path)  # the next process finds and trusts its own directory
-    assert again["env"] == str(cache) and again["index"] == report["index"]
+    assert again["env"] == report["env"] and again["index"] == report["index"]
+
+
+def test_numba_cache_is_per_version_of_the_kernels(tmp_path):
+    """numba checks only the file of the function it loads, not of the kernels it calls:
+    a cache is kept per digest of every kernel module, so an edited callee recompiles."""
+    import rmm_dask
+
+    digest = kernels_digest()
+    copy = tmp_path / "src"
+    shutil.copytree(Path(rmm_dask.__file__).parent, copy / "rmm_dask", ignore=shutil.ignore_patterns("__pycache__"))
+    kernels = copy / "rmm_dask" / "robust_plane.py"  # called by features' F6 from another file
+    kernels.write_text(kernels.read_text() + "\n# edited\n")
+    code = "import rmm_dask.numba_cache as c; print(c.kernels_digest())"
+    edited = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(copy)}, cwd=copy, capture_output=True, text=True, check=True)
+    assert edited.stdout.strip() != digest and len(digest) == 16
 
 
 def test_numba_cache_follows_xdg_cache_home(tmp_path):
     xdg = tmp_path / "xdg"
     xdg.mkdir(mode=0o700)
     report, _ = run_kernel(tmp_path, XDG_CACHE_HOME=str(xdg))
-    assert report["env"] == str(xdg / "rmm-dask" / "numba")
+    assert report["env"] == str(xdg / "rmm-dask" / "numba" / kernels_digest())
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
