@@ -160,3 +160,27 @@ def test_graph_has_a_few_tasks_per_chunk_and_reads_nothing(on_disk):
     # per chunk: a stage per dark run, the finish, an output per array; no read task (the tasks read)
     assert len(graph) <= chunks * (len(GAINS) + 1 + outputs) + 8
     assert not any(str(k[0] if isinstance(k, tuple) else k).startswith("euxfel-raw") for k in graph)
+
+
+def test_store_is_written_by_one_task_per_chunk(on_disk, tmp_path):
+    """The graph the scheduler gets for a store: a few tasks per chunk (the writes of every
+    array of a chunk in one), the user's layer written once per module."""
+    import zarr
+
+    from rmm_dask.io import open_run
+    from rmm_dask.store import store_writes, write_store
+
+    darks = {g: open_run(on_disk[f"dark-{g}"], cells_per_chunk=1) for g in GAINS}
+    flat = open_run(on_disk["flat"], cells_per_chunk=1)
+    user = np.zeros((2, *darks["high"].analog.shape[-2:]), dtype=np.uint8)
+    user[1, 5:9, 7] = 1
+    ds = build_mask(darks, flat, flat_check={"checked": "test"}, user_mask=user)
+    (optimized,) = dask.optimize(store_writes(ds, zarr.open_group(tmp_path / "graph.zarr", mode="w-", zarr_format=3)))
+    graph = dict(optimized.__dask_graph__())
+    # per chunk at most a stage per dark run, the verdicts and the write (without layers all fuse
+    # into one); besides: the user mask's two module blocks and the writer's list of targets
+    assert len(graph) <= 2 * 2 * (len(GAINS) + 2) + 2 + 1
+    path = write_store(ds, tmp_path / "m.zarr", compute=lambda d: dask.compute(d, scheduler="threads"))
+    root = zarr.open_group(path, mode="r")
+    np.testing.assert_array_equal(root["layers/user"][:], user)
+    np.testing.assert_array_equal(root["mask"][:], ds.mask.values)
