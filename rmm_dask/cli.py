@@ -367,7 +367,7 @@ def _synth_config(args):
 
 
 def _synth(args) -> int:
-    from .io.synthetic import write_synthetic
+    from .synth.on_disk import write_synthetic
     from .synth import synthesize
 
     out = Path(args.out)
@@ -406,7 +406,7 @@ def _demo_in(args, console, cfg, out: Path, keep: bool) -> None:
     from .config import params_from_config
     from .exports import FORMATS, export
     from .io import open_run
-    from .io.synthetic import layout_of, read_truth, write_synthetic
+    from .synth.on_disk import layout_of, read_truth, write_synthetic
     from .job import run_mask
     from .store import open_store
     from .synth import score, synthesize

@@ -8,7 +8,7 @@ from rmm_dask import counting as C
 from rmm_dask.codes import BadPixel
 from rmm_dask.detectors import Detector
 from rmm_dask.mask import Params, module_mask
-from rmm_dask.synth_counting import SMALL_COUNTING, counting_dark
+from rmm_dask.synth import SMALL_COUNTING, counting_dark
 
 
 def test_tail_probability_is_the_one_sided_normal_tail():

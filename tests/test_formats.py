@@ -13,9 +13,10 @@ from rmm_dask.codes import BadPixel
 from rmm_dask.detectors import DETECTORS, get_detector
 from rmm_dask.errors import InputError
 from rmm_dask.exports import EUXFEL, NEXUS, export
-from rmm_dask.io import open_run, write_jungfrau_run
-from rmm_dask.io.cbf import write_cbf_series
-from rmm_dask.io.hdf5_write import write_cxi, write_nxmx
+from rmm_dask.io import open_run
+from rmm_dask.synth.write_cbf import write_cbf_series
+from rmm_dask.synth.write_euxfel import write_jungfrau_run
+from rmm_dask.synth.write_hdf5 import write_cxi, write_nxmx
 from rmm_dask.mask import Params
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
@@ -192,7 +193,7 @@ def eiger_store(tmp_path_factory):
     det = get_detector("EIGER1M")
     out = tmp_path_factory.mktemp("eiger")
     calib = synthesize(SynthConfig(modules=2, cells=1, frames=24, flat_frames=24, detector=det))
-    from rmm_dask.io.synthetic import write_synthetic
+    from rmm_dask.synth.on_disk import write_synthetic
 
     runs = write_synthetic(calib, out)
     user = np.zeros(det.frame_shape, np.uint8)
@@ -299,7 +300,7 @@ def f_manufacturer(root, det):
 @pytest.fixture(scope="module")
 def agipd_store(tmp_path_factory):
     calib = synthesize(SynthConfig(modules=1, cells=2, frames=40, flat_frames=40, seed=4))
-    from rmm_dask.io.synthetic import write_synthetic
+    from rmm_dask.synth.on_disk import write_synthetic
 
     out = tmp_path_factory.mktemp("agipd")
     runs = write_synthetic(calib, out)

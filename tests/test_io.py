@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from rmm_dask.errors import InputError
-from rmm_dask.io import euxfel, open_run, write_raw_run
-from rmm_dask.io.synthetic import read_truth, write_synthetic
+from rmm_dask.io import euxfel, open_run
+from rmm_dask.synth.write_euxfel import write_raw_run
+from rmm_dask.synth.on_disk import read_truth, write_synthetic
 from rmm_dask.synth import EXPECTED, GAINS, Defect, SynthConfig, synthesize
 
 CONFIG = SynthConfig(modules=2, cells=3, frames=12, flat_frames=12, outlier_frame_fraction=0.1)

@@ -15,7 +15,7 @@ import yaml
 import zarr
 
 from rmm_dask.cli import main
-from rmm_dask.io.synthetic import write_synthetic
+from rmm_dask.synth.on_disk import write_synthetic
 from rmm_dask.nightly.service import service_lock
 from rmm_dask.synth import SynthConfig, plant_hot, synthesize
 

@@ -72,7 +72,7 @@ def test_graph_equals_the_in_memory_recipe(calib):
 @pytest.fixture(scope="module")
 def on_disk(calib, tmp_path_factory):
     """The same calibration set written as EuXFEL RAW runs."""
-    from rmm_dask.io.synthetic import write_synthetic
+    from rmm_dask.synth.on_disk import write_synthetic
 
     return write_synthetic(calib, tmp_path_factory.mktemp("raw"))
 

@@ -20,7 +20,7 @@ from rmm_dask.errors import InputError
 from rmm_dask.io import open_run
 from rmm_dask.io.files import classify
 from rmm_dask.io.hdf5 import _read_region, _Region
-from rmm_dask.io.hdf5_write import write_nxmx
+from rmm_dask.synth.write_hdf5 import write_nxmx
 
 from .cli_errors import one_line_error
 
