@@ -1,11 +1,50 @@
-"""Shared fixtures: a real Slurm when one is reachable (tests/test_slurm.py)."""
+"""Shared test helpers: :func:`raise_if_dask_computes` for laziness tests, a real Slurm when one
+is reachable (tests/test_slurm.py), :func:`wait_until` instead of fixed sleeps."""
 
+import contextlib
 import os
 import shutil
 import subprocess
 import time
 
+import dask
 import pytest
+
+
+class CountingScheduler:
+    """A Dask scheduler that counts compute calls and fails once there are more than ``max_computes``."""
+
+    def __init__(self, max_computes: int = 0):
+        self.total_computes = 0
+        self.max_computes = max_computes
+
+    def __call__(self, dsk, keys, **kwargs):
+        self.total_computes += 1
+        if self.total_computes > self.max_computes:
+            raise AssertionError(
+                f"something was computed: {self.total_computes} dask computes, {self.max_computes} allowed"
+            )
+        return dask.get(dsk, keys, **kwargs)
+
+
+@contextlib.contextmanager
+def raise_if_dask_computes(max_computes: int = 0):
+    """Within the block, any Dask compute beyond ``max_computes`` raises AssertionError
+    ("something was computed ..."); yields the scheduler (``total_computes``). As xarray's test helper."""
+    scheduler = CountingScheduler(max_computes)
+    with dask.config.set(scheduler=scheduler):
+        yield scheduler
+
+
+def wait_until(condition, timeout: float = 10.0, interval: float = 0.01) -> bool:
+    """Poll ``condition()`` until it is true (returns True) or ``timeout`` seconds pass (returns False)."""
+    end = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(interval)
 
 
 def _slurm_problem() -> str | None:
@@ -39,10 +78,7 @@ def slurm():
 
 def wait_queue_empty(timeout=30.0) -> bool:
     """True once squeue lists no job (cancelled jobs take a few seconds to leave)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T %j"], capture_output=True, text=True).stdout.strip()
-        if not out:
-            return True
-        time.sleep(0.5)
-    return False
+    return wait_until(
+        lambda: not subprocess.run(["squeue", "-h", "-o", "%i %T %j"], capture_output=True, text=True).stdout.strip(),
+        timeout, interval=0.5,
+    )

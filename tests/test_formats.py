@@ -23,13 +23,11 @@ from rmm_dask.store import write_store
 from rmm_dask.synth import SynthConfig, synthesize
 from rmm_dask.usermask import read_user_mask
 
+from .conftest import raise_if_dask_computes
+
 
 def rng(seed=0):
     return np.random.default_rng(seed)
-
-
-def raise_on_compute(*args, **kwargs):
-    raise AssertionError("something was computed")
 
 
 def sync(collection):
@@ -88,7 +86,7 @@ def test_jungfrau_euxfel_run(tmp_path):
     adc = r.integers(0, 1 << 14, shape, dtype=np.uint16)
     gain = r.choice(np.array([0, 1, 3], np.uint16), shape)
     run = write_jungfrau_run(tmp_path / "r0007", adc, gain, run_number=7, cell_ids=[15, 0, 1])
-    with dask.config.set(scheduler=raise_on_compute):
+    with raise_if_dask_computes():
         ds = open_run(run, det, cells_per_chunk=2)
     assert ds.cell.values.tolist() == [15, 0, 1] and ds.module.values.tolist() == [0, 1]
     assert ds.analog.data.chunks[1] == (2, 1)
@@ -130,7 +128,7 @@ def test_nxmx_eiger_with_linked_data_files_and_pixel_mask(tmp_path):
     mask[10, 20] |= 2  # dead
     master = write_nxmx(tmp_path / "r0003_master.h5", frames, det, pixel_mask=mask, frames_per_file=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r0003_data_000001.h5", "r0003_data_000002.h5", "r0003_master.h5"]
-    with dask.config.set(scheduler=raise_on_compute):
+    with raise_if_dask_computes():
         ds = open_run(master, det)
     assert "manufacturer pixel mask" in ds.attrs["notes"][0]
     assert ds.attrs["files"] == [str(tmp_path / n) for n in ("r0003_data_000001.h5", "r0003_data_000002.h5", "r0003_master.h5")]
@@ -157,7 +155,7 @@ def test_cbf_pilatus_series(tmp_path):
     image = fabio.open(str(run / "frame_00002.cbf"))
     np.testing.assert_array_equal(image.data, frames[1])
     assert image.pilatus_headers["Detector"].startswith("PILATUS300K")
-    with dask.config.set(scheduler=raise_on_compute):
+    with raise_if_dask_computes():
         ds = open_run(run, det)
     values = ds.analog.values
     expected = np.moveaxis(det.split_frame(frames.astype(np.float32)), 1, 0)

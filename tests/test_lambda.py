@@ -3,7 +3,6 @@
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import dask
 import h5py
 import numpy as np
 import pytest
@@ -18,6 +17,8 @@ from rmm_dask.mask import Params, _outliers
 from rmm_dask.pipeline import _jsonable, build_mask
 from rmm_dask.synth import NXMX_VIRTUAL, SynthConfig, score, synthesize, virtual_pixels
 
+from .conftest import raise_if_dask_computes
+
 LAMBDA_YAML = """name: TINYLAMBDA
 modules: 2
 module-shape: [70, 134]
@@ -28,10 +29,6 @@ counting: true
 dataset: /entry/instrument/detector/data
 pixel-mask: /entry/instrument/detector/pixel_mask
 """
-
-
-def raise_on_compute(*args, **kwargs):
-    raise AssertionError("pixel data was read while building the graph")
 
 
 @pytest.fixture
@@ -246,7 +243,7 @@ def test_a_lambda_part_file_goes_through_the_pipeline(tiny, tmp_path):
         counts[:, :, gap] = -1
         d = write_lambda_run(tmp_path / key, counts, one, pixel_mask=pm, frames_per_part=60)
         runs[key] = d / lambda_file_name(key, 1, 0)
-    with dask.config.set(scheduler=raise_on_compute):
+    with raise_if_dask_computes():
         dark = open_run(runs["dark"], one)
         flat = open_run(runs["flat"], one)
         ds = build_mask({"high": dark}, flat, detector=one)
