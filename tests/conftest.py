@@ -1,5 +1,6 @@
 """Shared test helpers: :func:`raise_if_dask_computes` for laziness tests, a real Slurm when one
-is reachable (tests/test_slurm.py), :func:`wait_until` instead of fixed sleeps."""
+is reachable (tests/test_slurm.py), :func:`wait_until` instead of fixed sleeps, and the small
+synthetic set and mask store the command-line tests share (written once per session)."""
 
 import contextlib
 import os
@@ -82,3 +83,37 @@ def wait_queue_empty(timeout=30.0) -> bool:
         lambda: not subprocess.run(["squeue", "-h", "-o", "%i %T %j"], capture_output=True, text=True).stdout.strip(),
         timeout, interval=0.5,
     )
+
+
+# ---------------------------------------------------------------------------- a small set for the command line
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """A small synthetic AGIPD set written by ``rmm synth`` (1 module, 2 cells, 24 frames), once per
+    session for test_cli, test_exits and test_faults; tests copy what they damage."""
+    from rmm_dask.cli import main
+
+    out = tmp_path_factory.mktemp("synth")
+    assert main(["synth", "--out", str(out), "--modules", "1", "--cells", "2", "--frames", "24", "--seed", "2"]) == 0
+    return out
+
+
+def raw(runs, n):
+    return str(runs / "raw" / f"r{n:04d}")
+
+
+def mask_args(runs, out, *extra):
+    return ["mask", "--dark-high", raw(runs, 1), "--dark-medium", raw(runs, 2), "--dark-low", raw(runs, 3), "--flat", raw(runs, 4), "--out", str(out), "--workers", "1", *extra]
+
+
+@pytest.fixture(scope="session")
+def store(runs, tmp_path_factory):
+    """The mask store (read-only once published) and its ``--report`` of ``runs``, made once per session."""
+    from rmm_dask.cli import main
+
+    out = tmp_path_factory.mktemp("mask") / "mask.zarr"
+    report = out.with_name("report.html")
+    assert main(mask_args(runs, out, "--report", str(report), "--lambda", "8")) == 0
+    assert report.stat().st_size > 10_000
+    return out
