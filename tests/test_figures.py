@@ -18,8 +18,9 @@ from rmm_dask.summary import NEXUS_BITS, count_nexus_bits, detector_image, modul
 from rmm_dask.synth import SynthConfig, synthesize
 
 DIMS = ("module", "cell", "frame", "y", "x")
-#: a wide counting module of 516 x 1556 pixels, three of them, no frame layout in the description
-WIDE = Detector(name="WIDE3", n_modules=3, module_shape=(516, 1556), asic_shape=(258, 259), counting=True, edge_width=0)
+#: a wide counting module, three of them, no frame layout in the description: a LAMBDA module's
+#: shape (516 x 1556, 3 times wider than high) at a third of its size in each direction
+WIDE = Detector(name="WIDE3", n_modules=3, module_shape=(172, 519), asic_shape=(86, 173), counting=True, edge_width=0)
 #: planted manufacturer's bits: gap, dead, noisy, user, virtual -> pixels of module 0 at these rows
 PLANTED = {0: 30, 1: 7, 4: 3, 8: 11, 31: 50}
 
@@ -57,7 +58,7 @@ def wide(tmp_path_factory):
 def test_module_images_keep_their_aspect(wide, tmp_path):
     paths = {p.name: p for p in write_figures(zarr.open_group(wide, mode="r"), tmp_path)}
     w, h = png_size(paths["mask_module00.png"])
-    assert w / h > 2.0  # 1556 / 516 = 3.0, with room for the colorbar and titles
+    assert w / h > 2.0  # 519 / 172 = 3.0, with room for the colorbar and titles
     w, h = png_size(paths["detector.png"])  # three wide modules one above the other: nearly square
     assert 0.7 < w / h < 1.4
 

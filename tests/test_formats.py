@@ -296,15 +296,9 @@ def f_manufacturer(root, det):
 
 
 @pytest.fixture(scope="module")
-def agipd_store(tmp_path_factory):
-    calib = synthesize(SynthConfig(modules=1, cells=2, frames=40, flat_frames=40, seed=4))
-    from rmm_dask.synth.on_disk import write_synthetic
-
-    out = tmp_path_factory.mktemp("agipd")
-    runs = write_synthetic(calib, out)
-    darks = {g: open_run(runs[f"dark-{g}"]) for g in ("high", "medium", "low")}
-    ds = build_mask(darks, open_run(runs["flat"]), params=Params())
-    return write_store(ds, out / "mask.zarr", compute=sync)
+def agipd_store(store):
+    """An AGIPD store of one module, three gain stages and two cells: the session's (tests/conftest.py)."""
+    return store
 
 
 def test_euxfel_export_read_with_extra_badpixels(agipd_store, tmp_path):

@@ -133,7 +133,7 @@ def test_euxfel_runs_are_opened_read_only(tmp_path, alias):
     from rmm_dask.synth import SynthConfig, synthesize
 
     det = get_detector(alias)
-    runs = write_synthetic(synthesize(SynthConfig(modules=2, cells=1, frames=12, detector=det)), tmp_path, truth=None)
+    runs = write_synthetic(synthesize(SynthConfig(modules=2, cells=1, frames=12, flat_frames=12, detector=det)), tmp_path, truth=None)
     raw = tmp_path / "raw"
     assert os.access(raw, os.W_OK)  # EXtra-data would write here
     before = tree_state(raw)
