@@ -93,6 +93,7 @@ def test_bad_config(runs, tmp_path, capsys):
     one_line_error(capsys, "c.yaml", "unknown parameters ['lamda']")
 
 
+@pytest.mark.slow
 def test_demo(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--modules", "1", "--cells", "1", "--frames", "40", "--workers", "1"]) == 0
     out = capsys.readouterr().out

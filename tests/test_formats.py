@@ -368,9 +368,10 @@ def test_user_mask_files(tmp_path):
 # ---------------------------------------------------------------------------- demos
 
 
-@pytest.mark.parametrize("detector, extra", [("pilatus", []), ("jungfrau", ["--modules", "1", "--frames", "24"]), ("cspad", ["--frames", "16"])])
+@pytest.mark.slow
+@pytest.mark.parametrize("detector, extra", [("pilatus", ["--frames", "40"]), ("jungfrau", ["--modules", "1", "--frames", "24"]), ("cspad", ["--frames", "16"])])
 def test_demo_per_detector(tmp_path, capsys, detector, extra):
-    assert main(["demo", "--detector", detector, "--out", str(tmp_path / "d"), "--workers", "2", *extra]) == 0
+    assert main(["demo", "--detector", detector, "--out", str(tmp_path / "d"), "--workers", "1", *extra]) == 0
     out = capsys.readouterr().out
     assert "HOT" in out and "clean pixels flagged" in out
     hot = re.search(r"HOT\s+(\d+)\s+(\d+)", out)

@@ -103,6 +103,7 @@ def crash_midway(config: Path, tmp_path: Path) -> None:
         proc.wait()
 
 
+@pytest.mark.slow
 def test_three_nights(tmp_path, capsys):
     facility = tmp_path / "facility" / "p700000"
     config = write_config(tmp_path)
@@ -281,6 +282,7 @@ def catalog_view(tmp_path: Path) -> tuple[list[tuple], int | None]:
     return sets, None if pointer is None else pointer[0]
 
 
+@pytest.mark.slow
 def test_a_lost_or_corrupt_catalog_is_rebuilt_from_the_published_versions(tmp_path, capsys):
     """Without its catalog the service masks nothing again and current stays where it was;
     a corrupt catalog is kept aside. diff.json names the published stores."""

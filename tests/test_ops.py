@@ -152,6 +152,7 @@ def test_euxfel_runs_are_opened_read_only(tmp_path, alias):
     assert tree_state(raw) == before and not list(raw.rglob("karabo_data_map.json"))
 
 
+@pytest.mark.slow
 def test_demo_announces_and_removes_its_temporary_directory(tmp_path, monkeypatch, capsys):
     import tempfile
 

@@ -94,6 +94,7 @@ def test_graph_from_opened_runs_reads_no_pixels(on_disk, monkeypatch):
     assert ds.mask.shape == (2, 3, 2, 512, 128)
 
 
+@pytest.mark.slow
 def test_bit_identical_across_chunkings_and_workers(on_disk, calib, tmp_path):
     from distributed import Client, LocalCluster
 
