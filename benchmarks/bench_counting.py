@@ -20,7 +20,7 @@ from scipy import stats
 from rmm_dask import counting
 from rmm_dask.codes import BadPixel
 from rmm_dask.mask import Params, module_mask
-from rmm_dask.synth_counting import SMALL_COUNTING, counting_dark
+from rmm_dask.synth import SMALL_COUNTING, counting_dark
 
 BINS = (0.2, 0.3, 0.5, 0.8, 1.2, 1.6, 2.0)
 RULES = {"poisson": Params(), "floor (paper)": Params(counting_test="floor")}

@@ -24,7 +24,7 @@ from common import goal, header
 
 from rmm_dask.cluster import dask_client
 from rmm_dask.io import open_run
-from rmm_dask.io.synthetic import write_synthetic
+from rmm_dask.synth.on_disk import write_synthetic
 from rmm_dask.mask import Params, module_mask
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store

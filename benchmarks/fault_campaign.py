@@ -363,7 +363,7 @@ dataset: /data
 
 FACILITY_SNIPPET = """
 import sys
-from rmm_dask.io.synthetic import write_synthetic
+from rmm_dask.synth.on_disk import write_synthetic
 from rmm_dask.synth import SynthConfig, synthesize
 calib = synthesize(SynthConfig(modules=1, cells=1, frames=32, seed=5))
 write_synthetic(calib, sys.argv[1], run_numbers={"flat": 1, "dark-high": 2, "dark-medium": 3, "dark-low": 4}, truth=None)

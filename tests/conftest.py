@@ -1,11 +1,51 @@
-"""Shared fixtures: a real Slurm when one is reachable (tests/test_slurm.py)."""
+"""Shared test helpers: :func:`raise_if_dask_computes` for laziness tests, a real Slurm when one
+is reachable (tests/test_slurm.py), :func:`wait_until` instead of fixed sleeps, and the small
+synthetic set and mask store the command-line tests share (written once per session)."""
 
+import contextlib
 import os
 import shutil
 import subprocess
 import time
 
+import dask
 import pytest
+
+
+class CountingScheduler:
+    """A Dask scheduler that counts compute calls and fails once there are more than ``max_computes``."""
+
+    def __init__(self, max_computes: int = 0):
+        self.total_computes = 0
+        self.max_computes = max_computes
+
+    def __call__(self, dsk, keys, **kwargs):
+        self.total_computes += 1
+        if self.total_computes > self.max_computes:
+            raise AssertionError(
+                f"something was computed: {self.total_computes} dask computes, {self.max_computes} allowed"
+            )
+        return dask.get(dsk, keys, **kwargs)
+
+
+@contextlib.contextmanager
+def raise_if_dask_computes(max_computes: int = 0):
+    """Within the block, any Dask compute beyond ``max_computes`` raises AssertionError
+    ("something was computed ..."); yields the scheduler (``total_computes``). As xarray's test helper."""
+    scheduler = CountingScheduler(max_computes)
+    with dask.config.set(scheduler=scheduler):
+        yield scheduler
+
+
+def wait_until(condition, timeout: float = 10.0, interval: float = 0.01) -> bool:
+    """Poll ``condition()`` until it is true (returns True) or ``timeout`` seconds pass (returns False)."""
+    end = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(interval)
 
 
 def _slurm_problem() -> str | None:
@@ -39,10 +79,41 @@ def slurm():
 
 def wait_queue_empty(timeout=30.0) -> bool:
     """True once squeue lists no job (cancelled jobs take a few seconds to leave)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T %j"], capture_output=True, text=True).stdout.strip()
-        if not out:
-            return True
-        time.sleep(0.5)
-    return False
+    return wait_until(
+        lambda: not subprocess.run(["squeue", "-h", "-o", "%i %T %j"], capture_output=True, text=True).stdout.strip(),
+        timeout, interval=0.5,
+    )
+
+
+# ---------------------------------------------------------------------------- a small set for the command line
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """A small synthetic AGIPD set written by ``rmm synth`` (1 module, 2 cells, 24 frames), once per
+    session for test_cli, test_exits and test_faults; tests copy what they damage."""
+    from rmm_dask.cli import main
+
+    out = tmp_path_factory.mktemp("synth")
+    assert main(["synth", "--out", str(out), "--modules", "1", "--cells", "2", "--frames", "24", "--seed", "2"]) == 0
+    return out
+
+
+def raw(runs, n):
+    return str(runs / "raw" / f"r{n:04d}")
+
+
+def mask_args(runs, out, *extra):
+    return ["mask", "--dark-high", raw(runs, 1), "--dark-medium", raw(runs, 2), "--dark-low", raw(runs, 3), "--flat", raw(runs, 4), "--out", str(out), "--workers", "1", *extra]
+
+
+@pytest.fixture(scope="session")
+def store(runs, tmp_path_factory):
+    """The mask store (read-only once published) and its ``--report`` of ``runs``, made once per session."""
+    from rmm_dask.cli import main
+
+    out = tmp_path_factory.mktemp("mask") / "mask.zarr"
+    report = out.with_name("report.html")
+    assert main(mask_args(runs, out, "--report", str(report), "--lambda", "8")) == 0
+    assert report.stat().st_size > 10_000
+    return out

@@ -10,30 +10,7 @@ import zarr
 from rmm_dask.cli import main
 
 from .cli_errors import one_line_error
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    assert main(["synth", "--out", str(out), "--modules", "1", "--cells", "2", "--frames", "24", "--seed", "2"]) == 0
-    return out
-
-
-def raw(runs, n):
-    return str(runs / "raw" / f"r{n:04d}")
-
-
-def mask_args(runs, out, *extra):
-    return ["mask", "--dark-high", raw(runs, 1), "--dark-medium", raw(runs, 2), "--dark-low", raw(runs, 3), "--flat", raw(runs, 4), "--out", str(out), "--workers", "1", *extra]
-
-
-@pytest.fixture(scope="module")
-def store(runs, tmp_path_factory):
-    out = tmp_path_factory.mktemp("mask") / "mask.zarr"
-    report = out.with_name("report.html")
-    assert main(mask_args(runs, out, "--report", str(report), "--lambda", "8")) == 0
-    assert report.stat().st_size > 10_000
-    return out
+from .conftest import mask_args, raw
 
 
 def test_mask_show_export(store, tmp_path, capsys):
@@ -116,6 +93,7 @@ def test_bad_config(runs, tmp_path, capsys):
     one_line_error(capsys, "c.yaml", "unknown parameters ['lamda']")
 
 
+@pytest.mark.slow
 def test_demo(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--modules", "1", "--cells", "1", "--frames", "40", "--workers", "1"]) == 0
     out = capsys.readouterr().out

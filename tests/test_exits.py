@@ -24,7 +24,7 @@ from rmm_dask.cli import main
 from rmm_dask.store import STORE_FORMAT
 
 from .cli_errors import one_line_error
-from .test_cli import mask_args, raw, runs  # noqa: F401  (the module fixture: a small synthetic set)
+from .conftest import mask_args, raw
 
 NOISE = ("Traceback", "KeyboardInterrupt", "Compute Failed", "still alive", "CancelledError", "Task exception")
 
@@ -86,7 +86,7 @@ def test_ctrl_c_to_the_process_group_exits_130_and_leaves_nothing(runs, tmp_path
         pytest.fail("processes of the job's group are still running")
 
 
-def test_sigterm_after_publication_says_it_was_published(runs, tmp_path, monkeypatch, capfd):  # noqa: F811
+def test_sigterm_after_publication_says_it_was_published(runs, tmp_path, monkeypatch, capfd):
     """SIGTERM while the cluster closes, the store already in place: exit 130, the line names it, it is complete."""
     out = tmp_path / "m.zarr"
     close = cluster._close
@@ -221,7 +221,7 @@ def test_an_interrupt_leaves_no_coroutine_warning(monkeypatch, tmp_path, capfd):
     assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
 
 
-def test_successful_mask_prints_no_traceback_and_no_killed_worker(runs, tmp_path, capfd, monkeypatch):  # noqa: F811
+def test_successful_mask_prints_no_traceback_and_no_killed_worker(runs, tmp_path, capfd, monkeypatch):
     """... and leaves nothing in the temporary directory (Dask's scratch space is the cluster's own)."""
     import tempfile
 
@@ -261,7 +261,7 @@ def test_scratch_space_of_killed_jobs_is_removed_by_the_next(tmp_path, monkeypat
     assert not Path(scratch).exists()
 
 
-def test_a_scheduler_that_cannot_be_reached_exits_3(runs, tmp_path, capsys):  # noqa: F811
+def test_a_scheduler_that_cannot_be_reached_exits_3(runs, tmp_path, capsys):
     import socket
 
     import dask
@@ -304,14 +304,14 @@ def _datasets(f):
 
 # ------------------------------------------------------------------------------------- outputs
 
-def test_output_directory_not_writable(runs, tmp_path, mounted, capsys):  # noqa: F811
+def test_output_directory_not_writable(runs, tmp_path, mounted, capsys):
     where = mounted("1m", ro=True)
     assert main(mask_args(runs, where / "m.zarr")) == 2
     one_line_error(capsys, str(where), "not writable (read-only filesystem)")
     assert os.listdir(where) == []
 
 
-def test_no_room_for_the_store_is_refused_before_the_cluster_starts(runs, tmp_path, mounted, capsys):  # noqa: F811
+def test_no_room_for_the_store_is_refused_before_the_cluster_starts(runs, tmp_path, mounted, capsys):
     where = mounted("1m")
     t0 = time.monotonic()
     assert main(mask_args(runs, where / "m.zarr")) == 2
@@ -321,7 +321,7 @@ def test_no_room_for_the_store_is_refused_before_the_cluster_starts(runs, tmp_pa
     assert os.listdir(where) == []
 
 
-def test_disk_full_while_writing_is_one_line(runs, tmp_path, mounted, capsys):  # noqa: F811
+def test_disk_full_while_writing_is_one_line(runs, tmp_path, mounted, capsys):
     """Room for the estimate's lower bound, not for the compressed store: ENOSPC in a worker task."""
     from rmm_dask.io import open_run
     from rmm_dask.job import LEAST_COMPRESSED, store_nbytes
@@ -335,7 +335,7 @@ def test_disk_full_while_writing_is_one_line(runs, tmp_path, mounted, capsys):  
     assert os.listdir(where) == []
 
 
-def test_dangling_symlink_as_output_is_refused(runs, tmp_path, capsys):  # noqa: F811
+def test_dangling_symlink_as_output_is_refused(runs, tmp_path, capsys):
     link = tmp_path / "m.zarr"
     link.symlink_to(tmp_path / "elsewhere" / "m.zarr")
     assert main(mask_args(runs, link)) == 2
@@ -355,13 +355,13 @@ def test_dangling_symlink_as_output_is_refused(runs, tmp_path, capsys):  # noqa:
         (["--workers", "-2"], ["--workers", "must be at least 1, not -2"]),
     ],
 )
-def test_impossible_options(runs, tmp_path, capsys, extra, needles):  # noqa: F811
+def test_impossible_options(runs, tmp_path, capsys, extra, needles):
     assert main(mask_args(runs, tmp_path / "m.zarr", *extra)) == 2
     one_line_error(capsys, *needles)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_lambda_inf_in_a_config_file(runs, tmp_path, capsys):  # noqa: F811
+def test_lambda_inf_in_a_config_file(runs, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("rmm-dask:\n  lambda: .inf\n")
     assert main(mask_args(runs, tmp_path / "m.zarr", "--config", str(cfg))) == 2
@@ -370,7 +370,7 @@ def test_lambda_inf_in_a_config_file(runs, tmp_path, capsys):  # noqa: F811
 
 
 @pytest.mark.parametrize("change, needle", [("cells: 352", "cells must be at least 1, not -3"), ("gain-stages:", "at least one gain stage")])
-def test_detector_description_with_impossible_values(runs, tmp_path, capsys, change, needle):  # noqa: F811
+def test_detector_description_with_impossible_values(runs, tmp_path, capsys, change, needle):
     from rmm_dask import detectors
 
     lines = (Path(detectors.__file__).with_name("agipd1m.yaml")).read_text().splitlines()
@@ -384,7 +384,7 @@ def test_detector_description_with_impossible_values(runs, tmp_path, capsys, cha
     assert [p.name for p in tmp_path.iterdir()] == ["det.yaml"]
 
 
-def test_detector_description_that_is_not_yaml(runs, tmp_path, capsys):  # noqa: F811
+def test_detector_description_that_is_not_yaml(runs, tmp_path, capsys):
     """PyYAML's message spans four lines: the problem and where it is, on one."""
     yaml_file = tmp_path / "det.yaml"
     yaml_file.write_text("name: [unclosed\n  : :\n")

@@ -21,7 +21,7 @@ from rmm_dask.errors import InputError
 from rmm_dask.nightly.versions import Versions
 
 from .cli_errors import one_line_error
-from .test_cli import mask_args, runs, store  # noqa: F401  (module fixtures: a small synthetic set and its store)
+from .conftest import mask_args
 
 HOST = socket.gethostname()
 
@@ -225,12 +225,12 @@ def _each(store_path, plant, argv_of, name, kind, capsys):
 
 
 @pytest.mark.parametrize("fmt", ["h5", "crystfel", "nexus", "euxfel", "cheetah"])
-def test_planted_link_at_an_export(store, planted, fmt, capsys):  # noqa: F811
+def test_planted_link_at_an_export(store, planted, fmt, capsys):
     plant, _ = planted
     _each(store, plant, lambda link: ["export", str(store), "--to", fmt, "--out", str(link)], "m.h5", "file", capsys)
 
 
-def test_planted_link_at_the_crystfel_geometry(store, planted, capsys):  # noqa: F811
+def test_planted_link_at_the_crystfel_geometry(store, planted, capsys):
     plant, _ = planted
     link, victim = plant("m.geom", "file")
     before = _snapshot(victim)
@@ -240,18 +240,18 @@ def test_planted_link_at_the_crystfel_geometry(store, planted, capsys):  # noqa:
 
 
 @pytest.mark.parametrize("option, kind", [("--png", "dir"), ("--html", "file")])
-def test_planted_link_at_show_outputs(store, planted, option, kind, capsys):  # noqa: F811
+def test_planted_link_at_show_outputs(store, planted, option, kind, capsys):
     plant, _ = planted
     _each(store, plant, lambda link: ["show", str(store), option, str(link), "--overwrite"], "o", kind, capsys)
 
 
-def test_planted_link_at_diff_json(store, planted, capsys):  # noqa: F811
+def test_planted_link_at_diff_json(store, planted, capsys):
     plant, _ = planted
     _each(store, plant, lambda link: ["diff", str(store), str(store), "--json", str(link), "--overwrite"], "d.json", "file", capsys)
 
 
 @pytest.mark.parametrize("which", ["--out", "--report"])
-def test_planted_link_at_the_store_and_the_report(runs, planted, which, capsys):  # noqa: F811
+def test_planted_link_at_the_store_and_the_report(runs, planted, which, capsys):
     plant, _ = planted
     kind = "dir" if which == "--out" else "file"
 
@@ -295,7 +295,7 @@ def test_nightly_version_partial_and_current_links(planted):
     assert _snapshot(victim) == before
 
 
-def test_existing_outputs_are_refused_the_same_way_everywhere(store, tmp_path, capsys):  # noqa: F811
+def test_existing_outputs_are_refused_the_same_way_everywhere(store, tmp_path, capsys):
     for argv_tail, name in ((["--json"], "d.json"), (["--png"], "png"), (["--html"], "r.html")):
         target = tmp_path / name
         target.mkdir() if name == "png" else target.write_text("mine")
@@ -347,7 +347,7 @@ def full(small_fs, tmp_path, monkeypatch):
     return where, "patched fsync"
 
 
-def test_full_filesystem_store(runs, full, capsys):  # noqa: F811
+def test_full_filesystem_store(runs, full, capsys):
     where, how = full
     mine = where / "mine.zarr"  # a published output already there, to be kept whole
     mine.mkdir()
@@ -361,7 +361,7 @@ def test_full_filesystem_store(runs, full, capsys):  # noqa: F811
 
 
 @pytest.mark.parametrize("fmt", ["h5", "euxfel"])
-def test_full_filesystem_export(store, full, fmt, capsys):  # noqa: F811
+def test_full_filesystem_export(store, full, fmt, capsys):
     """In a subprocess where the disk is really full: HDF5 itself must never meet ENOSPC (it crashed with SIGSEGV)."""
     where, how = full
     out = where / "m.h5"

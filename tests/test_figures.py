@@ -18,8 +18,9 @@ from rmm_dask.summary import NEXUS_BITS, count_nexus_bits, detector_image, modul
 from rmm_dask.synth import SynthConfig, synthesize
 
 DIMS = ("module", "cell", "frame", "y", "x")
-#: a wide counting module of 516 x 1556 pixels, three of them, no frame layout in the description
-WIDE = Detector(name="WIDE3", n_modules=3, module_shape=(516, 1556), asic_shape=(258, 259), counting=True, edge_width=0)
+#: a wide counting module, three of them, no frame layout in the description: a LAMBDA module's
+#: shape (516 x 1556, 3 times wider than high) at a third of its size in each direction
+WIDE = Detector(name="WIDE3", n_modules=3, module_shape=(172, 519), asic_shape=(86, 173), counting=True, edge_width=0)
 #: planted manufacturer's bits: gap, dead, noisy, user, virtual -> pixels of module 0 at these rows
 PLANTED = {0: 30, 1: 7, 4: 3, 8: 11, 31: 50}
 
@@ -57,7 +58,7 @@ def wide(tmp_path_factory):
 def test_module_images_keep_their_aspect(wide, tmp_path):
     paths = {p.name: p for p in write_figures(wide, tmp_path)}  # a path, or an open store (below)
     w, h = png_size(paths["mask_module00.png"])
-    assert w / h > 2.0  # 1556 / 516 = 3.0, with room for the colorbar and titles
+    assert w / h > 2.0  # 519 / 172 = 3.0, with room for the colorbar and titles
     w, h = png_size(paths["detector.png"])  # three wide modules one above the other: nearly square
     assert 0.7 < w / h < 1.4
 
@@ -98,7 +99,8 @@ def test_manufacturer_bits_are_counted_per_bit(wide, tmp_path, capsys):
     expected["gap"] += 5
     expected["dead"] += 5
     assert {k: v for k, v in counts.items() if k not in ("reject", "any")} == expected
-    assert counts["reject"] == 30 + 7 + 3 + 11 + 5 and counts["any"] == counts["reject"] + 50
+    rejecting = sum(n for b, n in PLANTED.items() if b < 16)  # NeXus bits 0-15 reject; 31 (virtual) informs
+    assert counts["reject"] == rejecting + 5 and counts["any"] == counts["reject"] + PLANTED[31]
     assert main(["show", str(wide), "--png", str(tmp_path / "png"), "--html", str(tmp_path / "r.html")]) == 0
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("layer manufacturer:"))

@@ -11,7 +11,7 @@ from rmm_dask.errors import InputError
 from rmm_dask.flatcheck import MIN_SIGNAL, check_flat
 from rmm_dask.io import open_run
 from rmm_dask.io.sample import sample_frames
-from rmm_dask.io.synthetic import write_synthetic
+from rmm_dask.synth.on_disk import write_synthetic
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
 from rmm_dask.synth import DARK_RATE, FLAT_COUNTS, NOISE_BASE, PHOTONS_MEAN, SynthConfig, synthesize
@@ -174,7 +174,7 @@ def test_regions_read_only_the_frames_asked_for(agipd, pilatus):
 
 
 def test_the_sample_of_an_nxmx_stack_reads_its_first_frames(pilatus, tmp_path):
-    from rmm_dask.io.hdf5_write import write_nxmx
+    from rmm_dask.synth.write_hdf5 import write_nxmx
 
     det = get_detector("PILATUS300K")
     frames = np.arange(20 * np.prod(det.frame_shape), dtype=np.int32).reshape(20, *det.frame_shape) % 1000

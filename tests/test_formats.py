@@ -13,22 +13,21 @@ from rmm_dask.codes import BadPixel
 from rmm_dask.detectors import DETECTORS, get_detector
 from rmm_dask.errors import InputError
 from rmm_dask.exports import EUXFEL, NEXUS, export
-from rmm_dask.io import open_run, write_jungfrau_run
-from rmm_dask.io.cbf import write_cbf_series
-from rmm_dask.io.hdf5_write import write_cxi, write_nxmx
+from rmm_dask.io import open_run
+from rmm_dask.synth.write_cbf import write_cbf_series
+from rmm_dask.synth.write_euxfel import write_jungfrau_run
+from rmm_dask.synth.write_hdf5 import write_cxi, write_nxmx
 from rmm_dask.mask import Params
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
 from rmm_dask.synth import SynthConfig, synthesize
 from rmm_dask.usermask import read_user_mask
 
+from .conftest import raise_if_dask_computes
+
 
 def rng(seed=0):
     return np.random.default_rng(seed)
-
-
-def raise_on_compute(*args, **kwargs):
-    raise AssertionError("something was computed")
 
 
 def sync(collection):
@@ -87,7 +86,7 @@ def test_jungfrau_euxfel_run(tmp_path):
     adc = r.integers(0, 1 << 14, shape, dtype=np.uint16)
     gain = r.choice(np.array([0, 1, 3], np.uint16), shape)
     run = write_jungfrau_run(tmp_path / "r0007", adc, gain, run_number=7, cell_ids=[15, 0, 1])
-    with dask.config.set(scheduler=raise_on_compute):
+    with raise_if_dask_computes():
         ds = open_run(run, det, cells_per_chunk=2)
     assert ds.cell.values.tolist() == [15, 0, 1] and ds.module.values.tolist() == [0, 1]
     assert ds.analog.data.chunks[1] == (2, 1)
@@ -129,7 +128,7 @@ def test_nxmx_eiger_with_linked_data_files_and_pixel_mask(tmp_path):
     mask[10, 20] |= 2  # dead
     master = write_nxmx(tmp_path / "r0003_master.h5", frames, det, pixel_mask=mask, frames_per_file=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r0003_data_000001.h5", "r0003_data_000002.h5", "r0003_master.h5"]
-    with dask.config.set(scheduler=raise_on_compute):
+    with raise_if_dask_computes():
         ds = open_run(master, det)
     assert "manufacturer pixel mask" in ds.attrs["notes"][0]
     assert ds.attrs["files"] == [str(tmp_path / n) for n in ("r0003_data_000001.h5", "r0003_data_000002.h5", "r0003_master.h5")]
@@ -156,7 +155,7 @@ def test_cbf_pilatus_series(tmp_path):
     image = fabio.open(str(run / "frame_00002.cbf"))
     np.testing.assert_array_equal(image.data, frames[1])
     assert image.pilatus_headers["Detector"].startswith("PILATUS300K")
-    with dask.config.set(scheduler=raise_on_compute):
+    with raise_if_dask_computes():
         ds = open_run(run, det)
     values = ds.analog.values
     expected = np.moveaxis(det.split_frame(frames.astype(np.float32)), 1, 0)
@@ -192,7 +191,7 @@ def eiger_store(tmp_path_factory):
     det = get_detector("EIGER1M")
     out = tmp_path_factory.mktemp("eiger")
     calib = synthesize(SynthConfig(modules=2, cells=1, frames=24, flat_frames=24, detector=det))
-    from rmm_dask.io.synthetic import write_synthetic
+    from rmm_dask.synth.on_disk import write_synthetic
 
     runs = write_synthetic(calib, out)
     user = np.zeros(det.frame_shape, np.uint8)
@@ -297,15 +296,9 @@ def f_manufacturer(root, det):
 
 
 @pytest.fixture(scope="module")
-def agipd_store(tmp_path_factory):
-    calib = synthesize(SynthConfig(modules=1, cells=2, frames=40, flat_frames=40, seed=4))
-    from rmm_dask.io.synthetic import write_synthetic
-
-    out = tmp_path_factory.mktemp("agipd")
-    runs = write_synthetic(calib, out)
-    darks = {g: open_run(runs[f"dark-{g}"]) for g in ("high", "medium", "low")}
-    ds = build_mask(darks, open_run(runs["flat"]), params=Params())
-    return write_store(ds, out / "mask.zarr", compute=sync)
+def agipd_store(store):
+    """An AGIPD store of one module, three gain stages and two cells: the session's (tests/conftest.py)."""
+    return store
 
 
 def test_euxfel_export_read_with_extra_badpixels(agipd_store, tmp_path):
@@ -375,9 +368,10 @@ def test_user_mask_files(tmp_path):
 # ---------------------------------------------------------------------------- demos
 
 
-@pytest.mark.parametrize("detector, extra", [("pilatus", []), ("jungfrau", ["--modules", "1", "--frames", "24"]), ("cspad", ["--frames", "16"])])
+@pytest.mark.slow
+@pytest.mark.parametrize("detector, extra", [("pilatus", ["--frames", "40"]), ("jungfrau", ["--modules", "1", "--frames", "24"]), ("cspad", ["--frames", "16"])])
 def test_demo_per_detector(tmp_path, capsys, detector, extra):
-    assert main(["demo", "--detector", detector, "--out", str(tmp_path / "d"), "--workers", "2", *extra]) == 0
+    assert main(["demo", "--detector", detector, "--out", str(tmp_path / "d"), "--workers", "1", *extra]) == 0
     out = capsys.readouterr().out
     assert "HOT" in out and "clean pixels flagged" in out
     hot = re.search(r"HOT\s+(\d+)\s+(\d+)", out)

@@ -20,9 +20,12 @@ import numpy as np
 import pytest
 
 from rmm_dask.errors import InputError
-from rmm_dask.io import euxfel, open_run, write_raw_run
-from rmm_dask.io.synthetic import read_truth, write_synthetic
+from rmm_dask.io import euxfel, open_run
+from rmm_dask.synth.write_euxfel import write_raw_run
+from rmm_dask.synth.on_disk import read_truth, write_synthetic
 from rmm_dask.synth import EXPECTED, GAINS, Defect, SynthConfig, synthesize
+
+from .conftest import raise_if_dask_computes
 
 CONFIG = SynthConfig(modules=2, cells=3, frames=12, flat_frames=12, outlier_frame_fraction=0.1)
 DET_ID = "SPB_DET_AGIPD1M-1"
@@ -50,10 +53,6 @@ def written(calib, tmp_path_factory):
 
 def source(module):
     return f"{DET_ID}/DET/{module}CH0:xtdf"
-
-
-def raise_on_compute(*args, **kwargs):
-    raise AssertionError("something was computed")
 
 
 def assemble(run_dir, *files):
@@ -168,18 +167,58 @@ def test_open_run_returns_the_written_arrays(written, calib, key, cells_per_chun
     assert ds.attrs["notes"] == ["2 of AGIPD1M's 16 modules in the run; no data source for modules 2-15"]
 
 
-def test_open_is_lazy_and_reads_each_block_once(written, monkeypatch):
-    """No pixel read and no compute at open or while building a reduction; one read per block on compute."""
-    pixel_reads = []
-    for method in ("__getitem__", "read_direct"):
-        original = getattr(h5py.Dataset, method)
+class _SpyID:
+    """Stands in for a pixel dataset's low-level ``DatasetID``: records each ``read`` and
+    passes it on (every other attribute is the real one's)."""
 
-        def spy(self, *args, _original=original, **kwargs):
-            if self.name.endswith("image/data"):
-                pixel_reads.append(self.name)
-            return _original(self, *args, **kwargs)
+    def __init__(self, dsid, name: str, reads: list):
+        self._dsid, self._name, self._reads = dsid, name, reads
 
-        monkeypatch.setattr(h5py.Dataset, method, spy)
+    def read(self, *args, **kwargs):
+        self._reads.append(self._name)
+        return self._dsid.read(*args, **kwargs)
+
+    def __getattr__(self, attr):
+        return getattr(self._dsid, attr)
+
+
+@pytest.fixture
+def pixel_reads(monkeypatch):
+    """The HDF5 reads of pixel data (``.../image/data``), one entry per ``DatasetID.read``.
+
+    The reader reads through h5py's low-level ``DatasetID.read`` (an extension type whose
+    methods cannot be replaced), so the spy replaces ``Dataset.id`` of pixel datasets by a
+    recording stand-in; h5py's own high-level reads go through ``id.read`` too.
+    """
+    reads = []
+    real_id = h5py.Dataset.id
+
+    def spied_id(self):
+        dsid = real_id.fget(self)
+        name = h5py.h5i.get_name(dsid) or b""
+        return _SpyID(dsid, name.decode(), reads) if name.endswith(b"image/data") else dsid
+
+    monkeypatch.setattr(h5py.Dataset, "id", property(spied_id))
+    return reads
+
+
+def test_pixel_read_spy_sees_the_readers_reads(written, pixel_reads):
+    """The spy is not blind: a low-level read as the reader makes it, and a high-level slice, are both recorded."""
+    dataset = f"INSTRUMENT/{source(0)}/image/data"
+    with h5py.File(written["dark-high"] / "RAW-R0001-AGIPD00-S00000.h5", "r") as f:
+        ds = f[dataset]
+        space = ds.id.get_space()
+        space.select_hyperslab((0, 0, 0, 0), (1, 2, Y, X))
+        frame = np.empty((1, 2, Y, X), np.uint16)
+        ds.id.read(h5py.h5s.create_simple(frame.shape), space, frame)
+        assert pixel_reads == ["/" + dataset]
+        np.testing.assert_array_equal(ds[0], frame[0])
+    assert pixel_reads == ["/" + dataset] * 2
+
+
+def test_open_is_lazy_and_reads_each_block_once(written, pixel_reads, monkeypatch):
+    """No pixel read and no compute at open or while building a reduction; on compute one
+    read per block, and one HDF5 read per frame written (each frame holds both planes)."""
     blocks = []
     real_read = euxfel._read_raw_block
 
@@ -189,15 +228,17 @@ def test_open_is_lazy_and_reads_each_block_once(written, monkeypatch):
 
     monkeypatch.setattr(euxfel, "_read_raw_block", counting_read)
 
-    with dask.config.set(scheduler=raise_on_compute):
+    with raise_if_dask_computes():
         ds = open_run(written["dark-high-gzip"], cells_per_chunk=2)
         total = ds.analog.astype("f8").sum() + ds.gain.isel(cell=0).mean()
         ds.analog.isel(module=1, frame=slice(0, 4))
     assert pixel_reads == [] and blocks == []
-    with pytest.raises(AssertionError, match="something was computed"), dask.config.set(scheduler=raise_on_compute):
+    with pytest.raises(AssertionError, match="something was computed"), raise_if_dask_computes():
         total.compute()
 
     both = ds.compute(scheduler="sync")  # analog and gain: slices of one read
+    per_module = CONFIG.cells * CONFIG.frames  # frames each module's file holds
+    assert sorted(pixel_reads) == sorted(f"/INSTRUMENT/{source(m)}/image/data" for m in range(CONFIG.modules) for _ in range(per_module))
     assert sorted(blocks) == sorted((f"INSTRUMENT/{source(m)}/image/data", p) for m in (0, 1) for p in ((0, 1), (2,)))
     assert both.analog.shape == (2, 3, 12, Y, X)
 
@@ -346,7 +387,7 @@ def test_stack_one_module_float_with_nan(tmp_path):
     data = stack_data(5)
     data[2, 10, 20] = np.nan
     path = write_stack(tmp_path / "stack.h5", data)
-    with dask.config.set(scheduler=raise_on_compute):
+    with raise_if_dask_computes():
         ds = open_run(path, dataset="/entry/data")
         ds.analog.mean("frame")
     assert "gain" not in ds

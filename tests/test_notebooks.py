@@ -16,6 +16,7 @@ def test_there_are_three_notebooks_without_outputs():
         assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code"), f"{path.name}: outputs not stripped"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     import nbformat

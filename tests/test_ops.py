@@ -146,12 +146,12 @@ def test_euxfel_runs_are_opened_read_only(tmp_path, alias):
     from rmm_dask.detectors import get_detector
     from rmm_dask.errors import InputError
     from rmm_dask.io import open_run
-    from rmm_dask.io.synthetic import write_synthetic
+    from rmm_dask.synth.on_disk import write_synthetic
     from rmm_dask.pipeline import build_mask
     from rmm_dask.synth import SynthConfig, synthesize
 
     det = get_detector(alias)
-    runs = write_synthetic(synthesize(SynthConfig(modules=2, cells=1, frames=12, detector=det)), tmp_path, truth=None)
+    runs = write_synthetic(synthesize(SynthConfig(modules=2, cells=1, frames=12, flat_frames=12, detector=det)), tmp_path, truth=None)
     raw = tmp_path / "raw"
     assert os.access(raw, os.W_OK)  # EXtra-data would write here
     before = tree_state(raw)
@@ -170,6 +170,7 @@ def test_euxfel_runs_are_opened_read_only(tmp_path, alias):
     assert tree_state(raw) == before and not list(raw.rglob("karabo_data_map.json"))
 
 
+@pytest.mark.slow
 def test_demo_announces_and_removes_its_temporary_directory(tmp_path, monkeypatch, capsys):
     import tempfile
 

@@ -12,6 +12,7 @@ from rmm_dask.pipeline import build_mask
 from rmm_dask.store import export_h5, open_store, write_store
 from rmm_dask.synth import GAINS, SynthConfig, synthesize
 
+from .conftest import raise_if_dask_computes
 from .stores import assert_same_store, store_arrays
 
 DIMS = ("module", "cell", "frame", "y", "x")
@@ -41,20 +42,16 @@ def runs(calib, cells_per_chunk=1):
     return darks, as_dataset(calib.flat, "flat", cells_per_chunk)
 
 
-def no_compute(*args, **kwargs):
-    raise AssertionError("the graph was computed while it was being built")
-
-
 def test_building_the_graph_reads_nothing(calib):
     darks, flat = runs(calib)
-    with dask.config.set(scheduler=no_compute):
+    with raise_if_dask_computes():
         ds = build_mask(darks, flat)
         assert ds.mask.dims == ("module", "gain", "cell", "y", "x")
         assert ds.mask.shape == (2, 3, 2, 512, 128)
         assert ds.flat_snr.dims == ("module", "cell", "y", "x")
         assert ds.rejected_frames_high.shape == (2, 2, 30)
         ds.mask.sum()  # still lazy
-    with pytest.raises(AssertionError, match="computed"), dask.config.set(scheduler=no_compute):
+    with pytest.raises(AssertionError, match="computed"), raise_if_dask_computes():
         ds.mask.values  # noqa: B018 - the guard itself works
 
 
@@ -72,7 +69,7 @@ def test_graph_equals_the_in_memory_recipe(calib):
 @pytest.fixture(scope="module")
 def on_disk(calib, tmp_path_factory):
     """The same calibration set written as EuXFEL RAW runs."""
-    from rmm_dask.io.synthetic import write_synthetic
+    from rmm_dask.synth.on_disk import write_synthetic
 
     return write_synthetic(calib, tmp_path_factory.mktemp("raw"))
 
@@ -91,12 +88,13 @@ def test_graph_from_opened_runs_reads_no_pixels(on_disk, monkeypatch):
         raise AssertionError("pixel data read while building the graph")
 
     monkeypatch.setattr(euxfel, "_read_raw_block", no_read)
-    with dask.config.set(scheduler=no_compute):
+    with raise_if_dask_computes():
         ds = build_mask(*opened(on_disk, 1))
         ds.mask.sum()
     assert ds.mask.shape == (2, 3, 2, 512, 128)
 
 
+@pytest.mark.slow
 def test_bit_identical_across_chunkings_and_workers(on_disk, calib, tmp_path):
     from distributed import Client, LocalCluster
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from rmm_dask.robust import fit_gaussian, mean_std, median_mad, robust_gaussian, truncation_factor
 
@@ -72,7 +73,9 @@ def test_agrees_with_robust_gaussian_fitting_library():
 
 
 def test_truncation_factor():
-    assert truncation_factor(3.0) == pytest.approx(0.98658, abs=1e-5)
+    """The std of N(0, 1) truncated to |x| <= lambda, as scipy's truncated normal has it."""
+    for lam in (1.0, 3.0, 8.0):
+        assert truncation_factor(lam) == pytest.approx(stats.truncnorm(-lam, lam).std(), rel=1e-9)
     assert truncation_factor(30.0) == pytest.approx(1.0)
 
 

@@ -8,7 +8,6 @@ dataset) for small detectors described in YAML files of our own.
 import os
 import pickle
 
-import dask
 import h5py
 import numpy as np
 import pytest
@@ -20,19 +19,16 @@ from rmm_dask.errors import InputError
 from rmm_dask.io import open_run
 from rmm_dask.io.files import classify
 from rmm_dask.io.hdf5 import _read_region, _Region
-from rmm_dask.io.hdf5_write import write_nxmx
+from rmm_dask.synth.write_hdf5 import write_nxmx
 
 from .cli_errors import one_line_error
+from .conftest import raise_if_dask_computes
 
 DATA = "/entry/instrument/detector/data"
 MASK = "/entry/instrument/detector/pixel_mask"
 NY, NX = 16, 24
 MODULES, PARTS, PER_PART = 3, 5, 4
 HOT = (1, 5, 7)  #: (module index, y, x) of a hot pixel planted in module file m2
-
-
-def raise_on_compute(*args, **kwargs):
-    raise AssertionError("something was computed")
 
 
 @pytest.fixture
@@ -121,7 +117,7 @@ def test_module_and_part_files_join_into_one_lazy_run(tmp_path, detector):
     paths = write_module_parts(tmp_path / "run", data)
     assert len(paths) == MODULES * PARTS
     before = listing(tmp_path / "run")
-    with dask.config.set(scheduler=raise_on_compute):
+    with raise_if_dask_computes():
         ds = open_run(tmp_path / "run", detector)
     assert ds.analog.dims == ("module", "cell", "frame", "y", "x")
     assert ds.sizes == {"module": MODULES, "cell": 1, "frame": PARTS * PER_PART, "y": NY, "x": NX}
@@ -203,7 +199,7 @@ def test_nxmx_master_with_its_data_files_in_a_directory(tmp_path):
     frames = np.random.default_rng(4).poisson(2.0, (7, *det.frame_shape)).astype(np.int32)
     master = write_nxmx(tmp_path / "run" / "r0003_master.h5", frames, det, frames_per_file=3)
     by_master = open_run(master, det)
-    with dask.config.set(scheduler=raise_on_compute):
+    with raise_if_dask_computes():
         by_dir = open_run(tmp_path / "run", det)
     assert by_dir.attrs["files"] == by_master.attrs["files"] and len(by_dir.attrs["files"]) == 4
     expected = np.moveaxis(det.split_frame(frames), 1, 0).astype(np.float32)
@@ -403,7 +399,7 @@ def test_run_options_take_a_glob_or_several_paths(tmp_path, detector):
     )
     assert args.flat == flat_files
     _setup_config(args)
-    with dask.config.set(scheduler=raise_on_compute):
+    with raise_if_dask_computes():
         darks, flat = _open_runs(args, detector)
     assert darks["high"].attrs["files"] == sorted(str(p) for p in (tmp_path / "dark").iterdir())
     assert flat.attrs["files"] == flat_files and flat.sizes["module"] == MODULES

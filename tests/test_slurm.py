@@ -15,12 +15,12 @@ import pytest
 
 from rmm_dask.cli import main
 from rmm_dask.io import open_run
-from rmm_dask.io.synthetic import write_synthetic
+from rmm_dask.synth.on_disk import write_synthetic
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
 from rmm_dask.synth import GAINS, SynthConfig, synthesize
 
-from .conftest import wait_queue_empty
+from .conftest import wait_queue_empty, wait_until
 from .stores import assert_same_store
 
 pytestmark = pytest.mark.slurm
@@ -49,6 +49,13 @@ def mask_argv(paths, out, jobqueue, *extra):
     ]
 
 
+def chunk_stored(directory, prefix: str) -> bool:
+    """Whether a Zarr store being written (a temporary ``prefix*`` in ``directory``) holds a chunk (``<array>/c/...``)."""
+    return any(
+        f.is_file() and "c" in f.relative_to(tmp).parts for tmp in directory.glob(prefix + "*") for f in tmp.rglob("*")
+    )
+
+
 def squeue(*args) -> list[str]:
     return subprocess.run(["squeue", "-h", *args], capture_output=True, text=True).stdout.split("\n")
 
@@ -68,17 +75,17 @@ def test_cancelled_worker_job_does_not_fail_the_mask(slurm, tmp_path_factory):
     result = {}
     job = threading.Thread(target=lambda: result.setdefault("code", main(mask_argv(paths, target, jobqueue, "--workers", "2"))))
     job.start()
-    # wait until both worker jobs run and the store is being written, then cancel one
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        running = [line.split()[0] for line in squeue("-n", "rmm-worker", "-t", "R", "-o", "%i") if line.strip()]
-        writing = any(p.name.startswith(".slurm.zarr.partial") for p in out.iterdir())
-        if len(running) == 2 and writing:
-            break
-        time.sleep(0.5)
-    else:
+    # wait until both worker jobs run and the store is being written, then until the workers have
+    # stored a first chunk (they hold results now), then cancel one
+    running = []
+
+    def both_running_and_writing() -> bool:
+        running[:] = [line.split()[0] for line in squeue("-n", "rmm-worker", "-t", "R", "-o", "%i") if line.strip()]
+        return len(running) == 2 and any(p.name.startswith(".slurm.zarr.partial") for p in out.iterdir())
+
+    if not wait_until(both_running_and_writing, timeout=120, interval=0.5):
         pytest.fail("the worker jobs did not start")
-    time.sleep(3)
+    assert wait_until(lambda: chunk_stored(out, ".slurm.zarr.partial"), timeout=60), "no chunk was stored"
     assert job.is_alive() and not target.exists(), "the job ended before a worker could be cancelled"
     subprocess.run(["scancel", running[0]], check=True)
     job.join(timeout=300)
@@ -99,9 +106,7 @@ def test_rmm_submit_runs_as_a_batch_job(slurm, small, capsys):
     job_id = re.search(r"submitted batch job (\d+)", text).group(1)
     log = re.search(r"log: (\S+)", text).group(1)
     assert re.search(rf"result: {re.escape(str(target))}", text)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and any(line.strip() for line in squeue("-j", job_id)):
-        time.sleep(1)
+    wait_until(lambda: not any(line.strip() for line in squeue("-j", job_id)), timeout=240, interval=1)
     content = open(log).read()
     assert "mask store:" in content and "finished" in content, content[-3000:]
     assert_same_store(ref, target)

@@ -30,7 +30,7 @@ def calib():
 
 @pytest.fixture(scope="module")
 def on_disk(calib, tmp_path_factory):
-    from rmm_dask.io.synthetic import write_synthetic
+    from rmm_dask.synth.on_disk import write_synthetic
 
     return write_synthetic(calib, tmp_path_factory.mktemp("raw"))
 

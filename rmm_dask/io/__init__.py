@@ -1,4 +1,4 @@
-"""Readers (and, until they move, writers): runs on disk as lazy, labelled ``xarray`` datasets.
+"""Readers: runs on disk as lazy, labelled ``xarray`` datasets.
 
 :func:`open_run` opens a run as an ``xarray.Dataset`` with dims ``(module, cell, frame,
 y, x)`` and data variables ``analog`` (and ``gain`` for detectors that record their gain
@@ -13,9 +13,9 @@ compute. What a run is:
   part files of a series, files that each hold one module (LAMBDA), or any stack of
   frames, at the detector's dataset or ``dataset``.
 
-:func:`write_raw_run` and :func:`write_jungfrau_run` write arrays as EuXFEL RAW runs
-(synthetic data, tests). Shared reader helpers are in :mod:`.common`; where each lazy
-array's blocks are read from, for streaming, in :mod:`.regions`.
+Readers only: the writers of these layouts (synthetic data, tests) are in :mod:`rmm_dask.synth`.
+Shared reader helpers are in :mod:`.common`; where each lazy array's blocks are read from,
+for streaming, in :mod:`.regions`.
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ from ..detectors import Detector
 from ..errors import InputError
 from .cbf import open_cbf_series
 from .euxfel import open_euxfel_run
-from .euxfel_write import write_jungfrau_run, write_raw_run
 from .files import acquisition, directory_files, expand
 from .common import resolve_detector
 from .hdf5 import open_hdf5_stack
 
 _EUXFEL_FILE = re.compile(r"^(RAW|CORR)-R\d+-")
 
-__all__ = ["open_run", "open_euxfel_run", "open_hdf5_stack", "open_cbf_series", "write_raw_run", "write_jungfrau_run", "InputError"]
+__all__ = ["open_run", "open_euxfel_run", "open_hdf5_stack", "open_cbf_series", "InputError"]
 
 
 def open_run(

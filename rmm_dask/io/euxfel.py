@@ -1,5 +1,5 @@
 """European XFEL RAW runs of AGIPD-like (XTDF) and JUNGFRAU detectors: the lazy reader
-(the writers are in :mod:`rmm_dask.io.euxfel_write`).
+(the writers are in :mod:`rmm_dask.synth.write_euxfel`).
 
 Layout of a RAW run, as the DAQ writes it (file format 1.x): one file per module
 (aggregator ``AGIPDnn``) and sequence, ``RAW-R0001-AGIPD00-S00000.h5``, each holding

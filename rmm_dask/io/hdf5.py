@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 
 import h5py
@@ -34,21 +33,6 @@ __all__ = ["open_hdf5_stack"]
 
 
 # ---------------------------------------------------------------------------- writing (moves to the test-data package)
-
-
-def write_run_dir(run_dir: Path, write) -> Path:
-    """Call ``write(tmp)`` to fill a temporary directory beside ``run_dir``, then publish it
-    (:func:`rmm_dask.publish.output`; files left writable, as a detector's own). An empty
-    directory at ``run_dir`` is replaced, anything else refused."""
-    from .. import publish
-
-    empty = run_dir.is_dir() and not run_dir.is_symlink() and not any(run_dir.iterdir())
-    if run_dir.exists() and not empty and not run_dir.is_symlink():
-        raise InputError(run_dir, "exists and is not an empty directory; not overwriting it")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with publish.output(run_dir, overwrite=empty, directory=True, what="the run", read_only=False) as tmp:
-        write(tmp.tmp)
-    return run_dir
 
 
 # ---------------------------------------------------------------------------- stacks

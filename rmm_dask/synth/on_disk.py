@@ -26,12 +26,12 @@ import numpy as np
 
 from .. import publish
 from ..errors import InputError
-from ..synth import EXPECTED, Defect, SyntheticCalibration, Truth
-from .cbf import write_cbf_series
-from .euxfel_write import write_jungfrau_run, write_raw_run
-from .hdf5_write import write_cxi, write_nxmx
-from .hdf5 import open_hdf5
-from .lambda_write import write_lambda_run
+from ..io.hdf5 import open_hdf5
+from .model import EXPECTED, Defect, SyntheticCalibration, Truth
+from .write_cbf import write_cbf_series
+from .write_euxfel import write_jungfrau_run, write_raw_run
+from .write_hdf5 import write_cxi, write_nxmx
+from .write_lambda import write_lambda_run
 
 __all__ = ["write_synthetic", "read_truth", "layout_of", "full_frames", "RUN_TYPES"]
 
@@ -64,7 +64,7 @@ def write_synthetic(
     (CSPAD), directories of CBF frames ``raw/r0001/`` (PILATUS) or NXmx master files
     ``raw/r0001_master.h5`` with their data files (EIGER, with the manufacturer's
     ``pixel_mask``) or LAMBDA acquisition directories ``raw/r0001/`` of one file per module
-    and part (:func:`rmm_dask.io.lambda_write.write_lambda_run`, with the manufacturer's
+    and part (:func:`rmm_dask.synth.write_lambda.write_lambda_run`, with the manufacturer's
     ``pixel_mask``: dead and virtual pixels). Returns ``{"dark-high", ..., "flat": run path, "truth": truth file}``.
     ``run_numbers`` (default: dark runs 1-3 in gain order, flat 4) chooses the runs and
     their numbers, e.g. ``{"dark-high": 5, "dark-medium": 6, "dark-low": 7}`` for a

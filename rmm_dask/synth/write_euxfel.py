@@ -23,7 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .hdf5 import write_run_dir
+from .run_dir import write_run_dir
 
 __all__ = ["write_raw_run", "write_jungfrau_run", "raw_file_name", "DEFAULT_DETECTOR_ID", "JUNGFRAU_DETECTOR_ID"]
 

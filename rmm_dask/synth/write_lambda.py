@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from ..detectors import Detector
-from .hdf5 import write_run_dir
+from .run_dir import write_run_dir
 
 __all__ = ["write_lambda_run", "lambda_file_name", "PART_FRAMES", "MODULE_GAP_ROWS"]
 
