@@ -22,16 +22,14 @@ from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
 from rmm_dask.synth import Defect, SynthConfig, synthesize
 
+from .conftest import raise_if_dask_computes
+
 REPO = Path(__file__).resolve().parents[1]
 DIMS = ("module", "cell", "frame", "y", "x")
 DARK_KINDS = Defect.HOT | Defect.COLD | Defect.NOISY | Defect.STUCK | Defect.TELEGRAPH | Defect.GAIN_STUCK | Defect.GAIN_NOISY | Defect.DEAD
 FLAT_KINDS = Defect.OVER_RESPONDING | Defect.UNDER_RESPONDING
 USER = (1, slice(100, 110), slice(20, 30))  #: the user's rectangle: module index 1
 REJECT, VIRTUAL = (0, 5, slice(0, 7)), (1, 9, slice(0, 3))  #: manufacturer: dead (bit 1); virtual only (bit 31)
-
-
-def no_compute(*args, **kwargs):
-    raise AssertionError("something was computed")
 
 
 def test_import_rmm_dask_is_light():
@@ -90,7 +88,7 @@ def planted(truth, kinds, gain=None) -> np.ndarray:
 
 def test_open_mask_and_bad_pixels_are_lazy(published):
     store, _ = published
-    with dask.config.set(scheduler=no_compute):
+    with raise_if_dask_computes():
         ds = open_mask(store)
         bad = bad_pixels(ds, "dark", like=corrected_like())
         masked = corrected_like().where(~bad)

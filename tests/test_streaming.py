@@ -16,6 +16,7 @@ from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
 from rmm_dask.synth import GAINS, SynthConfig, synthesize
 
+from .conftest import raise_if_dask_computes
 from .stores import assert_same_store
 
 DIMS = ("module", "cell", "frame", "y", "x")
@@ -148,10 +149,7 @@ def test_run_moments_remove_what_was_added():
 def test_graph_has_a_few_tasks_per_chunk_and_reads_nothing(on_disk):
     from rmm_dask.io import open_run
 
-    def no_compute(*args, **kwargs):
-        raise AssertionError("computed while building")
-
-    with dask.config.set(scheduler=no_compute):
+    with raise_if_dask_computes():
         darks = {g: open_run(on_disk[f"dark-{g}"], cells_per_chunk=1) for g in GAINS}
         ds = build_mask(darks, open_run(on_disk["flat"], cells_per_chunk=1), flat_check={"checked": "test"})
         graph = dict(ds.__dask_graph__())
