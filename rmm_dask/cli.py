@@ -24,13 +24,6 @@ from .job import write_error
 GAIN_OPTIONS = ("high", "medium", "low")
 
 
-def _console():
-    from rich.console import Console
-
-    # wide enough for the count tables when writing to a log rather than a terminal
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-
-
 def _setup_config(args, with_params: bool = True):
     """--config and --jobqueue set in dask.config for the command (``args.scope``, which
     :func:`main` closes); Params from it and the explicit options (:func:`_params`)."""
@@ -109,7 +102,7 @@ def _open_runs(args, detector):
 
 
 def _mask(args) -> int:
-    console = _console()
+    console = tables.console()
     params, darks, flat, user_mask = _inputs(args)
     t0 = time.perf_counter()
     from .job import run_mask
@@ -149,7 +142,7 @@ def _show(args) -> int:
     from .store import open_store
     from .summary import write_figures
 
-    console = _console()
+    console = tables.console()
     root = open_store(args.store)
     for path, directory, what in ((args.png, True, "the figures"), (args.html, False, "the report")):
         if path:  # both outputs checked before anything is written
@@ -186,7 +179,7 @@ def _diff(args) -> int:
 
     from .diff import diff_masks
 
-    console = _console()
+    console = tables.console()
     if args.json:
         args.outcome.expect(publish.prepare(args.json, overwrite=args.overwrite, what="the JSON counts"))
     result = diff_masks(args.old, args.new)
@@ -214,7 +207,7 @@ def _nightly(args) -> int:
     args.outcome.note = "versions published before stay published; the set in progress is resumed by the next pass"
     with _catalog_errors(settings):
         if args.status:
-            tables.print_status(_console(), settings)
+            tables.print_status(tables.console(), settings)
             return 0
         # plain lines with a time stamp each, flushed: the output goes to journald, cron mail or a log
         return run_nightly(settings, once=args.once, dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
@@ -322,7 +315,7 @@ def _demo(args) -> int:
     _check_workers(args)
     cfg = synth_config(args.detector, seed=args.seed, modules=args.modules, cells=args.cells, frames=args.frames)  # checked before anything is written
     out = Path(args.out) if args.out else None
-    run_demo(cfg, out, keep=args.keep, workers=args.workers, console=_console(), outcome=args.outcome)
+    run_demo(cfg, out, keep=args.keep, workers=args.workers, console=tables.console(), outcome=args.outcome)
     return 0
 
 
@@ -337,6 +330,23 @@ class _Formats:
         from .exports import FORMATS
 
         return iter(FORMATS)
+
+
+def _add_overwrite(p, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} in one atomic swap, once the new one is complete")
+
+
+def _add_cells(p) -> None:
+    p.add_argument("--cells", action="store_true", help="list the counts of every memory cell")
+
+
+def _add_set_arguments(p) -> None:
+    """The synthetic set's options, shared by `rmm synth` and `rmm demo`."""
+    p.add_argument("--detector", type=str.lower, choices=sorted(DEMOS), default="agipd", help="agipd, jungfrau (EuXFEL RAW), cspad (CXI), pilatus (CBF), eiger (NXmx), lambda (LAMBDA 2M: a file per module and part)")
+    p.add_argument("--modules", type=int, help="modules (default per detector: agipd 2, jungfrau 2, cspad 32, pilatus 3, eiger 2, lambda 3)")
+    p.add_argument("--cells", type=int, help="memory cells (default: agipd 2, others 1)")
+    p.add_argument("--frames", type=int, help="dark frames per cell (default: 100 or 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic set (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,12 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Write dark runs (one per gain stage) and a flat run with planted defects of every kind, in the detector's real "
         "file layout, under DIR/raw, and the planted truth in DIR/truth.h5."))
     p.add_argument("--out", required=True, metavar="DIR", help="an empty or new directory to write into")
-    p.add_argument("--detector", type=str.lower, choices=sorted(DEMOS), default="agipd", help="agipd, jungfrau (EuXFEL RAW), cspad (CXI), pilatus (CBF), eiger (NXmx), lambda (LAMBDA 2M: a file per module and part)")
-    p.add_argument("--modules", type=int, help="modules (default per detector: agipd 2, jungfrau 2, cspad 32, pilatus 3, eiger 2, lambda 3)")
-    p.add_argument("--cells", type=int, help="memory cells (default: agipd 2, others 1)")
-    p.add_argument("--frames", type=int, help="dark frames per cell (default: 100 or 64)")
+    _add_set_arguments(p)
     p.add_argument("--flat-frames", type=int, help="flat frames per cell (default: --frames)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic set (default 0)")
     p.add_argument("--compression", choices=["gzip"], help="compress the image data as the facility may")
     p.set_defaults(run=_synth)
 
@@ -375,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="the mask store (Zarr) to export")
     p.add_argument("--to", required=True, choices=_Formats(), metavar="FORMAT", help="h5: the store's layout; crystfel: mask file + geometry lines; nexus: NXmx pixel_mask; euxfel: BadPixels; cheetah: 0/1 good map")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing export in one atomic swap, once the new one is complete")
+    _add_overwrite(p, "an existing export")
     p.set_defaults(run=_export)
 
     p = sub.add_parser("diff", help="pixels newly bad and recovered between two masks, per bit, module, gain and cell", description=(
@@ -383,9 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
         "per module, gain stage (and cell); --json also lists the pixels."))
     p.add_argument("old", help="the earlier mask store")
     p.add_argument("new", help="the later mask store")
-    p.add_argument("--cells", action="store_true", help="list every memory cell")
+    _add_cells(p)
     p.add_argument("--json", metavar="FILE", help="also write the counts as JSON")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file in one atomic swap")
+    _add_overwrite(p, "an existing --json file")
     p.set_defaults(run=_diff)
 
     p = sub.add_parser("nightly", help="re-mask new calibration runs of facility trees and publish versioned masks", description=(
@@ -402,11 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Print a mask store's inputs, parameters and counts per bit, module, gain stage (and cell), and its layers; "
         "write figures (--png) or one self-contained HTML page (--html)."))
     p.add_argument("store", help="the mask store (Zarr) to show")
-    p.add_argument("--cells", action="store_true", help="list the counts of every memory cell")
+    _add_cells(p)
     p.add_argument("--png", metavar="DIR", help="write per-module mask images, the assembled detector and SNR histograms here")
     p.add_argument("--geometry", metavar="FILE.geom", help="CrystFEL geometry for the assembled image of EuXFEL detectors (default: EXtra-geom's example)")
     p.add_argument("--html", metavar="FILE.html", help="write a self-contained HTML report (figures embedded)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --png directory or --html report in one atomic swap")
+    _add_overwrite(p, "an existing --png directory or --html report")
     p.set_defaults(run=_show)
 
     p = sub.add_parser("demo", help="synthetic runs with planted defects -> mask on a LocalCluster -> exports -> score", description=(
@@ -414,11 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the mask against the truth. Without --out it works in a temporary directory that it names first and removes at the end."))
     p.add_argument("--out", metavar="DIR", help="where to write, and keep, the runs, the store and the exports (default: a new temporary directory, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (its path is printed first)")
-    p.add_argument("--detector", type=str.lower, choices=sorted(DEMOS), default="agipd", help="agipd (AGIPD-1M), jungfrau (JUNGFRAU 1M), cspad, pilatus (300K), eiger (1M), lambda (LAMBDA 2M)")
-    p.add_argument("--modules", type=int, help="modules (default per detector, see rmm synth)")
-    p.add_argument("--cells", type=int, help="memory cells (default per detector, see rmm synth)")
-    p.add_argument("--frames", type=int, help="frames per cell in each run")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic set (default 0)")
+    _add_set_arguments(p)
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     p.set_defaults(run=_demo)
     return parser

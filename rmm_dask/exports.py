@@ -156,6 +156,15 @@ def _provenance(f: h5py.File, mask: _Mask, fmt: str) -> None:
     f.attrs["parameters"] = json.dumps(attrs.get("parameters", {}))
 
 
+def nx_detector(f: h5py.File) -> h5py.Group:
+    """NeXus's ``/entry/instrument/detector`` (NXentry, NXinstrument, NXdetector) in a new file."""
+    group = f
+    for name, nx_class in (("entry", "NXentry"), ("instrument", "NXinstrument"), ("detector", "NXdetector")):
+        group = group.create_group(name)
+        group.attrs["NX_class"] = nx_class
+    return group
+
+
 def _nexus(mask: _Mask, out, overwrite) -> list[Path]:
     table = lookup(NEXUS)
 
@@ -167,12 +176,7 @@ def _nexus(mask: _Mask, out, overwrite) -> list[Path]:
 
     def fill(f, ensure_room):
         _provenance(f, mask, "nexus")
-        entry = f.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        instrument = entry.create_group("instrument")
-        instrument.attrs["NX_class"] = "NXinstrument"
-        detector = instrument.create_group("detector")
-        detector.attrs["NX_class"] = "NXdetector"
+        detector = nx_detector(f)
         d = detector.create_dataset("pixel_mask", data=pixel_mask, compression="gzip", compression_opts=1)
         d.attrs["description"] = "NeXus NXdetector bits: 0 gap, 1 dead, 2 under-responding, 3 over-responding, 4 noisy, 5 ASIC edge, 8 user"
         detector["pixel_mask_applied"] = False

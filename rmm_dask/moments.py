@@ -104,7 +104,7 @@ class RunMoments:
         if self.exact:
             _sums_int(x, k, self.s, self.ss, 1)
         else:
-            _sums_float(x, k, self.total, self.count)
+            _float_pass(x, k, self.total, self.total, self.count, False)
 
     def remove(self, frames, dropped):
         """Exact sums only: take out the ``dropped`` frames of a block added before."""
@@ -114,13 +114,13 @@ class RunMoments:
     def mean(self) -> np.ndarray:
         """Float sums: the per-pixel mean once every block was added (needed by :meth:`add_squares`)."""
         if self._mean is None:
-            self._mean = _float_mean(self.total, self.count)
+            self._mean = _per_frame(self.total, self.count, 0)
         return self._mean
 
     def add_squares(self, frames, keep=None):
         """Float sums, second pass: add a block's squared deviations from the mean."""
         x, k = self._rows(frames, keep)
-        _squares_float(x, k, self.mean(), self.squares)
+        _float_pass(x, k, self.mean(), self.squares, self.count, True)
 
     def result(self, keep=None):
         """``(mean, std, count)`` per pixel, ``(..., y, x)``, as :func:`pixel_moments` returns them."""
@@ -131,7 +131,7 @@ class RunMoments:
             mean, var = _finish_int(self.s, self.ss, n)
             count = np.broadcast_to(n[:, None], mean.shape)
         else:
-            mean, var, count = self.mean(), _float_var(self.squares, self.count), self.count
+            mean, var, count = self.mean(), _per_frame(self.squares, self.count, 1), self.count
         out = self.lead + self.shape
         with np.errstate(invalid="ignore"):
             std = np.sqrt(var)
@@ -198,8 +198,9 @@ def _finish_int(s, ss, n_rows):
 
 
 @numba.njit(cache=True, nogil=True)
-def _sums_float(x, keep, total, count):
-    """Per-pixel sums of the finite values of the kept frames, frame after frame."""
+def _float_pass(x, keep, mean, total, count, squares):
+    """One pass over the finite values of the kept frames, frame after frame: per pixel their
+    sum and count, or (``squares``) the sum of their squared deviations from ``mean``."""
     rows, n_frames, n_pix = x.shape
     for r in range(rows):
         for f in range(n_frames):
@@ -207,38 +208,21 @@ def _sums_float(x, keep, total, count):
                 for p in range(n_pix):
                     v = x[r, f, p]
                     if np.isfinite(v):
-                        total[r, p] += v
-                        count[r, p] += 1
+                        if squares:
+                            d = v - mean[r, p]
+                            total[r, p] += d * d
+                        else:
+                            total[r, p] += v
+                            count[r, p] += 1
 
 
 @numba.njit(cache=True, nogil=True)
-def _float_mean(total, count):
-    rows, n_pix = total.shape
-    mean = np.empty((rows, n_pix))
+def _per_frame(sums, count, less):
+    """``sums / (count - less)`` per pixel where ``count > less``, else NaN: the mean (``less`` 0)
+    or the variance with ddof=1 (``less`` 1, the sums of squared deviations)."""
+    rows, n_pix = sums.shape
+    out = np.empty((rows, n_pix))
     for r in range(rows):
         for p in range(n_pix):
-            mean[r, p] = total[r, p] / count[r, p] if count[r, p] > 0 else np.nan
-    return mean
-
-
-@numba.njit(cache=True, nogil=True)
-def _squares_float(x, keep, mean, squares):
-    rows, n_frames, n_pix = x.shape
-    for r in range(rows):
-        for f in range(n_frames):
-            if keep[r, f]:
-                for p in range(n_pix):
-                    v = x[r, f, p]
-                    if np.isfinite(v):
-                        d = v - mean[r, p]
-                        squares[r, p] += d * d
-
-
-@numba.njit(cache=True, nogil=True)
-def _float_var(squares, count):
-    rows, n_pix = squares.shape
-    var = np.empty((rows, n_pix))
-    for r in range(rows):
-        for p in range(n_pix):
-            var[r, p] = squares[r, p] / (count[r, p] - 1) if count[r, p] > 1 else np.nan
-    return var
+            out[r, p] = sums[r, p] / (count[r, p] - less) if count[r, p] > less else np.nan
+    return out

@@ -11,6 +11,15 @@ SHORT = {
 }
 
 
+def console():
+    """The console of the commands' output: wide enough for the count tables in a log, not a terminal."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
 def compact(n: int) -> str:
     """A count in at most 5 characters: exact below 100000, else 123k, 1.2M, 12M, 1.2G."""
     if n < 100_000:

@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from ..detectors import Detector
+from ..exports import nx_detector
 from .run_dir import write_run_dir
 
 __all__ = ["write_lambda_run", "lambda_file_name", "PART_FRAMES", "MODULE_GAP_ROWS"]
@@ -88,12 +89,7 @@ def write_lambda_run(
 def _write_part(path: Path, frames, mask, det: Detector, module: int, numbers, compression) -> None:
     with h5py.File(path, "w") as f:  # inside the run's temporary directory (write_run_dir)
         f.attrs["default"] = "entry"
-        entry = f.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        instrument = entry.create_group("instrument")
-        instrument.attrs["NX_class"] = "NXinstrument"
-        d = instrument.create_group("detector")
-        d.attrs["NX_class"] = "NXdetector"
+        d = nx_detector(f)
         data = d.create_dataset("data", data=frames, chunks=(1, *frames.shape[1:]), compression=compression)
         data.attrs["interpretation"] = "image"
         d.create_dataset("pixel_mask", data=mask, compression=compression)
