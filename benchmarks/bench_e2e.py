@@ -23,12 +23,13 @@ import dask
 from common import goal, header
 
 from rmm_dask.cluster import dask_client
+from rmm_dask.flatcheck import check_flat
 from rmm_dask.io import open_run
-from rmm_dask.synth.on_disk import write_synthetic
 from rmm_dask.mask import Params, module_mask
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
 from rmm_dask.synth import GAINS, SynthConfig, synthesize
+from rmm_dask.synth.on_disk import write_synthetic
 
 MODULES, CELLS = 2, 4
 
@@ -79,7 +80,9 @@ def run_job(paths, out: Path, n_workers: int, threads: bool = False):
         client.run(start_sampling)
         t0 = time.perf_counter()
         darks = {g: open_run(paths[f"dark-{g}"]) for g in GAINS}
-        ds = build_mask(darks, open_run(paths["flat"]))
+        flat = open_run(paths["flat"])
+        checked = check_flat(darks, flat, detector="AGIPD1M")  # as rmm mask: the flat is then streamed too
+        ds = build_mask(darks, flat, flat_check=checked)
         write_store(ds, out, compute=lambda d: dask.compute(d))
         wall = time.perf_counter() - t0
         peaks = client.run(stop_sampling)

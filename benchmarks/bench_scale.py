@@ -167,8 +167,8 @@ _WRITTEN: dict = {}  #: (directory, frames) -> the runs written there
 def _rmm_mask_rss(frames: int, tmp: str, code: str | None = None) -> tuple[float, float]:
     """(peak RSS in MiB of the largest process, seconds) of ``rmm mask`` on one module and cell
     (``code``: a checkout of rmm-dask to run instead of this one, e.g. the code before)."""
-    from rmm_dask.synth.on_disk import write_synthetic
     from rmm_dask.synth import SynthConfig, synthesize
+    from rmm_dask.synth.on_disk import write_synthetic
 
     key = (tmp, frames)
     if key not in _WRITTEN:

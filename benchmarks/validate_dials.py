@@ -38,12 +38,12 @@ import numpy as np
 from rmm_dask.detectors import get_detector
 from rmm_dask.exports import export
 from rmm_dask.io import open_run
-from rmm_dask.synth.write_cbf import write_cbf_series
-from rmm_dask.synth.on_disk import full_frames
 from rmm_dask.mask import Params
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
 from rmm_dask.synth import FLAT_COUNTS, SynthConfig, synthesize
+from rmm_dask.synth.on_disk import full_frames
+from rmm_dask.synth.write_cbf import write_cbf_series
 
 HIT = 10  #: spots that make a frame a "hit"
 GOAL = 0.05  #: largest fraction of empty frames the RMM mask may leave as hits

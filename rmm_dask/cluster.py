@@ -288,7 +288,8 @@ def compute(*collections, progress: bool | None = None):
     if progress is None:
         progress = sys.stderr.isatty()
     try:
-        from distributed import get_client, progress as distributed_progress
+        from distributed import get_client
+        from distributed import progress as distributed_progress
 
         client = get_client()
     except (ImportError, ValueError):

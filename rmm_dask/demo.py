@@ -43,8 +43,8 @@ def synth_config(detector: str, *, seed: int = 0, modules=None, cells=None, fram
 
 def write_set(cfg, out: Path, compression=None) -> dict:
     """Write the synthetic set of ``cfg`` under ``out`` (an empty or new directory): {role: path}."""
-    from .synth.on_disk import write_synthetic
     from .synth import synthesize
+    from .synth.on_disk import write_synthetic
 
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "exists and is not empty")
@@ -75,10 +75,10 @@ def _demo_in(cfg, out: Path, *, keep: bool, workers: int | None, console) -> Non
     from .config import params_from_config
     from .exports import FORMATS, export
     from .io import open_run
-    from .synth.on_disk import layout_of, read_truth, write_synthetic
     from .job import run_mask
     from .store import open_store
     from .synth import synthesize
+    from .synth.on_disk import layout_of, read_truth, write_synthetic
 
     det = cfg.detector
     t0 = time.perf_counter()

@@ -35,9 +35,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from . import publish
 from .codes import BadPixel
 from .detectors import detector_of
-from . import publish
 from .store import export_h5, open_tree
 
 __all__ = ["export", "FORMATS", "NEXUS", "EUXFEL", "lookup"]

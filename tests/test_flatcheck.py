@@ -11,10 +11,10 @@ from rmm_dask.errors import InputError
 from rmm_dask.flatcheck import MIN_SIGNAL, check_flat
 from rmm_dask.io import open_run
 from rmm_dask.io.sample import sample_frames
-from rmm_dask.synth.on_disk import write_synthetic
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
 from rmm_dask.synth import DARK_RATE, FLAT_COUNTS, NOISE_BASE, PHOTONS_MEAN, SynthConfig, synthesize
+from rmm_dask.synth.on_disk import write_synthetic
 
 #: a bright, stable flat: 480 photons of 0.4 ADU per pixel and frame (dark noise 12 ADU)
 BRIGHT = dict(flat_level=60.0, adu_per_photon=0.4)

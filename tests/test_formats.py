@@ -14,13 +14,13 @@ from rmm_dask.detectors import DETECTORS, get_detector
 from rmm_dask.errors import InputError
 from rmm_dask.exports import EUXFEL, NEXUS, export
 from rmm_dask.io import open_run
-from rmm_dask.synth.write_cbf import write_cbf_series
-from rmm_dask.synth.write_euxfel import write_jungfrau_run
-from rmm_dask.synth.write_hdf5 import write_cxi, write_nxmx
 from rmm_dask.mask import Params
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
 from rmm_dask.synth import SynthConfig, synthesize
+from rmm_dask.synth.write_cbf import write_cbf_series
+from rmm_dask.synth.write_euxfel import write_jungfrau_run
+from rmm_dask.synth.write_hdf5 import write_cxi, write_nxmx
 from rmm_dask.usermask import read_user_mask
 
 from .conftest import raise_if_dask_computes

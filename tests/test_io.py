@@ -21,9 +21,9 @@ import pytest
 
 from rmm_dask.errors import InputError
 from rmm_dask.io import euxfel, open_run
-from rmm_dask.synth.write_euxfel import write_raw_run
-from rmm_dask.synth.on_disk import read_truth, write_synthetic
 from rmm_dask.synth import EXPECTED, GAINS, Defect, SynthConfig, synthesize
+from rmm_dask.synth.on_disk import read_truth, write_synthetic
+from rmm_dask.synth.write_euxfel import write_raw_run
 
 from .conftest import raise_if_dask_computes
 

@@ -12,10 +12,10 @@ from rmm_dask.cli import main
 from rmm_dask.codes import BadPixel
 from rmm_dask.detectors import ALIASES, DETECTORS, detector_of, get_detector, load_detector
 from rmm_dask.io import open_run
-from rmm_dask.synth.write_lambda import lambda_file_name, write_lambda_run
 from rmm_dask.mask import Params, _outliers
 from rmm_dask.pipeline import _jsonable, build_mask
 from rmm_dask.synth import NXMX_VIRTUAL, SynthConfig, score, synthesize, virtual_pixels
+from rmm_dask.synth.write_lambda import lambda_file_name, write_lambda_run
 
 from .conftest import raise_if_dask_computes
 
@@ -271,8 +271,8 @@ def test_rmm_mask_takes_a_lambda_2m_acquisition_directory(tmp_path, capsys):
     assert len(list(run.glob("r0001_m[123]_part0000[0-4].nxs"))) == 15 and len(list(run.iterdir())) == 15
     capsys.readouterr()
     assert main(["mask", "--detector", "LAMBDA2M", "--dark-high", str(run), "--out", str(tmp_path / "m.zarr")]) == 0
-    from rmm_dask.synth.on_disk import read_truth
     from rmm_dask.store import open_store
+    from rmm_dask.synth.on_disk import read_truth
 
     root = open_store(tmp_path / "m.zarr")
     mask, truth = root["mask"][:], read_truth(out / "truth.h5")

@@ -15,9 +15,9 @@ import yaml
 import zarr
 
 from rmm_dask.cli import main
-from rmm_dask.synth.on_disk import write_synthetic
 from rmm_dask.nightly.service import service_lock
 from rmm_dask.synth import SynthConfig, plant_hot, synthesize
+from rmm_dask.synth.on_disk import write_synthetic
 
 NEW_HOT = 5  #: pixels that turn hot before night 2
 

@@ -146,9 +146,9 @@ def test_euxfel_runs_are_opened_read_only(tmp_path, alias):
     from rmm_dask.detectors import get_detector
     from rmm_dask.errors import InputError
     from rmm_dask.io import open_run
-    from rmm_dask.synth.on_disk import write_synthetic
     from rmm_dask.pipeline import build_mask
     from rmm_dask.synth import SynthConfig, synthesize
+    from rmm_dask.synth.on_disk import write_synthetic
 
     det = get_detector(alias)
     runs = write_synthetic(synthesize(SynthConfig(modules=2, cells=1, frames=12, flat_frames=12, detector=det)), tmp_path, truth=None)

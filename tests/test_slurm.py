@@ -15,10 +15,10 @@ import pytest
 
 from rmm_dask.cli import main
 from rmm_dask.io import open_run
-from rmm_dask.synth.on_disk import write_synthetic
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
 from rmm_dask.synth import GAINS, SynthConfig, synthesize
+from rmm_dask.synth.on_disk import write_synthetic
 
 from .conftest import wait_queue_empty, wait_until
 from .stores import assert_same_store

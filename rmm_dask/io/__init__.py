@@ -28,9 +28,9 @@ import xarray as xr
 from ..detectors import Detector
 from ..errors import InputError
 from .cbf import open_cbf_series
+from .common import resolve_detector
 from .euxfel import open_euxfel_run
 from .files import acquisition, directory_files, expand
-from .common import resolve_detector
 from .hdf5 import open_hdf5_stack
 
 _EUXFEL_FILE = re.compile(r"^(RAW|CORR)-R\d+-")

@@ -41,7 +41,16 @@ from ..detectors import Detector
 from ..errors import InputError
 from . import regions
 from .common import DIMS, file_token, graph_array, resolve_detector
-from .euxfel_index import find_sources, flavour_of, module_frames, module_ranges, open_run_directory, run_number, select_trains, train_rows
+from .euxfel_index import (
+    find_sources,
+    flavour_of,
+    module_frames,
+    module_ranges,
+    open_run_directory,
+    run_number,
+    select_trains,
+    train_rows,
+)
 
 __all__ = ["open_euxfel_run"]
 

@@ -17,7 +17,6 @@ import os
 import re
 from collections.abc import Mapping
 
-
 import h5py
 import numpy as np
 import xarray as xr
@@ -26,8 +25,17 @@ from h5py import h5s
 
 from ..detectors import Detector
 from ..errors import InputError
+from .common import (
+    DIMS,
+    file_token,
+    graph_array,
+    negative_as_nan,
+    one_cell_dataset,
+    open_hdf5,
+    resolve_detector,
+    select_modules,
+)
 from .regions import grid_of, register
-from .common import DIMS, file_token, graph_array, negative_as_nan, one_cell_dataset, open_hdf5, resolve_detector, select_modules
 
 __all__ = ["open_hdf5_stack"]
 

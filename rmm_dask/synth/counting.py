@@ -19,8 +19,23 @@ from ..codes import BadPixel
 from ..detectors import Detector
 from .defects import _pixels_per_kind
 from .model import (
-    _DARK, _DEFECTS, _FLAT, _PARAMETERS, OVER_RESPONSE, PHOTONS_MEAN, RESPONSE_SIGMA, UNDER_RESPONSE, Defect, Run,
-    SynthConfig, SyntheticCalibration, Truth, _beam, _normal, _rng, _telegraph_levels,
+    _DARK,
+    _DEFECTS,
+    _FLAT,
+    _PARAMETERS,
+    OVER_RESPONSE,
+    PHOTONS_MEAN,
+    RESPONSE_SIGMA,
+    UNDER_RESPONSE,
+    Defect,
+    Run,
+    SynthConfig,
+    SyntheticCalibration,
+    Truth,
+    _beam,
+    _normal,
+    _rng,
+    _telegraph_levels,
 )
 
 #: counting detectors: what is planted and the bits that find it

@@ -7,9 +7,28 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import (
-    ADC_MAX, CELL_SPECIFIC_FRACTION, CELL_SPECIFIC_KINDS, DEAD_BLOCK, GAIN_FLIP, GAIN_NOISY_FACTOR, MIN_PER_KIND,
-    NO_DATA_BLOCK, NOISY_FACTOR, OFFSET_STEP, OFFSET_STEPS, OVER_RESPONSE, TELEGRAPH_AMPLITUDE, UNDER_RESPONSE, _NEW_HOT,
-    Defect, SyntheticCalibration, SynthConfig, _asic_grid, _block, _pixel_kinds, _stages,
+    _NEW_HOT,
+    ADC_MAX,
+    CELL_SPECIFIC_FRACTION,
+    CELL_SPECIFIC_KINDS,
+    DEAD_BLOCK,
+    GAIN_FLIP,
+    GAIN_NOISY_FACTOR,
+    MIN_PER_KIND,
+    NO_DATA_BLOCK,
+    NOISY_FACTOR,
+    OFFSET_STEP,
+    OFFSET_STEPS,
+    OVER_RESPONSE,
+    TELEGRAPH_AMPLITUDE,
+    UNDER_RESPONSE,
+    Defect,
+    SynthConfig,
+    SyntheticCalibration,
+    _asic_grid,
+    _block,
+    _pixel_kinds,
+    _stages,
 )
 
 __all__ = ["plant_hot"]

@@ -20,8 +20,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..detectors import Detector
 from .. import publish
+from ..detectors import Detector
 
 __all__ = ["write_cxi", "write_nxmx"]
 
