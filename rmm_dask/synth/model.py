@@ -64,6 +64,18 @@ DTYPES = ("uint16", "float32")
 DARK_RATE = 0.01  #: counts per frame of a normal pixel of a counting detector in the dark (default)
 LAMBDA_DARK_RATE = 0.004  #: the same for a LAMBDA: what real LAMBDA darks show
 
+__all__ = [
+    "ADC_MAX", "ADU_PER_PHOTON", "ASIC_OFFSET_SIGMA", "BEAM_VARIATION", "CELL_OFFSET_AMPLITUDE",
+    "CELL_PERIOD", "CELL_PIXEL_SIGMA", "CELL_SPECIFIC_FRACTION", "CELL_SPECIFIC_KINDS", "DARK_RATE",
+    "DEAD_BLOCK", "DTYPES", "EXPECTED", "GAIN_ASIC_SIGMA", "GAIN_BITS", "GAIN_FLIP",
+    "GAIN_LEVEL_BASE", "GAIN_NOISE", "GAIN_NOISY_FACTOR", "GAIN_PIXEL_SIGMA", "GAINS",
+    "GRADIENT_MAX", "LAMBDA_DARK_RATE", "MIN_PER_KIND", "NO_DATA_BLOCK", "NOISE_ASIC_FACTOR",
+    "NOISE_BASE", "NOISY_FACTOR", "OFFSET_BASE", "OFFSET_STEP", "OFFSET_STEPS", "OUTLIER_SHIFT",
+    "OVER_RESPONSE", "PHOTONS_MEAN", "PIXEL_KINDS", "PIXEL_LOG_SIGMA", "PIXEL_OFFSET_SIGMA",
+    "RESPONSE_SIGMA", "TELEGRAPH_AMPLITUDE", "TELEGRAPH_SWITCH", "UNDER_RESPONSE", "Defect", "Run",
+    "SynthConfig", "SyntheticCalibration", "Truth",
+]
+
 
 class Defect(enum.IntFlag):
     """Kinds of planted defects; the truth holds one flag per (module, gain, cell, y, x)."""
