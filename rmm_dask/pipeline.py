@@ -17,7 +17,8 @@ a full AGIPD-1M set of three dark runs and a flat is ~5,600 tasks. A run as a re
 :mod:`rmm_dask.io.regions`) enters the stage and finish tasks as its chunk's
 :class:`~rmm_dask.io.regions.FrameSource`: the task reads its frames itself, in blocks of
 :data:`rmm_dask.mask.FRAME_BLOCK` (:func:`rmm_dask.mask.dark_stage_blocks`; the flat
-through F6's sums in frame order), so worker memory stays flat in the number of frames.
+through F6's sums in frame order), so worker memory stays flat in the number of frames (but for the F1 sample, 8 KiB
+per frame and cell).
 Any other array (numpy-backed, sliced, rechunked) enters as its chunk, all frames in
 memory, with the same results bit for bit. A chunk's result depends only on its own
 cells, so the mask is the same whatever the chunking, the number of workers or the cluster.

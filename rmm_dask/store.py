@@ -102,7 +102,7 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
 
 
 def store_writes(ds: xr.Dataset, root: zarr.Group):
-    """Create the store's arrays in ``root`` and return the lazy dask collection that fills them.
+    """Create the store's arrays in ``root`` and return the lazy dask collection (or tuple of them) that fills them.
 
     When every array is chunked on the mask's (module, cells) grid (what
     :func:`rmm_dask.pipeline.build_mask` makes; the per-module layers too), one task per
@@ -151,8 +151,10 @@ def _chunk_grid(ds: xr.Dataset) -> tuple | None:
 
 
 def _on_grid(var: xr.DataArray, data, grid) -> bool:
-    """Whether ``var`` is chunked by the grid's modules (and cells, if it has them), whole along its other dims."""
-    if grid is None or var.dims[0] != "module":
+    """Whether ``var`` is chunked by the grid's modules (and cells, if it has them), whole along its
+    other dims, and every dask chunk is one Zarr chunk (all but the last as large as the largest):
+    then no two write tasks ever share a Zarr chunk."""
+    if grid is None or var.dims[0] != "module" or any(len(set(c[:-1]) | {max(c)}) > 1 for c in grid):
         return False
     for dim, chunks in zip(var.dims, data.chunks):
         want = grid[0] if dim == "module" else grid[1] if dim == "cell" else (var.sizes[dim],)

@@ -149,6 +149,23 @@ def test_the_sample_is_the_first_frames_of_the_block(agipd, pilatus):
         assert sample_frames(ds.analog.data, m, 0, 100).shape[2] == ds.sizes["frame"]
 
 
+def test_the_sample_of_a_multi_module_cbf_run_decodes_only_its_frames(pilatus, monkeypatch):
+    """A PILATUS 300K run in full frames of 3 modules: its regions are not for streaming (each
+    module would decode every frame), but a sample reads only the frames asked for."""
+    import fabio
+
+    from rmm_dask.io.regions import frame_sources
+
+    ds = open_run(pilatus["flat"], "PILATUS300K")
+    assert ds.sizes["module"] == 3 and frame_sources(ds.analog.data) is None  # not streamed
+    opened = []
+    real = fabio.open
+    monkeypatch.setattr(fabio, "open", lambda path, *a, **k: opened.append(path) or real(path, *a, **k))
+    sample = sample_frames(ds.analog.data, 1, 0, 4)
+    assert len(opened) == 4 < ds.sizes["frame"]
+    np.testing.assert_array_equal(sample, ds.analog.data.blocks[1, 0].compute(scheduler="sync")[:, :, :4])
+
+
 def test_regions_read_only_the_frames_asked_for(agipd, pilatus):
     import os
 

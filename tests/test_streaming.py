@@ -182,3 +182,29 @@ def test_store_is_written_by_one_task_per_chunk(on_disk, tmp_path):
     root = zarr.open_group(path, mode="r")
     np.testing.assert_array_equal(root["layers/user"][:], user)
     np.testing.assert_array_equal(root["mask"][:], ds.mask.values)
+
+
+
+def test_store_of_irregular_cell_chunks_is_the_mask(tmp_path):
+    """Cells in chunks of unequal size (as after dropping a run's first cell): the Zarr chunks
+    are the largest dask chunk, so the store is written array by array, never by two tasks
+    into one Zarr chunk, and it holds the mask whatever the threads do."""
+    import zarr
+
+    from rmm_dask.store import store_writes
+
+    small = synthesize(SynthConfig(modules=1, cells=5, frames=20, flat_frames=20, seed=3))
+    darks = {g: in_memory(small.dark[g], g) for g in GAINS}
+    flat = in_memory(small.flat, "flat").drop_vars("gain")
+    reference = None
+    for cells in ((5,), (1, 2, 2), (2, 3), (1, 1, 1, 1, 1)):
+        ds = build_mask({g: v.chunk({"cell": cells}) for g, v in darks.items()}, flat.chunk({"cell": cells}), flat_check={"checked": "test"})
+        writes = store_writes(ds, zarr.open_group(tmp_path / f"g{len(cells)}.zarr", mode="w-", zarr_format=3))
+        names = [name for w in (writes if isinstance(writes, tuple) else (writes,)) for name in w.__dask_graph__().layers]
+        per_chunk = any(str(name).startswith("write_chunk") for name in names)
+        assert per_chunk == (len(set(cells[:-1]) | {max(cells)}) == 1)  # one task per chunk only where chunks are Zarr chunks
+        path = write_store(ds, tmp_path / f"m{len(cells)}.zarr", compute=lambda d: dask.compute(d, scheduler="threads", num_workers=4))
+        stored = zarr.open_group(path, mode="r")["mask"][:]
+        reference = stored if reference is None else reference
+        np.testing.assert_array_equal(stored, reference)
+    assert stored.any()

@@ -113,10 +113,12 @@ def open_cbf_series(path: str | os.PathLike, detector: str | Detector, *, module
     chunks = ((len(wanted),), (1,), tuple(min(FRAMES_PER_TASK, n_frames - s) for s in starts), (det.module_shape[0],), (det.module_shape[1],))
     blocks = graph_array(name, tasks, chunks, np.float32)
     analog = blocks.rechunk({0: 1, 2: n_frames})  # the pipeline's chunk: one module, all frames
-    if len(wanted) == 1:  # one module: its frames can be streamed (with several, each module would decode every frame)
-        grid = np.empty((1, 1), dtype=object)
-        grid[0, 0] = _CbfBlock(files, det, wanted, layout, 0)
-        regions.register(analog, _read_cbf_block, grid)
+    grid = np.empty((len(wanted), 1), dtype=object)
+    for i, m in enumerate(wanted):
+        grid[i, 0] = _CbfBlock(files, det, [m], layout, 0)
+    # one module: its frames can be streamed; with several, a module's region decodes whole frames
+    # to cut its pixels out, so the regions serve only to read a few frames (the flat check)
+    regions.register(analog, _read_cbf_block, grid, stream=len(wanted) == 1)
     return one_cell_dataset(
         {"analog": (DIMS, analog)}, wanted, n_frames, det,
         source="cbf", path=run_dir, format=f"cbf ({layout} layout, {element})", notes=[], files=files,

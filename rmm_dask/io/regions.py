@@ -36,19 +36,21 @@ class _Grid:
         self.read, self.regions = read, regions
 
 
-def register(array, read, regions: np.ndarray, view=None):
+def register(array, read, regions: np.ndarray, view=None, *, stream: bool = True):
     """Record that ``array`` (a dask array ``(module, cell, frame, y, x)``, one chunk along the
     frames) is ``view(read(region))`` block by block; returns ``array``.
 
     ``regions`` is an object array ``(module blocks, cell blocks)`` (or a grid already
     registered for another variable of the same read, so that both are read at once: pass
     the grid returned by :func:`grid_of`); ``view`` a picklable function of what ``read``
-    returns (None: as it is).
+    returns (None: as it is). ``stream=False``: the regions are for reading a few frames only
+    (:mod:`.sample`), not for the pipeline to stream whole runs through (each would read more
+    than its block, e.g. a frame of several modules decoded once per module).
     """
     grid = regions if isinstance(regions, _Grid) else _Grid(read, np.asarray(regions, dtype=object))
     if grid.regions.shape != tuple(array.numblocks[:2]) or array.numblocks[2:] != (1, 1, 1):
         raise ValueError(f"a grid of {grid.regions.shape} regions does not fit an array of {array.numblocks} blocks")
-    _GRIDS[array.name] = (grid, view)
+    _GRIDS[array.name] = (grid, view, stream)
     _GRIDS.move_to_end(array.name)
     while len(_GRIDS) > _MAX_GRIDS:
         _GRIDS.popitem(last=False)
@@ -92,11 +94,12 @@ class FrameSource:
         return f"FrameSource({self.region!r}, {len(self.views)} variables)"
 
 
-def frame_sources(*arrays) -> np.ndarray | None:
+def frame_sources(*arrays, streaming: bool = True) -> np.ndarray | None:
     """Per (module block, cell block) of ``arrays`` a :class:`FrameSource` reading all of them at
-    once, or None when one is not a registered reader array or they are not views of one read."""
+    once, or None when one is not a registered reader array, they are not views of one read, or
+    (``streaming``) one was registered for a few frames only."""
     entries = [_GRIDS.get(getattr(a, "name", None)) for a in arrays]
-    if not arrays or any(e is None for e in entries):
+    if not arrays or any(e is None or (streaming and not e[2]) for e in entries):
         return None
     grid = entries[0][0]
     if any(e[0] is not grid for e in entries):

@@ -26,7 +26,7 @@ def sample_frames(array, module: int = 0, cell_block: int = 0, n: int = 16) -> n
     """
     if not isinstance(array, da.Array):
         return np.asarray(array[module : module + 1][:, :, :n])
-    sources = frame_sources(array)
+    sources = frame_sources(array, streaming=False)
     if sources is not None:
         source = sources[module, cell_block]
         (values,) = source.frames(0, min(n, source.n_frames)).read()
