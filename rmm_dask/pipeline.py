@@ -10,18 +10,19 @@ size of the detector (as flox builds its reductions):
     one layer per output:    mask, each feature and SNR, rejected frames per run:
                              the chunk's array taken from its ModuleMask
 
-Written by :func:`rmm_dask.store.write_store`, whose one write task per chunk takes every
-output of the chunk, dask's blockwise fusion makes of all this a single task per chunk
-(with the user's or the manufacturer's layers: a task per stage, the finish and the write):
-a full AGIPD-1M set of three dark runs and a flat is ~5,600 tasks. A run as a reader made it (its regions registered in
-:mod:`rmm_dask.io.regions`) enters the stage and finish tasks as its chunk's
-:class:`~rmm_dask.io.regions.FrameSource`: the task reads its frames itself, in blocks of
-:data:`rmm_dask.mask.FRAME_BLOCK` (:func:`rmm_dask.mask.dark_stage_blocks`; the flat
-through F6's sums in frame order), so worker memory stays flat in the number of frames (but for the F1 sample, 8 KiB
-per frame and cell).
-Any other array (numpy-backed, sliced, rechunked) enters as its chunk, all frames in
-memory, with the same results bit for bit. A chunk's result depends only on its own
-cells, so the mask is the same whatever the chunking, the number of workers or the cluster.
+Written by :func:`rmm_dask.store.write_store`, whose one write task per chunk takes
+every output of the chunk, dask's blockwise fusion makes of all this a single task per
+chunk (with the user's or the manufacturer's layers: a task per stage, the finish and
+the write): a full AGIPD-1M set of three dark runs and a flat is ~5,600 tasks. A run as
+a reader made it (its regions registered in :mod:`rmm_dask.io.regions`) enters the stage
+and finish tasks as its chunk's :class:`~rmm_dask.io.regions.FrameSource`: the task
+reads its frames itself, in blocks of :data:`rmm_dask.mask.FRAME_BLOCK`
+(:func:`rmm_dask.mask.dark_stage_blocks`; the flat through F6's sums in frame order), so
+worker memory stays flat in the number of frames (but for the F1 sample, 8 KiB per frame
+and cell). Any other array (numpy-backed, sliced, rechunked) enters as its chunk, all
+frames in memory, with the same results bit for bit. A chunk's result depends only on
+its own cells, so the mask is the same whatever the chunking, the number of workers or
+the cluster.
 """
 
 from __future__ import annotations
