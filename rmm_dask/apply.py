@@ -25,7 +25,8 @@ coordinates: gain is reduced with *any* (corrected data mixes gain stages frame 
 so a pixel bad in any stage is masked), or one stage is picked with ``gain="high"``. Given
 ``like=data``, the result follows EXtra-data's labels: the pixel dims take the names of
 ``data``'s last two (``slow_scan``, ``fast_scan`` from ``AGIPD1M.get_array``, ``dim_0``,
-``dim_1`` from ``get_dask_array``), and frames stacked on one dim with a ``cell`` or
+``dim_1`` from ``get_dask_array``), its modules are numbered as EXtra-data numbers them
+(JUNGFRAU from 1: JNGFR01 is module 1, rmm's module 0), and frames stacked on one dim with a ``cell`` or
 ``cellId`` level (``subtrain_index="cellId"``, not unstacked) get each frame's cell. Select data by memory cell (``subtrain_index="cellId"``; pulse ids do not name
 cells). ``data.where(~bad)`` then aligns on ``module`` and ``cell`` by label (xarray keeps the
 labels both have) and sets the bad pixels to NaN.
@@ -109,7 +110,7 @@ def bad_pixels(mask, which="all", *, layers=True, gain: str | int | None = None,
             bad = bad | ((var & NEXUS_REJECT) != 0 if name == "manufacturer" else var != 0)
     bad = bad.transpose("module", "cell", "y", "x").rename("bad_pixels")
     bad.attrs = {"bits": describe(int(bits)), "layers": ",".join(_layer_names(layers)), "store": ds.attrs.get("store", "")}
-    return bad if like is None else _like(bad, like)
+    return bad if like is None else _like(bad, like, _first_module(ds))
 
 
 def _layer_names(layers) -> tuple[str, ...]:
@@ -124,8 +125,22 @@ def _layer_names(layers) -> tuple[str, ...]:
     return names
 
 
-def _like(bad: xr.DataArray, data: xr.DataArray) -> xr.DataArray:
-    """``bad`` labelled as ``data``: its pixel dims, and per frame where frames are stacked with a ``cell`` level."""
+def _first_module(ds: xr.Dataset) -> int:
+    """EXtra-data's number of the store's module 0 (JUNGFRAU: 1, JNGFR01), 0 where unknown."""
+    from .detectors import detector_of
+    from .io.euxfel_index import flavour_of
+
+    try:
+        return flavour_of(detector_of(ds.attrs)).first_module
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def _like(bad: xr.DataArray, data: xr.DataArray, first_module: int = 0) -> xr.DataArray:
+    """``bad`` labelled as ``data``: EXtra-data's module numbers, its pixel dims, and per frame
+    where frames are stacked with a ``cell`` level."""
+    if first_module:
+        bad = bad.assign_coords(module=bad["module"] + first_module)
     y, x = data.dims[-2:]
     bad = bad.rename({"y": y, "x": x}) if (y, x) != ("y", "x") else bad
     per_frame = next((c for c in ("cell", "cellId") if c in data.coords and c not in data.dims), None)

@@ -120,8 +120,9 @@ def scoped(sections: dict):
 
 
 def _leaves(tree: dict, prefix: str = ""):
+    """(dotted key, value) of every leaf; an empty mapping sets nothing (it would replace a whole section)."""
     for key, value in tree.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             yield from _leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value

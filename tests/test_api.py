@@ -217,3 +217,28 @@ def test_readme_cites_only_files_in_the_repository():
     modules = sorted(set(re.findall(r"\brmm_dask\.(\w+)", text)))
     unknown = [m for m in modules if not ((REPO / "rmm_dask" / f"{m}.py").exists() or (REPO / "rmm_dask" / m).is_dir() or m in rmm_dask.__all__)]
     assert not unknown, f"README.md names rmm_dask.<name> that do not exist: {unknown}"
+
+
+def test_bad_pixels_take_extra_datas_jungfrau_module_numbers(tmp_path):
+    """EXtra-data numbers JUNGFRAU modules from 1 (JNGFR01), rmm from 0: data.where(~bad) masks
+    each module with its own mask, and keeps every module."""
+    from extra_data import RunDirectory
+    from extra_data.components import JUNGFRAU
+
+    from rmm_dask.detectors import get_detector
+    from rmm_dask.synth.on_disk import write_synthetic
+
+    det = get_detector("JUNGFRAU1M")
+    calib = synthesize(SynthConfig(modules=2, cells=1, frames=16, flat_frames=16, detector=det, seed=2))
+    paths = write_synthetic(calib, tmp_path / "set")
+    darks = {g: rmm_dask.open_run(paths[f"dark-{g}"], det) for g in det.gain_stages}
+    store = write_store(build_mask(darks, detector=det), tmp_path / "m.zarr")
+    run = tmp_path / "copy"
+    shutil.copytree(paths["dark-high"], run)  # EXtra-data's RunDirectory may write its map into the run
+    data = JUNGFRAU(RunDirectory(str(run)), raw=True).get_array("data.adc").astype(np.float32)
+    assert list(data.module.values) == [1, 2]
+    masked = data.where(~rmm_dask.bad_pixels(rmm_dask.open_mask(store), "all", like=data))
+    assert list(masked.module.values) == [1, 2]
+    expected = np.asarray(rmm_dask.open_mask(store).mask.values != 0).any(axis=1)  # (module, cell, y, x), any gain
+    for i, label in enumerate((1, 2)):
+        np.testing.assert_array_equal(np.isnan(masked.sel(module=label).values).all(axis=0), expected[i])

@@ -257,12 +257,13 @@ def test_a_configuration_file_changes_dask_config_for_its_block_only(tmp_path):
     from rmm_dask import config
 
     params, jobqueue = tmp_path / "c.yaml", tmp_path / "jq.yaml"
-    params.write_text(yaml.safe_dump({"rmm-dask": {"lambda": 5.5, "f1": {"pixels": 100}}}))
+    params.write_text(yaml.safe_dump({"rmm-dask": {"lambda": 5.5, "f1": {"pixels": 100}, "cluster": {}}}))
     jobqueue.write_text(yaml.safe_dump({"jobqueue": {"slurm": {"queue": "calib"}}}))
     before = dask.config.get("rmm-dask")
     with config.scoped(config.load_config(params) | config.load_jobqueue_config(jobqueue)):
         assert dask.config.get("rmm-dask.lambda") == 5.5
         assert dask.config.get("rmm-dask.f1") == {**before["f1"], "pixels": 100}  # the rest of the section stays
+        assert dask.config.get("rmm-dask.cluster") == before["cluster"]  # an empty section sets nothing
         assert dask.config.get("jobqueue.slurm.queue") == "calib"
         assert dask.config.get("jobqueue.slurm.name") == "rmm-worker"  # rmm_dask/jobqueue.yaml, registered first
         config.register_jobqueue_defaults()  # as a Slurm cluster does: the file's value wins

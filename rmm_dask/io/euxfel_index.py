@@ -35,10 +35,12 @@ class _Flavour:
     cells: str  #: memory cell ids: per frame, or per train entry (train, cell)
     per_train: bool  #: one entry per train with all its cells along axis 1 (JUNGFRAU), else one per frame
     source_hint: str  #: what its module sources look like, for messages
+    #: EXtra-data's number of the detector's first module (JUNGFRAU: JNGFR01 is 1); rmm counts from 0
+    first_module: int = 0
 
 
 XTDF = _Flavour("image", ("image/data",), "image/cellId", False, "<detector>/DET/<n>CH0:xtdf")
-JUNGFRAU = _Flavour("data", ("data/adc", "data/gain"), "data/memoryCell", True, "<detector>/DET/JNGFR<n>:daqOutput")
+JUNGFRAU = _Flavour("data", ("data/adc", "data/gain"), "data/memoryCell", True, "<detector>/DET/JNGFR<n>:daqOutput", first_module=1)
 
 
 def flavour_of(det: Detector) -> _Flavour:
@@ -151,7 +153,7 @@ def _jungfrau_sources(run, run_dir: str, det: Detector, detector_id: str | None)
         return {}
     except ValueError as e:  # several detectors, or modules that do not fit together
         raise InputError(run_dir, f"cannot read the {det.name} sources of the run: {e}") from None
-    return {jf.detector_name: {modno - 1: source for modno, source in jf.modno_to_source.items()}}
+    return {jf.detector_name: {modno - JUNGFRAU.first_module: source for modno, source in jf.modno_to_source.items()}}
 
 
 def module_frames(run, number: int, source: str, det: Detector) -> _ModuleSource:
