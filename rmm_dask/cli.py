@@ -144,6 +144,8 @@ def _show(args) -> int:
 
     console = tables.console()
     root = open_store(args.store)
+    if args.geometry and not os.path.isfile(args.geometry):
+        raise InputError(args.geometry, "no such geometry file (--geometry)")
     for path, directory, what in ((args.png, True, "the figures"), (args.html, False, "the report")):
         if path:  # both outputs checked before anything is written
             args.outcome.expect(publish.prepare(path, overwrite=args.overwrite, directory=directory, what=what))
@@ -421,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where to write, and keep, the runs, the store and the exports (default: a new temporary directory, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (its path is printed first)")
     _add_set_arguments(p)
-    p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="local workers (default 2; threads of one process for a set of this size, see rmm-dask.cluster)")
     p.set_defaults(run=_demo)
     return parser
 

@@ -48,7 +48,11 @@ def write_set(cfg, out: Path, compression=None) -> dict:
 
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "exists and is not empty")
-    return write_synthetic(synthesize(cfg), out, compression=compression)
+    calib = synthesize(cfg)
+    try:
+        return write_synthetic(calib, out, compression=compression)
+    except ValueError as err:  # a size the detector's file layout cannot hold (PILATUS CBF frames: all 3 modules)
+        raise InputError("--modules", str(err)) from None
 
 
 def run_demo(cfg, out: Path | None, *, keep: bool, workers: int | None, console, outcome) -> None:

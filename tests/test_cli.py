@@ -129,6 +129,14 @@ def test_bad_method_in_config_and_export_to_a_missing_directory(store, runs, tmp
     one_line_error(capsys, "no such directory")
 
 
+def test_a_missing_geometry_and_a_set_the_layout_cannot_hold_are_one_line(store, tmp_path, capsys):
+    assert main(["show", str(store), "--png", str(tmp_path / "figs"), "--geometry", str(tmp_path / "none.geom")]) == 2
+    one_line_error(capsys, "none.geom", "no such geometry file")
+    assert main(["synth", "--detector", "pilatus", "--modules", "1", "--out", str(tmp_path / "set")]) == 2
+    one_line_error(capsys, "--modules", "all 3 modules")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sigterm_cleans_up_like_ctrl_c(runs, tmp_path):
     import subprocess
     import sys
