@@ -652,24 +652,15 @@ def bad_detector(c, text: str, needles):
     c.only(c.dir, ["TMP", "det.yaml"])
 
 
-@case("inputs", "detector YAML with negative cells")
-def case_detector_negative_cells(c):
-    bad_detector(c, SMALL_YAML.replace("cells: 1", "cells: -4"), ("cells",))
-
-
-@case("inputs", "detector YAML without gain stages")
-def case_detector_no_gain_stages(c):
-    bad_detector(c, SMALL_YAML.replace("gain-stages: [high]", "gain-stages: []"), ("gain stage",))
-
-
-@case("inputs", "detector YAML with a module of 0 x 64 pixels")
-def case_detector_zero_shape(c):
-    bad_detector(c, SMALL_YAML.replace("module-shape: [64, 64]", "module-shape: [0, 64]"), ())
-
-
-@case("inputs", "detector YAML that is not YAML")
-def case_detector_not_yaml(c):
-    bad_detector(c, "name: [unclosed\n  : :\n", ())
+#: (case, title, the detector YAML, what the one line names besides the file)
+BAD_DETECTORS = (
+    ("detector_negative_cells", "detector YAML with negative cells", SMALL_YAML.replace("cells: 1", "cells: -4"), ("cells",)),
+    ("detector_no_gain_stages", "detector YAML without gain stages", SMALL_YAML.replace("gain-stages: [high]", "gain-stages: []"), ("gain stage",)),
+    ("detector_zero_shape", "detector YAML with a module of 0 x 64 pixels", SMALL_YAML.replace("module-shape: [64, 64]", "module-shape: [0, 64]"), ()),
+    ("detector_not_yaml", "detector YAML that is not YAML", "name: [unclosed\n  : :\n", ()),
+)
+for _name, _title, _text, _needles in BAD_DETECTORS:
+    CASES.append((_name, "inputs", _title, lambda c, text=_text, needles=_needles: bad_detector(c, text, needles)))
 
 
 def bad_option(c, *extra, needles):
@@ -677,19 +668,18 @@ def bad_option(c, *extra, needles):
     c.only(c.dir, ["TMP"])
 
 
-@case("inputs", "--lambda inf")
-def case_lambda_inf(c):
-    bad_option(c, "--lambda", "inf", needles=("--lambda",))
-
-
-@case("inputs", "--lambda nan")
-def case_lambda_nan(c):
-    bad_option(c, "--lambda", "nan", needles=("--lambda",))
-
-
-@case("inputs", "--lambda 0")
-def case_lambda_zero(c):
-    bad_option(c, "--lambda", "0", needles=("--lambda",))
+#: (case, title, the options given, what the one line names)
+BAD_OPTIONS = (
+    ("lambda_inf", "--lambda inf", ("--lambda", "inf"), ("--lambda",)),
+    ("lambda_nan", "--lambda nan", ("--lambda", "nan"), ("--lambda",)),
+    ("lambda_zero", "--lambda 0", ("--lambda", "0"), ("--lambda",)),
+    ("workers_zero", "--workers 0", ("--workers", "0"), ("--workers",)),
+    ("workers_negative", "--workers -1", ("--workers", "-1"), ("--workers",)),
+    ("cells_per_chunk_zero", "--cells-per-chunk 0", ("--cells-per-chunk", "0"), ("--cells-per-chunk",)),
+    ("unknown_detector", "an unknown --detector name", ("--detector", "AGIPD9M"), ("AGIPD9M",)),
+)
+for _name, _title, _extra, _needles in BAD_OPTIONS:
+    CASES.append((_name, "inputs", _title, lambda c, extra=_extra, needles=_needles: bad_option(c, *extra, needles=needles)))
 
 
 @case("inputs", "lambda: .inf in a --config file")
@@ -706,31 +696,11 @@ def case_config_unknown_key(c):
     c.only(c.dir, ["TMP", "c.yaml"])
 
 
-@case("inputs", "--workers 0")
-def case_workers_zero(c):
-    bad_option(c, "--workers", "0", needles=("--workers",))
-
-
-@case("inputs", "--workers -1")
-def case_workers_negative(c):
-    bad_option(c, "--workers", "-1", needles=("--workers",))
-
-
-@case("inputs", "--cells-per-chunk 0")
-def case_cells_per_chunk_zero(c):
-    bad_option(c, "--cells-per-chunk", "0", needles=("--cells-per-chunk",))
-
-
 @case("inputs", "--flat-stage low without a low-gain dark")
 def case_flat_stage_without_dark(c):
     c.rmm("mask", "--dark-high", c.shared.raw(1), "--flat", c.shared.raw(4), "--flat-stage", "low", "--out", c.dir / "m.zarr",
           expect=2, needles=("--flat-stage",))
     c.only(c.dir, ["TMP"])
-
-
-@case("inputs", "an unknown --detector name")
-def case_unknown_detector(c):
-    bad_option(c, "--detector", "AGIPD9M", needles=("AGIPD9M",))
 
 
 @case("inputs", "a --user-mask file that does not exist")
