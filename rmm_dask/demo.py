@@ -32,13 +32,18 @@ def synth_config(detector: str, *, seed: int = 0, modules=None, cells=None, fram
     """The SynthConfig of a demo set: the detector alias's default size (:data:`DEMOS`), the sizes given (not None) instead."""
     from .detectors import get_detector
     from .synth import SynthConfig
+    from .synth.on_disk import layout_problem
 
     given = dict(modules=modules, cells=cells, frames=frames)
     size = {k: v if given.get(k) is None else given[k] for k, v in DEMOS[detector].items()}
     try:
-        return SynthConfig(**size, flat_frames=flat_frames or size["frames"], seed=seed, detector=get_detector(detector))
+        cfg = SynthConfig(**size, flat_frames=flat_frames or size["frames"], seed=seed, detector=get_detector(detector))
     except ValueError as err:
         raise InputError("--detector", str(err)) from None
+    problem = layout_problem(cfg.detector, cfg.modules)
+    if problem:
+        raise InputError("--modules", problem)
+    return cfg
 
 
 def write_set(cfg, out: Path, compression=None) -> dict:
@@ -48,11 +53,7 @@ def write_set(cfg, out: Path, compression=None) -> dict:
 
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "exists and is not empty")
-    calib = synthesize(cfg)
-    try:
-        return write_synthetic(calib, out, compression=compression)
-    except ValueError as err:  # a size the detector's file layout cannot hold (PILATUS CBF frames: all 3 modules)
-        raise InputError("--modules", str(err)) from None
+    return write_synthetic(synthesize(cfg), out, compression=compression)
 
 
 def run_demo(cfg, out: Path | None, *, keep: bool, workers: int | None, console, outcome) -> None:

@@ -111,10 +111,21 @@ def write_synthetic(
     return paths
 
 
+def layout_problem(det, modules: int) -> str | None:
+    """Why a set of ``modules`` modules cannot be written in ``det``'s real layout, or None.
+
+    CXI, CBF and NXmx files hold full frames: every module of the detector."""
+    layout = layout_of(det)
+    if layout in ("cxi", "cbf", "nxmx") and modules != det.n_modules:
+        return f"{layout} frames hold all {det.n_modules} modules of {det.name}; the set has {modules}"
+    return None
+
+
 def full_frames(analog: np.ndarray, det, layout: str) -> np.ndarray:
     """(module, 1, frame, y, x) -> (frame, Y, X) full frames; gaps -1 in CBF frames (as PILATUS marks them)."""
-    if analog.shape[0] != det.n_modules:
-        raise ValueError(f"{layout} frames hold all {det.n_modules} modules of {det.name}; the set has {analog.shape[0]}")
+    problem = layout_problem(det, analog.shape[0])
+    if problem:
+        raise ValueError(problem)
     return det.join_frame(np.moveaxis(analog[:, 0], 0, 1), fill=-1 if layout == "cbf" else 0)
 
 
