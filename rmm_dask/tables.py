@@ -1,7 +1,8 @@
-"""What the commands print as tables (rich, 80 columns): counts of a store, of a diff, the nightly catalog."""
+"""What the commands print (rich, 80 columns): their console, and the tables of a store's counts, of a diff, of the nightly catalog."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 #: column names of the per-module, gain and cell counts (at most 5 characters: 80-column terminals)
@@ -13,8 +14,6 @@ SHORT = {
 
 def console():
     """The console of the commands' output: wide enough for the count tables in a log, not a terminal."""
-    import sys
-
     from rich.console import Console
 
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
