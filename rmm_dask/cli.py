@@ -123,6 +123,10 @@ def _inputs(args):
     """What `rmm mask` and `rmm submit` start from, checked: params, dark runs, flat run (or None), user mask (or None)."""
     _check_run_options(args)
     _setup_config(args, with_params=False)
+    if "://" in (getattr(args, "cluster", None) or ""):  # a scheduler rmm will not talk to: refused before reading
+        from .security import attach_security
+
+        attach_security(args.cluster)
     darks, flat = _open_runs(args, args.detector)  # a run that is not there fails before the kernels load
     return _params(args), darks, flat, _user_mask(args, darks)
 
@@ -358,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mask", help="make a mask from dark runs (one per gain stage) and an optional flat run", description=MASK_DESCRIPTION)
     _add_mask_arguments(p)
-    p.add_argument("--cluster", default="local", metavar="local|slurm|ADDRESS", help="'local', 'slurm' (dask-jobqueue) or a scheduler address tcp://host:port")
+    p.add_argument("--cluster", default="local", metavar="local|slurm|ADDRESS", help="'local', 'slurm' (dask-jobqueue) or a scheduler address tls://host:port (your certificates: README 'Security')")
     p.add_argument("--report", metavar="FILE.html", help="save Dask's performance report (task stream, worker profiles; one HTML file; an existing one only with --overwrite)")
     p.set_defaults(run=_mask)
 

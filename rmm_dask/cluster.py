@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
+import shlex
 import shutil
 import signal
 import socket
@@ -20,6 +20,16 @@ import dask.config
 from . import config as _config  # noqa: F401  (the rmm-dask defaults in dask.config)
 from . import interrupts
 from .errors import ClusterError
+from .fstree import HOST
+from .security import (
+    attach_security,
+    credentials_on_disk,
+    dashboard_lines,
+    http_config,
+    job_security,
+    remove_dead,
+    scheduler_host,
+)
 
 
 @contextlib.contextmanager
@@ -31,24 +41,34 @@ def dask_client(
     memory_limit=None,
     max_workers: int | None = None,
     input_bytes: int | None = None,
+    needs_scheduler: bool = False,
     echo=print,
 ):
-    """A ``distributed.Client`` for the duration of the block; its workers are shut down afterwards.
+    """Where the block's Dask computations run: a ``distributed.Client``, or None for threads of this process.
 
-    ``cluster`` is ``"local"`` (a LocalCluster sized from the ``rmm-dask.cluster`` config: for a
-    job of less than ``local-threads-below`` bytes of input (``input_bytes``), one worker of
-    ``n-workers`` threads in this process, else worker processes; :func:`local_processes`;
-    the dashboard with worker processes only, unless ``rmm-dask.cluster.dashboard`` is true or false), ``"slurm"`` (dask-jobqueue's SLURMCluster from the
-    ``jobqueue.slurm`` config, scaled adaptively up to ``max_workers``), or a scheduler
-    address (``tcp://host:8786``). The dashboard link is echoed at start. The workers
-    end with the block, whether it succeeds, fails or is interrupted (Ctrl-C). The
-    schedulers started here queue read tasks with ``rmm-dask.cluster.worker-saturation``.
+    ``cluster`` is ``"local"``, sized from the ``rmm-dask.cluster`` config: a job of less than
+    ``local-threads-below`` bytes of input (``input_bytes``, :func:`local_processes`) runs on
+    ``n-workers`` threads of this process with Dask's threaded scheduler, which opens no port
+    (the block gets None); one that shows a dashboard (``rmm-dask.cluster.dashboard``: with
+    worker processes only by default) or ``needs_scheduler`` (a performance report) runs on a
+    LocalCluster, in worker processes for large jobs. ``"slurm"`` is dask-jobqueue's
+    SLURMCluster from the ``jobqueue.slurm`` config, scaled adaptively up to ``max_workers``;
+    else ``cluster`` is the address of a running scheduler (``tls://host:8786``, with the
+    user's certificates: :func:`rmm_dask.security.attach_security`).
+
+    Every cluster started here speaks TLS with this job's own credentials and binds to
+    127.0.0.1, but for a Slurm scheduler, which binds to one address the worker jobs reach
+    (:mod:`rmm_dask.security`); dashboards listen on 127.0.0.1 (``rmm-dask.cluster.dashboard-address``).
+    The dashboard link is echoed at start, with the ssh tunnel to it. The workers end with
+    the block, whether it succeeds, fails or is interrupted (Ctrl-C). The schedulers started
+    here queue read tasks with ``rmm-dask.cluster.worker-saturation``.
     """
     import distributed  # noqa: F401  (its defaults in dask.config first: a set before them would drop them on exit)
 
     conf = dask.config.get("rmm-dask.cluster")
     with dask.config.set({"distributed.scheduler.worker-saturation": conf["worker-saturation"]}), quiet_distributed():
-        with _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, input_bytes, echo) as client:
+        with _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, input_bytes, needs_scheduler,
+                     echo) as client:
             yield client
 
 
@@ -103,46 +123,103 @@ def _sigint_blocked():
 
 
 @contextlib.contextmanager
-def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, input_bytes, echo):
-    from distributed import Client, LocalCluster
-
+def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, input_bytes, distributed_only, echo):
     if cluster == "local":
         n = n_workers or conf["n-workers"]
         processes = local_processes(input_bytes, conf)
         dashboard = processes if conf.get("dashboard", "auto") == "auto" else bool(conf["dashboard"])
-        with _scratch_space():
-            with _sigint_blocked(), interrupts.held():  # a Ctrl-C meanwhile: once it is up, to close it cleanly
-                local = LocalCluster(
-                    n_workers=n if processes else 1,
-                    threads_per_worker=(threads_per_worker or conf["threads-per-worker"]) * (1 if processes else n),
-                    memory_limit=memory_limit or conf["memory-limit"],
-                    processes=processes,
-                    dashboard_address=":0" if dashboard else None,  # bokeh's server: seconds to start
-                    silence_logs=logging.CRITICAL,  # in the workers: no "Compute Failed" before the client's one line
-                )
+        threads = (threads_per_worker or conf["threads-per-worker"]) * (1 if processes else n)
+        if not (processes or dashboard or distributed_only):
+            echo(f"dashboard: none  ({n} worker thread(s) in this process, no port opened)")
+            with _thread_pool(threads):
+                yield None
+            return
+        with _local_cluster(n if processes else 1, threads, memory_limit or conf["memory-limit"], processes, dashboard) as local:
+            client = _connect(local, local.security)
             try:
-                client = Client(local)
-                try:
-                    what = f"{len(local.workers)} local worker process(es)" if processes else f"{n} worker thread(s) in this process"
-                    echo(f"dashboard: {client.dashboard_link if dashboard else 'none'}  ({what})")
-                    yield client
-                finally:
-                    _close(client, CLOSE_TIMEOUT)
+                what = f"{len(local.workers)} local worker process(es)" if processes else f"{n} worker thread(s) in this process"
+                echo(f"dashboard: {_dashboard(local) if dashboard else 'none'}  ({what}; TLS, this job's key only)")
+                yield client
             finally:
-                _close(local, CLOSE_TIMEOUT)
+                _close(client, CLOSE_TIMEOUT)
     elif cluster == "slurm":
         with _slurm_client(conf["slurm"], n_workers=n_workers, max_workers=max_workers, echo=echo) as client:
             yield client
     elif "://" in cluster:
-        try:
-            client = Client(cluster)
-        except OSError as err:  # nothing listens there, or no answer within distributed.comm.timeouts.connect
-            raise ClusterError(f"cannot reach the scheduler {cluster} ({err}); nothing was published") from None
+        client = _connect(cluster, attach_security(cluster))
         with client:
             echo(f"dashboard: {client.dashboard_link}  (scheduler {cluster})")
             yield client
     else:
-        raise ValueError(f"cluster must be 'local', 'slurm' or a scheduler address like tcp://host:8786, not {cluster!r}")
+        raise ValueError(f"cluster must be 'local', 'slurm' or a scheduler address like tls://host:8786, not {cluster!r}")
+
+
+def _connect(cluster, security):
+    """A Client of ``cluster`` (a cluster object or an address) with ``security``; ClusterError when it cannot be reached."""
+    from distributed import Client
+
+    try:
+        return Client(cluster, security=security)
+    except OSError as err:  # nothing listens there, or no answer (or no TLS handshake) within distributed.comm.timeouts.connect
+        raise ClusterError(f"cannot reach the scheduler {getattr(cluster, 'scheduler_address', cluster)} ({err}); nothing was published") from None
+
+
+@contextlib.contextmanager
+def _thread_pool(threads: int):
+    """Dask's threaded scheduler on ``threads`` threads of this process for the block: no scheduler, no port.
+
+    On the way out, also when interrupted, the tasks that run are waited for and the queued
+    ones dropped, so that nothing writes into an output after the job has given it up.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="rmm-worker")
+    try:
+        with dask.config.set(scheduler="threads", pool=pool):
+            yield pool
+    finally:
+        with interrupts.held():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _local_cluster(n_workers, threads, memory_limit, processes, dashboard):
+    """A LocalCluster on 127.0.0.1 speaking TLS with this job's credentials; its scratch space removed with it."""
+    from distributed import LocalCluster
+
+    with _scratch_space(), dask.config.set(http_config(dashboard)):
+        with _sigint_blocked(), interrupts.held():  # a Ctrl-C meanwhile: once it is up, to close it cleanly
+            local = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads,
+                memory_limit=memory_limit,
+                processes=processes,
+                host="127.0.0.1" if processes else None,  # threads talk in memory (inproc://): no host
+                security=job_security() if processes else None,  # threads of one process talk in memory (inproc)
+                # Dask starts the scheduler's HTTP server with or without a dashboard (bokeh's: seconds to start)
+                dashboard_address=dashboard_address(),
+                scheduler_kwargs={"dashboard": dashboard},
+                # and one per worker: worker processes bind theirs to their host, 127.0.0.1; the worker of
+                # threads in this process to the host of its inproc:// address, the machine's: told loopback
+                worker_dashboard_address=None if processes else "127.0.0.1:0",
+                silence_logs=logging.CRITICAL,  # in the workers: no "Compute Failed" before the client's one line
+            )
+        try:
+            yield local
+        finally:
+            _close(local, CLOSE_TIMEOUT)
+
+
+def dashboard_address() -> str:
+    """Where dashboards listen: ``rmm-dask.cluster.dashboard-address`` (127.0.0.1:8787; another port if taken)."""
+    return str(dask.config.get("rmm-dask.cluster.dashboard-address", None) or "127.0.0.1:8787")
+
+
+def _dashboard(cluster) -> str:
+    """The dashboard's link as it is bound (Dask's dashboard_link names the scheduler's host instead) and how to reach it."""
+    server = cluster.scheduler.http_server
+    host = server.address if server.address not in ("0.0.0.0", "::", "") else socket.gethostname()
+    return dashboard_lines(f"http://{host}:{server.port}/status")
 
 
 def local_processes(input_bytes: int | None, conf: dict) -> bool:
@@ -163,7 +240,6 @@ def local_processes(input_bytes: int | None, conf: dict) -> bool:
 
 
 SCRATCH_PREFIX = "rmm-dask-scratch-"
-_HOST = socket.gethostname().replace("/", "_") or "localhost"
 
 
 @contextlib.contextmanager
@@ -174,8 +250,8 @@ def _scratch_space():
     inside ``temporary-directory`` if that is configured. Those of killed jobs (this host,
     the pid gone, ours) are removed first."""
     base = dask.config.get("temporary-directory", None) or tempfile.gettempdir()
-    _remove_dead_scratch(base)
-    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{_HOST}-{os.getpid()}-", dir=base)
+    remove_dead(base, SCRATCH_PREFIX)
+    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{HOST}-{os.getpid()}-", dir=base)
     try:
         with dask.config.set({"temporary-directory": scratch}):
             yield scratch
@@ -183,51 +259,29 @@ def _scratch_space():
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _remove_dead_scratch(base: str) -> None:
-    """Remove the scratch directories (:func:`_scratch_space`) that killed jobs of this user left in ``base``."""
-    name = re.compile(rf"^{re.escape(SCRATCH_PREFIX)}{re.escape(_HOST)}-(\d+)-[^/]+$")
-    try:
-        entries = list(os.scandir(base))
-    except OSError:
-        return
-    for entry in entries:
-        m = name.match(entry.name)
-        try:
-            if not m or not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
-                continue
-        except OSError:
-            continue
-        if not _alive(int(m[1])):
-            shutil.rmtree(entry.path, ignore_errors=True)  # never follows links inside
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def _slurm_client(conf: dict, *, n_workers=None, max_workers=None, echo=print):
     _config.register_jobqueue_defaults()  # imports dask_jobqueue (keeping our SIGINT handler)
     from dask_jobqueue import SLURMCluster
-    from distributed import Client
 
     maximum = n_workers or min(conf["maximum-workers"], max_workers or conf["maximum-workers"])
     minimum = n_workers or min(conf["minimum-workers"], maximum)
     timeout = float(conf["worker-start-timeout"])
-    with interrupts.held():  # a Ctrl-C meanwhile: once the cluster object exists, to close it
-        slurm = SLURMCluster()
+    with credentials_on_disk() as security, dask.config.set(http_config()):
+        with interrupts.held():  # a Ctrl-C meanwhile: once the cluster object exists, to close it
+            slurm = SLURMCluster(**slurm_options(security))
+        with _slurm_jobs(slurm, minimum, maximum, timeout, security, echo) as client:
+            yield client
+
+
+@contextlib.contextmanager
+def _slurm_jobs(slurm, minimum, maximum, timeout, security, echo):
     try:
         _check_job_script(slurm.job_script())
         slurm.adapt(minimum=minimum, maximum=maximum)
-        client = Client(slurm)
+        client = _connect(slurm, security)
         try:
-            echo(f"dashboard: {client.dashboard_link}  (Slurm worker jobs, {minimum} to {maximum})")
+            echo(f"dashboard: {_dashboard(slurm)}  (Slurm worker jobs, {minimum} to {maximum}; TLS, this job's key only)")
             try:
                 client.wait_for_workers(1, timeout=timeout)
             except TimeoutError:
@@ -245,6 +299,35 @@ def _slurm_client(conf: dict, *, n_workers=None, max_workers=None, echo=print):
             _close(client, CLOSE_TIMEOUT)
     finally:
         _close(slurm, SLURM_CLOSE_TIMEOUT)
+
+
+def slurm_options(security) -> dict:
+    """SLURMCluster's arguments beyond the ``jobqueue.slurm`` config: TLS with ``security``, ports bound narrowly.
+
+    The scheduler binds to the configured ``interface`` (or ``scheduler-options``' host), else to
+    this host's own address (:func:`rmm_dask.security.scheduler_host`), never to all; its
+    dashboard to 127.0.0.1 (:func:`dashboard_address`). Each worker listens on the configured
+    interface, else on the address its host reaches the scheduler from (worked out in the job
+    script; the scheduler's host is known before it starts), and serves no HTTP route; no
+    worker dashboard. The job script names the credential files, never their contents.
+    """
+    jobqueue = dask.config.get("jobqueue.slurm")
+    scheduler = dict(jobqueue.get("scheduler-options") or {})
+    scheduler.setdefault("dashboard_address", dashboard_address())
+    prologue = list(jobqueue.get("job-script-prologue") or []) + ["export DASK_DISTRIBUTED__WORKER__HTTP__ROUTES='[]'"]
+    extra = list(jobqueue.get("worker-extra-args") or []) + ["--dashboard-address", "127.0.0.1:0", "--no-dashboard"]
+    if not (jobqueue.get("interface") or scheduler.get("interface") or scheduler.get("host")):
+        scheduler["host"] = scheduler_host()
+    if not jobqueue.get("interface") and "--host" not in extra and "--interface" not in extra:
+        to = scheduler.get("host")
+        if to:  # the address a UDP socket would leave from towards the scheduler (connect sends nothing)
+            prologue.append(
+                f"RMM_WORKER_HOST=$({shlex.quote(sys.executable)} -c 'import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                f"s.connect((sys.argv[1], 9)); print(s.getsockname()[0])' {to})"
+            )
+            extra += ["--host", '"$RMM_WORKER_HOST"']
+    return dict(security=security, protocol="tls://", scheduler_options=scheduler, job_script_prologue=prologue,
+                worker_extra_args=extra)
 
 
 #: seconds for the client, then the cluster, to close (the nannies give a worker 4 s, then kill it)

@@ -38,7 +38,7 @@ def _leftover_pattern(target_name: str) -> re.Pattern:
     )
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:
@@ -65,9 +65,9 @@ def leftovers(dir_fd: int, target_name: str) -> list[tuple[str, str, bool]]:
             continue
         kind = m["kind"] or "partial"
         if m["pid"] is not None:
-            dead = m["host"] == HOST and not _alive(int(m["pid"]))
+            dead = m["host"] == HOST and not alive(int(m["pid"]))
         elif m["token"] is not None and m["token"].isdigit():
-            dead = not _alive(int(m["token"]))
+            dead = not alive(int(m["token"]))
         else:
             dead = True
         found.append((entry.name, kind, dead))

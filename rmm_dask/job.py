@@ -131,7 +131,8 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     partials = []
     try:
         outcome.enter("computing")
-        with dask_client(cluster, n_workers=n_workers, max_workers=parallel, input_bytes=input_nbytes(darks, flat), echo=echo), \
+        with dask_client(cluster, n_workers=n_workers, max_workers=parallel, input_bytes=input_nbytes(darks, flat),
+                         needs_scheduler=bool(report), echo=echo), \
                 _report(report, overwrite):
             path = write_store(ds, out, overwrite=overwrite, compute=compute, partials=partials)
         outcome.enter("published")

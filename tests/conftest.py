@@ -77,6 +77,41 @@ def slurm():
     assert wait_queue_empty(), "jobs left in squeue: " + subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout
 
 
+SLURM_LOCAL = "/run/rmm-slurm-local"  #: what deploy/slurm-local/start.sh started: mode, nodes, netns-problem
+
+
+def slurm_mode() -> str:
+    """``netns`` (two nodes, each in its own network namespace) or ``single`` (deploy/slurm-local/start.sh)."""
+    try:
+        with open(f"{SLURM_LOCAL}/mode") as f:
+            return f.read().strip()
+    except OSError:
+        return "single"
+
+
+def slurm_interface_yaml() -> str:
+    """The jobqueue.slurm line that makes the scheduler and the workers meet on the namespaces' bridge (netns mode)."""
+    return "    interface: rmm0\n" if slurm_mode() == "netns" else ""
+
+
+@pytest.fixture(scope="session")
+def slurm_nodes(slurm):
+    """{node name: address} of the two-node Slurm in network namespaces, or skip with the reason why there is none
+    (fail when RMM_REQUIRE_SLURM=1)."""
+    if slurm_mode() != "netns":
+        try:
+            with open(f"{SLURM_LOCAL}/netns-problem") as f:
+                problem = f.read().strip()
+        except OSError:
+            problem = "this Slurm was not started by deploy/slurm-local/start.sh in its two-node mode"
+        message = f"two Slurm nodes in network namespaces needed: {problem}"
+        if os.environ.get("RMM_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    with open(f"{SLURM_LOCAL}/nodes") as f:
+        return dict(line.split() for line in f if line.strip())
+
+
 def wait_queue_empty(timeout=30.0) -> bool:
     """True once squeue lists no job (cancelled jobs take a few seconds to leave)."""
     return wait_until(

@@ -21,6 +21,7 @@ import zarr
 
 from rmm_dask import cluster
 from rmm_dask.cli import main
+from rmm_dask.fstree import HOST
 from rmm_dask.store import STORE_FORMAT
 
 from .cli_errors import one_line_error
@@ -86,18 +87,25 @@ def test_ctrl_c_to_the_process_group_exits_130_and_leaves_nothing(runs, tmp_path
         pytest.fail("processes of the job's group are still running")
 
 
-def test_sigterm_after_publication_says_it_was_published(runs, tmp_path, monkeypatch, capfd):
-    """SIGTERM while the cluster closes, the store already in place: exit 130, the line names it, it is complete."""
+@pytest.mark.parametrize("where", ["threads", "cluster"])
+def test_sigterm_after_publication_says_it_was_published(runs, tmp_path, monkeypatch, capfd, where):
+    """SIGTERM while the threads or the cluster close, the store already in place: exit 130, the line names it, it is complete."""
+    import concurrent.futures
+
     out = tmp_path / "m.zarr"
-    close = cluster._close
+    import dask
 
-    def close_after_sigterm(thing, timeout):
-        if out.is_dir():  # published: the job is over, the cluster is being closed
+    owner, name = (cluster, "_close") if where == "cluster" else (concurrent.futures.ThreadPoolExecutor, "shutdown")
+    close = getattr(owner, name)
+
+    def close_after_sigterm(*args, **kwargs):
+        if out.is_dir():  # published: the job is over, its threads or cluster are being closed
             os.kill(os.getpid(), signal.SIGTERM)
-        close(thing, timeout)
+        close(*args, **kwargs)
 
-    monkeypatch.setattr(cluster, "_close", close_after_sigterm)
-    assert main(mask_args(runs, out)) == 130
+    monkeypatch.setattr(owner, name, close_after_sigterm)
+    with dask.config.set({"rmm-dask.cluster.dashboard": where == "cluster"}):  # a dashboard needs a LocalCluster
+        assert main(mask_args(runs, out)) == 130
     err = capfd.readouterr().err
     assert err.strip() == f"rmm mask: interrupted; {out} was published", err
     root = zarr.open_group(out, mode="r")
@@ -244,19 +252,19 @@ def test_scratch_space_of_killed_jobs_is_removed_by_the_next(tmp_path, monkeypat
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid no process has now
-    dead = tmp_path / f"{cluster.SCRATCH_PREFIX}{cluster._HOST}-{gone.pid}-x1y2z3"
+    dead = tmp_path / f"{cluster.SCRATCH_PREFIX}{HOST}-{gone.pid}-x1y2z3"
     (dead / "dask-scratch-space" / "worker-abc").mkdir(parents=True)
-    live = tmp_path / f"{cluster.SCRATCH_PREFIX}{cluster._HOST}-{os.getppid()}-a1b2c3"
+    live = tmp_path / f"{cluster.SCRATCH_PREFIX}{HOST}-{os.getppid()}-a1b2c3"
     live.mkdir()
     other_host = tmp_path / f"{cluster.SCRATCH_PREFIX}elsewhere-{gone.pid}-q1w2e3"
     other_host.mkdir()
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "keep").write_text("x")
-    link = tmp_path / f"{cluster.SCRATCH_PREFIX}{cluster._HOST}-{gone.pid}-l1n2k3"
+    link = tmp_path / f"{cluster.SCRATCH_PREFIX}{HOST}-{gone.pid}-l1n2k3"
     link.symlink_to(victim)
     with cluster._scratch_space() as scratch:
-        assert Path(scratch).parent == tmp_path and Path(scratch).name.startswith(f"{cluster.SCRATCH_PREFIX}{cluster._HOST}-{os.getpid()}-")
+        assert Path(scratch).parent == tmp_path and Path(scratch).name.startswith(f"{cluster.SCRATCH_PREFIX}{HOST}-{os.getpid()}-")
         assert not dead.exists() and live.is_dir() and other_host.is_dir() and link.is_symlink() and (victim / "keep").exists()
     assert not Path(scratch).exists()
 
@@ -269,7 +277,7 @@ def test_a_scheduler_that_cannot_be_reached_exits_3(runs, tmp_path, capsys):
     with socket.socket() as s:  # a port where nothing listens
         s.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s", "rmm-dask.cluster.allow-insecure": True}):
         assert main(mask_args(runs, tmp_path / "m.zarr", "--cluster", address)) == 3
     one_line_error(capsys, f"cannot reach the scheduler {address}", "nothing was published")
     assert list(tmp_path.iterdir()) == []

@@ -20,7 +20,8 @@ from rmm_dask.store import write_store
 from rmm_dask.synth import GAINS, SynthConfig, synthesize
 from rmm_dask.synth.on_disk import write_synthetic
 
-from .conftest import wait_queue_empty, wait_until
+from .conftest import slurm_interface_yaml, wait_queue_empty, wait_until
+from .ports import attack, connectable, intrusions, listening
 from .stores import assert_same_store
 
 pytestmark = pytest.mark.slurm
@@ -33,13 +34,19 @@ def make_runs(tmp_path_factory, name, **cfg):
     darks = {g: open_run(paths[f"dark-{g}"]) for g in GAINS}
     ref = write_store(build_mask(darks, open_run(paths["flat"])), out / "local.zarr", compute=lambda d: dask.compute(d, scheduler="threads"))
     jobqueue = out / "jobqueue.yaml"
-    jobqueue.write_text(f"jobqueue:\n  slurm:\n    memory: 2GiB\n    walltime: '00:20:00'\n    log-directory: {out / 'logs'}\n")
+    jobqueue.write_text(f"jobqueue:\n  slurm:\n    memory: 2GiB\n    walltime: '00:20:00'\n    log-directory: {out / 'logs'}\n"
+                        + slurm_interface_yaml())
     return out, paths, ref, jobqueue
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     return make_runs(tmp_path_factory, "small", modules=2, cells=2, frames=30, flat_frames=30, seed=4)
+
+
+@pytest.fixture(scope="module")
+def long_runs(tmp_path_factory):
+    return make_runs(tmp_path_factory, "long", modules=2, cells=4, frames=100, flat_frames=100, seed=5)
 
 
 def mask_argv(paths, out, jobqueue, *extra):
@@ -69,8 +76,9 @@ def test_slurm_store_identical_to_local(slurm, small, capsys):
     assert wait_queue_empty(), "worker jobs left behind"
 
 
-def test_cancelled_worker_job_does_not_fail_the_mask(slurm, tmp_path_factory):
-    out, paths, ref, jobqueue = make_runs(tmp_path_factory, "long", modules=2, cells=4, frames=100, flat_frames=100, seed=5)
+def test_cancelled_worker_job_does_not_fail_the_mask(slurm, long_runs, tmp_path):
+    _, paths, ref, jobqueue = long_runs
+    out = tmp_path
     target = out / "slurm.zarr"
     result = {}
     job = threading.Thread(target=lambda: result.setdefault("code", main(mask_argv(paths, target, jobqueue, "--workers", "2"))))
@@ -106,10 +114,23 @@ def test_rmm_submit_runs_as_a_batch_job(slurm, small, capsys):
     job_id = re.search(r"submitted batch job (\d+)", text).group(1)
     log = re.search(r"log: (\S+)", text).group(1)
     assert re.search(rf"result: {re.escape(str(target))}", text)
+    script = open(re.search(r"script: (\S+)", text).group(1)).read()
+    assert "PRIVATE KEY" not in script and "tls" not in script.lower()  # the batch job makes its own credentials
+
+    # the batch job's scheduler, attacked while it waits for its worker jobs (in a node's namespace with two nodes)
+    def batch_scheduler():
+        pids = subprocess.run(["pgrep", "-f", f"rmm_dask mask .*{target}"], capture_output=True, text=True).stdout.split()
+        return {p: int(pid) for pid in pids for p in listening(int(pid)) if p[0] != "127.0.0.1"}
+
+    assert wait_until(lambda: batch_scheduler(), timeout=120, interval=0.1), "the batch job's scheduler was not seen"
+    ports = batch_scheduler()
+    results = attack([connectable(p) for p in ports], out / "marker")
+    assert intrusions(results) == [] and all(p[0] != "0.0.0.0" for p in ports), results
     wait_until(lambda: not any(line.strip() for line in squeue("-j", job_id)), timeout=240, interval=1)
     content = open(log).read()
     assert "mask store:" in content and "finished" in content, content[-3000:]
     assert_same_store(ref, target)
+    assert not (out / "marker").exists()
     assert wait_queue_empty(), "jobs left behind"
 
 
@@ -159,3 +180,99 @@ def test_ctrl_c_to_the_process_group_cancels_the_worker_jobs(slurm, small, tmp_p
     assert proc.stderr.read() == "rmm mask: interrupted; nothing was published\n"
     assert list(tmp_path.iterdir()) == []
     assert wait_queue_empty(), "worker jobs left behind"
+
+
+# ---------------------------------------------------------------------------- two nodes, each in its own network namespace
+
+
+def two_node_jobqueue(out) -> str:
+    """Worker jobs that meet the scheduler on the namespaces' bridge, one per node (--exclusive)."""
+    path = out / "two-nodes.yaml"
+    path.write_text(f"jobqueue:\n  slurm:\n    memory: 2GiB\n    walltime: '00:20:00'\n    log-directory: {out / 'logs'}\n"
+                    "    interface: rmm0\n    job-extra-directives: ['--exclusive']\n")
+    return str(path)
+
+
+def dask_worker_pids() -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "distributed.cli.dask_worker"], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found]
+
+
+def running_nodes() -> set[str]:
+    return {line.split()[1] for line in squeue("-n", "rmm-worker", "-t", "R", "-o", "%i %N") if line.strip()}
+
+
+def test_two_nodes_over_tls_give_the_local_mask_and_keep_a_stranger_out(slurm_nodes, long_runs, tmp_path):
+    """`rmm mask --cluster slurm` with a worker job on each node, at the node's own address: the local store, bit
+    for bit. From another process: the scheduler (while it waits for its workers) and then every worker and nanny
+    port (the scheduler's process stopped meanwhile, so that the job cannot end first) are attacked; nothing gets in."""
+    import os
+    import signal
+    import sys
+
+    out, paths, ref, _ = long_runs
+    target = tmp_path / "two.zarr"
+    argv = mask_argv(paths, target, two_node_jobqueue(tmp_path), "--workers", "2")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "rmm_dask", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    nodes, stopped = set(), False
+    try:
+        assert wait_until(lambda: any(host == "198.18.0.1" for host, _ in listening(proc.pid)) or proc.poll() is not None,
+                          timeout=60, interval=0.1)
+        scheduler = listening(proc.pid)
+        assert {host for host, _ in scheduler} == {"198.18.0.1", "127.0.0.1"}, scheduler  # bridge and dashboard only
+        first = attack([connectable(p) for p in scheduler], tmp_path / "marker")
+        assert proc.poll() is None
+        assert intrusions(first, http_allowed={connectable(p) for p in scheduler if p[0] == "127.0.0.1"}) == [], first
+
+        def both_workers_listen():
+            nodes.update(running_nodes())
+            return len([pid for pid in dask_worker_pids() if len(listening(pid)) >= 2]) >= 2 or proc.poll() is not None
+
+        assert wait_until(both_workers_listen, timeout=180, interval=0.2), "the two worker jobs did not start"
+        os.kill(proc.pid, signal.SIGSTOP)
+        stopped = True
+        workers = {p: pid for pid in dask_worker_pids() for p in listening(pid)}
+        bound = {host for host, _ in workers}
+        assert bound <= set(slurm_nodes.values()) | {"127.0.0.1"} and len(bound - {"127.0.0.1"}) == 2, workers
+        second = attack([connectable(p) for p in workers if p[0] != "127.0.0.1"], tmp_path / "marker")
+        assert len(second) >= 4 and intrusions(second) == [], second
+    finally:
+        if stopped:
+            os.kill(proc.pid, signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    assert nodes == set(slurm_nodes), f"worker jobs ran on {nodes}"
+    print(f"two-node run on {sorted(nodes)}: {time.monotonic() - t0:.1f} s")
+    assert_same_store(ref, target)
+    assert not (tmp_path / "marker").exists()
+    assert wait_queue_empty(), "worker jobs left behind"
+
+
+def test_a_worker_node_cut_off_mid_run_changes_nothing(slurm_nodes, long_runs, tmp_path):
+    """A node's network goes down while its worker holds results: the scheduler drops the worker (worker-ttl),
+    reruns its tasks on the other node, and publishes the local store, bit for bit."""
+    from pathlib import Path
+
+    out, paths, ref, _ = long_runs
+    target = tmp_path / "cut.zarr"
+    cut = Path(__file__).parents[1] / "deploy" / "slurm-local" / "cut-node.sh"
+    result = {}
+    with dask.config.set({"distributed.scheduler.worker-ttl": "15s"}):
+        argv = mask_argv(paths, target, two_node_jobqueue(tmp_path), "--workers", "2")
+        job = threading.Thread(target=lambda: result.setdefault("code", main(argv)))
+        job.start()
+        try:
+            assert wait_until(lambda: running_nodes() == set(slurm_nodes), timeout=180, interval=0.5), "no worker on each node"
+            assert wait_until(lambda: chunk_stored(tmp_path, ".cut.zarr.partial"), timeout=120), "no chunk was stored"
+            assert job.is_alive() and not target.exists(), "the job ended before a node could be cut off"
+            subprocess.run([str(cut), "rmm-node2", "down"], check=True)
+            t0 = time.monotonic()
+            job.join(timeout=600)
+            print(f"finished {time.monotonic() - t0:.1f} s after rmm-node2 was cut off")
+        finally:
+            subprocess.run([str(cut), "rmm-node2", "up"])
+            job.join(timeout=120)
+    assert not job.is_alive() and result["code"] == 0
+    assert_same_store(ref, target)
+    assert wait_queue_empty(timeout=120), "worker jobs left behind"

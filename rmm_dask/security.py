@@ -1,0 +1,193 @@
+"""Who may talk to a job's Dask processes: per-job TLS credentials, scheduler addresses checked, ports bound narrowly.
+
+Dask's TCP comms are unauthenticated: whoever reaches a scheduler's or worker's port can run
+code in it. Every cluster rmm starts therefore speaks mutual TLS with credentials made for
+that job alone (:func:`job_security`: a self-signed certificate and key, Dask's
+``Security.temporary``) and listens no wider than it must: a local cluster on 127.0.0.1, a
+Slurm scheduler on one address (its ``interface``, else the host's own), every dashboard
+and worker HTTP server on 127.0.0.1. A client without this job's key, or with a certificate
+of its own, is refused in the TLS handshake.
+
+Local worker processes receive the key through the pipe that starts them, never on disk.
+Slurm worker jobs read it from files in a directory only the user can read
+(:func:`credentials_on_disk`: mode 0700, under ``rmm-dask.cluster.credentials-directory``,
+by default ``~/.cache/rmm-dask/credentials``), removed when the job ends; the worker job
+script names the files, never their contents. An existing scheduler is attached to over
+``tls://`` with the user's own certificates (:func:`attach_security`, Dask's
+``distributed.comm.tls.*`` keys); ``tcp://`` only with ``rmm-dask.cluster.allow-insecure``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import stat
+import tempfile
+from pathlib import Path
+
+import dask.config
+
+from .errors import ClusterError
+from .fstree import HOST, alive
+
+#: the HTTP routes of a scheduler rmm starts with a dashboard: Dask's, but the proxy (with jupyter-server-proxy
+#: installed it forwards requests to other hosts and ports): the dashboard's pages, their data, metrics, health
+DASHBOARD_ROUTES = [
+    "distributed.http.scheduler.prometheus",
+    "distributed.http.scheduler.info",
+    "distributed.http.scheduler.json",
+    "distributed.http.health",
+    "distributed.http.statics",
+]
+
+CREDENTIALS_PREFIX = "rmm-job-"
+
+
+def job_security():
+    """New TLS credentials for one job (``distributed.security.Security.temporary``: in memory, encryption required)."""
+    from distributed.security import Security
+
+    return Security.temporary()
+
+
+def http_config(dashboard: bool = True) -> dict:
+    """dask.config for the HTTP servers of a job's processes. Dask starts one in the scheduler and one in each
+    worker whether or not a dashboard is wanted: they serve the dashboard's routes (:data:`DASHBOARD_ROUTES`)
+    on the scheduler with a dashboard, else nothing (not the scheduler's logs and metrics to whoever asks)."""
+    return {"distributed.scheduler.http.routes": DASHBOARD_ROUTES if dashboard else [], "distributed.worker.http.routes": []}
+
+
+def credentials_base() -> Path:
+    """The directory under which Slurm jobs keep their credentials (``rmm-dask.cluster.credentials-directory``)."""
+    configured = dask.config.get("rmm-dask.cluster.credentials-directory", None)
+    if configured:
+        return Path(os.path.expandvars(os.path.expanduser(str(configured))))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "rmm-dask" / "credentials"
+
+
+def _checked_base(base: Path) -> Path:
+    """``base``, made if needed (0700); refused unless it is a real directory of this user that nobody else may write."""
+    try:
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(base)
+    except OSError as err:
+        raise ClusterError(f"{base}: cannot make the directory for the job's credentials ({err.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise ClusterError(
+            f"{base}: the job's credentials need a directory of your own that nobody else can write (not a link, "
+            f"owner uid {os.getuid()}, no group or other write); see rmm-dask.cluster.credentials-directory"
+        )
+    return base
+
+
+@contextlib.contextmanager
+def credentials_on_disk(base: Path | None = None):
+    """A ``Security`` whose key and certificates are files in a new directory of mode 0700, removed after the block.
+
+    For worker jobs on other hosts: they read the files (``base`` must be on a filesystem they
+    see, as the home directory is on clusters). The directory is ``<base>/rmm-job-<host>-<pid>-<random>``;
+    those of killed jobs (this host, the process gone) are removed first.
+    """
+    from distributed.security import Security
+
+    base = _checked_base(Path(base) if base else credentials_base())
+    remove_dead(base, CREDENTIALS_PREFIX)
+    directory = Path(tempfile.mkdtemp(prefix=f"{CREDENTIALS_PREFIX}{HOST}-{os.getpid()}-", dir=base))  # mode 0700
+    try:
+        made = job_security()
+        files = {}
+        for name, pem in (("ca.pem", made.tls_ca_file), ("key.pem", made.tls_worker_key)):
+            path = directory / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(pem)
+            files[name] = str(path)
+        # one self-signed certificate is the CA and every role's certificate (as Security.temporary)
+        cert, key = files["ca.pem"], files["key.pem"]
+        yield Security(
+            require_encryption=True, tls_ca_file=cert, tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert,
+            tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key,
+        )
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def attach_security(address: str):
+    """The ``Security`` to attach to an existing scheduler at ``address``; ClusterError for an address rmm will not use.
+
+    ``tls://`` uses the user's own certificates from Dask's configuration
+    (``distributed.comm.tls.ca-file``, ``distributed.comm.tls.client.cert`` and ``.key``).
+    ``tcp://`` is unauthenticated and unencrypted: refused unless ``rmm-dask.cluster.allow-insecure``.
+    """
+    from distributed.security import Security
+
+    scheme = address.split("://", 1)[0].lower()
+    if scheme == "tls":
+        security = Security(require_encryption=True)
+        if not (security.tls_ca_file and security.tls_client_cert):
+            raise ClusterError(
+                f"{address}: attaching over TLS needs your certificates in Dask's configuration "
+                f"(distributed.comm.tls.ca-file, distributed.comm.tls.client.cert and .key); nothing was published"
+            )
+        return security
+    if scheme == "tcp":
+        if not dask.config.get("rmm-dask.cluster.allow-insecure", False):
+            raise ClusterError(
+                f"{address}: refusing an unencrypted, unauthenticated scheduler (anyone who reaches it can run code "
+                f"as you and change the masks); use tls:// or set rmm-dask.cluster.allow-insecure: true"
+            )
+        return Security()
+    raise ClusterError(f"{address}: not a scheduler address rmm can use (tls://host:port, or tcp:// with allow-insecure)")
+
+
+def remove_dead(base: str | os.PathLike, prefix: str) -> None:
+    """Remove the directories ``<prefix><host>-<pid>-*`` in ``base`` that this user's killed processes on this host left
+    (its scratch spaces, its credentials); those of live processes, of other hosts, and links are left alone."""
+    name = re.compile(rf"^{re.escape(prefix)}{re.escape(HOST)}-(\d+)-[^/]+$")
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for entry in entries:
+        m = name.match(entry.name)
+        try:
+            if not m or not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if not alive(int(m[1])):
+            shutil.rmtree(entry.path, ignore_errors=True)  # never follows links inside
+
+
+def scheduler_host() -> str:
+    """The one address a Slurm job's scheduler binds to when no ``interface`` is configured: the host's own
+    (the address of its hostname, else the one its default route leaves from), never all interfaces."""
+    from distributed.utils import get_ip
+
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+        if not address.startswith("127."):
+            return address
+    except OSError:
+        pass
+    return get_ip()
+
+
+def dashboard_lines(url: str, host: str | None = None) -> str:
+    """How to open a dashboard served at ``url`` (on 127.0.0.1 of ``host``): the link, and the ssh tunnel from elsewhere."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port
+    host = host or socket.gethostname()
+    lines = url
+    if parts.hostname in ("127.0.0.1", "localhost", "::1"):
+        lines += f"  (loopback of {host}; from your machine: ssh -L {port}:127.0.0.1:{port} {host}, then http://localhost:{port}{parts.path})"
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
+    if prefix:
+        lines += f"; in JupyterHub: {prefix.rstrip('/')}/proxy/{port}{parts.path}"
+    return lines
