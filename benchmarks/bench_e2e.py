@@ -11,6 +11,7 @@ so the data is in the page cache.
 
 from __future__ import annotations
 
+import inspect
 import os
 import resource
 import statistics
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import dask
@@ -77,8 +79,13 @@ def run_job(paths, out: Path, n_workers: int, threads: bool = False):
     ``threads`` of this process); worker memory (the process's, for threads)."""
     below = "1PB" if threads else 0  # rmm-dask.cluster.local-threads-below: threads for every job, or never
     with dask.config.set({"rmm-dask.cluster.local-threads-below": below}), dask_client("local", n_workers=n_workers, input_bytes=1, echo=lambda *_: None) as client:
-        client.run(build_warmup)  # numba compiled (from its cache) before the clock starts
-        client.run(start_sampling)
+        if client is not None:
+            run = client.run
+        else:  # threads of this process on Dask's threaded scheduler: no worker to run on, this process instead
+            here = types.SimpleNamespace()
+            run = lambda f: {"this process": f(**({"dask_worker": here} if "dask_worker" in inspect.signature(f).parameters else {}))}  # noqa: E731
+        run(build_warmup)  # numba compiled (from its cache) before the clock starts
+        run(start_sampling)
         t0 = time.perf_counter()
         darks = {g: open_run(paths[f"dark-{g}"]) for g in GAINS}
         flat = open_run(paths["flat"])
@@ -86,7 +93,7 @@ def run_job(paths, out: Path, n_workers: int, threads: bool = False):
         ds = build_mask(darks, flat, flat_check=checked)
         write_store(ds, out, compute=lambda d: dask.compute(d))
         wall = time.perf_counter() - t0
-        peaks = client.run(stop_sampling)
+        peaks = run(stop_sampling)
     return wall, max(peaks.values())
 
 

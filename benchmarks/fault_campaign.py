@@ -692,9 +692,9 @@ def case_user_mask_missing(c):
     bad_option(c, "--user-mask", str(c.dir / "beamstop.npy"), needles=("beamstop.npy",))
 
 
-@case("inputs", "--cluster tcp:// address where no scheduler listens")
+@case("inputs", "--cluster tcp:// address where no scheduler listens (insecure allowed)")
 def case_cluster_unreachable(c):
-    env = c.env(DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="3s")
+    env = c.env(DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="3s", DASK_RMM_DASK__CLUSTER__ALLOW_INSECURE="True")
     c.rmm(*c.shared.mask_args(c.dir / "m.zarr"), "--cluster", "tcp://127.0.0.1:9", expect=3, env=env, timeout=120)
     c.only(c.dir, ["TMP"])
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import dask
 import dask.config
@@ -66,7 +67,10 @@ def dask_client(
     import distributed  # noqa: F401  (its defaults in dask.config first: a set before them would drop them on exit)
 
     conf = dask.config.get("rmm-dask.cluster")
-    with dask.config.set({"distributed.scheduler.worker-saturation": conf["worker-saturation"]}), quiet_distributed():
+    with dask.config.set({"distributed.scheduler.worker-saturation": conf["worker-saturation"]}), quiet_distributed(), \
+            warnings.catch_warnings():
+        # another job's dashboard on the port: Dask takes another one and warns; the printed link says which
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
         with _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, input_bytes, needs_scheduler,
                      echo) as client:
             yield client
@@ -137,8 +141,9 @@ def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_work
         with _local_cluster(n if processes else 1, threads, memory_limit or conf["memory-limit"], processes, dashboard) as local:
             client = _connect(local, local.security)
             try:
-                what = f"{len(local.workers)} local worker process(es)" if processes else f"{n} worker thread(s) in this process"
-                echo(f"dashboard: {_dashboard(local) if dashboard else 'none'}  ({what}; TLS, this job's key only)")
+                what = f"{len(local.workers)} local worker process(es), TLS with this job's key" if processes else \
+                    f"{n} worker thread(s) in this process"
+                echo(_dashboard(local, what) if dashboard else f"dashboard: none  ({what})")
                 yield client
             finally:
                 _close(client, CLOSE_TIMEOUT)
@@ -215,11 +220,12 @@ def dashboard_address() -> str:
     return str(dask.config.get("rmm-dask.cluster.dashboard-address", None) or "127.0.0.1:8787")
 
 
-def _dashboard(cluster) -> str:
-    """The dashboard's link as it is bound (Dask's dashboard_link names the scheduler's host instead) and how to reach it."""
+def _dashboard(cluster, what: str) -> str:
+    """'dashboard: <link>  (<what>)' with the link as it is bound (Dask's dashboard_link names the scheduler's
+    host instead), and how to reach it from elsewhere on the next lines."""
     server = cluster.scheduler.http_server
     host = server.address if server.address not in ("0.0.0.0", "::", "") else socket.gethostname()
-    return dashboard_lines(f"http://{host}:{server.port}/status")
+    return dashboard_lines(f"http://{host}:{server.port}/status", what)
 
 
 def local_processes(input_bytes: int | None, conf: dict) -> bool:
@@ -281,7 +287,7 @@ def _slurm_jobs(slurm, minimum, maximum, timeout, security, echo):
         slurm.adapt(minimum=minimum, maximum=maximum)
         client = _connect(slurm, security)
         try:
-            echo(f"dashboard: {_dashboard(slurm)}  (Slurm worker jobs, {minimum} to {maximum}; TLS, this job's key only)")
+            echo(_dashboard(slurm, f"Slurm worker jobs, {minimum} to {maximum}, TLS with this job's key"))
             try:
                 client.wait_for_workers(1, timeout=timeout)
             except TimeoutError:

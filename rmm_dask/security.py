@@ -177,17 +177,18 @@ def scheduler_host() -> str:
     return get_ip()
 
 
-def dashboard_lines(url: str, host: str | None = None) -> str:
-    """How to open a dashboard served at ``url`` (on 127.0.0.1 of ``host``): the link, and the ssh tunnel from elsewhere."""
+def dashboard_lines(url: str, what: str, host: str | None = None) -> str:
+    """'dashboard: <url>  (<what>)', then how to open it from elsewhere when it listens on the loopback of ``host``:
+    the ssh tunnel, and the path through jupyter-server-proxy under JupyterHub."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    port = parts.port
-    host = host or socket.gethostname()
-    lines = url
+    lines = [f"dashboard: {url}  ({what})"]
     if parts.hostname in ("127.0.0.1", "localhost", "::1"):
-        lines += f"  (loopback of {host}; from your machine: ssh -L {port}:127.0.0.1:{port} {host}, then http://localhost:{port}{parts.path})"
+        host = host or socket.gethostname()
+        lines.append(f"  on {host} only; from elsewhere: ssh -L {parts.port}:127.0.0.1:{parts.port} {host}, "
+                     f"then http://localhost:{parts.port}{parts.path}")
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
     if prefix:
-        lines += f"; in JupyterHub: {prefix.rstrip('/')}/proxy/{port}{parts.path}"
-    return lines
+        lines.append(f"  in JupyterHub: {prefix.rstrip('/')}/proxy/{parts.port}{parts.path}")
+    return "\n".join(lines)
