@@ -165,16 +165,29 @@ def remove_dead(base: str | os.PathLike, prefix: str) -> None:
 
 def scheduler_host() -> str:
     """The one address a Slurm job's scheduler binds to when no ``interface`` is configured: the host's own
-    (the address of its hostname, else the one its default route leaves from), never all interfaces."""
+    (the address of its hostname, else the one its default route leaves from), never all interfaces.
+    ClusterError when neither is found: the worker jobs could not reach the scheduler."""
+    import warnings
+
     from distributed.utils import get_ip
 
     try:
         address = socket.gethostbyname(socket.gethostname())
-        if not address.startswith("127."):
-            return address
     except OSError:
-        pass
-    return get_ip()
+        address = None
+    if not address or address.startswith("127."):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Couldn't detect a suitable IP address": said below, once
+                address = get_ip()
+        except (OSError, ValueError):
+            address = None
+    if not address or address.startswith("127."):
+        raise ClusterError(
+            f"cannot tell at which address worker jobs reach {socket.gethostname()} (its name does not resolve and "
+            "it has no default route); set interface: in the jobqueue configuration (e.g. ib0)"
+        )
+    return address
 
 
 def dashboard_lines(url: str, what: str, host: str | None = None) -> str:

@@ -14,6 +14,7 @@ import dask
 import pytest
 
 from rmm_dask.cli import main
+from rmm_dask.config import register_jobqueue_defaults
 from rmm_dask.io import open_run
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
@@ -81,6 +82,7 @@ def test_cancelled_worker_job_does_not_fail_the_mask(slurm, long_runs, tmp_path)
     out = tmp_path
     target = out / "slurm.zarr"
     result = {}
+    register_jobqueue_defaults()  # dask-jobqueue sets a signal handler on import: in the main thread, not the job's
     job = threading.Thread(target=lambda: result.setdefault("code", main(mask_argv(paths, target, jobqueue, "--workers", "2"))))
     job.start()
     # wait until both worker jobs run and the store is being written, then until the workers have
@@ -250,29 +252,30 @@ def test_two_nodes_over_tls_give_the_local_mask_and_keep_a_stranger_out(slurm_no
 
 
 def test_a_worker_node_cut_off_mid_run_changes_nothing(slurm_nodes, long_runs, tmp_path):
-    """A node's network goes down while its worker holds results: the scheduler drops the worker (worker-ttl),
-    reruns its tasks on the other node, and publishes the local store, bit for bit."""
+    """A node's network goes down while its worker holds results: the scheduler drops the worker (its comm times
+    out: Dask's distributed.comm.timeouts.tcp, 30 s), reruns its tasks on the other node, and publishes the local
+    store, bit for bit."""
     from pathlib import Path
 
     out, paths, ref, _ = long_runs
     target = tmp_path / "cut.zarr"
     cut = Path(__file__).parents[1] / "deploy" / "slurm-local" / "cut-node.sh"
     result = {}
-    with dask.config.set({"distributed.scheduler.worker-ttl": "15s"}):
-        argv = mask_argv(paths, target, two_node_jobqueue(tmp_path), "--workers", "2")
-        job = threading.Thread(target=lambda: result.setdefault("code", main(argv)))
-        job.start()
-        try:
-            assert wait_until(lambda: running_nodes() == set(slurm_nodes), timeout=180, interval=0.5), "no worker on each node"
-            assert wait_until(lambda: chunk_stored(tmp_path, ".cut.zarr.partial"), timeout=120), "no chunk was stored"
-            assert job.is_alive() and not target.exists(), "the job ended before a node could be cut off"
-            subprocess.run([str(cut), "rmm-node2", "down"], check=True)
-            t0 = time.monotonic()
-            job.join(timeout=600)
-            print(f"finished {time.monotonic() - t0:.1f} s after rmm-node2 was cut off")
-        finally:
-            subprocess.run([str(cut), "rmm-node2", "up"])
-            job.join(timeout=120)
+    argv = mask_argv(paths, target, two_node_jobqueue(tmp_path), "--workers", "2")
+    register_jobqueue_defaults()  # dask-jobqueue sets a signal handler on import: in the main thread, not the job's
+    job = threading.Thread(target=lambda: result.setdefault("code", main(argv)))
+    job.start()
+    try:
+        assert wait_until(lambda: running_nodes() == set(slurm_nodes), timeout=180, interval=0.5), "no worker on each node"
+        assert wait_until(lambda: chunk_stored(tmp_path, ".cut.zarr.partial"), timeout=120), "no chunk was stored"
+        assert job.is_alive() and not target.exists(), "the job ended before a node could be cut off"
+        subprocess.run([str(cut), "rmm-node2", "down"], check=True)
+        t0 = time.monotonic()
+        job.join(timeout=600)
+        print(f"finished {time.monotonic() - t0:.1f} s after rmm-node2 was cut off")
+    finally:
+        subprocess.run([str(cut), "rmm-node2", "up"])
+        job.join(timeout=120)
     assert not job.is_alive() and result["code"] == 0
     assert_same_store(ref, target)
     assert wait_queue_empty(timeout=120), "worker jobs left behind"
