@@ -21,7 +21,7 @@ import dask.config
 from . import config as _config  # noqa: F401  (the rmm-dask defaults in dask.config)
 from . import interrupts
 from .errors import ClusterError
-from .fstree import HOST
+from .processes import HOST
 from .security import (
     attach_security,
     credentials_on_disk,
@@ -71,8 +71,8 @@ def dask_client(
             warnings.catch_warnings():
         # another job's dashboard on the port: Dask takes another one and warns; the printed link says which
         warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
-        with _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, input_bytes, needs_scheduler,
-                     echo) as client:
+        with _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, input_bytes,
+                     needs_scheduler, echo) as client:
             yield client
 
 
@@ -127,18 +127,20 @@ def _sigint_blocked():
 
 
 @contextlib.contextmanager
-def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, input_bytes, distributed_only, echo):
+def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_workers, input_bytes, needs_scheduler,
+            echo):
     if cluster == "local":
         n = n_workers or conf["n-workers"]
         processes = local_processes(input_bytes, conf)
         dashboard = processes if conf.get("dashboard", "auto") == "auto" else bool(conf["dashboard"])
         threads = (threads_per_worker or conf["threads-per-worker"]) * (1 if processes else n)
-        if not (processes or dashboard or distributed_only):
+        if not (processes or dashboard or needs_scheduler):
             echo(f"dashboard: none  ({n} worker thread(s) in this process, no port opened)")
             with _thread_pool(threads):
                 yield None
             return
-        with _local_cluster(n if processes else 1, threads, memory_limit or conf["memory-limit"], processes, dashboard) as local:
+        memory = memory_limit or conf["memory-limit"]
+        with _local_cluster(n if processes else 1, threads, memory, processes, dashboard) as local:
             client = _connect(local, local.security)
             try:
                 what = f"{len(local.workers)} local worker process(es), TLS with this job's key" if processes else \
@@ -156,17 +158,18 @@ def _client(cluster, conf, n_workers, threads_per_worker, memory_limit, max_work
             echo(f"dashboard: {client.dashboard_link}  (scheduler {cluster})")
             yield client
     else:
-        raise ValueError(f"cluster must be 'local', 'slurm' or a scheduler address like tls://host:8786, not {cluster!r}")
+        raise ValueError(f"cluster must be 'local', 'slurm' or a scheduler address (tls://host:8786), not {cluster!r}")
 
 
 def _connect(cluster, security):
-    """A Client of ``cluster`` (a cluster object or an address) with ``security``; ClusterError when it cannot be reached."""
+    """A Client of ``cluster`` (a cluster or an address) with ``security``; ClusterError if it cannot be reached."""
     from distributed import Client
 
     try:
         return Client(cluster, security=security)
-    except OSError as err:  # nothing listens there, or no answer (or no TLS handshake) within distributed.comm.timeouts.connect
-        raise ClusterError(f"cannot reach the scheduler {getattr(cluster, 'scheduler_address', cluster)} ({err}); nothing was published") from None
+    except OSError as err:  # nothing listens, or no answer (or TLS handshake) within distributed.comm.timeouts.connect
+        address = getattr(cluster, "scheduler_address", cluster)
+        raise ClusterError(f"cannot reach the scheduler {address} ({err}); nothing was published") from None
 
 
 @contextlib.contextmanager
@@ -328,7 +331,8 @@ def slurm_options(security) -> dict:
         to = scheduler.get("host")
         if to:  # the address a UDP socket would leave from towards the scheduler (connect sends nothing)
             prologue.append(
-                f"RMM_WORKER_HOST=$({shlex.quote(sys.executable)} -c 'import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                f"RMM_WORKER_HOST=$({shlex.quote(sys.executable)} -c 'import socket, sys; "
+                "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
                 f"s.connect((sys.argv[1], 9)); print(s.getsockname()[0])' {to})"
             )
             extra += ["--host", '"$RMM_WORKER_HOST"']

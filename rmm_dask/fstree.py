@@ -14,14 +14,11 @@ import errno
 import os
 import re
 import secrets
-import socket
 import stat
 from pathlib import Path
 
 from .errors import InputError
-
-HOST = socket.gethostname().replace("/", "_") or "localhost"
-
+from .processes import HOST, alive
 
 # ------------------------------------------------------------------------------------- names
 
@@ -36,18 +33,6 @@ def _leftover_pattern(target_name: str) -> re.Pattern:
         rf"^\.{name}\.(?:(?P<kind>partial|old)-(?:(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{{8}}|(?P<token>[A-Za-z0-9_]+))"
         rf"|(?P<link>[0-9a-f]{{8}}))$"  # earlier rmm-dask: .current.<hex> links of the nightly service
     )
-
-
-def alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def leftovers(dir_fd: int, target_name: str) -> list[tuple[str, str, bool]]:

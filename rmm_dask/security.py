@@ -31,7 +31,7 @@ from pathlib import Path
 import dask.config
 
 from .errors import ClusterError
-from .fstree import HOST, alive
+from .processes import HOST, alive
 
 #: the HTTP routes of a scheduler rmm starts with a dashboard: Dask's, but the proxy (with jupyter-server-proxy
 #: installed it forwards requests to other hosts and ports): the dashboard's pages, their data, metrics, health
@@ -57,7 +57,8 @@ def http_config(dashboard: bool = True) -> dict:
     """dask.config for the HTTP servers of a job's processes. Dask starts one in the scheduler and one in each
     worker whether or not a dashboard is wanted: they serve the dashboard's routes (:data:`DASHBOARD_ROUTES`)
     on the scheduler with a dashboard, else nothing (not the scheduler's logs and metrics to whoever asks)."""
-    return {"distributed.scheduler.http.routes": DASHBOARD_ROUTES if dashboard else [], "distributed.worker.http.routes": []}
+    routes = DASHBOARD_ROUTES if dashboard else []
+    return {"distributed.scheduler.http.routes": routes, "distributed.worker.http.routes": []}
 
 
 def credentials_base() -> Path:
@@ -70,7 +71,7 @@ def credentials_base() -> Path:
 
 
 def _checked_base(base: Path) -> Path:
-    """``base``, made if needed (0700); refused unless it is a real directory of this user that nobody else may write."""
+    """``base``, made if needed (0700); refused unless it is a directory (no link) of this user that only it writes."""
     try:
         base.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = os.lstat(base)
@@ -109,8 +110,8 @@ def credentials_on_disk(base: Path | None = None):
         # one self-signed certificate is the CA and every role's certificate (as Security.temporary)
         cert, key = files["ca.pem"], files["key.pem"]
         yield Security(
-            require_encryption=True, tls_ca_file=cert, tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert,
-            tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key,
+            require_encryption=True, tls_ca_file=cert, tls_client_cert=cert, tls_client_key=key,
+            tls_scheduler_cert=cert, tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key,
         )
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -141,7 +142,7 @@ def attach_security(address: str):
                 f"as you and change the masks); use tls:// or set rmm-dask.cluster.allow-insecure: true"
             )
         return Security()
-    raise ClusterError(f"{address}: not a scheduler address rmm can use (tls://host:port, or tcp:// with allow-insecure)")
+    raise ClusterError(f"{address}: not a scheduler address rmm uses (tls://host:port; tcp:// with allow-insecure)")
 
 
 def remove_dead(base: str | os.PathLike, prefix: str) -> None:
@@ -155,7 +156,8 @@ def remove_dead(base: str | os.PathLike, prefix: str) -> None:
     for entry in entries:
         m = name.match(entry.name)
         try:
-            if not m or not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+            mine = entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid()
+            if not m or not mine:
                 continue
         except OSError:
             continue

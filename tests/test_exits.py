@@ -21,7 +21,7 @@ import zarr
 
 from rmm_dask import cluster
 from rmm_dask.cli import main
-from rmm_dask.fstree import HOST
+from rmm_dask.processes import HOST
 from rmm_dask.store import STORE_FORMAT
 
 from .cli_errors import one_line_error
