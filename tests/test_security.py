@@ -51,6 +51,19 @@ def test_threads_in_this_process_open_no_port():
     assert lines == ["dashboard: none  (2 worker thread(s) in this process, no port opened)"]
 
 
+def test_threads_with_a_scheduler_for_the_report_listen_on_loopback_and_serve_nothing(tmp_path):
+    """`--report` needs Dask's scheduler: threads of this process talk to it in memory (inproc); the HTTP servers
+    Dask starts anyway listen on 127.0.0.1 and serve nothing (no logs, no metrics, no proxy)."""
+    before = set(listening(os.getpid()))
+    with dask_client("local", input_bytes=1, needs_scheduler=True, echo=lambda *_: None) as client:
+        assert client.scheduler.address.startswith("inproc://")
+        ports = [p for p in listening(os.getpid()) if p not in before]
+        assert ports and {host for host, _ in ports} == {"127.0.0.1"}, ports
+        results = attack([connectable(p) for p in ports], tmp_path / "marker")
+        assert intrusions(results) == [] and all(r["http"] == "failed: HTTP 404" for r in results.values()), results
+    assert not (tmp_path / "marker").exists()
+
+
 def test_local_worker_processes_let_only_the_job_in(tmp_path):
     """Every port of a LocalCluster of worker processes (scheduler, nannies, workers, their HTTP servers and the
     dashboard) is on 127.0.0.1; a stranger's attempts all fail, the job's own key gets in (the control)."""
