@@ -75,7 +75,7 @@ def scheduler_seconds_per_task(graph: dict, keys: list) -> float:
     from distributed import Client, LocalCluster
 
     shaped = {k: (_noop, *sorted(get_dependencies(graph, k), key=str)) for k in graph}
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         t = time.perf_counter()
         client.get(shaped, keys, sync=True)
         return (time.perf_counter() - t) / len(shaped)

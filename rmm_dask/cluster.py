@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import shlex
@@ -26,6 +27,7 @@ from .security import (
     attach_security,
     credentials_on_disk,
     dashboard_lines,
+    drop_acting_pages,
     http_config,
     job_security,
     remove_dead,
@@ -182,12 +184,15 @@ def _thread_pool(threads: int):
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(threads, thread_name_prefix="rmm-worker")
+    token = _in_threads.set(True)  # compute(): these threads, not a Client the user has open in this process
     try:
         with dask.config.set(scheduler="threads", pool=pool):
             yield pool
     finally:
+        _in_threads.reset(token)
         with interrupts.held():
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True)  # a signal after the grace of the first still interrupts a task that hangs
 
 
 @contextlib.contextmanager
@@ -195,6 +200,8 @@ def _local_cluster(n_workers, threads, memory_limit, processes, dashboard):
     """A LocalCluster on 127.0.0.1 speaking TLS with this job's credentials; its scratch space removed with it."""
     from distributed import LocalCluster
 
+    if dashboard:
+        drop_acting_pages()
     with _scratch_space(), dask.config.set(http_config(dashboard)):
         with _sigint_blocked(), interrupts.held():  # a Ctrl-C meanwhile: once it is up, to close it cleanly
             local = LocalCluster(
@@ -227,7 +234,8 @@ def _dashboard(cluster, what: str) -> str:
     """'dashboard: <link>  (<what>)' with the link as it is bound (Dask's dashboard_link names the scheduler's
     host instead), and how to reach it from elsewhere on the next lines."""
     server = cluster.scheduler.http_server
-    host = server.address if server.address not in ("0.0.0.0", "::", "") else socket.gethostname()
+    host = {"0.0.0.0": socket.gethostname(), "::": socket.gethostname(), "": socket.gethostname(),
+            "127.0.0.1": "localhost"}.get(server.address, server.address)  # localhost: the origin its websockets take
     return dashboard_lines(f"http://{host}:{server.port}/status", what)
 
 
@@ -249,6 +257,8 @@ def local_processes(input_bytes: int | None, conf: dict) -> bool:
 
 
 SCRATCH_PREFIX = "rmm-dask-scratch-"
+#: inside dask_client's threads of this process (:func:`_thread_pool`)
+_in_threads = contextvars.ContextVar("rmm_dask_in_threads", default=False)
 
 
 @contextlib.contextmanager
@@ -276,6 +286,7 @@ def _slurm_client(conf: dict, *, n_workers=None, max_workers=None, echo=print):
     maximum = n_workers or min(conf["maximum-workers"], max_workers or conf["maximum-workers"])
     minimum = n_workers or min(conf["minimum-workers"], maximum)
     timeout = float(conf["worker-start-timeout"])
+    drop_acting_pages()
     with credentials_on_disk() as security, dask.config.set(http_config()):
         with interrupts.held():  # a Ctrl-C meanwhile: once the cluster object exists, to close it
             slurm = SLURMCluster(**slurm_options(security))
@@ -384,7 +395,7 @@ def compute(*collections, progress: bool | None = None):
         from distributed import get_client
         from distributed import progress as distributed_progress
 
-        client = get_client()
+        client = None if _in_threads.get() else get_client()
     except (ImportError, ValueError):
         client = None
     if client is None:

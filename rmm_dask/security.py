@@ -53,12 +53,35 @@ def job_security():
     return Security.temporary()
 
 
+#: dashboard pages that act rather than show: /hardware has every worker benchmark its disk, memory and network
+#: (files of 100 MiB in its directory, seconds of its threads) for whoever asks for the page
+ACTING_PAGES = ("/hardware",)
+
+
 def http_config(dashboard: bool = True) -> dict:
     """dask.config for the HTTP servers of a job's processes. Dask starts one in the scheduler and one in each
     worker whether or not a dashboard is wanted: they serve the dashboard's routes (:data:`DASHBOARD_ROUTES`)
-    on the scheduler with a dashboard, else nothing (not the scheduler's logs and metrics to whoever asks)."""
+    on the scheduler with a dashboard, else nothing (not the scheduler's logs and metrics to whoever asks).
+
+    The dashboard's websockets answer pages of ``localhost:<its port>`` only (Dask's default is any origin:
+    any web site open in the user's browser, once the ssh tunnel is up, could read the job), unless the
+    user has set ``distributed.scheduler.dashboard.bokeh-application.allow_websocket_origin`` (under
+    JupyterHub: the hub's host)."""
     routes = DASHBOARD_ROUTES if dashboard else []
-    return {"distributed.scheduler.http.routes": routes, "distributed.worker.http.routes": []}
+    config = {"distributed.scheduler.http.routes": routes, "distributed.worker.http.routes": []}
+    origin = "distributed.scheduler.dashboard.bokeh-application.allow_websocket_origin"
+    if dashboard and dask.config.get(origin, ["*"]) == ["*"]:
+        config[origin] = []  # bokeh: then localhost:<the port the dashboard got>
+    return config
+
+
+def drop_acting_pages() -> None:
+    """Take :data:`ACTING_PAGES` out of the pages the schedulers of this process serve (Dask has no setting for it;
+    its dashboard's page table is read when a scheduler starts, and every scheduler rmm starts runs here)."""
+    from distributed.dashboard import scheduler as pages
+
+    for path in ACTING_PAGES:
+        pages.applications.pop(path, None)
 
 
 def credentials_base() -> Path:

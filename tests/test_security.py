@@ -17,6 +17,7 @@ import urllib.request
 
 import dask
 import dask.array
+import dask.bag
 import pytest
 
 from rmm_dask import security
@@ -64,6 +65,25 @@ def test_threads_with_a_scheduler_for_the_report_listen_on_loopback_and_serve_no
     assert not (tmp_path / "marker").exists()
 
 
+def test_threads_job_stays_in_its_threads_beside_a_users_client():
+    """A Client the user has open in the same process (a notebook's) does not take over a job of threads:
+    rmm's compute runs on its own threads, never on a cluster it did not start."""
+    import threading
+
+    from distributed import Client
+
+    from rmm_dask.cluster import compute
+
+    def where(_):
+        return threading.current_thread().name
+
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None):
+        with dask_client("local", input_bytes=1, echo=lambda *_: None) as client:
+            assert client is None
+            (names,) = compute(dask.bag.from_sequence(range(4), npartitions=4).map(where), progress=False)
+    assert names and all(name.startswith("rmm-worker") for name in names), names
+
+
 def test_local_worker_processes_let_only_the_job_in(tmp_path):
     """Every port of a LocalCluster of worker processes (scheduler, nannies, workers, their HTTP servers and the
     dashboard) is on 127.0.0.1; a stranger's attempts all fail, the job's own key gets in (the control)."""
@@ -76,8 +96,9 @@ def test_local_worker_processes_let_only_the_job_in(tmp_path):
         assert {host for host, _ in ports} == {"127.0.0.1"}, ports
         # scheduler + dashboard here; per worker: its nanny here, the worker and its HTTP server in its process
         assert len(ports) >= 2 + 3 * 2, ports
-        dashboard = f"127.0.0.1:{client.cluster.scheduler.http_server.port}"
-        assert f"http://{dashboard}/status" in lines[0] and "ssh -L" in lines[0]
+        port = client.cluster.scheduler.http_server.port
+        dashboard = f"127.0.0.1:{port}"
+        assert f"http://localhost:{port}/status" in lines[0] and "ssh -L" in lines[0]
         addresses = [connectable(p) for p in ports]
         results = attack(addresses, marker)
         assert intrusions(results, http_allowed={dashboard}) == [], results
@@ -88,6 +109,11 @@ def test_local_worker_processes_let_only_the_job_in(tmp_path):
         scheduler_port = client.scheduler.address.rsplit(":", 1)[1]
         with pytest.raises(urllib.error.HTTPError, match="404"):
             urllib.request.urlopen(f"http://{dashboard}/proxy/{scheduler_port}/127.0.0.1/", timeout=10)
+        with pytest.raises(urllib.error.HTTPError, match="404"):  # the page that has every worker benchmark itself
+            urllib.request.urlopen(f"http://{dashboard}/hardware", timeout=10)
+        # its websockets take pages of localhost:<port> only, not any web site the user's browser has open
+        allowed = dask.config.get("distributed.scheduler.dashboard.bokeh-application.allow_websocket_origin")
+        assert allowed == [] and client.cluster.scheduler.services["dashboard"] is not None
         # the control: with the job's credentials the same attempts get in, so the failures above mean something
         control = attack([connectable(p) for p, pid in ports.items() if f"127.0.0.1:{p[1]}" != dashboard], tmp_path / "control",
                          credentials=write_credentials(client.security, tmp_path))
