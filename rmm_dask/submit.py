@@ -56,12 +56,18 @@ def job_script(mask_args: list[str], out: Path, *, log_dir: Path | None = None) 
 
 
 def submit(mask_args: list[str], out: Path, *, log_dir: Path | None = None) -> tuple[str, Path, Path]:
-    """Write the script beside its log and sbatch it: (job id, log path, script path)."""
+    """Write the script beside its log and sbatch it: (job id, log path, script path).
+
+    The script is published as every output is (:func:`rmm_dask.publish.output`): its name can be
+    predicted, so a link or a file planted there is refused in one line, never written through."""
+    from . import publish
+
     script, log = job_script(mask_args, out, log_dir=log_dir)
     log.parent.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = log.parent / (log.name.replace("-%j.log", "") + f"-{stamp}.sbatch")
-    path.write_text(script)
+    with publish.output(path, what="the batch script") as tmp:
+        tmp.tmp.write_text(script)
     try:
         proc = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, timeout=60)
     except FileNotFoundError:

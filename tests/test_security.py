@@ -285,3 +285,29 @@ def test_nightly_config_refuses_an_insecure_scheduler(tmp_path):
     )
     with pytest.raises(InputError, match="unencrypted and unauthenticated"):
         read_settings(cfg)
+
+
+def test_rmm_submit_never_writes_its_script_through_a_planted_link(tmp_path, monkeypatch):
+    """The batch script's name can be predicted (out name and time): a link planted there by someone else is
+    refused in one line, its target untouched, and nothing is submitted."""
+    import datetime as dt
+
+    from rmm_dask import submit
+    from rmm_dask.errors import InputError
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 7, 1, 2, 3)
+
+    monkeypatch.setattr(submit.dt, "datetime", Frozen)
+    monkeypatch.setattr(submit.subprocess, "run", lambda *a, **k: pytest.fail("sbatch was called"))
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    planted = tmp_path / "rmm-mask-m.zarr-20261207-010203.sbatch"
+    planted.symlink_to(victim)
+    with pytest.raises(InputError, match="link") as err:
+        submit.submit(["--dark-high", "x"], tmp_path / "m.zarr", log_dir=tmp_path)
+    assert str(planted) in str(err.value) and "\n" not in str(err.value)
+    assert victim.read_text() == "keep" and planted.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([victim.name, planted.name])

@@ -227,13 +227,18 @@ def test_two_nodes_over_tls_give_the_local_mask_and_keep_a_stranger_out(slurm_no
         assert proc.poll() is None
         assert intrusions(first, http_allowed={connectable(p) for p in scheduler if p[0] == "127.0.0.1"}) == [], first
 
-        def both_workers_listen():
-            nodes.update(running_nodes())
-            return len([pid for pid in dask_worker_pids() if len(listening(pid)) >= 2]) >= 2 or proc.poll() is not None
-
-        assert wait_until(both_workers_listen, timeout=180, interval=0.2), "the two worker jobs did not start"
+        # both worker jobs submitted: the scheduler's process is stopped so that the job cannot end before its
+        # workers are attacked; they listen before they connect to it (Dask's nanny and worker start so)
+        submitted = lambda: len([j for j in squeue("-n", "rmm-worker", "-o", "%i") if j.strip()]) == 2  # noqa: E731
+        assert wait_until(lambda: submitted() or proc.poll() is not None, timeout=60, interval=0.05)
         os.kill(proc.pid, signal.SIGSTOP)
         stopped = True
+
+        def both_workers_listen():
+            nodes.update(running_nodes())
+            return len([pid for pid in dask_worker_pids() if len(listening(pid)) >= 2]) >= 2
+
+        assert wait_until(both_workers_listen, timeout=180, interval=0.2), "the two worker jobs did not start"
         workers = {p: pid for pid in dask_worker_pids() for p in listening(pid)}
         bound = {host for host, _ in workers}
         assert bound <= set(slurm_nodes.values()) | {"127.0.0.1"} and len(bound - {"127.0.0.1"}) == 2, workers
