@@ -8,10 +8,11 @@ Slurm scheduler on one address (its ``interface``, else the host's own), every d
 and worker HTTP server on 127.0.0.1. A client without this job's key, or with a certificate
 of its own, is refused in the TLS handshake.
 
-Local worker processes receive the key through the pipe that starts them, never on disk.
-Slurm worker jobs read it from files in a directory only the user can read
-(:func:`credentials_on_disk`: mode 0700, under ``rmm-dask.cluster.credentials-directory``,
-by default ``~/.cache/rmm-dask/credentials``), removed when the job ends; the worker job
+Local worker processes receive the key through the pipe that starts them, never in a file
+others can read (Dask's TLS loads it through a private 0700 temporary directory). Slurm worker
+jobs read it from files in a directory only the user can read (:func:`credentials_on_disk`:
+mode 0700, under ``rmm-dask.cluster.credentials-directory``, by default
+``~/.cache/rmm-dask/credentials``), removed when the job ends; the worker job
 script names the files, never their contents. An existing scheduler is attached to over
 ``tls://`` with the user's own certificates (:func:`attach_security`, Dask's
 ``distributed.comm.tls.*`` keys); ``tcp://`` only with ``rmm-dask.cluster.allow-insecure``.
@@ -43,6 +44,11 @@ DASHBOARD_ROUTES = [
     "distributed.http.statics",
 ]
 
+#: dashboard pages that act rather than show: /hardware has every worker benchmark its disk, memory and network
+#: (files of 100 MiB in its directory, seconds of its threads) for whoever asks for the page
+ACTING_PAGES = ("/hardware",)
+
+
 CREDENTIALS_PREFIX = "rmm-job-"
 
 
@@ -51,11 +57,6 @@ def job_security():
     from distributed.security import Security
 
     return Security.temporary()
-
-
-#: dashboard pages that act rather than show: /hardware has every worker benchmark its disk, memory and network
-#: (files of 100 MiB in its directory, seconds of its threads) for whoever asks for the page
-ACTING_PAGES = ("/hardware",)
 
 
 def http_config(dashboard: bool = True) -> dict:
@@ -140,32 +141,40 @@ def credentials_on_disk(base: Path | None = None):
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def attach_security(address: str):
-    """The ``Security`` to attach to an existing scheduler at ``address``; ClusterError for an address rmm will not use.
-
-    ``tls://`` uses the user's own certificates from Dask's configuration
-    (``distributed.comm.tls.ca-file``, ``distributed.comm.tls.client.cert`` and ``.key``).
-    ``tcp://`` is unauthenticated and unencrypted: refused unless ``rmm-dask.cluster.allow-insecure``.
-    """
-    from distributed.security import Security
-
+def address_problem(address: str, allow_insecure: bool | None = None) -> str | None:
+    """Why rmm will not attach to the scheduler at ``address``, or None: ``tls://`` is fine; ``tcp://`` is
+    unauthenticated and unencrypted, refused unless ``allow_insecure`` (default: rmm-dask.cluster.allow-insecure)."""
     scheme = address.split("://", 1)[0].lower()
     if scheme == "tls":
-        security = Security(require_encryption=True)
-        if not (security.tls_ca_file and security.tls_client_cert):
-            raise ClusterError(
-                f"{address}: attaching over TLS needs your certificates in Dask's configuration "
-                f"(distributed.comm.tls.ca-file, distributed.comm.tls.client.cert and .key); nothing was published"
-            )
-        return security
+        return None
     if scheme == "tcp":
-        if not dask.config.get("rmm-dask.cluster.allow-insecure", False):
-            raise ClusterError(
-                f"{address}: refusing an unencrypted, unauthenticated scheduler (anyone who reaches it can run code "
-                f"as you and change the masks); use tls:// or set rmm-dask.cluster.allow-insecure: true"
-            )
+        if allow_insecure is None:
+            allow_insecure = bool(dask.config.get("rmm-dask.cluster.allow-insecure", False))
+        return None if allow_insecure else (
+            "refusing an unencrypted, unauthenticated scheduler (anyone who reaches it can run code as you and "
+            "change the masks); use tls:// or set rmm-dask.cluster.allow-insecure: true"
+        )
+    return "not a scheduler address rmm uses (tls://host:port; tcp:// with allow-insecure)"
+
+
+def attach_security(address: str):
+    """The ``Security`` to attach to an existing scheduler at ``address``; ClusterError for an address rmm will not use
+    (:func:`address_problem`). ``tls://`` uses the user's own certificates from Dask's configuration
+    (``distributed.comm.tls.ca-file``, ``distributed.comm.tls.client.cert`` and ``.key``)."""
+    from distributed.security import Security
+
+    problem = address_problem(address)
+    if problem:
+        raise ClusterError(f"{address}: {problem}")
+    if address.split("://", 1)[0].lower() == "tcp":
         return Security()
-    raise ClusterError(f"{address}: not a scheduler address rmm uses (tls://host:port; tcp:// with allow-insecure)")
+    security = Security(require_encryption=True)
+    if not (security.tls_ca_file and security.tls_client_cert):
+        raise ClusterError(
+            f"{address}: attaching over TLS needs your certificates in Dask's configuration "
+            f"(distributed.comm.tls.ca-file, distributed.comm.tls.client.cert and .key); nothing was published"
+        )
+    return security
 
 
 def remove_dead(base: str | os.PathLike, prefix: str) -> None:

@@ -283,7 +283,7 @@ def test_nightly_config_refuses_an_insecure_scheduler(tmp_path):
         f"nightly:\n  state: {tmp_path / 'state'}\n  publish: {tmp_path / 'pub'}\n  cluster: tcp://login1:8786\n"
         f"  detectors:\n    - {{name: A, detector: AGIPD1M, trees: [{tmp_path}]}}\n"
     )
-    with pytest.raises(InputError, match="unencrypted and unauthenticated"):
+    with pytest.raises(InputError, match="cluster: tcp://login1:8786: refusing an unencrypted, unauthenticated scheduler"):
         read_settings(cfg)
 
 

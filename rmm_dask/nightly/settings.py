@@ -13,10 +13,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dask.config
-
 from ..detectors import get_detector
 from ..errors import InputError
+from ..security import address_problem
 
 DEFAULT_ROLES = {
     "dark-high": {"runType": "*dark*high*"},
@@ -112,12 +111,11 @@ def read_settings(path: str | os.PathLike) -> Settings:
         raise InputError(path, f"invalid setting: {err}") from None
     if not 0 <= lo <= hi <= 1:
         raise InputError(path, f"sanity: bad-fraction must be [low, high] within [0, 1], not {[lo, hi]}")
-    insecure = settings.sections.get("rmm-dask", {}).get("cluster", {}).get("allow-insecure")
-    if settings.cluster.startswith("tcp://") and not (insecure or dask.config.get("rmm-dask.cluster.allow-insecure", False)):
-        raise InputError(path, f"cluster: {settings.cluster} is unencrypted and unauthenticated (whoever reaches it runs "
-                               "code as this service); use tls://, or set rmm-dask: cluster: allow-insecure: true")
-    if settings.cluster not in ("local", "slurm") and not settings.cluster.startswith(("tls://", "tcp://")):
-        raise InputError(path, f"cluster must be local, slurm or tls://host:port, not {settings.cluster!r}")
+    if settings.cluster not in ("local", "slurm"):  # a scheduler's address, checked as rmm mask checks --cluster
+        insecure = settings.sections.get("rmm-dask", {}).get("cluster", {}).get("allow-insecure")
+        problem = address_problem(settings.cluster, True if insecure else None)
+        if problem:
+            raise InputError(path, f"cluster: {settings.cluster}: {problem}")
     if settings.max_attempts < 1 or settings.interval <= 0 or settings.settle < 0:
         raise InputError(path, "max-attempts must be at least 1, interval positive and settle non-negative")
     names = [w.name for w in settings.detectors]
