@@ -344,7 +344,7 @@ def slurm_options(security) -> dict:
             prologue.append(
                 f"RMM_WORKER_HOST=$({shlex.quote(sys.executable)} -c 'import socket, sys; "
                 "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-                f"s.connect((sys.argv[1], 9)); print(s.getsockname()[0])' {to})"
+                f"s.connect((sys.argv[1], 9)); print(s.getsockname()[0])' {shlex.quote(to)})"
             )
             extra += ["--host", '"$RMM_WORKER_HOST"']
     return dict(security=security, protocol="tls://", scheduler_options=scheduler, job_script_prologue=prologue,
