@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
+
+#: characters that would break a line of output or a log (newline, carriage return, escape, ...)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x80-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (a newline as ``\\n``), so that a path with a
+    newline or a terminal escape in its name can neither split an error line nor forge log lines."""
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), str(text))
 
 
 class InputError(ValueError):

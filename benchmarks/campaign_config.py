@@ -1,0 +1,10 @@
+"""Fault campaign cases of issue 20: YAML bombs, huge descriptions, config keys checked like options, any locale, escaped paths.
+
+Registered into benchmarks/fault_campaign.py (``make campaign``) by :func:`register`.
+"""
+
+from __future__ import annotations
+
+
+def register(case) -> None:
+    """Add this area's cases with the campaign's ``@case(section, title)`` decorator."""
