@@ -287,7 +287,7 @@ def _slurm_client(conf: dict, *, n_workers=None, max_workers=None, echo=print):
     minimum = n_workers or min(conf["minimum-workers"], maximum)
     timeout = float(conf["worker-start-timeout"])
     drop_acting_pages()
-    with credentials_on_disk() as security, dask.config.set(http_config()):
+    with _scratch_space(), credentials_on_disk() as security, dask.config.set(http_config()):  # the scheduler's scratch
         with interrupts.held():  # a Ctrl-C meanwhile: once the cluster object exists, to close it
             slurm = SLURMCluster(**slurm_options(security))
         with _slurm_jobs(slurm, minimum, maximum, timeout, security, echo) as client:
@@ -329,7 +329,9 @@ def slurm_options(security) -> dict:
     dashboard to 127.0.0.1 (:func:`dashboard_address`). Each worker listens on the configured
     interface, else on the address its host reaches the scheduler from (worked out in the job
     script; the scheduler's host is known before it starts), and serves no HTTP route; no
-    worker dashboard. The job script names the credential files, never their contents.
+    worker dashboard. The job script names the credential files, never their contents. Without a
+    ``local-directory``, each worker job makes its scratch space in the node's ``$TMPDIR`` and
+    removes it as it ends.
     """
     jobqueue = dask.config.get("jobqueue.slurm")
     scheduler = dict(jobqueue.get("scheduler-options") or {})
@@ -347,8 +349,13 @@ def slurm_options(security) -> dict:
                 f"s.connect((sys.argv[1], 9)); print(s.getsockname()[0])' {shlex.quote(to)})"
             )
             extra += ["--host", '"$RMM_WORKER_HOST"']
-    return dict(security=security, protocol="tls://", scheduler_options=scheduler, job_script_prologue=prologue,
-                worker_extra_args=extra)
+    options = dict(security=security, protocol="tls://", scheduler_options=scheduler, job_script_prologue=prologue,
+                   worker_extra_args=extra)
+    if not jobqueue.get("local-directory"):  # Dask's dask-scratch-space would stay in the node's $TMPDIR for good
+        prologue += [f'RMM_SCRATCH=$(mktemp -d "${{TMPDIR:-/tmp}}/{SCRATCH_PREFIX}$(hostname)-$$-XXXXXXXX")',
+                     "trap 'rm -rf \"$RMM_SCRATCH\"' EXIT"]
+        options["local_directory"] = '"$RMM_SCRATCH"'
+    return options
 
 
 #: seconds for the client, then the cluster, to close (the nannies give a worker 4 s, then kill it)

@@ -11,32 +11,61 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import secrets
 import stat
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import InputError
 from .processes import HOST, alive
 
 # ------------------------------------------------------------------------------------- names
 
+#: the longest file name most filesystems take (Linux's NAME_MAX, in bytes)
+NAME_MAX = 255
+#: what a temporary's name adds to its target's: ".", ".partial-", a host name (at most 64 bytes),
+#: "-", a pid (at most 10 digits), "-", 8 hex digits
+_RESERVE = 1 + len(".partial-") + 64 + 1 + 10 + 1 + 8
+
+
+def _stem(target_name: str) -> str:
+    """The target's name as its temporaries carry it: whole, or (when a temporary's name would be
+    longer than :data:`NAME_MAX`) its first bytes and ``~`` and 8 hex digits of a digest of the whole name."""
+    raw = os.fsencode(target_name)
+    if len(raw) + _RESERVE <= NAME_MAX:
+        return target_name
+    return os.fsdecode(raw[: NAME_MAX - _RESERVE - 9]) + "~" + hashlib.sha256(raw).hexdigest()[:8]
+
+
 def owned_name(target_name: str, kind: str) -> str:
-    """A fresh name beside ``target_name`` for a temporary of this process: ``.NAME.<kind>-<host>-<pid>-<random>``."""
-    return f".{target_name}.{kind}-{HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+    """A fresh name beside ``target_name`` for a temporary of this process: ``.NAME.<kind>-<host>-<pid>-<random>``
+    (within :data:`NAME_MAX` whatever the target's name: see :func:`_stem`)."""
+    return f".{_stem(target_name)}.{kind}-{HOST}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _leftover_pattern(target_name: str) -> re.Pattern:
-    name = re.escape(target_name)
+    name = re.escape(_stem(target_name))
     return re.compile(
         rf"^\.{name}\.(?:(?P<kind>partial|old)-(?:(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{{8}}|(?P<token>[A-Za-z0-9_]+))"
         rf"|(?P<link>[0-9a-f]{{8}}))$"  # earlier rmm-dask: .current.<hex> links of the nightly service
     )
 
 
-def leftovers(dir_fd: int, target_name: str) -> list[tuple[str, str, bool]]:
-    """(name, 'partial'|'old', dead) of the temporaries of ``target_name`` in the directory.
+class Leftover(NamedTuple):
+    """A temporary of a target: its name, 'partial' or 'old', whose it is and whether its owner is gone."""
+
+    name: str
+    kind: str
+    dead: bool  #: made on this host by a process that is gone
+    mine: bool  #: made by this process
+    owner: str  #: "pid N on HOST", as far as the name tells
+
+
+def leftovers(dir_fd: int, target_name: str) -> list[Leftover]:
+    """The temporaries of ``target_name`` in the directory (:class:`Leftover`).
 
     Dead: made on this host by a process that is gone. Names of earlier rmm-dask versions carry
     no host: a bare number is taken as a pid on this host, anything else as dead (those
@@ -49,13 +78,17 @@ def leftovers(dir_fd: int, target_name: str) -> list[tuple[str, str, bool]]:
         if not m:
             continue
         kind = m["kind"] or "partial"
+        mine = False
         if m["pid"] is not None:
-            dead = m["host"] == HOST and not alive(int(m["pid"]))
+            host, pid = m["host"], int(m["pid"])
+            dead = host == HOST and not alive(pid)
+            mine = host == HOST and pid == os.getpid()
         elif m["token"] is not None and m["token"].isdigit():
-            dead = not alive(int(m["token"]))
+            host, pid = HOST, int(m["token"])
+            dead = not alive(pid)
         else:
-            dead = True
-        found.append((entry.name, kind, dead))
+            host, pid, dead = HOST, None, True
+        found.append(Leftover(entry.name, kind, dead, mine, f"pid {pid} on {host}" if pid is not None else "an earlier rmm-dask"))
     return found
 
 

@@ -99,6 +99,7 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     from . import publish
     from .cluster import compute, dask_client
     from .flatcheck import check_flat
+    from .io.fingerprint import check_unchanged
     from .numba_cache import compile_notice
     from .outcome import Outcome
     from .pipeline import build_mask, check_runs
@@ -108,46 +109,49 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     outcome.enter("building")
     # cheap checks before any run is read: not a link, not there (or --overwrite), a writable directory
     target = publish.prepare(out, overwrite=overwrite, directory=True, what="the output store")
-    if report:
-        outcome.expect(publish.prepare(report, overwrite=overwrite, what="the performance report"))
-    for name, ds in list(darks.items()) + ([("flat", flat)] if flat is not None else []):
-        for note in ds.attrs.get("notes", []):
-            echo(f"{name} run {ds.attrs.get('path')}: {note}")
-    checked = None
-    if flat is not None:
-        detector, _, flat_stage = check_runs(darks, flat, detector=detector, params=params, flat_stage=flat_stage)
-        checked = check_flat(darks, flat, detector=detector, flat_stage=flat_stage, params=params, accept=accept_flat)
-        if checked.get("accepted_by_option"):
-            echo(f"flat run {flat.attrs.get('path')}: {checked['problem']}; used as flat because of --accept-flat")
-    ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage, user_mask=user_mask, flat_check=checked)
-    check_room(target, store_nbytes(ds))  # before any cluster is started
-    outcome.expect(target)
-    notice = compile_notice()  # the first run after an install or upgrade: numba compiles, once
-    if notice:
-        echo(notice)
-    blocks = ds.mask.data.numblocks
-    parallel = blocks[0] * blocks[2] * (len(darks) + (flat is not None))  # read and feature tasks at once
-    _start_zarr_loop()
-    partials = []
-    try:
-        outcome.enter("computing")
-        with dask_client(cluster, n_workers=n_workers, max_workers=parallel, input_bytes=input_nbytes(darks, flat),
-                         needs_scheduler=bool(report), echo=echo), \
-                _report(report, overwrite):
-            path = write_store(ds, out, overwrite=overwrite, compute=compute, partials=partials)
-        outcome.enter("published")
-        return path
-    except OSError as err:
-        if err.errno in WRITE_ERRNOS:
-            raise InputError(target, f"cannot write the store: {err.strerror or err}; nothing was published") from None
-        raise
-    except Exception as err:
-        if type(err).__name__ == "KilledWorker":  # distributed.KilledWorker, without importing distributed here
-            raise ClusterError(
-                f"a worker died again and again running {getattr(err, 'task', None) or 'a task'} (out of memory? "
-                f"see rmm-dask.cluster.memory-limit and --cells-per-chunk); nothing was published"
-            ) from None
-        raise
-    finally:
-        for path in partials:  # again, now that no worker can still be writing into it
-            remove_partial(path)
+    # held from now on: a second job on the same output is refused at once, not after computing everything
+    with publish.hold(target, overwrite=overwrite, directory=True, what="the output store"):
+        if report:
+            outcome.expect(publish.prepare(report, overwrite=overwrite, what="the performance report"))
+        for name, ds in list(darks.items()) + ([("flat", flat)] if flat is not None else []):
+            for note in ds.attrs.get("notes", []):
+                echo(f"{name} run {ds.attrs.get('path')}: {note}")
+        checked = None
+        if flat is not None:
+            detector, _, flat_stage = check_runs(darks, flat, detector=detector, params=params, flat_stage=flat_stage)
+            checked = check_flat(darks, flat, detector=detector, flat_stage=flat_stage, params=params, accept=accept_flat)
+            if checked.get("accepted_by_option"):
+                echo(f"flat run {flat.attrs.get('path')}: {checked['problem']}; used as flat because of --accept-flat")
+        ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage, user_mask=user_mask, flat_check=checked)
+        check_room(target, store_nbytes(ds))  # before any cluster is started
+        outcome.expect(target)
+        notice = compile_notice()  # the first run after an install or upgrade: numba compiles, once
+        if notice:
+            echo(notice)
+        blocks = ds.mask.data.numblocks
+        parallel = blocks[0] * blocks[2] * (len(darks) + (flat is not None))  # read and feature tasks at once
+        _start_zarr_loop()
+        partials = []
+        try:
+            outcome.enter("computing")
+            with dask_client(cluster, n_workers=n_workers, max_workers=parallel, input_bytes=input_nbytes(darks, flat),
+                             needs_scheduler=bool(report), echo=echo), \
+                    _report(report, overwrite):
+                path = write_store(ds, out, overwrite=overwrite, compute=compute, partials=partials,
+                                   verify=lambda: check_unchanged(ds.attrs["inputs"]))
+            outcome.enter("published")
+            return path
+        except OSError as err:
+            if err.errno in WRITE_ERRNOS:
+                raise InputError(target, f"cannot write the store: {err.strerror or err}; nothing was published") from None
+            raise
+        except Exception as err:
+            if type(err).__name__ == "KilledWorker":  # distributed.KilledWorker, without importing distributed here
+                raise ClusterError(
+                    f"a worker died again and again running {getattr(err, 'task', None) or 'a task'} (out of memory? "
+                    f"see rmm-dask.cluster.memory-limit and --cells-per-chunk); nothing was published"
+                ) from None
+            raise
+        finally:
+            for path in partials:  # again, now that no worker can still be writing into it
+                remove_partial(path)

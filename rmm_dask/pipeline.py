@@ -27,7 +27,6 @@ the cluster.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from dataclasses import asdict
 
@@ -40,6 +39,7 @@ from dask.layers import ArrayBlockwiseDep
 from .codes import MASK_DTYPE, BadPixel
 from .detectors import Detector, get_detector
 from .errors import InputError
+from .io.fingerprint import fingerprint
 from .io.regions import FrameSource, frame_sources
 from .mask import FRAME_BLOCK, ModuleMask, Params, dark_stage, dark_stage_blocks, mask_from_stages
 
@@ -353,15 +353,11 @@ def _bit_names() -> str:
 
 
 def _describe(ds: xr.Dataset) -> dict:
-    """Provenance of an input run: where it is, what it holds, and its files' sizes and times."""
+    """Provenance of an input run: where it is, what it holds, and its files' fingerprints (:mod:`rmm_dask.io.fingerprint`)."""
     keep = ("path", "run", "format", "source", "notes", "dataset")
     info = {k: _jsonable(ds.attrs[k]) for k in keep if k in ds.attrs} | {"frames": int(ds.sizes["frame"])}
     files = ds.attrs.get("files") or ([ds.attrs["path"]] if os.path.isfile(ds.attrs.get("path", "")) else [])
-    info["files"] = []
-    for name in files:
-        st = os.stat(name)
-        mtime = dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).isoformat(timespec="seconds")
-        info["files"].append({"path": str(name), "size": st.st_size, "mtime": mtime})
+    info["files"] = [fingerprint(name) for name in files]
     return info
 
 

@@ -66,7 +66,8 @@ from .errors import InputError
 from .fstree import Parent, describe, leftovers, link_value, read_only_modes, seal_tree
 from .fstree import owned_name as _owned_name  # the tests plant links at the names it gives
 
-__all__ = ["output", "prepare", "tidy", "remove", "create_temporary", "commit", "discard", "publish_symlink", "leftovers", "STEPS"]
+__all__ = ["output", "prepare", "hold", "tidy", "remove", "create_temporary", "commit", "discard", "publish_symlink", "leftovers",
+           "STEPS"]
 
 #: the points of the protocol, in order; a test hook (``_HOOK``) is called at each
 STEPS = ("prepared", "created", "written", "sealed", "set-aside", "swapped", "removing", "removed-old", "synced")
@@ -127,14 +128,22 @@ def _check_target(parent: Parent, *, overwrite: bool, directory: bool, what: str
 def _tidy(parent: Parent) -> None:
     """Remove dead leftovers of earlier jobs on the target; restore a dead set-aside copy if the target is gone."""
     found = leftovers(parent.fd, parent.name)
-    olds = [name for name, kind, dead in found if dead and kind == "old" and link_value(parent.fd, name) is None]
+    olds = [t.name for t in found if t.dead and t.kind == "old" and link_value(parent.fd, t.name) is None]
     if olds and parent.lstat() is None:  # a kill between the two renames of the fallback: put the old one back
         newest = max(olds, key=lambda n: parent.lstat(n).st_ctime_ns)
         _rename_noreplace(parent, newest, parent.name, directory=stat.S_ISDIR(parent.lstat(newest).st_mode))
         parent.fsync()
-    for name, _kind, dead in leftovers(parent.fd, parent.name):
-        if dead:
-            _remove_entry(parent.fd, name)
+    for t in leftovers(parent.fd, parent.name):
+        if t.dead:
+            _remove_entry(parent.fd, t.name)
+
+
+def _check_busy(parent: Parent, what: str) -> None:
+    """Refuse a target another job is writing now (its temporary is there, its owner alive or on another host)."""
+    for t in leftovers(parent.fd, parent.name):
+        if not t.dead and not t.mine and link_value(parent.fd, t.name) is None:
+            raise InputError(parent.target, f"another rmm job ({t.owner}) is writing {what} now ({t.name}); wait for it "
+                             f"to end or choose another name (if no such job runs, remove {t.name})")
 
 
 def tidy(target) -> None:
@@ -160,6 +169,7 @@ def prepare(target, *, overwrite: bool = False, directory: bool = False, what: s
     parent = Parent(target, what)
     try:
         _tidy(parent)
+        _check_busy(parent, what)
         _check_target(parent, overwrite=overwrite, directory=directory, what=what)
         if not os.access(parent.target.parent, os.W_OK | os.X_OK):
             why = "read-only filesystem" if os.statvfs(parent.target.parent).f_flag & os.ST_RDONLY else "permission denied"
@@ -383,7 +393,7 @@ def output(target, *, overwrite: bool = False, directory: bool = False, what: st
         # a Ctrl-C or SIGTERM (rmm's handler, rmm_dask.interrupts) right after the temporary is
         # created is raised only once ``tmp`` holds it, here inside the try: it is removed below
         with interrupts.held():
-            tmp = create_temporary(target, overwrite=overwrite, directory=directory, what=what)
+            tmp = _HELD.pop(_key(target, directory), None) or create_temporary(target, overwrite=overwrite, directory=directory, what=what)
         yield tmp
         _step("written")
     except (OSError, RuntimeError) as err:
@@ -399,6 +409,31 @@ def output(target, *, overwrite: bool = False, directory: bool = False, what: st
             discard(tmp)
         raise
     commit(tmp, overwrite=overwrite, read_only=read_only)
+
+
+#: temporaries created by :func:`hold`, by (absolute target, directory), until an :func:`output` takes them
+_HELD: dict[tuple[str, bool], Temporary] = {}
+
+
+def _key(target, directory: bool) -> tuple[str, bool]:
+    return os.path.abspath(os.fspath(target)), directory
+
+
+@contextlib.contextmanager
+def hold(target, *, overwrite: bool = False, directory: bool = False, what: str = "the output"):
+    """Hold ``target`` for this process during the block: its temporary is created now, so that
+    another job on the same target is refused at once (:func:`prepare` sees a live temporary),
+    not after it computed everything; the first :func:`output` of ``target`` in the block writes
+    into it. Left unused, it is removed at the end of the block."""
+    key = _key(target, directory)
+    with interrupts.held():
+        _HELD[key] = create_temporary(target, overwrite=overwrite, directory=directory, what=what)
+    try:
+        yield _HELD[key].target
+    finally:
+        unused = _HELD.pop(key, None)
+        if unused is not None:
+            discard(unused)
 
 
 def publish_symlink(value: str, target, *, what: str = "the link") -> Path:

@@ -63,7 +63,7 @@ def remove_partial(path: Path) -> None:
     publish.discard(path)
 
 
-def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, extra_attrs: dict | None = None, partials: list | None = None) -> Path:
+def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, extra_attrs: dict | None = None, partials: list | None = None, verify=None) -> Path:
     """Compute the lazy mask ``ds`` (from :func:`rmm_dask.pipeline.build_mask`) into a Zarr v3 store.
 
     ``compute`` is called with the dask collection that writes every array (default:
@@ -75,6 +75,8 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
     line naming the store); ``partials``, if given, receives its path, for
     the caller to remove it again once the cluster is shut down (a write task that was
     already running on a worker when the job failed may still land after the removal).
+    ``verify``, if given, is called once everything is written, before the store is published:
+    an error it raises (the inputs changed while the job ran) publishes nothing.
     """
     import dask
 
@@ -98,6 +100,8 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
             warnings.simplefilter("ignore")  # xarray reads it, and opening a store is much faster with it
             zarr.consolidate_metadata(tmp)
         _validate(tmp, ds)
+        if verify is not None:
+            verify()
     return out.target
 
 

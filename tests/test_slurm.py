@@ -7,6 +7,7 @@ elsewhere when no Slurm is reachable, failed instead when RMM_REQUIRE_SLURM=1.
 
 import re
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -68,13 +69,19 @@ def squeue(*args) -> list[str]:
     return subprocess.run(["squeue", "-h", *args], capture_output=True, text=True).stdout.split("\n")
 
 
-def test_slurm_store_identical_to_local(slurm, small, capsys):
+def test_slurm_store_identical_to_local(slurm, small, capsys, tmp_path, monkeypatch):
     out, paths, ref, jobqueue = small
+    scratch = tmp_path / "TMP"  # this job's TMPDIR, and its worker jobs' (sbatch passes the environment on)
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     assert main(mask_argv(paths, out / "slurm.zarr", jobqueue)) == 0
     text = capsys.readouterr().out
     assert re.search(r"Slurm worker jobs: \d+", text) and "dashboard: http" in text
     assert_same_store(ref, out / "slurm.zarr")
     assert wait_queue_empty(), "worker jobs left behind"
+    # no dask-scratch-space (of the scheduler here or of a worker job) is left in TMPDIR
+    assert wait_until(lambda: not list(scratch.iterdir()), timeout=10), list(scratch.iterdir())
 
 
 def test_cancelled_worker_job_does_not_fail_the_mask(slurm, long_runs, tmp_path):
