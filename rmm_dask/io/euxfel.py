@@ -42,6 +42,7 @@ from ..errors import InputError
 from . import regions
 from .common import DIMS, file_token, graph_array, resolve_detector
 from .euxfel_index import (
+    check_sequences,
     find_sources,
     flavour_of,
     module_frames,
@@ -49,6 +50,7 @@ from .euxfel_index import (
     open_run_directory,
     run_number,
     select_trains,
+    train_gap_note,
     train_rows,
 )
 
@@ -181,7 +183,10 @@ def open_euxfel_run(
     ``module``, ``cell`` (memory cell ids in the order of the train), ``frame``
     (0..F-1) with ``train_id`` on it, and ``pulse_id`` on ``cell`` when every train
     has the same pulse ids. Trains missing in some module, or whose cell sequence
-    differs from the run's, are dropped and said so in ``attrs["notes"]``.
+    differs from the run's, are dropped and said so in ``attrs["notes"]``, as are train ids
+    missing from every file. A run with a file of another run or proposal, a sequence file
+    missing, or a train in two sequence files is refused (InputError naming the file;
+    :func:`rmm_dask.io.euxfel_index.check_identity`, :func:`~rmm_dask.io.euxfel_index.check_sequences`).
     ``modules`` selects module numbers; ``detector_id`` (e.g. ``SPB_DET_AGIPD1M-1``)
     picks a detector when the run holds several. Only metadata is read here.
     """
@@ -197,10 +202,12 @@ def open_euxfel_run(
     run = open_run_directory(run_dir)
     detector_id, sources = find_sources(run, run_dir, det, detector_id, modules)
     mods = [module_frames(run, m, s, det) for m, s in sources.items()]
-    n_run_trains = len(run.train_ids)
+    run_trains = np.asarray(run.train_ids, dtype=np.int64)
+    n_run_trains = run_trains.size
     for fa in run.files:  # metadata read: close EXtra-data's handles now rather than at garbage collection,
         fa.close()  # or a file replaced or damaged meanwhile is read through the stale handle
     del run
+    check_sequences(mods, run_dir)  # every sequence file there, each train in one of them
     kept, reference, notes = select_trains(mods, run_dir)
     cell_ids = np.frombuffer(reference, dtype=np.uint16).astype(np.int64)
     n_cells, n_frames = cell_ids.size, kept.size
@@ -216,6 +223,9 @@ def open_euxfel_run(
     no_frames = n_run_trains - len(with_data) - len(only_suspect)
     if no_frames > 0:
         notes.append(f"{no_frames} of {n_run_trains} trains of the run have no frames of these modules")
+    gap = train_gap_note([*run_trains.tolist(), *with_data, *only_suspect])
+    if gap:
+        notes.append(gap)
 
     flavour = flavour_of(det)
     pulse_keys = {m.pulses.get(int(t)) for m in mods for t in kept.tolist()}

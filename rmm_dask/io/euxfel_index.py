@@ -5,6 +5,15 @@ names the module sources of the detector, :func:`module_frames` reads one module
 and per-frame cell ids, :func:`select_trains` keeps the trains with the run's cell
 sequence in every module, and :func:`train_rows` lays out where a module's kept frames
 are in its files for the reader (:mod:`rmm_dask.io.euxfel`).
+
+Before any of that is trusted, the run is proven complete and of one piece, from metadata
+alone: :func:`check_identity` (every file of the directory is of its run and proposal: the
+file name ``RAW-R<run>-<aggregator>-S<sequence>.h5`` and ``METADATA/runNumber``,
+``proposalNumber``) and :func:`check_sequences` (each module's sequence files are
+``S00000`` up without a gap, hold consecutive trains that no other of its files holds,
+and no module's files end before the others' without their last sequences). A run that
+fails is refused with an :class:`InputError` naming the file; trains missing from every
+file are a note (:func:`train_gap_note`), as the DAQ may skip trains.
 """
 
 from __future__ import annotations
@@ -24,6 +33,10 @@ IMAGE_KEY = "image.data"
 _XTDF_SOURCE = re.compile(r"^(?P<det>[^/]+)/DET/(?P<module>\d+)CH0:xtdf$")
 _RUN_FILE = re.compile(r"^[A-Z]+-R(\d+)-")
 _RUN_DIR = re.compile(r"^r(\d+)$")
+#: the name the DAQ gives a file: RAW-R0002-AGIPD00-S00001.h5 (CORR-... for corrected data)
+_SEQUENCE_FILE = re.compile(r"^(?P<prefix>[A-Z]+)-R(?P<run>\d+)-(?P<aggregator>[A-Za-z0-9]+)-S(?P<sequence>\d+)\.h5$")
+#: a run directory in the facility's tree: .../p<proposal>/raw/r<run>
+_PROPOSAL_DIR = re.compile(r"^p(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,8 @@ class _ModuleSource:
         self.pulses: dict[int, bytes] = {}  #: train id -> its pulse ids (uint64 bytes)
         self.suspect: set[int] = set()  #: trains with frames but flagged suspect (INDEX/flag = 0)
         self.duplicate = 0
+        self.sequences: list[int | None] = []  #: per file (as ``files``): its sequence number, None if unknown
+        self.spans: list[tuple[int, int] | None] = []  #: per file: first and last train with frames, None if none
 
     def file_name(self, train: int | None = None) -> str:
         index = self.trains[train][0] if train is not None else 0
@@ -71,6 +86,119 @@ def run_number(run_dir: str, files) -> int:
         if match:
             return int(match[1])
     return -1
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which run, proposal and sequence a RAW file says it belongs to: by its name and by its METADATA."""
+
+    path: str
+    name_run: int | None  #: R<run> of the file name
+    aggregator: str | None  #: AGIPD00, JNGFR01, DA01, ... of the file name
+    name_sequence: int | None  #: S<sequence> of the file name
+    run: int | None  #: METADATA/runNumber
+    proposal: int | None  #: METADATA/proposalNumber
+    sequence: int | None  #: METADATA/sequenceNumber
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    def sequence_number(self) -> int | None:
+        """The file's sequence: its name's, else its METADATA's."""
+        return self.name_sequence if self.name_sequence is not None else self.sequence
+
+
+def _metadata_number(meta: dict, key: str) -> int | None:
+    """An integer METADATA entry (``runNumber``, ...), None when the file has none or it is not a number."""
+    try:
+        return int(meta[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def file_identity(fa) -> FileIdentity:
+    """What an open EXtra-data ``FileAccess`` says about its run: its name and its METADATA (metadata only)."""
+    match = _SEQUENCE_FILE.match(os.path.basename(fa.filename))
+    try:
+        meta = fa.metadata()
+    except (KeyError, OSError):  # format 0.5 files have no METADATA numbers; an unreadable group says nothing
+        meta = {}
+    return FileIdentity(
+        path=fa.filename,
+        name_run=int(match["run"]) if match else None,
+        aggregator=match["aggregator"] if match else None,
+        name_sequence=int(match["sequence"]) if match else None,
+        run=_metadata_number(meta, "runNumber"),
+        proposal=_metadata_number(meta, "proposalNumber"),
+        sequence=_metadata_number(meta, "sequenceNumber"),
+    )
+
+
+def _expected(values: list[int], directory: int | None, what: str) -> tuple[int, str]:
+    """The number the files should carry, and why: the directory's, else the one most files carry."""
+    if directory is not None:
+        return directory, what
+    number, n = Counter(values).most_common(1)[0]
+    return number, f"{n} of the run's {len(values)} files"
+
+
+def check_identity(run_dir: str, identities: list[FileIdentity]) -> None:
+    """Refuse a run directory holding a file of another run or proposal (a sequence file copied in).
+
+    Every file's run number, by its name (``RAW-R0002-...``) and by ``METADATA/runNumber``,
+    must be the directory's (``r0002``; a directory named otherwise: the number most files
+    carry); every file's ``METADATA/proposalNumber`` the proposal of the directory
+    (``.../p001234/raw/r0002``) or, elsewhere, of most files; a file named as sequence ``N``
+    must say ``sequenceNumber`` ``N``. Numbers a file does not record are not compared.
+    """
+    base = os.path.basename(run_dir.rstrip(os.sep))
+    match = _RUN_DIR.match(base)
+    proposal_dir, raw = os.path.split(os.path.dirname(run_dir.rstrip(os.sep)))  # .../p001234, raw
+    in_tree = _PROPOSAL_DIR.match(os.path.basename(proposal_dir)) if raw == "raw" else None
+    runs = [r for i in identities for r in (i.name_run, i.run) if r is not None]
+    if runs:
+        run, why = _expected(runs, int(match[1]) if match else None, f"the directory {base}")
+        for i in identities:
+            for number, how in ((i.name_run, f"its name says R{i.name_run:04d}" if i.name_run is not None else ""),
+                                (i.run, f"its METADATA/runNumber is {i.run}")):
+                if number is not None and number != run:
+                    raise InputError(i.path, f"is a file of run {number} ({how}), not of run {run} ({why}):"
+                                             " a file of another run copied into the run directory?")
+    proposals = [i.proposal for i in identities if i.proposal is not None]
+    if proposals:
+        in_tree_proposal = int(in_tree[1]) if in_tree else None
+        proposal, why = _expected(proposals, in_tree_proposal, f"the directory {in_tree and in_tree[0]}")
+        for i in identities:
+            if i.proposal is not None and i.proposal != proposal:
+                raise InputError(i.path, f"is a file of proposal {i.proposal} (its METADATA/proposalNumber), not of"
+                                         f" proposal {proposal} ({why}): a file of another proposal's run copied in?")
+    for i in identities:
+        if i.name_sequence is not None and i.sequence is not None and i.name_sequence != i.sequence:
+            raise InputError(i.path, f"is named as sequence {i.name_sequence} but its METADATA/sequenceNumber is"
+                                     f" {i.sequence}: a sequence file copied under another name?")
+
+
+def check_shared_trains(files) -> None:
+    """Refuse two files holding the same train of one source (EXtra-data refuses the run too, naming
+    only the source): names the later file by name, which is the one copied in, as a rule."""
+    by_source: dict[str, list] = {}
+    for fa in sorted(files, key=lambda fa: os.path.basename(fa.filename)):
+        for source in (*fa.instrument_sources, *fa.control_sources):
+            by_source.setdefault(source, []).append(fa)
+    for source, holders in by_source.items():
+        if len(holders) < 2:
+            continue
+        tids = np.concatenate([np.asarray(fa.train_ids, dtype=np.int64) for fa in holders])
+        owner = np.concatenate([np.full(len(fa.train_ids), i) for i, fa in enumerate(holders)])
+        order = np.lexsort((owner, tids))
+        twice = np.flatnonzero((np.diff(tids[order]) == 0) & (np.diff(owner[order]) != 0))
+        if twice.size:
+            first, later = holders[owner[order][twice[0]]], holders[owner[order][twice[0] + 1]]
+            shared = np.intersect1d(first.train_ids, later.train_ids)
+            raise InputError(later.filename, f"holds {shared.size} trains of {source} ({shared[0]}..{shared[-1]})"
+                                             f" that {os.path.basename(first.filename)} holds too:"
+                                             " a sequence file copied in?")
 
 
 def open_run_directory(run_dir: str):
@@ -99,6 +227,13 @@ def open_run_directory(run_dir: str):
             files.append(FileAccess(path))
         except Exception as e:  # noqa: BLE001  (EXtra-data raises FileStructureError, KeyError, OSError, ...)
             raise InputError(path, f"not a EuXFEL data file ({e})") from None
+    try:
+        check_identity(run_dir, [file_identity(fa) for fa in files])
+        check_shared_trains(files)
+    except InputError:
+        for fa in files:
+            fa.close()
+        raise
     try:
         return DataCollection(files, ctx_closes=True, is_single_run=True)
     except Exception as e:  # noqa: BLE001  (EXtra-data raises bare Exceptions)
@@ -195,6 +330,9 @@ def module_frames(run, number: int, source: str, det: Detector) -> _ModuleSource
             raise InputError(path, f"INDEX/{source}/{flavour.group} has trains with {counts.max()} entries, expected one")
         index = len(mod.files)
         mod.files.append(path)
+        mod.sequences.append(file_identity(fa).sequence_number())
+        with_frames = tids[counts > 0]
+        mod.spans.append((int(with_frames.min()), int(with_frames.max())) if with_frames.size else None)
         for t, first, count, ok in zip(tids.tolist(), firsts.tolist(), counts.tolist(), valid.tolist()):
             if count == 0:
                 continue
@@ -230,6 +368,97 @@ def _check_frames(h5, inst: str, flavour: _Flavour, det: Detector, path: str) ->
     if gain.shape != adc.shape or gain.dtype.kind != "u":
         raise InputError(path, f"{inst}/data/gain holds {gain.dtype} {gain.shape}, expected unsigned {adc.shape} like data/adc")
     return adc.shape[0], adc.shape[1]
+
+
+def _sequence_list(numbers) -> str:
+    """[0, 1, 2, 4] -> 'S00000-S00002, S00004'."""
+    numbers, parts = sorted(numbers), []
+    for n in numbers:
+        if parts and parts[-1][1] == n - 1:
+            parts[-1][1] = n
+        else:
+            parts.append([n, n])
+    return ", ".join(f"S{a:05d}" if a == b else f"S{a:05d}-S{b:05d}" for a, b in parts)
+
+
+def _sequence_name(mod: _ModuleSource, sequence: int) -> str:
+    """The file name sequence ``sequence`` of a module has (from the name of one of its files)."""
+    for path in mod.files:
+        match = _SEQUENCE_FILE.match(os.path.basename(path))
+        if match:
+            return f"{match['prefix']}-R{match['run']}-{match['aggregator']}-S{sequence:05d}.h5"
+    return f"sequence {sequence} of {mod.source}"
+
+
+def _aggregator(mod: _ModuleSource) -> str:
+    """AGIPD00, JNGFR01, ... from the module's file names, else its source name."""
+    match = next((m for m in (_SEQUENCE_FILE.match(os.path.basename(p)) for p in mod.files) if m), None)
+    return match["aggregator"] if match else mod.source
+
+
+def check_sequences(mods: list[_ModuleSource], run_dir: str) -> None:
+    """Refuse a run whose module sequence files are not complete and of one piece (metadata only).
+
+    Per module: the sequence numbers (of the file names, else ``METADATA/sequenceNumber``)
+    run from 0 without a gap or a repeat, and each sequence holds later trains than the one
+    before (a train in two of them is a file copied in; the reader would take one of them
+    and drop the other). Across modules: a module with fewer sequence files than another
+    must not end before it (its last sequences are missing); fewer files that hold the same
+    trains are fine (files split otherwise). A module whose files' sequences cannot be told
+    (neither name nor METADATA say) is not checked.
+    """
+    for mod in mods:
+        if not mod.files or any(s is None for s in mod.sequences):
+            continue
+        by_sequence: dict[int, int] = {}
+        for index, sequence in enumerate(mod.sequences):
+            if sequence in by_sequence:
+                other = os.path.basename(mod.files[by_sequence[sequence]])
+                raise InputError(mod.files[index], f"is sequence S{sequence:05d} of {mod.source}, as {other} is:"
+                                                   " a sequence file copied in twice?")
+            by_sequence[sequence] = index
+        missing = sorted(set(range(max(by_sequence) + 1)) - set(by_sequence))
+        if missing:
+            present = _sequence_list(by_sequence)
+            raise InputError(run_dir, f"{_sequence_name(mod, missing[0])} missing: sequences {present}"
+                                      f" of {_aggregator(mod)} present (a copy or transfer not finished?)")
+        ordered = [by_sequence[s] for s in sorted(by_sequence) if mod.spans[by_sequence[s]] is not None]
+        for a, b in zip(ordered, ordered[1:]):
+            a1, (b0, b1) = mod.spans[a][1], mod.spans[b]
+            if b0 <= a1:
+                raise InputError(mod.files[b], f"holds trains {b0}..{b1}, but {os.path.basename(mod.files[a])}, an"
+                                               f" earlier sequence of {mod.source}, holds trains up to {a1}: a sequence"
+                                               " file of another acquisition copied in?")
+    ends = {mod.number: max(span[1] for span in mod.spans if span is not None) for mod in mods if any(mod.spans)}
+    for mod in mods:
+        longer = [m for m in mods if len(m.files) > len(mod.files) and ends.get(m.number, 0) > ends.get(mod.number, 0)]
+        if longer and mod.number in ends:
+            other = max(longer, key=lambda m: ends[m.number])
+            present = _sequence_list(s for s in mod.sequences if s is not None) or f"{len(mod.files)} files"
+            more = _sequence_list(s for s in other.sequences if s is not None) or f"{len(other.files)} files"
+            raise InputError(
+                run_dir,
+                f"{_sequence_name(mod, len(mod.files))} missing: {_aggregator(mod)} has sequences {present} with trains"
+                f" up to {ends[mod.number]}, {_aggregator(other)} has {more} with trains up to {ends[other.number]}"
+                " (a copy or transfer not finished?)",
+            )
+
+
+def train_gap_note(train_ids) -> str | None:
+    """A note when train ids are missing from every file of the run between its first and last train, else None.
+
+    The DAQ may skip trains: a gap is said, not refused (a missing sequence file is refused
+    by :func:`check_sequences` before this)."""
+    ids = np.unique(np.asarray(list(train_ids), dtype=np.int64))
+    if ids.size < 2:
+        return None
+    steps = np.diff(ids)
+    if (steps == 1).all():
+        return None
+    widest = int(np.argmax(steps))
+    lost = int((steps - 1).sum())
+    return (f"{lost} train ids between {ids[0]} and {ids[-1]} are in no file of the run (the longest gap:"
+            f" {ids[widest] + 1}..{ids[widest + 1] - 1}); the DAQ did not record them")
 
 
 def module_ranges(numbers: list[int]) -> str:

@@ -147,21 +147,59 @@ _NXMX_DATA = re.compile(r"^data_\d{6}$")
 
 def _data_files(path: str, d: h5py.Dataset) -> list[str]:
     """The files holding a dataset's values: the file it is in, and for a virtual dataset (VDS)
-    the files of its sources (InputError when one is missing: HDF5 would read fill values)."""
+    the files of its sources, each checked to hold its mapped dataset (:func:`_check_source`)."""
     holder = os.path.abspath(d.file.filename)
     if not d.is_virtual:
         return [holder]
     out = [holder]
     for source in d.virtual_sources():
         if source.file_name == ".":
+            _check_source(holder, d, source, d.file)
             continue
         name = os.path.join(os.path.dirname(holder), source.file_name)  # HDF5 looks beside the VDS file
         if not os.path.exists(name) and os.path.exists(source.file_name):
             name = source.file_name
         if not os.path.isfile(name):
             raise InputError(holder, f"virtual dataset {d.name} has a missing source file {source.file_name}")
+        with open_hdf5(name) as f:  # a damaged source file is named as such
+            _check_source(holder, d, source, f)
         out.append(os.path.abspath(name))
     return sorted(set(out))
+
+
+def _needed_shape(source) -> tuple | None:
+    """The least shape a VDS source dataset must have for its mapping: one past the selected
+    block's end in each dimension (the whole declared source for an all-selection); None when
+    HDF5 cannot say (an unlimited mapping)."""
+    src, vspace = source.src_space, source.vspace
+    try:
+        if src.get_select_type() == h5s.SEL_ALL:
+            if src.shape:
+                return tuple(src.shape)
+            lo, hi = vspace.get_select_bounds()  # the whole source fills the virtual selection
+            return tuple(b - a + 1 for a, b in zip(lo, hi))
+        _, hi = src.get_select_bounds()
+        return tuple(b + 1 for b in hi)
+    except ValueError:
+        return None
+
+
+def _check_source(holder: str, d: h5py.Dataset, source, f: h5py.File) -> None:
+    """InputError unless the source file ``f`` of a VDS mapping holds the mapped dataset with at least
+    the shape the mapping reads: HDF5 would quietly give the virtual dataset's fill value instead."""
+    where = f"{source.dset_name} in {source.file_name if source.file_name != '.' else os.path.basename(holder)}"
+    try:
+        target = f.get(source.dset_name)
+    except (OSError, KeyError, ValueError) as e:
+        raise InputError(holder, f"virtual dataset {d.name} maps frames from {where},"
+                                 f" which cannot be opened ({e})") from None
+    if not isinstance(target, h5py.Dataset):
+        raise InputError(holder, f"virtual dataset {d.name} maps frames from {where}, which that file lacks"
+                                 " (HDF5 would read fill values for them)")
+    need = _needed_shape(source)
+    if need is not None and (len(need) != target.ndim or any(n > s for n, s in zip(need, target.shape))):
+        raise InputError(holder, f"virtual dataset {d.name} maps frames from {where}, which has shape {target.shape}:"
+                                 f" the mapping needs {need} (HDF5 would read fill values for the rest)")
 
 
 def _frame_datasets(f: h5py.File, path: str, dataset: str) -> list[tuple[str, str, tuple, np.dtype, list]]:
@@ -189,6 +227,14 @@ def _frame_datasets(f: h5py.File, path: str, dataset: str) -> list[tuple[str, st
         try:
             d = obj[n]  # external links open here: a missing data file is named
         except (OSError, KeyError) as e:
+            link = obj.get(n, getlink=True)
+            data_file = os.path.join(os.path.dirname(os.path.abspath(path)), getattr(link, "filename", ""))
+            if isinstance(link, h5py.ExternalLink) and os.path.isfile(data_file):  # there, but without the frames?
+                with open_hdf5(data_file) as g:  # a damaged data file is named as such
+                    there = isinstance(g.get(link.path), h5py.Dataset)
+                if not there:
+                    raise InputError(path, f"{dataset}/{n} links to {link.path} in {link.filename},"
+                                           " which that file lacks") from None
             raise InputError(path, f"cannot open {dataset}/{n} (a missing or unreadable data file?): {e}") from None
         out.append((path, f"{dataset.rstrip('/')}/{n}", d.shape, d.dtype, _data_files(path, d)))
     return out
