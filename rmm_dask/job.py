@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 
-from .errors import ClusterError, InputError
+from .errors import ClusterError, InputError, printable
 
 #: OSErrors that writing the output causes: about the output, whatever file the message names
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
@@ -103,6 +103,7 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     from .numba_cache import compile_notice
     from .outcome import Outcome
     from .pipeline import build_mask, check_runs
+    from .signalcheck import check_signal
     from .store import remove_partial, write_store
 
     outcome = outcome if outcome is not None else Outcome()
@@ -115,13 +116,14 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
             outcome.expect(publish.prepare(report, overwrite=overwrite, what="the performance report"))
         for name, ds in list(darks.items()) + ([("flat", flat)] if flat is not None else []):
             for note in ds.attrs.get("notes", []):
-                echo(f"{name} run {ds.attrs.get('path')}: {note}")
+                echo(printable(f"{name} run {ds.attrs.get('path')}: {note}"))  # a path's newline cannot split it
+        check_signal(darks, flat, detector=detector)  # detector off: refused before the flat check it would mislead
         checked = None
         if flat is not None:
             detector, _, flat_stage = check_runs(darks, flat, detector=detector, params=params, flat_stage=flat_stage)
             checked = check_flat(darks, flat, detector=detector, flat_stage=flat_stage, params=params, accept=accept_flat)
             if checked.get("accepted_by_option"):
-                echo(f"flat run {flat.attrs.get('path')}: {checked['problem']}; used as flat because of --accept-flat")
+                echo(printable(f"flat run {flat.attrs.get('path')}: {checked['problem']}; used as flat because of --accept-flat"))
         ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage, user_mask=user_mask, flat_check=checked)
         check_room(target, store_nbytes(ds))  # before any cluster is started
         outcome.expect(target)
