@@ -319,13 +319,13 @@ class Case:
             self.leftovers.append(f"in TMPDIR: {', '.join(sorted(os.listdir(self.tmp))[:5])}")
 
     # ---- mounts (root only)
-    def tmpfs(self, size: str, ro: bool = False) -> Path | None:
+    def tmpfs(self, size: str, ro: bool = False, inodes: int | None = None) -> Path | None:
         where = self.dir / f"fs{len(self.mounts)}"
         where.mkdir()
         if not is_root():
             self.skipped = "mounting a tmpfs needs root"
             return None
-        opts = f"size={size}" + (",ro" if ro else "")
+        opts = f"size={size}" + (",ro" if ro else "") + (f",nr_inodes={inodes}" if inodes else "")  # the root takes one inode
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
         if done.returncode != 0:
             self.skipped = f"cannot mount a tmpfs: {done.stderr.strip()}"

@@ -62,6 +62,9 @@ def open_mask(store) -> xr.Dataset:
 
     Nothing is read but metadata and coordinates; the arrays are dask arrays in the store's
     chunks. The features and their SNRs are in ``rmm_dask.store.open_tree(store, chunks={})``.
+    The store is verified here (its metadata as written, every chunk there) and each chunk
+    again when it is computed (:mod:`rmm_dask.integrity`): a damaged store raises InputError
+    naming the chunk, now or at compute time, never reads as good pixels.
     """
     tree = open_tree(store, chunks={})
     ds = tree.to_dataset(inherit=False)[["mask"]].assign_coords(gain=gain_names(tree))

@@ -7,6 +7,7 @@ import numpy as np
 
 from .codes import BadPixel, describe
 from .errors import InputError
+from .integrity import note
 from .store import gain_names, open_tree
 
 
@@ -19,6 +20,8 @@ def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
     ``recovered_pixels`` list the pixels (module, y, x) with such planes: how many planes,
     and the bits of the bad side ('OFFSET|NOISE') (``new`` for newly bad, ``old`` for recovered); at most
     ``max_pixels`` each, in (module, y, x) order, with ``pixels_truncated`` saying so.
+    ``notes``: what to know about a store read unverified (format 1, :func:`rmm_dask.integrity.note`).
+    Both stores are verified when opened and read (a damaged one raises InputError naming it).
     """
     a, b = open_tree(old), open_tree(new)
     for name in ("module", "gain", "cell"):
@@ -40,6 +43,7 @@ def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
         "newly_bad_pixels": [],
         "recovered_pixels": [],
         "pixels_truncated": False,
+        "notes": [f"{path}: {note(tree.attrs)}" for path, tree in ((old, a), (new, b)) if note(tree.attrs)],
     }
     for i, m in enumerate(b["module"].values):
         ma, mb = a["mask"][i].values, b["mask"][i].values  # (gain, cell, y, x)

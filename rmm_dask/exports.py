@@ -38,6 +38,7 @@ import numpy as np
 from . import publish
 from .codes import BadPixel
 from .detectors import detector_of
+from .errors import InputError
 from .store import export_h5, open_tree
 
 __all__ = ["export", "FORMATS", "NEXUS", "EUXFEL", "lookup"]
@@ -244,12 +245,39 @@ def _crystfel(mask: _Mask, out, overwrite) -> list[Path]:
         d.attrs["description"] = "bits 0-7 rmm-dask (mask0), bit 8 user (mask1), bits 16-31 manufacturer (mask2)"
 
     geom = Path(out).absolute().with_suffix(".geom")
-    for path, what in ((out, "the export"), (geom, "the geometry lines")):  # both checked before either is written
-        publish.prepare(path, overwrite=overwrite, what=what)
-    target = _write_h5(out, overwrite, fill, data.nbytes)
-    with publish.output(geom, overwrite=overwrite, what="the geometry lines") as tmp:
-        Path(tmp.tmp).write_text("\n".join(geometry_lines(target, "/data/mask", mask)) + "\n")
-    return [target, tmp.target]
+    target = publish.prepare(out, overwrite=overwrite, what="the export")  # both checked before either is written
+    publish.prepare(geom, overwrite=overwrite, what="the geometry lines")
+    return _both_or_neither(target, geom, overwrite, lambda path: _write_h5(path, overwrite, fill, data.nbytes),
+                            "\n".join(geometry_lines(target, "/data/mask", mask)) + "\n")
+
+
+def _both_or_neither(target: Path, geom: Path, overwrite: bool, write_mask, lines: str) -> list[Path]:
+    """Publish the CrystFEL mask file (``write_mask(target)``) and its geometry lines as a pair.
+
+    The geometry's temporary is created and written first, then the mask file is written and
+    published, then the geometry: a failure before that (no inode or no room left for either
+    temporary, an error writing the mask) publishes neither, and a failure of the last step
+    (or an interrupt between the two) removes the mask file again, so that it is never left
+    without its geometry lines (with ``overwrite`` the old mask file was replaced by then: the
+    line says so). The one line says what was published.
+    """
+    published = None
+    try:
+        with publish.output(geom, overwrite=overwrite, what="the geometry lines") as tmp:
+            Path(tmp.tmp).write_text(lines)
+            published = write_mask(target)
+    except BaseException as err:
+        if published is not None:  # the geometry failed once the mask file was in place: take it back
+            publish.remove(published, what="the export")
+        if not isinstance(err, InputError):
+            raise
+        problem = err.problem.removesuffix("; nothing was published")
+        if published is not None and overwrite:  # the old mask file is gone with the swap; the old geometry stays
+            outcome = f"the new {target.name} was removed again, {geom.name} is as it was"
+        else:
+            outcome = f"neither {target.name} nor {geom.name} was published"
+        raise InputError(err.path, f"{problem}; {outcome} (a CrystFEL export is both files or neither)") from None
+    return [published, tmp.target]
 
 
 def geometry_lines(path: Path, dataset: str, mask: _Mask) -> list[str]:

@@ -16,11 +16,17 @@ place, read-only, only when every array is written (:mod:`rmm_dask.publish`): a 
 never sees half a mask, and a job that fails or is interrupted leaves the previous store
 as it was; ``--overwrite`` swaps the new store with the old in one atomic step.
 
+Every chunk of every array is written (also one equal to the fill value) and ends with its
+crc32c checksum, and the root's ``arrays`` attribute records each array's shape, chunk
+shape and dtype (:mod:`rmm_dask.integrity`, store format :data:`STORE_FORMAT`).
+
 Stores are read back through xarray: :func:`open_tree` gives the layout above as an
 ``xarray.DataTree`` (lazily indexed, or dask arrays with ``chunks={}``); ``show``, ``diff``
 and ``export`` read it one module at a time, and :func:`rmm_dask.apply.open_mask` makes of
 it the Dataset users apply to their data. :func:`open_store` (a Zarr group) is for
-checking a store's arrays directly.
+checking a store's arrays directly. Both verify the store first (the metadata as written,
+every chunk there) and read through :class:`rmm_dask.integrity.VerifiedStore`, which checks
+each chunk as it is read: a damaged store is refused in one InputError line naming the chunk.
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from . import __version__, publish
-from .errors import InputError
+from . import __version__, integrity, publish
+from .errors import InputError, printable
 
-STORE_FORMAT = "rmm-dask mask store 1"
+#: the ``format`` attribute of the stores written (stores of format 1 are read, unverified: integrity.note)
+STORE_FORMAT = integrity.FORMAT
 
 
 def _now() -> str:
@@ -93,7 +100,9 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
         if partials is not None:
             partials.append(tmp)
         root = zarr.open_group(tmp, mode="w-", zarr_format=3)
-        (compute or dask.compute)(store_writes(ds, root))
+        writes = store_writes(ds, root)
+        attrs["arrays"] = integrity.manifest(root)  # what readers check the store against
+        (compute or dask.compute)(writes)
         attrs["end_time"] = _now()
         root.attrs.update(json.loads(json.dumps(attrs, default=str)))
         with warnings.catch_warnings():  # zarr warns that v3 has no consolidated metadata in its spec yet;
@@ -111,12 +120,14 @@ def store_writes(ds: xr.Dataset, root: zarr.Group):
     When every array is chunked on the mask's (module, cells) grid (what
     :func:`rmm_dask.pipeline.build_mask` makes; the per-module layers too), one task per
     chunk writes them all (:func:`_store_per_chunk`); otherwise :func:`dask.array.store`
-    writes each array's chunks. Nothing is computed here.
+    writes each array's chunks. Nothing is computed here. Every array gets
+    :func:`rmm_dask.integrity.array_options`: checksummed chunks, all of them written.
     """
     import dask.array as da
 
+    options = integrity.array_options()
     for name in ("module", "gain", "cell"):
-        root.create_array(name, data=np.asarray(ds[name].values), dimension_names=[name])
+        root.create_array(name, data=np.asarray(ds[name].values), dimension_names=[name], **options)
     grid = _chunk_grid(ds)
     arrays = []
     for name, var in ds.data_vars.items():
@@ -130,12 +141,14 @@ def store_writes(ds: xr.Dataset, root: zarr.Group):
             dimension_names=list(var.dims),
             fill_value=0,
             attributes={k: v for k, v in var.attrs.items() if k != "role"},
+            **options,
         )
         arrays.append((var, data, arr))
     for name, coord in ds.coords.items():
         if name.startswith("train_id_"):
             stage = name.removeprefix("train_id_")
-            root.create_array(f"rejected_frames/train_id_{stage}", data=np.asarray(coord.values), dimension_names=list(coord.dims))
+            root.create_array(f"rejected_frames/train_id_{stage}", data=np.asarray(coord.values),
+                              dimension_names=list(coord.dims), **options)
     if all(_on_grid(var, data, grid) for var, data, _ in arrays):
         return _store_per_chunk([(var.dims, data, arr) for var, data, arr in arrays], grid)
     return da.store([data.rechunk(arr.chunks) for _, data, arr in arrays], [arr for _, _, arr in arrays], lock=False, compute=False)
@@ -210,7 +223,10 @@ def _write_chunk(start, *blocks, targets, ndim):
 
 
 def _validate(path: Path, ds: xr.Dataset) -> None:
-    """Re-open the written store and check every array has the expected shape and dtype."""
+    """Re-open the written store and check every array has the expected shape and dtype, and that
+    it passes the readers' check (:func:`rmm_dask.integrity.verify`: every chunk there): what is
+    published, readers accept."""
+    integrity.verify(Path(path))
     root = zarr.open_group(path, mode="r")
     for name, var in ds.data_vars.items():
         arr = root[_group_path(name, var)]
@@ -219,14 +235,26 @@ def _validate(path: Path, ds: xr.Dataset) -> None:
 
 
 def open_store(path) -> zarr.Group:
-    """Open a published mask store read-only as a Zarr group, or raise InputError saying why not."""
+    """Open a published mask store read-only as a Zarr group, or raise InputError saying why not.
+
+    The store is verified first (:func:`rmm_dask.integrity.verify`) and read through a
+    :class:`~rmm_dask.integrity.VerifiedStore`: a chunk that is missing or damaged raises
+    InputError when it is read.
+    """
     path = _existing(path)
+    verified = integrity.verify(path)
     try:
-        root = zarr.open_group(path, mode="r")
+        root = zarr.open_group(verified, mode="r")
     except Exception as err:  # zarr raises several kinds for a non-store
-        raise InputError(path, f"not a Zarr store ({err.__class__.__name__}: {err})") from None
+        raise _not_a_store(path, err) from None
     _check_store(path, root.attrs, "mask" in root)
     return root
+
+
+def _not_a_store(path: Path, err: Exception) -> InputError:
+    """The one line for a store zarr or xarray cannot open (their messages may span lines)."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    return InputError(path, f"not a Zarr store ({err.__class__.__name__}: {printable(first)})")
 
 
 def open_tree(store, *, chunks=None) -> xr.DataTree:
@@ -235,17 +263,27 @@ def open_tree(store, *, chunks=None) -> xr.DataTree:
     ``store``: a path, a group from :func:`open_store`, or a tree already open (returned as it is).
     Values are read when indexed (``chunks=None``: one module read as ``tree["mask"][i].values``),
     or as dask arrays in the store's chunks (``chunks={}``). Attributes and dtypes are the
-    stored ones (no CF decoding). A path that is not a mask store raises InputError.
+    stored ones (no CF decoding). A path that is not a mask store, or a damaged one, raises
+    InputError; so does reading a chunk that is missing or damaged (see :func:`open_store`).
     """
     if isinstance(store, xr.DataTree):
         return store
-    if isinstance(store, zarr.Group):  # already checked by open_store
-        return xr.open_datatree(store.store, engine="zarr", chunks=chunks, decode_cf=False)
-    path = _existing(store)
+    if isinstance(store, zarr.Group):
+        if isinstance(store.store, integrity.VerifiedStore):  # from open_store: verified
+            verified, path = store.store, Path(store.store.root)
+        elif isinstance(store.store, zarr.storage.LocalStore):  # opened by zarr itself: verify it
+            return open_tree(store.store.root, chunks=chunks)
+        else:  # a store in memory or elsewhere (tests): read as it is
+            return xr.open_datatree(store.store, engine="zarr", chunks=chunks, decode_cf=False)
+    else:
+        path = _existing(store)
+        verified = integrity.verify(path)
     try:
-        tree = xr.open_datatree(path, engine="zarr", chunks=chunks, decode_cf=False)
+        tree = xr.open_datatree(verified, engine="zarr", chunks=chunks, decode_cf=False)
+    except InputError:
+        raise
     except Exception as err:  # zarr and xarray raise several kinds for a non-store
-        raise InputError(path, f"not a Zarr store ({err.__class__.__name__}: {err})") from None
+        raise _not_a_store(path, err) from None
     _check_store(path, tree.attrs, "mask" in tree.data_vars)
     return tree
 
@@ -258,7 +296,7 @@ def _existing(path) -> Path:
 
 
 def _check_store(path: Path, attrs, has_mask: bool) -> None:
-    if attrs.get("format") != STORE_FORMAT or not has_mask:
+    if attrs.get("format") not in (STORE_FORMAT, integrity.LEGACY) or not has_mask:
         raise InputError(path, "not an rmm-dask mask store (no 'mask' array or format attribute)")
 
 

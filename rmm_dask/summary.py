@@ -1,4 +1,7 @@
-"""What a published mask says: counts per bit, module, gain and cell; figures."""
+"""What a published mask says: counts per bit, module, gain and cell; figures.
+
+Stores are read through :func:`rmm_dask.store.open_tree`, verified (:mod:`rmm_dask.integrity`):
+a missing or damaged chunk raises InputError naming it, never counts as good pixels."""
 
 from __future__ import annotations
 

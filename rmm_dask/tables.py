@@ -16,7 +16,7 @@ def console():
     """The console of the commands' output: wide enough for the count tables in a log, not a terminal."""
     from rich.console import Console
 
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    return Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 160)  # '[/b]' in a path: text
 
 
 def compact(n: int) -> str:
@@ -62,10 +62,14 @@ def counts_tables(counts: dict, per_cell: bool) -> list:
 
 def print_counts(console, store, per_cell: bool) -> None:
     """Print the counts of a store (per bit; per module, gain stage and, with ``per_cell``, cell) and its layers."""
+    from .integrity import note
     from .store import open_store
     from .summary import count_bits
 
-    counts = count_bits(open_store(store))
+    root = open_store(store)
+    counts = count_bits(root)
+    if note(root.attrs):
+        console.print(f"note: {note(root.attrs)}")
     console.print(f"masked pixel-planes in {store}:")
     for t in counts_tables(counts, per_cell):
         console.print(t)
@@ -83,7 +87,7 @@ def print_counts(console, store, per_cell: bool) -> None:
 
 
 def diff_tables(result: dict, per_cell: bool) -> list:
-    """``diff.diff_masks``'s counts as two narrow tables: per bit, and per module, gain (and cell)."""
+    """``diff.diff_masks``'s counts as two narrow tables: per bit, and per module, gain (and cell); then its notes."""
     bits = table("bits set and cleared (pixel-planes)")
     for col in ("bit", "set", "cleared"):
         bits.add_column(col, justify="left" if col == "bit" else "right", no_wrap=True)
@@ -95,7 +99,9 @@ def diff_tables(result: dict, per_cell: bool) -> list:
     for axis in ("module", "gain") + (("cell",) if per_cell else ()):
         for key, row in result[axis].items():
             changes.add_row(f"{axis} {key}", str(row["newly_bad"]), str(row["recovered"]))
-    return [bits, changes]
+    from rich.text import Text
+
+    return [bits, changes, *(Text(f"note: {n}") for n in result.get("notes") or [])]  # stores read unverified
 
 
 
@@ -138,6 +144,6 @@ def print_status(console, settings) -> None:
     rows, pointers = status_rows(settings)
     console.print(f"catalog {settings.state / 'catalog.sqlite'}: {len(rows)} set(s)")
     for renderable in status_table(rows):
-        console.print(renderable)
+        console.print(renderable, soft_wrap=True)  # not wrapped at spaces: a path's text never starts a line
     for name, version in pointers.items():
         console.print(f"{name}: current -> {'none' if version is None else f'v{version:04d}'}  ({settings.publish / name})")

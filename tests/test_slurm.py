@@ -59,9 +59,9 @@ def mask_argv(paths, out, jobqueue, *extra):
 
 
 def chunk_stored(directory, prefix: str) -> bool:
-    """Whether a Zarr store being written (a temporary ``prefix*`` in ``directory``) holds a chunk (``<array>/c/...``)."""
+    """Whether a Zarr store being written (a temporary ``prefix*`` in ``directory``) holds a chunk (``<array>/c.0.0...``)."""
     return any(
-        f.is_file() and "c" in f.relative_to(tmp).parts for tmp in directory.glob(prefix + "*") for f in tmp.rglob("*")
+        f.is_file() and f.name.startswith("c.") for tmp in directory.glob(prefix + "*") for f in tmp.rglob("*")
     )
 
 
