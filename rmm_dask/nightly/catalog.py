@@ -7,13 +7,24 @@ disk: WAL needs shared memory between the processes that open it.
 
 Tables:
 
-* ``sets``: one row per calibration set (unique per detector and runs): runs, status
-  (``running``, ``published``, ``held``, ``failed``, ``interrupted``), attempts, version,
-  store, parameters, software, host/pid, start/end, seconds, counts and the message;
+* ``sets``: one row per calibration set (unique per detector and key: its runs and the
+  digest of their files' fingerprints, see discover.py): runs, inputs (the fingerprints:
+  every file's name, size, modification time, inode and ctime), status (``running``,
+  ``published``, ``held``, ``failed``, ``interrupted``; ``superseded``: not published, and
+  its runs changed since, so it is masked again as another set), attempts, version, store,
+  parameters, software, host/pid, start/end, seconds, counts and the message;
 * ``events``: what happened, in order (claimed, published, held, failed, interrupted,
-  current switched, rebuilt: a set recorded again from its published version after the
-  catalog was lost, see recover.py);
-* ``pointers``: the version ``current`` points to, per detector.
+  superseded, current switched, rebuilt: a set recorded again from its published version
+  after the catalog was lost, see recover.py; inputs: the fingerprints recorded for a set
+  made before rmm-dask recorded them);
+* ``pointers``: the version ``current`` points to, per detector;
+* ``runs``: what the service saw of each run at its last pass: the digest of its files'
+  names, sizes and modification times and since when (a run whose files changed between
+  passes waits ``settle`` from the pass that saw it), and the digest of the files the
+  reader last opened without complaint (not opened again until they change).
+
+A catalog of an earlier rmm-dask (no ``inputs`` column, no ``runs`` table) is brought up
+to date when it is opened for writing.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ CREATE TABLE IF NOT EXISTS sets (
     newly_bad   INTEGER,
     recovered   INTEGER,
     message     TEXT,
+    inputs      TEXT,
     UNIQUE (detector, key),
     UNIQUE (detector, version)
 );
@@ -63,10 +75,19 @@ CREATE TABLE IF NOT EXISTS pointers (
     version  INTEGER NOT NULL,
     switched TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS runs (
+    detector TEXT NOT NULL,
+    path     TEXT NOT NULL,
+    listing  TEXT NOT NULL,
+    since    REAL NOT NULL,
+    changed  INTEGER NOT NULL,
+    opened   TEXT,
+    PRIMARY KEY (detector, path)
+);
 """
 
 #: statuses after which a set is not processed again
-DONE = ("published", "held")
+DONE = ("published", "held", "superseded")
 
 
 def version_label(version: int) -> str:
@@ -91,6 +112,7 @@ class Catalog:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
                 self.db.executescript(SCHEMA)
+                _migrate(self.db)
             except sqlite3.DatabaseError:  # not a database (or a damaged one): the caller decides
                 self.db.close()
                 raise
@@ -105,6 +127,7 @@ class Catalog:
         if source is not None:
             source.db.backup(self.db)
         self.db.executescript(SCHEMA)
+        _migrate(self.db)
         self.db.row_factory = sqlite3.Row
         return self
 
@@ -145,14 +168,27 @@ class Catalog:
         row = self.db.execute("SELECT version FROM pointers WHERE detector = ?", (detector,)).fetchone()
         return None if row is None else row["version"]
 
+    def of_runs(self, detector: str, runs: dict) -> list[sqlite3.Row]:
+        """Every set of ``detector`` made of these runs (whatever their files were), newest version first."""
+        return [r for r in reversed(self.sets(detector)) if json.loads(r["runs"]) == runs]
+
+    def of_version(self, detector: str, version: int) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM sets WHERE detector = ? AND version = ?", (detector, version)).fetchone()
+
+    def opened(self, detector: str, path: str) -> str | None:
+        """The digest of the run's files when the reader last opened them without complaint, or None."""
+        row = self.db.execute("SELECT opened FROM runs WHERE detector = ? AND path = ?", (detector, path)).fetchone()
+        return None if row is None else row["opened"]
+
     # ------------------------------------------------------------------ writing
 
-    def claim(self, detector: str, key: str, runs: dict, *, parameters: dict, software: str, floor: int = 0) -> sqlite3.Row:
+    def claim(self, detector: str, key: str, runs: dict, *, parameters: dict, software: str, floor: int = 0,
+              inputs: dict | None = None) -> sqlite3.Row:
         """Mark a set running (a new row, or the next attempt of an earlier one) and give it a version.
 
         The version is the detector's next free number the first time (above ``floor``, the
         highest version directory on disk), and kept on later attempts, so a re-run after a
-        crash publishes under the same number.
+        crash publishes under the same number. ``inputs``: the fingerprints of its runs' files.
         """
         with self._transaction():
             row = self.get(detector, key)
@@ -160,8 +196,9 @@ class Catalog:
             if row is None:
                 (version,) = self.db.execute("SELECT MAX(COALESCE(MAX(version), 0), ?) + 1 FROM sets WHERE detector = ?", (floor, detector)).fetchone()
                 self.db.execute(
-                    "INSERT INTO sets (detector, key, runs, status, attempts, version, discovered) VALUES (?, ?, ?, 'new', 0, ?, ?)",
-                    (detector, key, json.dumps(runs), version, started),
+                    "INSERT INTO sets (detector, key, runs, status, attempts, version, discovered, inputs)"
+                    " VALUES (?, ?, ?, 'new', 0, ?, ?, ?)",
+                    (detector, key, json.dumps(runs), version, started, None if inputs is None else json.dumps(inputs)),
                 )
                 row = self.get(detector, key)
             self.db.execute(
@@ -202,8 +239,9 @@ class Catalog:
     def adopt(self, detector: str, key: str, runs: dict, version: int, status: str, *, source: str, **fields) -> int:
         """Record a set found published on disk but missing from the catalog (after it was lost);
         ``fields``: parameters, software, started, finished, seconds, store, bad_fraction,
-        newly_bad, recovered, message. The attempts that made it are unknown: counted as one."""
-        allowed = {"parameters", "software", "started", "finished", "seconds", "store", "bad_fraction", "newly_bad", "recovered", "message"}
+        newly_bad, recovered, message, inputs. The attempts that made it are unknown: counted as one."""
+        allowed = {"parameters", "software", "started", "finished", "seconds", "store", "bad_fraction", "newly_bad",
+                   "recovered", "message", "inputs"}
         if set(fields) - allowed:
             raise ValueError(f"unknown fields {sorted(set(fields) - allowed)}")
         cols = "".join(f", {k}" for k in fields)
@@ -215,6 +253,35 @@ class Catalog:
             )
             self._event(cur.lastrowid, detector, "rebuilt", f"{status} {version_label(version)} recorded again from {source}")
         return cur.lastrowid
+
+    def record_inputs(self, set_id: int, key: str, inputs: dict) -> None:
+        """Give a set made before rmm-dask recorded its inputs the fingerprints of its files as they are
+        now, and the key that goes with them: from now on a change of its runs is seen."""
+        with self._transaction():
+            self.db.execute("UPDATE sets SET key = ?, inputs = ? WHERE id = ?", (key, json.dumps(inputs), set_id))
+            detector = self.db.execute("SELECT detector FROM sets WHERE id = ?", (set_id,)).fetchone()[0]
+            self._event(set_id, detector, "inputs", "the fingerprints of its files recorded (made before they were)")
+
+    def seen_change(self, detector: str, path: str, listing: str, now: float) -> float | None:
+        """Remember the run's file set (``listing``: a digest of names, sizes and modification times);
+        the time a pass first saw it differ from the one before, or None if it never did (first seen,
+        or the same as then)."""
+        with self._transaction():
+            row = self.db.execute("SELECT * FROM runs WHERE detector = ? AND path = ?", (detector, path)).fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO runs (detector, path, listing, since, changed) VALUES (?, ?, ?, ?, 0)",
+                                (detector, path, listing, now))
+                return None
+            if row["listing"] != listing:
+                self.db.execute("UPDATE runs SET listing = ?, since = ?, changed = 1 WHERE detector = ? AND path = ?",
+                                (listing, now, detector, path))
+                return now
+        return row["since"] if row["changed"] else None
+
+    def mark_opened(self, detector: str, path: str, digest: str) -> None:
+        """The reader opened the run's files of ``digest`` without complaint."""
+        with self._transaction():
+            self.db.execute("UPDATE runs SET opened = ? WHERE detector = ? AND path = ?", (digest, detector, path))
 
     def set_pointer(self, detector: str, version: int, set_id: int | None = None) -> None:
         with self._transaction():
@@ -230,6 +297,13 @@ class Catalog:
 
     def _transaction(self):
         return _Transaction(self.db)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a catalog of an earlier rmm-dask up to date: the ``inputs`` column (the ``runs`` table is in SCHEMA)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(sets)")}
+    if "inputs" not in columns:
+        db.execute("ALTER TABLE sets ADD COLUMN inputs TEXT")
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:

@@ -9,25 +9,49 @@ list, or else from the first rule whose patterns all match the run's metadata: t
 
 Runs are taken in run-number order; a set is complete when a dark run of every
 required gain has been seen since the previous set (a repeated dark replaces the
-earlier one), and it takes the newest flat run before its last dark. A run is used
-only when none of its files has changed for ``settle`` seconds (the DAQ may still be
-writing it).
+earlier one), and it takes the newest flat run before its last dark.
+
+A run is used only once it is complete, as far as the run itself can tell:
+
+* it has not changed for ``settle`` seconds: not by the modification times of its files
+  alone (``rsync -a`` and ``cp -p`` set them back to the source's, so a run copied in
+  now looks old), but by the newest of its files' and its directory's modification and
+  status-change times (ctime: set by the kernel whenever a file arrives, is renamed in
+  or changes; no copy tool can set it back) and, with a catalog, by the pass that last
+  saw its file set (names, sizes, modification times) differ from the pass before;
+* the reader opens it (:func:`rmm_dask.io.open_run`, metadata only): what the format
+  says of completeness (every module's sequence files from ``S00000`` without a gap,
+  trains consistent) is the reader's to check; a run it refuses is not ready yet, and
+  the reason goes to the log. A run that opened is not opened again while its files
+  stay the same (the catalog remembers).
+
+A run that is not ready stops the scan of its tree: it and the runs after it wait for
+the next pass, so a set never forms across it.
+
+Every set carries the fingerprint of its runs' files (:func:`run_files`: name, size,
+modification time, inode and ctime of each ``.h5`` file), whose digest (:func:`inputs_digest`:
+all but the ctime) is part of its identity in the catalog: when a run of a published set changes (more sequence files arrived, a
+file replaced), the set is new to the catalog and is masked again
+(:func:`input_changes` says what changed).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import glob
+import hashlib
+import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 
 from ..config import read_yaml
 from ..errors import InputError
+from ..io.fingerprint import fingerprint
 from .settings import Watch
 
 _RUN_DIR = re.compile(r"^r(\d{4})$")
@@ -40,11 +64,31 @@ class Run:
     number: int
     role: str | None
     mtime: float  #: newest modification time of its files
+    files: tuple = ()  #: the fingerprints of its .h5 files (:func:`run_files`)
 
 
 def runs_key(runs: dict) -> str:
-    """A set's identity in the catalog from its runs (role -> path, in the set's order)."""
+    """A set's runs as text (role -> path, in the set's order): the first part of its key in the catalog."""
     return ";".join(f"{role}={path}" for role, path in runs.items())
+
+
+def inputs_digest(inputs: dict) -> str:
+    """A short digest of what a set's files hold (``{run path: [record, ...]}``): each file's name, size,
+    modification time and inode. Not its ctime: a chmod or chown (raw data made read-only once it is
+    migrated) changes no pixel and must not re-mask every set; a copy renamed over a file (``rsync``)
+    has a new inode."""
+    content = {run: [(os.path.basename(r["path"]), r["size"], r["mtime_ns"], r["inode"]) for r in records]
+               for run, records in inputs.items()}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def set_key(runs: dict, inputs: dict | None) -> str:
+    """A set's identity in the catalog: its runs and, when known, the digest of their files' fingerprints.
+
+    The same runs with other files (a sequence file more, one replaced) are another set.
+    Without ``inputs`` (a version published before rmm-dask recorded them): the runs alone.
+    """
+    return f"{runs_key(runs)}#{inputs_digest(inputs)}" if inputs else runs_key(runs)
 
 
 @dataclass(frozen=True)
@@ -55,11 +99,12 @@ class CalibrationSet:
     darks: dict  #: gain -> run directory (Path)
     flat: Path | None
     mtime: float  #: newest file of its runs
+    inputs: dict = field(default_factory=dict)  #: run path -> the fingerprints of its files (:func:`run_files`)
 
     @property
     def key(self) -> str:
-        """The set's identity in the catalog: its runs' paths by role."""
-        return runs_key(self.runs)
+        """The set's identity in the catalog: its runs' paths by role and their files' fingerprints."""
+        return set_key(self.runs, self.inputs)
 
     @property
     def runs(self) -> dict:
@@ -71,6 +116,82 @@ class CalibrationSet:
     def describe(self) -> str:
         names = [f"{role} {Path(p).name}" for role, p in self.runs.items()]
         return f"{self.detector}: {', '.join(names)} in {Path(next(iter(self.darks.values()))).parent}"
+
+
+def run_files(run_dir: Path) -> list[dict]:
+    """The fingerprints (:func:`rmm_dask.io.fingerprint.fingerprint`) of the run's ``.h5`` files, by name.
+
+    Hidden files (``rsync``'s temporaries) are left out: they are not the run's yet.
+    """
+    names = sorted(e.name for e in os.scandir(run_dir) if e.name.endswith(".h5") and not e.name.startswith(".")
+                   and e.is_file())
+    return [fingerprint(run_dir / name) for name in names]
+
+
+def last_change(run_dir: Path) -> float:
+    """The newest modification or status-change time of the run directory and everything in it.
+
+    A file copied in with its modification time preserved still has a new ctime; a file
+    being copied (a hidden temporary) or renamed into place changes the directory's.
+    """
+    st = run_dir.stat()
+    times = [st.st_mtime, st.st_ctime]
+    for entry in os.scandir(run_dir):
+        try:
+            est = entry.stat()
+        except FileNotFoundError:  # a temporary renamed meanwhile: the directory's ctime says it
+            continue
+        times += [est.st_mtime, est.st_ctime]
+    return max(times)
+
+
+def listing_digest(files: list[dict]) -> str:
+    """What the service compares between passes: the names, sizes and modification times of the files."""
+    listing = [(os.path.basename(f["path"]), f["size"], f["mtime_ns"]) for f in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+
+def input_changes(old: dict, new: dict) -> dict[str, str]:
+    """What changed between two fingerprints of a set's files (``{run path: [record, ...]}``): run path -> text.
+
+    E.g. ``2 files added (RAW-R0004-AGIPD00-S00001.h5, RAW-R0004-AGIPD00-S00002.h5)``; runs that
+    did not change are not listed.
+    """
+    out = {}
+    for path, records in new.items():
+        before = {os.path.basename(r["path"]): r for r in old.get(path, [])}
+        now = {os.path.basename(r["path"]): r for r in records}
+        kinds: dict[str, list[str]] = {}
+        for name in sorted(set(before) | set(now)):
+            kind = _file_change(before.get(name), now.get(name))
+            if kind:
+                kinds.setdefault(kind, []).append(name)
+        if kinds:
+            parts = [f"{len(names)} {'file' if len(names) == 1 else 'files'} {kind} ({_names(names)})"
+                     for kind, names in kinds.items()]
+            out[path] = ", ".join(parts)
+    return out
+
+
+def _file_change(old: dict | None, new: dict | None) -> str | None:
+    """How one file changed between two fingerprints, in a word or two, or None."""
+    if old is None:
+        return "added"
+    if new is None:
+        return "removed"
+    if old["inode"] != new["inode"]:
+        return "replaced"
+    if old["size"] != new["size"]:
+        return "resized"
+    if old["mtime_ns"] != new["mtime_ns"]:
+        return "modified"
+    if old["ctime_ns"] != new["ctime_ns"]:
+        return "with a new ctime (rewritten in place, or its owner or mode changed)"
+    return None
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f", ... ({len(names) - 3} more)" if len(names) > 3 else "")
 
 
 def run_metadata(run_dir: Path) -> dict:
@@ -117,11 +238,40 @@ def _run_list(path: Path | None) -> dict:
         raise InputError(path, f"run numbers must be integers or r<NNNN>: {err}") from None
 
 
-def scan_tree(tree: Path, watch: Watch, *, settle: float, not_before: float | None, now: float | None = None) -> tuple[list[Run], list[str]]:
+def _used(role: str | None, watch: Watch) -> bool:
+    """Whether a run of this role can be part of the watch's sets (only those are opened)."""
+    if role == "flat":
+        return watch.flat == "latest"
+    return role is not None and role.removeprefix("dark-") in watch.gains
+
+
+def not_readable(run_dir: Path, watch: Watch, files: list[dict], memory=None) -> str | None:
+    """Why the reader refuses the run now (one line), or None when it opens (metadata only).
+
+    A run that opened is remembered in ``memory`` (the catalog) with its files' digest and
+    not opened again until they change.
+    """
+    from ..io import open_run
+
+    digest = inputs_digest({str(run_dir): files})
+    if memory is not None and memory.opened(watch.name, str(run_dir)) == digest:
+        return None
+    try:
+        open_run(run_dir, watch.detector, detector_id=watch.detector_id)
+    except InputError as err:
+        return str(err)
+    if memory is not None:
+        memory.mark_opened(watch.name, str(run_dir), digest)
+    return None
+
+
+def scan_tree(tree: Path, watch: Watch, *, settle: float, not_before: float | None, now: float | None = None,
+              memory=None) -> tuple[list[Run], list[str]]:
     """Runs of one tree with their roles, up to the first run that cannot be used yet, and notes.
 
-    A run still being written (or unreadable) stops the scan: a set never forms across
-    a run whose role is not known yet, and runs after it wait for the next pass.
+    A run still being written, copied in, incomplete or unreadable stops the scan: a set
+    never forms across a run whose role or files are not known yet, and runs after it wait
+    for the next pass. ``memory`` (the catalog) remembers each run's file set between passes.
     """
     now = time.time() if now is None else now
     listed = _run_list(watch.run_list)
@@ -139,13 +289,24 @@ def scan_tree(tree: Path, watch: Watch, *, settle: float, not_before: float | No
             continue
         try:
             mtime = _newest_mtime(entry)
+            changed = last_change(entry)
+            files = run_files(entry)
         except OSError as err:  # unreadable, or removed since the listing
             notes.append(f"{entry}: cannot list the run ({err.strerror}); it and later runs wait for the next pass{_SKIP_HINT}")
             break
         if not_before is not None and mtime < not_before:
             continue
-        if now - mtime < settle:
-            notes.append(f"{entry}: written {now - mtime:.0f} s ago, less than settle = {settle:g} s; it and later runs wait")
+        seen = memory.seen_change(watch.name, str(entry), listing_digest(files), now) if memory is not None else None
+        if now - changed < settle:
+            notes.append(
+                f"{entry}: changed {now - changed:.0f} s ago (the newest modification or status-change time of its"
+                f" files: a file copied in counts from its arrival), less than settle = {settle:g} s;"
+                " it and later runs wait"
+            )
+            break
+        if seen is not None and now - seen < settle:
+            notes.append(f"{entry}: its files differ from those the previous pass saw, less than settle = {settle:g} s"
+                         " ago; it and later runs wait")
             break
         if number in listed:
             role = listed[number]
@@ -156,8 +317,14 @@ def scan_tree(tree: Path, watch: Watch, *, settle: float, not_before: float | No
                 notes.append(f"{err}; it and later runs wait for the next pass{_SKIP_HINT}")
                 break
             role = role_of({**meta, "run": number, "path": str(entry)}, watch.roles)
+        if _used(role, watch):
+            problem = not_readable(entry, watch, files, memory)
+            if problem is not None:
+                notes.append(f"{problem}: not complete or not readable yet; it and later runs wait for the next pass"
+                             f"{_SKIP_HINT}")
+                break
         if role is not None:
-            runs.append(Run(entry, number, role, mtime))
+            runs.append(Run(entry, number, role, mtime, tuple(files)))
     return runs, notes
 
 
@@ -174,20 +341,22 @@ def group_sets(runs: list[Run], watch: Watch) -> list[CalibrationSet]:
         pending[gain] = run
         if len(pending) == len(watch.gains):
             use_flat = flat if watch.flat == "latest" else None
-            members = list(pending.values()) + ([use_flat] if use_flat else [])
+            members = [pending[g] for g in watch.gains] + ([use_flat] if use_flat else [])
             sets.append(
                 CalibrationSet(
                     watch.name,
                     {g: pending[g].path for g in watch.gains},
                     use_flat.path if use_flat else None,
                     max(r.mtime for r in members),
+                    {str(r.path): list(r.files) for r in members},
                 )
             )
             pending = {}
     return sets
 
 
-def find_sets(watch: Watch, *, settle: float, not_before: float | None = None) -> tuple[list[CalibrationSet], list[str]]:
+def find_sets(watch: Watch, *, settle: float, not_before: float | None = None,
+              memory=None) -> tuple[list[CalibrationSet], list[str]]:
     """Every complete set in the watch's trees (oldest first), and notes on skipped runs."""
     sets, notes = [], []
     trees = sorted({Path(p) for pattern in watch.trees for p in glob.glob(pattern)})
@@ -196,7 +365,12 @@ def find_sets(watch: Watch, *, settle: float, not_before: float | None = None) -
     for tree in trees:
         if not tree.is_dir():
             continue
-        runs, skipped = scan_tree(tree, watch, settle=settle, not_before=not_before)
+        runs, skipped = scan_tree(tree, watch, settle=settle, not_before=not_before, memory=memory)
         sets += group_sets(runs, watch)
         notes += skipped
     return sorted(sets, key=lambda s: (s.mtime, s.key)), notes
+
+
+def current_inputs(cset: CalibrationSet) -> dict:
+    """The fingerprints of the set's files as they are now (to compare with ``cset.inputs``)."""
+    return {path: run_files(Path(path)) for path in cset.inputs}

@@ -8,8 +8,8 @@ readers use. Before every pass (under the service lock):
   ``catalog.sqlite.corrupt-<time>`` (its ``-wal``/``-shm`` files with it) with one line in
   the log, and a new one is created;
 * every version on disk whose set the catalog does not hold is recorded again from its
-  summary (status published or held, runs, parameters, times, counts, changes: an event
-  ``rebuilt``), and the catalog's pointer follows ``current``.
+  summary (status published or held, runs and the fingerprints of their files, parameters,
+  times, counts, changes: an event ``rebuilt``), and the catalog's pointer follows ``current``.
 
 So no published set is masked a second time, and ``current`` never moves to an older mask.
 Sets that failed or were interrupted left no version: they are processed again, as new.
@@ -24,7 +24,7 @@ import sqlite3
 from pathlib import Path
 
 from .catalog import Catalog
-from .discover import runs_key
+from .discover import set_key
 from .settings import Settings
 from .versions import Versions, version_name
 
@@ -67,10 +67,11 @@ def adopt_published(catalog: Catalog, settings: Settings, say, *, dry_run: bool 
             try:
                 summary = json.loads(path.read_text())
                 runs, status = dict(summary["runs"]), summary["status"]
-            except (OSError, ValueError, KeyError, TypeError) as err:
+                inputs = summary.get("inputs")  # absent in the summaries of earlier rmm-dask versions
+                key = set_key(runs, inputs)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
                 say(f"{versions.path(version)}: no readable summary.json ({err}); not recorded in the catalog")
                 continue
-            key = runs_key(runs)
             if catalog.get(watch.name, key) is not None:
                 continue
             if any(row["version"] == version for row in catalog.sets(watch.name)):
@@ -85,6 +86,7 @@ def adopt_published(catalog: Catalog, settings: Settings, say, *, dry_run: bool 
                 bad_fraction=(summary.get("counts") or {}).get("bad_fraction"),
                 newly_bad=diff.get("newly_bad"), recovered=diff.get("recovered"),
                 message="; ".join(summary.get("reasons") or []) or None,
+                inputs=None if inputs is None else json.dumps(inputs),
             )
             adopted += 1
         current = versions.current()

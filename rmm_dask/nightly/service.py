@@ -8,16 +8,25 @@ One pass (``--once``; without it, a pass every ``interval`` seconds):
    (recover.py: a corrupt file is moved aside), so no published set is masked again;
    sets the catalog still shows running were left by a process that died: they are
    marked interrupted and will be processed again, under the same version number;
-3. for every watched detector, find the complete sets (discover.py) and, oldest first,
-   process those not yet published or held (failed ones again, up to max-attempts):
-   open the runs, compute the mask on the configured cluster into a hidden partial
-   version directory, compare it with the version ``current`` points to, check the
-   sanity bounds, write diff.json, summary.json and summary.html, rename the version
-   into place; then, if it passed, switch ``current`` to it, and record the outcome.
+3. for every watched detector, find the complete sets (discover.py: runs settled by
+   their ctimes, opened by the reader) and, oldest first, process those not yet published
+   or held (failed ones again, up to max-attempts): open the runs, compute the mask on the
+   configured cluster into a hidden partial version directory, compare it with the version
+   ``current`` points to, check the sanity bounds, check that no run changed meanwhile,
+   write diff.json, summary.json (with the fingerprint of every input file) and
+   summary.html, rename the version into place; then, if it passed, switch ``current`` to
+   it, and record the outcome.
+
+A set's identity is its runs and their files' fingerprints: when a run of a published set
+changes later (sequence files added, a file replaced), the set is masked again as a new
+version that names the one it replaces and what changed (also in the log). ``current``
+moves to it only if it is not older than the set ``current`` shows (sets are ordered by
+their first version): the re-mask of an old set does not hide a newer one.
 
 A failure leaves no version and does not move ``current``; a crash at any point is
 resumed by the next pass without processing a set twice (a version found complete is
-only pointed to and recorded).
+only pointed to and recorded). Every log line is one line: control characters in paths
+(a newline in a proposal directory's name) are escaped, as in --status.
 """
 
 from __future__ import annotations
@@ -34,9 +43,9 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..errors import ClusterError, InputError
+from ..errors import ClusterError, InputError, printable
 from .catalog import DONE, Catalog
-from .discover import CalibrationSet, find_sets
+from .discover import CalibrationSet, current_inputs, find_sets, input_changes
 from .recover import catalog_for_dry_run, catalog_for_pass
 from .settings import Sanity, Settings, Watch
 from .versions import Versions, version_name
@@ -93,11 +102,12 @@ def _complete(settings: Settings, row) -> bool:
     return row is not None and (Versions(settings.publish / row["detector"]).path(row["version"]) / "summary.json").is_file()
 
 
-def discover(settings: Settings, echo) -> list[tuple[Watch, CalibrationSet]]:
+def discover(settings: Settings, echo, catalog: Catalog | None = None) -> list[tuple[Watch, CalibrationSet]]:
+    """The complete sets of every watch, oldest first per watch; ``catalog`` remembers the runs seen."""
     not_before = settings.not_before.timestamp() if settings.not_before else None
     found = []
     for watch in settings.detectors:
-        sets, notes = find_sets(watch, settle=settings.settle, not_before=not_before)
+        sets, notes = find_sets(watch, settle=settings.settle, not_before=not_before, memory=catalog)
         for note in notes:
             echo(note)
         found += [(watch, s) for s in sets]
@@ -116,22 +126,51 @@ def run_nightly(settings: Settings, *, once: bool = False, dry_run: bool = False
 
 
 def _timestamped(echo):
-    return lambda message: echo(f"[{_stamp()}] {message}")
+    """Log lines with a time stamp each, one line per message whatever the paths in it hold."""
+    return lambda message: echo(f"[{_stamp()}] {printable(message)}")
+
+
+def match_set(catalog: Catalog, watch: Watch, cset: CalibrationSet) -> tuple:
+    """The set's catalog row (or None: new to the catalog) and, for a set whose runs were masked
+    before with other files, the newest such row (else None).
+
+    A row of these runs made before rmm-dask recorded inputs is given the files as they are now
+    (:meth:`Catalog.record_inputs`) and is the set's row.
+    """
+    row = catalog.get(watch.name, cset.key)
+    if row is not None:
+        return row, None
+    earlier = catalog.of_runs(watch.name, cset.runs)
+    if not earlier:
+        return None, None
+    if earlier[0]["inputs"] is None:
+        catalog.record_inputs(earlier[0]["id"], cset.key, cset.inputs)
+        return catalog.get(watch.name, cset.key), None
+    return None, earlier[0]
+
+
+def changes_since(prior, cset: CalibrationSet) -> list[str]:
+    """What changed in the set's runs since the set ``prior`` (a catalog row of the same runs) was made."""
+    label = f"{version_name(prior['version'])} ({prior['status']})"
+    found = input_changes(json.loads(prior["inputs"]), cset.inputs)
+    return [f"run {Path(path).name} changed since {label}: {what}" for path, what in found.items()] or [
+        f"its files differ from {label}'s"]
 
 
 def dry_run_pass(settings: Settings, say) -> int:
     """What a pass would do, without the lock and without changing anything."""
     catalog = catalog_for_dry_run(settings, settings.state / CATALOG, say)
     n = 0
-    for watch, cset in discover(settings, say):
-        row = catalog.get(watch.name, cset.key)
+    for watch, cset in discover(settings, say, catalog):
+        row, prior = match_set(catalog, watch, cset)
         what = action(row, settings.max_attempts, _complete(settings, row))
         if what is None:
             say(f"done: {cset.describe()} ({row['status']} {version_name(row['version'])}, {row['attempts']} attempt(s))")
             continue
         n += 1
         where = version_name(row["version"]) if row else "a new version"
-        say(f"would {what}: {cset.describe()} -> {watch.name}/{where}")
+        why = f" ({'; '.join(changes_since(prior, cset))})" if prior is not None else ""
+        say(f"would {what}: {cset.describe()} -> {watch.name}/{where}{why}")
     say(f"dry run: {n} set(s) would be processed; nothing was changed")
     catalog.close()
     return 0
@@ -143,15 +182,23 @@ def nightly_pass(settings: Settings, say) -> int:
             for row in catalog.interrupt_stale():
                 say(f"{row['detector']} {version_name(row['version'])}: the attempt started {row['started']} did not finish; it will be resumed")
             failed = done = 0
-            for watch, cset in discover(settings, say):
-                row = catalog.get(watch.name, cset.key)
+            for watch, cset in discover(settings, say, catalog):
+                row, prior = match_set(catalog, watch, cset)
+                changes = changes_since(prior, cset) if prior is not None else []
+                if changes:
+                    again = "masking the set again as a new version"
+                    say(f"{watch.name}: {'; '.join(changes)}; {again}")
+                    if prior["status"] not in DONE:  # never published: the new set takes its place
+                        catalog.finish(prior["id"], "superseded", message=f"{'; '.join(changes)}; {again}")
+                        Versions(settings.publish / watch.name).remove_partials(prior["version"])
                 what = action(row, settings.max_attempts, _complete(settings, row))
                 if what is None:
                     if row["status"] not in DONE:
                         say(f"{cset.describe()}: {row['status']} after {row['attempts']} attempts, not retried ({row['message']})")
                     continue
                 say(f"{what}: {cset.describe()}")
-                status = process_set(settings, watch, cset, catalog, say)
+                replaces = prior if prior is not None and prior["status"] in ("published", "held") else None
+                status = process_set(settings, watch, cset, catalog, say, replaces=replaces, changes=changes)
                 failed += status == "failed"
                 done += 1
             say(f"pass complete: {done} set(s) processed, {failed} failed")
@@ -161,29 +208,42 @@ def nightly_pass(settings: Settings, say) -> int:
         return 0
 
 
-def process_set(settings: Settings, watch: Watch, cset: CalibrationSet, catalog: Catalog, say) -> str:
-    """Mask one set and publish it as a version; 'published', 'held' or 'failed'."""
+def process_set(settings: Settings, watch: Watch, cset: CalibrationSet, catalog: Catalog, say, *, replaces=None,
+                changes: list[str] = ()) -> str:
+    """Mask one set and publish it as a version; 'published', 'held' or 'failed'.
+
+    ``replaces``: the catalog row of the version made of the same runs before they changed
+    (``changes`` says how), named in the summary.
+    """
     from ..config import params_from_config
 
     params = params_from_config()
     versions = Versions(settings.publish / watch.name)
     # numbers from the catalog and from the directories: a catalog lost or recreated never reuses one
     floor = max(versions.list(), default=0)
-    row = catalog.claim(watch.name, cset.key, cset.runs, parameters=dataclasses.asdict(params), software=f"rmm-dask {__version__}", floor=floor)
+    row = catalog.claim(watch.name, cset.key, cset.runs, parameters=dataclasses.asdict(params),
+                        software=f"rmm-dask {__version__}", floor=floor, inputs=cset.inputs)
     version = row["version"]
     final = versions.path(version)
     t0 = time.perf_counter()
     try:
         if (final / "summary.json").is_file():
             summary = json.loads((final / "summary.json").read_text())
-            if summary.get("runs") != cset.runs:
-                raise RuntimeError(f"{final} holds the mask of other runs ({summary.get('runs')}); not reusing its number")
+            if summary.get("runs") != cset.runs or summary.get("inputs", cset.inputs) != cset.inputs:
+                raise RuntimeError(f"{final} holds the mask of other runs or files ({summary.get('runs')});"
+                                   " not reusing its number")
             say(f"{final} is complete from an earlier attempt: finishing its publication")
         else:
-            summary = make_version(settings, watch, cset, versions, version, params, say)
-        if summary["status"] == "published" and (versions.current() or 0) < version:
+            provenance = {"replaces": None if replaces is None else version_name(replaces["version"]),
+                          "changes": list(changes)}
+            summary = make_version(settings, watch, cset, versions, version, params, say, provenance)
+        current = versions.current()
+        later = _newer_than(catalog, watch.name, current, cset)
+        if summary["status"] == "published" and current != version and not later:
             versions.switch(version)
             say(f"{watch.name}/current -> {version_name(version)}")
+        elif summary["status"] == "published" and current != version:
+            say(f"{final} published; current stays at {version_name(current)}, the mask of a later set")
         if versions.current() is not None and catalog.pointer(watch.name) != versions.current():
             catalog.set_pointer(watch.name, versions.current(), row["id"])  # also after a crash between the two
         elif summary["status"] == "held":
@@ -192,7 +252,7 @@ def process_set(settings: Settings, watch: Watch, cset: CalibrationSet, catalog:
         catalog.finish(
             row["id"],
             summary["status"],
-            message="; ".join(summary["reasons"]) or None,
+            message="; ".join([*summary.get("changes", []), *summary["reasons"]]) or None,
             store=str(final / "mask.zarr"),
             seconds=summary["timings"]["total"],
             bad_fraction=summary["counts"]["bad_fraction"],
@@ -218,8 +278,32 @@ def _name_or_none(version: int | None) -> str:
     return "none" if version is None else version_name(version)
 
 
-def make_version(settings: Settings, watch: Watch, cset: CalibrationSet, versions: Versions, version: int, params, say) -> dict:
-    """Compute the mask of ``cset`` and assemble version ``version`` (mask, diff, summary); return the summary."""
+def _first_version(catalog: Catalog, detector: str, runs: dict) -> int | None:
+    """The first version number given to a set of these runs: the sets' order of discovery."""
+    return min((r["version"] for r in catalog.of_runs(detector, runs)), default=None)
+
+
+def _newer_than(catalog: Catalog, detector: str, current: int | None, cset: CalibrationSet) -> bool:
+    """Whether ``current`` shows the mask of a set discovered after ``cset`` (then it stays).
+
+    For a set masked the first time this is never so (its number is the highest); for a set
+    masked again because its runs changed, a later set's mask stays current.
+    """
+    if current is None:
+        return False
+    shown = catalog.of_version(detector, current)
+    first_shown = _first_version(catalog, detector, json.loads(shown["runs"])) if shown is not None else current
+    return first_shown > _first_version(catalog, detector, cset.runs)
+
+
+def make_version(settings: Settings, watch: Watch, cset: CalibrationSet, versions: Versions, version: int, params, say,
+                 provenance: dict | None = None) -> dict:
+    """Compute the mask of ``cset`` and assemble version ``version`` (mask, diff, summary); return the summary.
+
+    ``provenance``: ``replaces`` (the version of the same runs before they changed) and
+    ``changes``, for the summary. A run whose files changed while it was masked publishes
+    nothing (InputError): the next pass masks the set again from its new files.
+    """
     from ..detectors import get_detector
     from ..diff import diff_masks
     from ..io import open_run
@@ -266,6 +350,8 @@ def make_version(settings: Settings, watch: Watch, cset: CalibrationSet, version
         "status": "held" if reasons else "published",
         "reasons": reasons,
         "runs": cset.runs,
+        "inputs": cset.inputs,
+        **(provenance or {"replaces": None, "changes": []}),
         "software": f"rmm-dask {__version__}",
         "parameters": dataclasses.asdict(params),
         "counts": counts,
@@ -278,7 +364,16 @@ def make_version(settings: Settings, watch: Watch, cset: CalibrationSet, version
         _write_json(tmp / "diff.json", diff)
     _write_json(tmp / "summary.json", summary)
     (tmp / "summary.html").write_text(summary_html(summary, root, counts, figures))
+    check_inputs_unchanged(cset)
     return summary | {"path": str(versions.publish(tmp, version))}
+
+
+def check_inputs_unchanged(cset: CalibrationSet) -> None:
+    """InputError naming the first run whose files differ now from when the set was found (files added,
+    removed, replaced or modified while it was masked): such a version would not be what it says."""
+    for run, what in input_changes(cset.inputs, current_inputs(cset)).items():
+        raise InputError(run, f"changed while the set was masked ({what}); nothing was published,"
+                              " the next pass masks it again")
 
 
 def _write_json(path: Path, data) -> None:
@@ -317,16 +412,24 @@ def sanity_problems(counts: dict, diff: dict | None, sanity: Sanity) -> list[str
     return problems
 
 
+def _printable_row(row: dict) -> dict:
+    """A catalog row for display: control characters in its detector, runs' paths and message escaped,
+    so that a path with a newline cannot forge a row of --status."""
+    runs = {printable(role): printable(p) for role, p in json.loads(row["runs"]).items()}
+    return row | {"detector": printable(row["detector"]), "runs": json.dumps(runs),
+                  "message": None if row["message"] is None else printable(row["message"])}
+
+
 def status_rows(settings: Settings) -> tuple[list, dict]:
-    """The catalog's sets and each detector's current version, for --status."""
+    """The catalog's sets and each detector's current version, for --status (display text escaped)."""
     path = settings.state / CATALOG
     if not path.exists():
         return [], {}
     try:
         with Catalog(path, readonly=True) as catalog:
             catalog.verify()
-            rows = [dict(r) for r in catalog.sets()]
-            pointers = {w.name: catalog.pointer(w.name) for w in settings.detectors}
+            rows = [_printable_row(dict(r)) for r in catalog.sets()]
+            pointers = {printable(w.name): catalog.pointer(w.name) for w in settings.detectors}
     except sqlite3.DatabaseError as err:
         raise InputError(path, f"is not a readable catalog ({' '.join(str(err).split())}); the next pass moves it aside and rebuilds it from the published versions") from None
     return rows, pointers

@@ -4,11 +4,19 @@ One YAML file holds up to three sections: ``nightly:`` (what to watch and where 
 publish, below), ``rmm-dask:`` (mask parameters, as in configs/rmm.yaml) and
 ``jobqueue:`` (SLURMCluster settings, as in configs/jobqueue.yaml). Relative paths
 are taken from the file's directory.
+
+The service never writes into what it watches: a ``publish:`` or ``state:`` directory equal
+to, inside or containing a watched tree (``trees:`` globs, compared component by component
+and with symbolic links resolved) is refused when the file is read. Published versions
+there would be written into input run directories, or make directories that look like runs
+and stop the tree's scan.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
+import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +129,52 @@ def read_settings(path: str | os.PathLike) -> Settings:
     names = [w.name for w in settings.detectors]
     if len(set(names)) != len(names):
         raise InputError(path, f"detector names must be unique, not {names}")
+    for key, where in (("publish", settings.publish), ("state", settings.state)):
+        for watch in settings.detectors:
+            for tree in watch.trees:
+                relation = overlap(where, tree)
+                if relation is not None:
+                    raise InputError(
+                        path, f"{key}: {where} {relation} the watched tree {tree} of {watch.name}: the service would"
+                        " write among its input runs; choose a directory outside every watched tree",
+                    )
     return settings
+
+
+def overlap(directory: Path, pattern: str) -> str | None:
+    """How ``directory`` overlaps a directory the glob ``pattern`` matches (now or once it exists):
+    'is', 'is inside' or 'contains' (with ', once links are resolved' when only the real paths
+    do), or None when it does not.
+
+    Compared component by component (shell patterns per component), as given and with symbolic links
+    resolved on both sides (the pattern's fixed leading part, and each directory it matches now).
+    """
+    given, real = os.path.abspath(directory), os.path.realpath(directory)
+    fixed = []
+    for part in Path(pattern).parts:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    rest = Path(pattern).parts[len(fixed):]
+    resolved = {str(Path(os.path.realpath(Path(*fixed)), *rest))} | {os.path.realpath(t) for t in glob.glob(pattern)}
+    relation = _relation(given, pattern)
+    if relation is not None:
+        return relation
+    for other in (given, real):
+        for tree in resolved:
+            relation = _relation(other, tree)
+            if relation is not None:
+                return f"{relation}, once links are resolved ({other} and {tree}),"
+    return None
+
+
+def _relation(path: str, pattern: str) -> str | None:
+    """'is', 'is inside' or 'contains' when the shorter path's components all match the other's, in order."""
+    parts, pattern_parts = Path(path).parts, Path(pattern).parts
+    n = min(len(parts), len(pattern_parts))
+    if not all(fnmatch.fnmatchcase(parts[i], pattern_parts[i]) for i in range(n)):
+        return None
+    return "is" if len(parts) == len(pattern_parts) else "is inside" if len(parts) > len(pattern_parts) else "contains"
 
 
 def _watch(path: Path, w, resolve) -> Watch:
