@@ -8,6 +8,7 @@ is written.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import logging
 import math
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from . import __version__, interrupts, publish, tables
 from .demo import DEMOS
-from .errors import ClusterError, InputError
+from .errors import ClusterError, InputError, printable
 from .job import write_error
 
 GAIN_OPTIONS = ("high", "medium", "low")
@@ -27,7 +28,7 @@ GAIN_OPTIONS = ("high", "medium", "low")
 def _setup_config(args, with_params: bool = True):
     """--config and --jobqueue set in dask.config for the command (``args.scope``, which
     :func:`main` closes); Params from it and the explicit options (:func:`_params`)."""
-    from .config import load_config, load_jobqueue_config, scoped
+    from .config import check_effective, load_config, load_jobqueue_config, scoped
 
     sections = {}
     if getattr(args, "config", None):
@@ -37,6 +38,10 @@ def _setup_config(args, with_params: bool = True):
         sections.update(load_jobqueue_config(jobqueue))
     if sections:
         args.scope.enter_context(scoped(sections))
+    # what DASK_RMM_DASK__ variables and Dask's own YAML files set, checked as a file is (but what options replace)
+    options = {"lambda": "lam", "method": "method", "chunking.cells-per-chunk": "cells_per_chunk",
+               "cluster.n-workers": "workers"}
+    check_effective(key for key, dest in options.items() if getattr(args, dest, None) is not None)
     return _params(args) if with_params else None
 
 
@@ -101,21 +106,34 @@ def _open_runs(args, detector):
     return darks, flat
 
 
+def _say(console, lines: bool = False):
+    """A function printing a line of text on ``console``: control characters escaped and no rich
+    markup read, so that a path (a run directory named with a newline, a '[/]') can neither split
+    the line, forge another, color the terminal nor raise a markup error; never wrapped. With
+    ``lines``, a text's newlines stay (the job's messages: the dashboard's link, then how to reach
+    it; rmm_dask.job escapes the paths it puts into them)."""
+    def say(text) -> None:
+        text = "\n".join(map(printable, str(text).split("\n"))) if lines else printable(text)
+        console.print(text, markup=False, soft_wrap=True)
+    return say
+
+
 def _mask(args) -> int:
     console = tables.console()
+    say = _say(console)
     params, darks, flat, user_mask = _inputs(args)
     t0 = time.perf_counter()
     from .job import run_mask
 
     path = run_mask(
         darks, flat, args.out, params=params, detector=args.detector, cluster=args.cluster, n_workers=args.workers,
-        report=args.report, overwrite=args.overwrite, echo=console.print, flat_stage=args.flat_stage, user_mask=user_mask,
-        accept_flat=args.accept_flat, outcome=args.outcome,
+        report=args.report, overwrite=args.overwrite, echo=_say(console, lines=True), flat_stage=args.flat_stage,
+        user_mask=user_mask, accept_flat=args.accept_flat, outcome=args.outcome,
     )
-    console.print(f"mask store: {path}  ({time.perf_counter() - t0:.1f} s)")
+    say(f"mask store: {path}  ({time.perf_counter() - t0:.1f} s)")
     tables.print_counts(console, path, per_cell=False)
     if args.report:
-        console.print(f"performance report: {Path(args.report).absolute()}")
+        say(f"performance report: {Path(args.report).absolute()}")
     return 0
 
 
@@ -147,6 +165,7 @@ def _show(args) -> int:
     from .summary import write_figures
 
     console = tables.console()
+    say = _say(console)
     root = open_store(args.store)
     if args.geometry and not os.path.isfile(args.geometry):
         raise InputError(args.geometry, "no such geometry file (--geometry)")
@@ -154,20 +173,21 @@ def _show(args) -> int:
         if path:  # both outputs checked before anything is written
             args.outcome.expect(publish.prepare(path, overwrite=args.overwrite, directory=directory, what=what))
     attrs = root.attrs
-    console.print(f"{args.store}: {attrs.get('detector')} mask, {attrs.get('software')}, {attrs.get('start_time')} - {attrs.get('end_time')}")
+    say(f"{args.store}: {attrs.get('detector')} mask, {attrs.get('software')}, "
+        f"{attrs.get('start_time')} - {attrs.get('end_time')}")
     for name, info in attrs.get("inputs", {}).items():
-        console.print(f"  {name}: {info.get('path')} ({info.get('frames')} frames per cell)")
-    console.print(f"  parameters: {attrs.get('parameters')}")
+        say(f"  {name}: {info.get('path')} ({info.get('frames')} frames per cell)")
+    say(f"  parameters: {attrs.get('parameters')}")
     tables.print_counts(console, args.store, per_cell=args.cells)
     if args.png:
         with publish.output(args.png, overwrite=args.overwrite, directory=True, what="the figures") as out:
             names = [p.name for p in write_figures(root, out.tmp, geometry=args.geometry)]
         for name in names:
-            console.print(f"figure: {out.target / name}")
+            say(f"figure: {out.target / name}")
     if args.html:
         from .report import mask_report
 
-        console.print(f"report: {mask_report(args.store, args.html, overwrite=args.overwrite, geometry=args.geometry)}")
+        say(f"report: {mask_report(args.store, args.html, overwrite=args.overwrite, geometry=args.geometry)}")
     return 0
 
 
@@ -176,7 +196,7 @@ def _export(args) -> int:
 
     args.outcome.expect(args.out)
     for path in export(args.store, args.to, args.out, overwrite=args.overwrite):
-        print(f"exported: {path}")
+        print(printable(f"exported: {path}"))
     return 0
 
 
@@ -186,26 +206,28 @@ def _diff(args) -> int:
     from .diff import diff_masks
 
     console = tables.console()
+    say = _say(console)
     if args.json:
         args.outcome.expect(publish.prepare(args.json, overwrite=args.overwrite, what="the JSON counts"))
     result = diff_masks(args.old, args.new)
-    console.print(f"{args.old} -> {args.new}: {result['newly_bad']} pixels newly bad, {result['recovered']} recovered")
+    say(f"{args.old} -> {args.new}: {result['newly_bad']} pixels newly bad, {result['recovered']} recovered")
     for table in tables.diff_tables(result, args.cells):
         console.print(table)
     if args.json:
         with publish.output(args.json, overwrite=args.overwrite, what="the JSON counts") as out:
-            with open(out.tmp, "w") as f:
+            with open(out.tmp, "w", encoding="utf-8") as f:  # json.dump writes ASCII: any locale
                 json.dump(result, f, indent=1)
-        console.print(f"json: {out.target}")
+        say(f"json: {out.target}")
     return 0
 
 
 def _nightly(args) -> int:
-    from .config import check_sections, params_from_config, scoped
+    from .config import check_effective, check_sections, params_from_config, scoped
     from .nightly import read_settings, run_nightly
 
     settings = read_settings(args.config)
     args.scope.enter_context(scoped(check_sections(settings.path, settings.sections)))
+    check_effective()
     try:
         params_from_config()
     except (ValueError, TypeError, KeyError) as err:
@@ -216,7 +238,9 @@ def _nightly(args) -> int:
             tables.print_status(tables.console(), settings)
             return 0
         # plain lines with a time stamp each, flushed: the output goes to journald, cron mail or a log
-        return run_nightly(settings, once=args.once, dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
+        # control characters escaped (printable: idempotent, whatever the service escaped itself)
+        return run_nightly(settings, once=args.once, dry_run=args.dry_run,
+                           echo=lambda line: print(printable(line), flush=True))
 
 
 @contextlib.contextmanager
@@ -293,16 +317,16 @@ def _submit(args) -> int:
     if flat is not None:  # a few frames: a dark given as flat is refused here, not in the queue
         checked = check_flat(darks, flat, detector=args.detector, flat_stage=args.flat_stage, params=params, accept=args.accept_flat)
         if checked.get("accepted_by_option"):
-            print(f"flat run {flat.attrs.get('path')}: {checked['problem']}; used as flat because of --accept-flat")
+            print(printable(f"flat run {flat.attrs.get('path')}: {checked['problem']}; "
+                            "used as flat because of --accept-flat"))
     out = publish.prepare(args.out, overwrite=args.overwrite, directory=True, what="the output store")
     if args.jobqueue is None and os.environ.get("RMM_JOBQUEUE_CONFIG"):
         args.jobqueue = os.environ["RMM_JOBQUEUE_CONFIG"]
     mask_args = _mask_argv(args)
     job_id, log, script = submit(mask_args, out, log_dir=args.log_dir)
-    print(f"submitted batch job {job_id}")
-    print(f"log: {log}")
-    print(f"script: {script}")
-    print(f"result: {out} (published when the job succeeds)")
+    for line in (f"submitted batch job {job_id}", f"log: {log}", f"script: {script}",
+                 f"result: {out} (published when the job succeeds)"):
+        print(printable(line))
     return 0
 
 
@@ -311,7 +335,7 @@ def _synth(args) -> int:
 
     cfg = synth_config(args.detector, seed=args.seed, modules=args.modules, cells=args.cells, frames=args.frames, flat_frames=args.flat_frames)
     for name, path in write_set(cfg, Path(args.out), compression=args.compression).items():
-        print(f"{name}: {path}")
+        print(printable(f"{name}: {path}"))
     return 0
 
 
@@ -442,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     (threads, exit handlers), and a second Ctrl-C then would end it by SIGINT, not with 130
     (Python resets its handlers to the default while it shuts down; an ignored signal stays ignored).
     """
+    _never_fail_on_encoding()
     code = _main(argv)
     if code == 130 and argv is None:
         import signal
@@ -449,6 +474,36 @@ def main(argv: list[str] | None = None) -> int:
         for sig in interrupts.SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
     return code
+
+
+def _escape_unencodable(err: UnicodeError):
+    """The error handler of the output streams: a file name's undecodable bytes (Python reads them
+    as lone surrogates under a non-UTF-8 locale) are written back as they were, any other character
+    the stream's encoding lacks as an escape (``\\xdc``, ``\\u03b1``)."""
+    if isinstance(err, UnicodeEncodeError):
+        try:
+            return codecs.lookup_error("surrogateescape")(err)
+        except UnicodeError:
+            pass
+    return codecs.backslashreplace_errors(err)
+
+
+codecs.register_error("rmm-escape", _escape_unencodable)
+
+
+def _never_fail_on_encoding() -> None:
+    """Output never fails on its encoding: under ``LC_ALL=C`` (ASCII, ``PYTHONUTF8=0``), a store
+    made from a run directory named "Probe_Ü_α" would end `rmm show` with a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):  # a closed or detached stream: nothing to set
+                reconfigure(errors="rmm-escape")
+
+
+def _fail(command: str, text: str) -> None:
+    """The one error line, its control characters escaped: a path with a newline cannot split it."""
+    print(printable(f"rmm {command}: {text}"), file=sys.stderr)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -470,20 +525,20 @@ def _main(argv: list[str] | None) -> int:
             with contextlib.ExitStack() as args.scope:  # what the command sets in dask.config (_setup_config)
                 return args.run(args)
         except InputError as err:
-            print(f"rmm {args.command}: {err}", file=sys.stderr)
+            _fail(args.command, str(err))
             return 2
         except ClusterError as err:
-            print(f"rmm {args.command}: {err}", file=sys.stderr)
+            _fail(args.command, str(err))
             return 3
         except KeyboardInterrupt as err:
             _drop_frames(err)
-            print(f"rmm {args.command}: interrupted; {args.outcome.summary()}", file=sys.stderr)
+            _fail(args.command, f"interrupted; {args.outcome.summary()}")
             return 130
         except OSError as err:
             line = write_error(err)
             if line is None:
                 raise
-            print(f"rmm {args.command}: {line}; {args.outcome.summary()}", file=sys.stderr)
+            _fail(args.command, f"{line}; {args.outcome.summary()}")
             return 2
 
 

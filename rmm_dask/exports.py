@@ -264,7 +264,7 @@ def _both_or_neither(target: Path, geom: Path, overwrite: bool, write_mask, line
     published = None
     try:
         with publish.output(geom, overwrite=overwrite, what="the geometry lines") as tmp:
-            Path(tmp.tmp).write_text(lines)
+            Path(tmp.tmp).write_text(lines, encoding="utf-8", errors="surrogateescape")  # paths as their bytes, any locale
             published = write_mask(target)
     except BaseException as err:
         if published is not None:  # the geometry failed once the mask file was in place: take it back

@@ -73,7 +73,7 @@ def mask_report(store, out, *, overwrite: bool = False, geometry: str | None = N
     title = f"{tree.attrs.get('detector')} mask {Path(os.fspath(store)).name}"
     text = _render(title=title, path=str(Path(store).absolute()), mask=mask_context(tree.attrs, count_bits(tree), figures))
     with publish.output(out, overwrite=overwrite, what="the report") as tmp:
-        Path(tmp.tmp).write_text(text)
+        Path(tmp.tmp).write_text(text, encoding="utf-8", errors="surrogateescape")  # any locale
     return tmp.target
 
 

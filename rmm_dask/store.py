@@ -247,7 +247,7 @@ def open_store(path) -> zarr.Group:
         root = zarr.open_group(verified, mode="r")
     except Exception as err:  # zarr raises several kinds for a non-store
         raise _not_a_store(path, err) from None
-    _check_store(path, root.attrs, "mask" in root)
+    _check_store(path, root.attrs, root["mask"].shape if "mask" in root else None)
     return root
 
 
@@ -284,7 +284,7 @@ def open_tree(store, *, chunks=None) -> xr.DataTree:
         raise
     except Exception as err:  # zarr and xarray raise several kinds for a non-store
         raise _not_a_store(path, err) from None
-    _check_store(path, tree.attrs, "mask" in tree.data_vars)
+    _check_store(path, tree.attrs, tree["mask"].shape if "mask" in tree.data_vars else None)
     return tree
 
 
@@ -295,9 +295,15 @@ def _existing(path) -> Path:
     return path
 
 
-def _check_store(path: Path, attrs, has_mask: bool) -> None:
-    if attrs.get("format") not in (STORE_FORMAT, integrity.LEGACY) or not has_mask:
+def _check_store(path: Path, attrs, mask_shape: tuple | None) -> None:
+    """A mask store (format attribute, a mask) whose recorded detector description is sane and describes
+    its arrays (:func:`rmm_dask.detectors.detector_of`): readers allocate per-module maps from it, and a
+    store's attributes are a file anyone may edit."""
+    from .detectors import detector_of
+
+    if attrs.get("format") not in (STORE_FORMAT, integrity.LEGACY) or mask_shape is None:
         raise InputError(path, "not an rmm-dask mask store (no 'mask' array or format attribute)")
+    detector_of(attrs, where=path, shape=mask_shape)
 
 
 def gain_names(tree: xr.DataTree) -> list[str]:

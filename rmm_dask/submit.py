@@ -41,7 +41,7 @@ def job_script(mask_args: list[str], out: Path, *, log_dir: Path | None = None) 
         directives.append(f"#SBATCH --account={slurm['account']}")
     directives += [f"#SBATCH {d}" for d in slurm.get("job-extra-directives") or []]
     command = [sys.executable, "-m", "rmm_dask", "mask", *mask_args, "--cluster", "slurm"]
-    script = Template(TEMPLATE.read_text()).substitute(
+    script = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         job_name=f"rmm-mask-{name}",
         log=log,
         walltime=conf["walltime"],
@@ -67,7 +67,8 @@ def submit(mask_args: list[str], out: Path, *, log_dir: Path | None = None) -> t
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = log.parent / (log.name.replace("-%j.log", "") + f"-{stamp}.sbatch")
     with publish.output(path, what="the batch script") as tmp:
-        tmp.tmp.write_text(script)
+        # UTF-8 in any locale; a path's undecodable bytes (read as lone surrogates under LC_ALL=C) as they were
+        tmp.tmp.write_text(script, encoding="utf-8", errors="surrogateescape")
     try:
         proc = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, timeout=60)
     except FileNotFoundError:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .errors import printable
+
 #: column names of the per-module, gain and cell counts (at most 5 characters: 80-column terminals)
 SHORT = {
     "OFFSET": "OFFS", "NOISE": "NOISE", "GAIN_SEPARATION": "GSEP", "GAIN_LEVEL": "GLVL",
@@ -70,7 +72,7 @@ def print_counts(console, store, per_cell: bool) -> None:
     counts = count_bits(root)
     if note(root.attrs):
         console.print(f"note: {note(root.attrs)}")
-    console.print(f"masked pixel-planes in {store}:")
+    console.print(printable(f"masked pixel-planes in {store}:"))
     for t in counts_tables(counts, per_cell):
         console.print(t)
     if not per_cell and len(counts["cell"]) > 1:

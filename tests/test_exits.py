@@ -373,7 +373,7 @@ def test_lambda_inf_in_a_config_file(runs, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("rmm-dask:\n  lambda: .inf\n")
     assert main(mask_args(runs, tmp_path / "m.zarr", "--config", str(cfg))) == 2
-    one_line_error(capsys, "c.yaml", "lam must be a finite number above 0")
+    one_line_error(capsys, "c.yaml", "lambda must be a finite number above 0")
     assert [p.name for p in tmp_path.iterdir()] == ["c.yaml"]
 
 

@@ -13,15 +13,30 @@ minimum sigma); nothing here reads data.
 
 from __future__ import annotations
 
+import numbers
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+from ..errors import InputError
+from ..yamlload import load_yaml
 
 HERE = Path(__file__).parent
 GAIN_KINDS = ("separate", "bits", "none")
+
+#: Upper bounds of a description, well above every detector built (AGIPD-1M: 16 modules of 512 x 128,
+#: 352 cells; DSSC 800 cells; JUNGFRAU 16M: 32 modules; EIGER2 16M read as one 4362 x 4148 module: 18 M
+#: pixels) and far below what would not fit in memory: a description that names 10^9 cells or modules
+#: is refused before anything is allocated from it (the per-module maps of show/export, a reader's
+#: module list), as a value that cannot be.
+MAX_MODULES = 1024
+MAX_CELLS = 4096
+MAX_GAIN_STAGES = 8
+MAX_SIDE = 65536  #: pixels along one axis of a module, and of a gap between modules
+MAX_MODULE_PIXELS = 2**26  #: 67 M
+MAX_PIXELS = 2**28  #: 268 M: of all modules, and of a stored full frame with its gaps
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,8 @@ class Detector:
     chip_columns: tuple[int, ...] | None = None  #: the same along x
 
     def __post_init__(self):
+        self._check_types()
+        self._check_sizes()
         if min(self.module_shape) < 1 or min(self.asic_shape) < 1 or self.n_modules < 1:
             raise ValueError(f"{self.name}: module, ASIC shapes and module count must be positive")
         if self.n_cells < 1:
@@ -84,6 +101,51 @@ class Detector:
             raise ValueError(f"{self.name}: module-order must be 'row' or 'column', not {self.module_order!r}")
         if self.module_grid is not None and self.module_grid[0] * self.module_grid[1] != self.n_modules:
             raise ValueError(f"{self.name}: module grid {self.module_grid} does not hold {self.n_modules} modules")
+
+    def _check_types(self) -> None:
+        """Counts are integers and shapes pairs of integers (a description read from a store's
+        attributes, a YAML file or Python may hold anything), so that the checks after compare numbers."""
+        def whole(v) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        for key, value in (("modules", self.n_modules), ("cells", self.n_cells), ("edge-width", self.edge_width)):
+            if not whole(value):
+                raise ValueError(f"{self.name}: {key} must be an integer, not {_short(value)}")
+        pairs = {"module-shape": self.module_shape, "asic-shape": self.asic_shape, "module-gap": self.module_gap}
+        if self.module_grid is not None:
+            pairs["module-grid"] = self.module_grid
+        for key, value in pairs.items():
+            if not (isinstance(value, tuple) and len(value) == 2 and all(map(whole, value))):
+                raise ValueError(f"{self.name}: {key} must be two integers [y, x], not {_short(value)}")
+        for key, value in (("chip-rows", self.chip_rows), ("chip-columns", self.chip_columns)):
+            if value is not None and not (isinstance(value, tuple) and all(map(whole, value))):
+                raise ValueError(f"{self.name}: {key} must be a list of integers, not {_short(value)}")
+        if not (isinstance(self.gain_stages, tuple) and all(isinstance(g, str) for g in self.gain_stages)):
+            raise ValueError(f"{self.name}: gain-stages must be a list of names, not {_short(self.gain_stages)}")
+        for key, value in (("dataset", self.dataset), ("pixel-mask", self.pixel_mask)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{self.name}: {key} must be the path of a dataset, not {_short(value)}")
+
+    def _check_sizes(self) -> None:
+        """The upper bounds (:data:`MAX_MODULES`, ...): nothing is allocated from a description before they hold."""
+        (ny, nx), (py, px) = self.module_shape, self.module_gap
+        for key, value, bound in (("modules", self.n_modules, MAX_MODULES), ("cells", self.n_cells, MAX_CELLS),
+                                  ("gain-stages", len(self.gain_stages), MAX_GAIN_STAGES)):
+            if value > bound:
+                raise ValueError(f"{self.name}: {key} {value} is more than any detector has (at most {bound})")
+        for key, value in (("module-shape", self.module_shape), ("module-gap", self.module_gap)):
+            if max(value) > MAX_SIDE:
+                raise ValueError(f"{self.name}: {key} {list(value)} is larger than any detector's "
+                                 f"(at most {MAX_SIDE} a side)")
+        if ny * nx > MAX_MODULE_PIXELS:
+            raise ValueError(f"{self.name}: module-shape {[ny, nx]} holds {ny * nx} pixels, more than any detector's "
+                             f"module (at most {MAX_MODULE_PIXELS})")
+        frame = ((self.module_grid[0] * (ny + py), self.module_grid[1] * (nx + px)) if self.module_grid else (0, 0))
+        total = max(self.n_modules * ny * nx, frame[0] * frame[1])
+        if total > MAX_PIXELS:
+            raise ValueError(f"{self.name}: {self.n_modules} modules of {[ny, nx]} pixels"
+                             f"{' with gaps ' + str(list(self.module_gap)) if self.module_grid else ''} make {total} "
+                             f"pixels, more than any detector has (at most {MAX_PIXELS})")
 
     @property
     def min_sigma(self) -> float:
@@ -176,13 +238,51 @@ def uniform_windows(size: int, pitch: int) -> list[tuple[int, int]]:
     return [(a, min(a + pitch, size)) for a in range(0, size, pitch)]
 
 
-def detector_of(attrs) -> Detector:
-    """The Detector a store was made for: its recorded description, or its name (stores before descriptions)."""
+def detector_of(attrs, where: str | os.PathLike | None = None, shape: tuple | None = None) -> Detector:
+    """The Detector a store was made for: its recorded description, or its name (stores before descriptions).
+
+    The description is checked as a YAML one is (types, the upper bounds): a store's attributes are
+    a file anyone may edit, and the readers allocate per-module maps from it. With ``shape`` (the
+    store's ``mask`` shape: module, gain, cell, y, x) it must also describe the store's arrays: as
+    many modules at most, modules of (y, x). Problems raise InputError naming ``where`` (the store)
+    and the attribute, or ValueError without ``where``.
+    """
+    try:
+        det = _described(attrs)
+        if shape is not None:
+            _fits(det, tuple(shape))
+        return det
+    except (TypeError, ValueError, KeyError) as err:
+        if where is None or isinstance(err, InputError):
+            raise
+        text = err.args[0] if isinstance(err, KeyError) else str(err)
+        problem = " ".join(str(text).split())
+        raise InputError(where, f"its detector_description attribute is not usable: {problem}") from None
+
+
+def _described(attrs) -> Detector:
     described = attrs.get("detector_description")
-    if described:
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in described.items()}
-        return Detector(**fields)
-    return get_detector(attrs["detector"])
+    if not described:
+        return get_detector(str(attrs.get("detector")))
+    if not isinstance(described, dict):
+        raise ValueError(f"expected a mapping, not {_short(described)}")
+    unknown = set(described) - {f.name for f in fields(Detector)}
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}")
+    return Detector(**{k: tuple(v) if isinstance(v, list) else v for k, v in described.items()})
+
+
+def _fits(det: Detector, shape: tuple) -> None:
+    """The store's mask arrays (module, gain, cell, y, x) are of this detector's modules."""
+    if len(shape) != 5 or tuple(shape[-2:]) != tuple(det.module_shape) or shape[0] > det.n_modules:
+        raise ValueError(f"{det.name}: {det.n_modules} modules of {list(det.module_shape)} pixels, but the mask "
+                         f"array is (module, gain, cell, y, x) {list(shape)}")
+
+
+def _short(value) -> str:
+    """``value`` quoted in a message: on one line and short (a store may hold a huge one)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 #: every key of a YAML description -> its default (None: required; see the README table)
@@ -212,8 +312,7 @@ def load_detector(path: str | os.PathLike, *, builtin: bool = False) -> Detector
     ``edge-width`` is 0 unless the description says otherwise; the built-in descriptions
     (``builtin``) must state it. ValueError names the file and the problem.
     """
-    with open(path) as f:
-        d = yaml.safe_load(f)
+    d = load_yaml(path, "detector description")
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a mapping describing a detector")
     if set(d) - set(KEYS):
@@ -237,9 +336,9 @@ def _ints(d: dict, key: str, n: int | None = 2) -> tuple[int, ...] | None:
     if value is None:
         return None
     if not isinstance(value, (list, tuple)) or (n is not None and len(value) != n):
-        raise ValueError(f"{key} must be a list of {n or 'several'} integers, not {value!r}")
+        raise ValueError(f"{key} must be a list of {n or 'several'} integers, not {_short(value)}")
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ValueError(f"{key} must hold integers, not {value!r}")
+        raise ValueError(f"{key} must hold integers, not {_short(value)}")
     return tuple(value)
 
 
@@ -255,10 +354,10 @@ def _from_mapping(d: dict) -> Detector:
         )
     stages = d.get("gain-stages", ["high"])
     if not isinstance(stages, (list, tuple)):
-        raise ValueError(f"gain-stages must be a list of names, not {stages!r}")
+        raise ValueError(f"gain-stages must be a list of names, not {_short(stages)}")
     for key in ("modules", "cells", "edge-width"):
         if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool)):
-            raise ValueError(f"{key} must be an integer, not {d[key]!r}")
+            raise ValueError(f"{key} must be an integer, not {_short(d[key])}")
     return Detector(
         name=str(d["name"]),
         n_modules=d["modules"],
@@ -302,13 +401,8 @@ def get_detector(name: str | os.PathLike | Detector) -> Detector:
     if str(name).endswith((".yaml", ".yml")):
         try:
             return load_detector(name)
-        except OSError as err:
-            raise KeyError(f"cannot read the detector description {name}: {err.strerror}") from None
-        except yaml.YAMLError as err:  # its message spans lines: the problem and where, on one
-            mark = getattr(err, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-            problem = " ".join(str(getattr(err, "problem", None) or err).split())
-            raise KeyError(f"bad detector description {name}: not YAML: {problem}{where}") from None
+        except InputError as err:  # the file cannot be read, is too large, not YAML, has aliases: one line
+            raise KeyError(f"bad detector description {err.path}: {err.problem}") from None
         except (ValueError, TypeError) as err:
             raise KeyError(f"bad detector description: {' '.join(str(err).split())}") from None
     key = str(name).lower()

@@ -363,7 +363,7 @@ def make_version(settings: Settings, watch: Watch, cset: CalibrationSet, version
     if diff is not None:
         _write_json(tmp / "diff.json", diff)
     _write_json(tmp / "summary.json", summary)
-    (tmp / "summary.html").write_text(summary_html(summary, root, counts, figures))
+    (tmp / "summary.html").write_text(summary_html(summary, root, counts, figures), encoding="utf-8", errors="surrogateescape")
     check_inputs_unchanged(cset)
     return summary | {"path": str(versions.publish(tmp, version))}
 
@@ -377,7 +377,7 @@ def check_inputs_unchanged(cset: CalibrationSet) -> None:
 
 
 def _write_json(path: Path, data) -> None:
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, default=str)
 
 
