@@ -6,6 +6,7 @@ Registered into benchmarks/fault_campaign.py (``make campaign``) by :func:`regis
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -79,6 +80,33 @@ def register(case) -> None:
         c.rmm("export", out, "--to", "h5", "--out", h5, expect=0)
         c.expect(fc.is_h5(h5), "the export with a 240-character name was not published")
         c.only(c.dir, ["TMP", out.name, h5.name])
+
+    @case("outputs-20", "unauthenticated HTTP GETs of the dashboard while a job runs on worker processes")
+    def case_dashboard_strangers_get(c):
+        import urllib.error
+        import urllib.request
+
+        (c.dir / "c.yaml").write_text("rmm-dask:\n  cluster:\n    local-threads-below: 0\n    dashboard: true\n")
+        args = c.shared.mask_args(c.dir / "m.zarr")
+        args[args.index("--workers") + 1] = 2
+        live = c.spawn(*args, "--config", c.dir / "c.yaml")
+        found = live.until(lambda: any(re.search(r"dashboard: http://localhost:(\d+)/", x) for x in live.lines), timeout=120)
+        answers = []
+        if found:
+            port = next(m[1] for x in live.lines if (m := re.search(r"dashboard: http://localhost:(\d+)/", x)))
+            for path in ("/json/identity.json", "/json/counts.json", "/hardware", "/info/main/workers.html",
+                         "/proxy/8786/127.0.0.1/status", "/statics/../../../../etc/passwd", "/status"):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                        answers.append(f"{path} {r.status}")
+                except urllib.error.HTTPError as err:
+                    answers.append(f"{path} {err.code}")
+                except OSError as err:
+                    answers.append(f"{path} {type(err).__name__}")
+        c.judge(live.finish(), 0)  # and no traceback, no tornado or Dask log line in its output (judge)
+        c.notes.append("dashboard answers: " + (", ".join(answers) if answers else "the job ended before a GET"))
+        c.expect(fc.is_store(c.dir / "m.zarr"), "no store published")
+        c.only(c.dir, ["TMP", "m.zarr", "c.yaml"])
 
     @case("outputs-20", "--cluster slurm leaves nothing in TMPDIR (no dask-scratch-space)")
     def case_slurm_scratch_space(c):
