@@ -972,14 +972,15 @@ def case_old_copy_restored(c):
     c.only(c.dir, ["TMP", "m.h5"])
 
 
-@case("outputs", "a .NAME.partial-* of a live process (pid 1) is left alone")
+@case("outputs", "a .NAME.partial-* of a live process (pid 1) is left alone and holds the output")
 def case_live_partial_left(c):
     live = c.plant(c.dir / f".m.h5.partial-{HOST}-1-0a0b0c0d")
     live.write_text("another job's half-written export")
     before = snapshot(live)
-    c.rmm("export", c.shared.store, "--to", "h5", "--out", c.dir / "m.h5", expect=0)
+    # another job writes it: refused at once (issue 20), naming that job, and its temporary left alone
+    c.rmm("export", c.shared.store, "--to", "h5", "--out", c.dir / "m.h5", expect=2, needles=("another rmm job (pid 1 on",))
     c.same(before, live, "a live job's temporary")
-    c.only(c.dir, ["TMP", "m.h5"])
+    c.only(c.dir, ["TMP"])
 
 
 @case("outputs", "mask --out on a read-only filesystem")
@@ -1131,7 +1132,9 @@ def case_sigint_flat_check(c):
 
 @case("interrupts", "Ctrl-C to the group as the cluster comes up (its scratch space appears)")
 def case_sigint_cluster_start(c):
-    interrupted(c, lambda live: bool(os.listdir(c.tmp)))
+    (c.dir / "c.yaml").write_text("rmm-dask:\n  cluster:\n    local-threads-below: 0\n")  # worker processes: a cluster
+    c.plant(c.dir / "c.yaml")
+    interrupted(c, lambda live: bool(os.listdir(c.tmp)), extra=("--config", c.dir / "c.yaml"))
 
 
 @case("interrupts", "Ctrl-C to the group while computing (dashboard printed)")

@@ -109,12 +109,13 @@ def _open_runs(args, detector):
 def _say(console, lines: bool = False):
     """A function printing a line of text on ``console``: control characters escaped and no rich
     markup read, so that a path (a run directory named with a newline, a '[/]') can neither split
-    the line, forge another, color the terminal nor raise a markup error; never wrapped. With
+    the line, forge another, color the terminal nor raise a markup error; folded to the terminal's width
+    with indented continuations (:func:`rmm_dask.tables.folded`). With
     ``lines``, a text's newlines stay (the job's messages: the dashboard's link, then how to reach
     it; rmm_dask.job escapes the paths it puts into them)."""
     def say(text) -> None:
-        text = "\n".join(map(printable, str(text).split("\n"))) if lines else printable(text)
-        console.print(text, markup=False, soft_wrap=True)
+        parts = str(text).split("\n") if lines else [str(text)]
+        console.print("\n".join(tables.folded(printable(part), console.width) for part in parts), markup=False, soft_wrap=True)
     return say
 
 

@@ -110,10 +110,10 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     outcome.enter("building")
     # cheap checks before any run is read: not a link, not there (or --overwrite), a writable directory
     target = publish.prepare(out, overwrite=overwrite, directory=True, what="the output store")
+    if report:
+        outcome.expect(publish.prepare(report, overwrite=overwrite, what="the performance report"))
     # held from now on: a second job on the same output is refused at once, not after computing everything
     with publish.hold(target, overwrite=overwrite, directory=True, what="the output store"):
-        if report:
-            outcome.expect(publish.prepare(report, overwrite=overwrite, what="the performance report"))
         for name, ds in list(darks.items()) + ([("flat", flat)] if flat is not None else []):
             for note in ds.attrs.get("notes", []):
                 echo(printable(f"{name} run {ds.attrs.get('path')}: {note}"))  # a path's newline cannot split it

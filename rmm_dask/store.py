@@ -41,7 +41,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from . import __version__, integrity, publish
+from . import __version__, integrity, interrupts, publish
 from .errors import InputError, printable
 
 #: the ``format`` attribute of the stores written (stores of format 1 are read, unverified: integrity.note)
@@ -99,15 +99,18 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, compute=None, 
         tmp = out.tmp
         if partials is not None:
             partials.append(tmp)
-        root = zarr.open_group(tmp, mode="w-", zarr_format=3)
-        writes = store_writes(ds, root)
+        # zarr writes metadata from its own IO thread: a Ctrl-C must not end this thread's wait while that
+        # one still writes (it would make the temporary again, with a zarr.json, after it was removed)
+        with interrupts.held():
+            root = zarr.open_group(tmp, mode="w-", zarr_format=3)
+            writes = store_writes(ds, root)
         attrs["arrays"] = integrity.manifest(root)  # what readers check the store against
         (compute or dask.compute)(writes)
         attrs["end_time"] = _now()
-        root.attrs.update(json.loads(json.dumps(attrs, default=str)))
-        with warnings.catch_warnings():  # zarr warns that v3 has no consolidated metadata in its spec yet;
-            warnings.simplefilter("ignore")  # xarray reads it, and opening a store is much faster with it
-            zarr.consolidate_metadata(tmp)
+        with interrupts.held(), warnings.catch_warnings():
+            root.attrs.update(json.loads(json.dumps(attrs, default=str)))
+            warnings.simplefilter("ignore")  # zarr warns that v3 has no consolidated metadata in its spec yet;
+            zarr.consolidate_metadata(tmp)  # xarray reads it, and opening a store is much faster with it
         _validate(tmp, ds)
         if verify is not None:
             verify()

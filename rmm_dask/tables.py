@@ -21,6 +21,21 @@ def console():
     return Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 160)  # '[/b]' in a path: text
 
 
+#: what a folded line's continuation starts with: a line of its own never does (it cannot be forged by a path)
+CONTINUATION = "    "
+
+
+def folded(text: str, width: int | None) -> str:
+    """One line of text (control characters already escaped) folded to ``width`` columns, each
+    continuation indented by :data:`CONTINUATION`: a long path stays readable on an 80-column
+    terminal, and its text, where the line is folded, can never pass for a line of its own."""
+    import textwrap
+
+    if not width or len(text) <= width:
+        return text
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent=CONTINUATION, break_on_hyphens=False))
+
+
 def compact(n: int) -> str:
     """A count in at most 5 characters: exact below 100000, else 123k, 1.2M, 12M, 1.2G."""
     if n < 100_000:
@@ -72,7 +87,7 @@ def print_counts(console, store, per_cell: bool) -> None:
     counts = count_bits(root)
     if note(root.attrs):
         console.print(f"note: {note(root.attrs)}")
-    console.print(printable(f"masked pixel-planes in {store}:"))
+    console.print(folded(printable(f"masked pixel-planes in {store}:"), console.width), soft_wrap=True)
     for t in counts_tables(counts, per_cell):
         console.print(t)
     if not per_cell and len(counts["cell"]) > 1:
@@ -141,11 +156,19 @@ def status_table(rows: list[dict]) -> list:
 
 def print_status(console, settings) -> None:
     """The nightly catalog's sets (:func:`status_table`) and where each ``current`` points."""
+    from rich.text import Text
+
     from .nightly import status_rows
 
     rows, pointers = status_rows(settings)
-    console.print(f"catalog {settings.state / 'catalog.sqlite'}: {len(rows)} set(s)")
+    def say(text: str) -> None:
+        console.print(folded(printable(text), console.width), soft_wrap=True)
+
+    say(f"catalog {settings.state / 'catalog.sqlite'}: {len(rows)} set(s)")
     for renderable in status_table(rows):
-        console.print(renderable, soft_wrap=True)  # not wrapped at spaces: a path's text never starts a line
+        if isinstance(renderable, Text):  # a set's runs and message: folded with indented continuations
+            say(renderable.plain)
+        else:
+            console.print(renderable)
     for name, version in pointers.items():
-        console.print(f"{name}: current -> {'none' if version is None else f'v{version:04d}'}  ({settings.publish / name})")
+        say(f"{name}: current -> {'none' if version is None else f'v{version:04d}'}  ({settings.publish / name})")

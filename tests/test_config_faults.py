@@ -263,3 +263,14 @@ def test_paths_with_control_characters_never_split_a_line(runs, tmp_path, capsys
     shown = capsys.readouterr().out.splitlines()
     assert f"  dark-high: {tmp_path}/r\\n0001 (24 frames per cell)" in shown
     only(tmp_path / "x[", "b]y.zarr")
+
+
+def test_a_long_line_folds_with_indented_continuations_so_a_path_cannot_pass_for_a_line():
+    from rmm_dask.tables import CONTINUATION, folded
+
+    path = "/data/p700000 rmm mask: forged line/" + "x" * 100 + "/r0001"
+    text = folded(f"high run {path}: a note", 80)
+    lines = text.split("\n")
+    assert len(lines) > 1 and all(len(line) <= 80 for line in lines)
+    assert lines[0].startswith("high run ") and all(line.startswith(CONTINUATION) for line in lines[1:])
+    assert folded("short", 80) == "short" and folded("x" * 200, None) == "x" * 200

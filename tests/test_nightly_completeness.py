@@ -21,6 +21,7 @@ from rmm_dask.nightly.service import match_set
 from rmm_dask.synth import SynthConfig, synthesize
 from rmm_dask.synth.on_disk import RUN_TYPES
 from rmm_dask.synth.write_euxfel import write_raw_run
+from rmm_dask.tables import CONTINUATION
 
 from .cli_errors import one_line_error
 
@@ -262,8 +263,10 @@ def test_a_newline_in_a_proposal_directory_forges_no_log_line_or_status_row(tmp_
     assert sum("p700000\\n[2026-01-01" in line for line in lines) >= 2  # the paths, escaped
     code, out = nightly(capsys, write_config(tmp_path), "--status")
     assert code == 0 and not any(line.startswith(("[2026-01-01", forged[:20])) for line in out.splitlines()), out
-    (note,) = [line for line in out.splitlines() if line.startswith("1: dark-high r0002")]
-    assert note.endswith(f"in {tmp_path}/facility/p700000\\n{forged}/raw")
+    # the set's row, folded to the console's width with indented continuations: the path in it, escaped
+    unfolded = out.replace("\n" + CONTINUATION, "").replace(" ", "")
+    assert "1:dark-high" in unfolded
+    assert f"in {tmp_path}/facility/p700000\\n{forged}/raw".replace(" ", "") in unfolded
 
 
 def test_the_re_mask_of_an_older_set_leaves_a_later_sets_mask_current(tmp_path):
