@@ -22,6 +22,7 @@ import pytest
 
 from rmm_dask import detectors
 from rmm_dask.cli import main
+from rmm_dask.tables import CONTINUATION
 
 from .cli_errors import one_line_error
 from .conftest import mask_args, raw
@@ -254,19 +255,19 @@ def test_paths_with_control_characters_never_split_a_line(runs, tmp_path, capsys
     args = mask_args(runs, out)
     args[args.index("--dark-high") + 1] = str(run)
     assert main(args) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.replace("\n" + CONTINUATION, " ").splitlines()  # long lines fold, indented
     note = "1 of AGIPD1M's 16 modules in the run; no data source for modules 1-15"
     assert f"high run {tmp_path}/r\\n0001: {note}" in lines
     assert not any(line.startswith("0001") for line in lines)
     assert any(line.startswith(f"mask store: {out}") for line in lines)  # '[/b]' printed as it is
     assert main(["show", str(out)]) == 0
-    shown = capsys.readouterr().out.splitlines()
+    shown = capsys.readouterr().out.replace("\n" + CONTINUATION, " ").splitlines()
     assert f"  dark-high: {tmp_path}/r\\n0001 (24 frames per cell)" in shown
     only(tmp_path / "x[", "b]y.zarr")
 
 
 def test_a_long_line_folds_with_indented_continuations_so_a_path_cannot_pass_for_a_line():
-    from rmm_dask.tables import CONTINUATION, folded
+    from rmm_dask.tables import folded
 
     path = "/data/p700000 rmm mask: forged line/" + "x" * 100 + "/r0001"
     text = folded(f"high run {path}: a note", 80)
