@@ -179,7 +179,7 @@ def _show(args) -> int:
     for name, info in attrs.get("inputs", {}).items():
         say(f"  {name}: {info.get('path')} ({info.get('frames')} frames per cell)")
     say(f"  parameters: {attrs.get('parameters')}")
-    tables.print_counts(console, args.store, per_cell=args.cells)
+    tables.print_counts(console, args.store, per_cell=args.cells, root=root)
     if args.png:
         with publish.output(args.png, overwrite=args.overwrite, directory=True, what="the figures") as out:
             names = [p.name for p in write_figures(root, out.tmp, geometry=args.geometry)]

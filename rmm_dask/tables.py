@@ -77,13 +77,15 @@ def counts_tables(counts: dict, per_cell: bool) -> list:
     return [totals, breakdown]
 
 
-def print_counts(console, store, per_cell: bool) -> None:
-    """Print the counts of a store (per bit; per module, gain stage and, with ``per_cell``, cell) and its layers."""
+def print_counts(console, store, per_cell: bool, root=None) -> None:
+    """Print the counts of a store (per bit; per module, gain stage and, with ``per_cell``, cell) and its layers.
+
+    ``root``: the store as :func:`rmm_dask.store.open_store` opened it already (verified once, not twice)."""
     from .integrity import note
     from .store import open_store
     from .summary import count_bits
 
-    root = open_store(store)
+    root = open_store(store) if root is None else root
     counts = count_bits(root)
     if note(root.attrs):
         console.print(f"note: {note(root.attrs)}")
