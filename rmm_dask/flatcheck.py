@@ -170,14 +170,6 @@ def flat_problem(ev: FlatEvidence, flat_stage: str, detector: Detector) -> str |
     return None
 
 
-def _block_ids(ds) -> list[tuple[int, int]]:
-    """(module index, cell block index) of the blocks to sample: the first, and the last module's middle one."""
-    data = ds.analog.data
-    n_mod, n_cb = (len(data.chunks[0]), len(data.chunks[1])) if hasattr(data, "chunks") and data.chunks else (ds.sizes["module"], 1)
-    picks = [(0, 0), (n_mod - 1, n_cb // 2)]
-    return list(dict.fromkeys(picks))
-
-
 def check_flat(darks: dict, flat, *, detector: Detector | str | None = None, flat_stage: str | None = None,
                params: Params = Params(), accept: bool = False, frames: int = SAMPLE_FRAMES) -> dict:
     """Sample the flat and dark runs and decide whether the flat is lit and in its stage.
@@ -190,13 +182,13 @@ def check_flat(darks: dict, flat, *, detector: Detector | str | None = None, fla
     is given); raises :class:`InputError` naming the flat run when it doubts the run
     and ``accept`` is false.
     """
-    from .io.sample import sample_frames
+    from .io.sample import sample_blocks, sample_frames
 
     first = next(iter(darks.values()))
     detector = get_detector(detector or first.attrs.get("detector", "AGIPD1M"))
     flat_stage = flat_stage or next(g for g in detector.gain_stages if g in darks)
     pieces = []
-    for m, b in _block_ids(flat):
+    for m, b in sample_blocks(flat):
         stages = {}
         for g, ds in darks.items():
             gain = sample_frames(ds.gain.data, m, b, frames)[0] if "gain" in ds else None
@@ -207,7 +199,7 @@ def check_flat(darks: dict, flat, *, detector: Detector | str | None = None, fla
     flat_g = None if pieces[0][1] is None else np.concatenate([p[1] for p in pieces], axis=0)
     stages = {g: _join([p[2][g] for p in pieces]) for g in pieces[0][2]}
     ev = flat_evidence(flat_a, flat_g, stages, detector, flat_stage)
-    ev.blocks = [[int(flat.module.values[m]), int(flat.cell.values[_first_cell(flat, b)])] for m, b in _block_ids(flat)]
+    ev.blocks = [[int(flat.module.values[m]), int(flat.cell.values[_first_cell(flat, b)])] for m, b in sample_blocks(flat)]
     result = {"flat_stage": flat_stage, **ev.as_dict(), "min_signal": MIN_SIGNAL}
     problem = flat_problem(ev, flat_stage, detector)
     if problem is not None:

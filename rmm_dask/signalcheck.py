@@ -64,15 +64,6 @@ def constant_fraction(sample: np.ndarray) -> tuple[float, int, bool]:
     return float(np.count_nonzero((high == low) & judged)) / n, n, zero
 
 
-def _blocks(ds) -> list[tuple[int, int]]:
-    """(module index, cell block index) to sample, as the flat check does: the first module's first
-    block and the last module's middle one (the same frames are read for both checks)."""
-    data = ds.analog.data
-    chunked = hasattr(data, "chunks") and data.chunks
-    n_mod, n_cb = (len(data.chunks[0]), len(data.chunks[1])) if chunked else (ds.sizes["module"], 1)
-    return list(dict.fromkeys([(0, 0), (n_mod - 1, n_cb // 2)]))
-
-
 def _percent(fraction: float) -> str:
     """100% only when every pixel is constant; otherwise at most 99.9%."""
     return "100%" if fraction >= 1.0 else f"{min(100 * fraction, 99.9):.1f}%"
@@ -89,7 +80,7 @@ def check_signal(darks: dict, flat=None, *, detector: Detector | str | None = No
     ``no signal: 100% of pixels of module 0 are constant over 16 frames (all zero: detector
     off?)``. Returns nothing; does nothing for a counting detector.
     """
-    from .io.sample import sample_frames
+    from .io.sample import sample_blocks, sample_frames
 
     first = next(iter(darks.values()))
     detector = get_detector(detector or first.attrs.get("detector", "AGIPD1M"))
@@ -97,7 +88,7 @@ def check_signal(darks: dict, flat=None, *, detector: Detector | str | None = No
         return
     runs = [(f"{g} dark", ds) for g, ds in darks.items()] + ([("flat", flat)] if flat is not None else [])
     for role, ds in runs:
-        for m, b in _blocks(ds):
+        for m, b in sample_blocks(ds):
             sample = sample_frames(ds.analog.data, m, b, frames)
             fraction, judged, zero = constant_fraction(sample)
             if fraction < MAX_CONSTANT:

@@ -31,14 +31,22 @@ def change(record: dict) -> str | None:
         return "was removed"
     except OSError as err:
         return f"cannot be read any more ({err.strerror})"
-    if now["inode"] != record["inode"]:
-        return "was replaced by another file"
-    if now["size"] != record["size"]:
-        return f"changed size ({record['size']} -> {now['size']} bytes)"
-    if now["mtime_ns"] != record["mtime_ns"]:
-        return f"was modified ({record['mtime']} -> {now['mtime']})"
-    if now["ctime_ns"] != record["ctime_ns"]:
-        return "was rewritten or its attributes changed (status-change time)"
+    return {
+        None: None,
+        "replaced": "was replaced by another file",
+        "resized": f"changed size ({record['size']} -> {now['size']} bytes)",
+        "modified": f"was modified ({record['mtime']} -> {now['mtime']})",
+        "rewritten": "was rewritten or its attributes changed (status-change time)",
+    }[difference(record, now)]
+
+
+def difference(old: dict, new: dict) -> str | None:
+    """What differs between two fingerprints of one file, in a word: ``replaced`` (another inode),
+    ``resized``, ``modified`` (mtime), ``rewritten`` (ctime only: rewritten in place with its mtime
+    set back, or its owner or mode changed), or None when they are the same."""
+    for key, kind in (("inode", "replaced"), ("size", "resized"), ("mtime_ns", "modified"), ("ctime_ns", "rewritten")):
+        if old[key] != new[key]:
+            return kind
     return None
 
 

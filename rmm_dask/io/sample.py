@@ -13,7 +13,15 @@ import numpy as np
 
 from .regions import frame_sources
 
-__all__ = ["sample_frames"]
+__all__ = ["sample_blocks", "sample_frames"]
+
+
+def sample_blocks(ds) -> list[tuple[int, int]]:
+    """(module index, cell block index) of the blocks the checks before a job sample (the flat
+    check, the signal check: the same frames for both): the first, and the last module's middle one."""
+    data = ds.analog.data
+    n_mod, n_cb = (len(data.chunks[0]), len(data.chunks[1])) if hasattr(data, "chunks") and data.chunks else (ds.sizes["module"], 1)
+    return list(dict.fromkeys([(0, 0), (n_mod - 1, n_cb // 2)]))
 
 
 def sample_frames(array, module: int = 0, cell_block: int = 0, n: int = 16) -> np.ndarray:

@@ -51,7 +51,7 @@ import h5py
 
 from ..config import read_yaml
 from ..errors import InputError
-from ..io.fingerprint import fingerprint
+from ..io.fingerprint import difference, fingerprint
 from .settings import Watch
 
 _RUN_DIR = re.compile(r"^r(\d{4})$")
@@ -179,15 +179,8 @@ def _file_change(old: dict | None, new: dict | None) -> str | None:
         return "added"
     if new is None:
         return "removed"
-    if old["inode"] != new["inode"]:
-        return "replaced"
-    if old["size"] != new["size"]:
-        return "resized"
-    if old["mtime_ns"] != new["mtime_ns"]:
-        return "modified"
-    if old["ctime_ns"] != new["ctime_ns"]:
-        return "with a new ctime (rewritten in place, or its owner or mode changed)"
-    return None
+    kind = difference(old, new)
+    return "with a new ctime (rewritten in place, or its owner or mode changed)" if kind == "rewritten" else kind
 
 
 def _names(names: list[str]) -> str:
