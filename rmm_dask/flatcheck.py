@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import features as F
-from .detectors import Detector, get_detector
+from .detectors import Detector, run_detector
 from .errors import InputError
 from .mask import DarkStage, Params, dark_stage
 
@@ -184,8 +184,7 @@ def check_flat(darks: dict, flat, *, detector: Detector | str | None = None, fla
     """
     from .io.sample import sample_blocks, sample_frames
 
-    first = next(iter(darks.values()))
-    detector = get_detector(detector or first.attrs.get("detector", "AGIPD1M"))
+    detector = run_detector({**darks, "flat": flat}, detector)
     flat_stage = flat_stage or next(g for g in detector.gain_stages if g in darks)
     pieces = []
     for m, b in sample_blocks(flat):

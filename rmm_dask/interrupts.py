@@ -15,7 +15,10 @@ weakref callback or a ``__del__`` (h5py and Dask run many, e.g. while the flat c
 its frames): Python drops what those raise (it prints "Exception ignored in ..." and goes
 on), and the job would run to its end. A KeyboardInterrupt dropped there is caught by
 ``sys.unraisablehook`` (:func:`_dropped`, installed by :func:`handled`), not printed, and
-raised again a moment later (:data:`REDELIVER` s), once the callback has returned.
+raised again a moment later (:data:`REDELIVER` s), once the callback has returned. What
+other callbacks raise after an interrupt is its consequence (an object whose constructor it
+cut short fails in its ``__del__``: numba's llvmlite when Ctrl-C comes while a kernel
+compiles) and is not printed, then and after the command, which exits.
 """
 
 from __future__ import annotations
@@ -66,9 +69,11 @@ def _dropped(unraisable, previous):
     """``sys.unraisablehook`` inside :func:`handled`: our KeyboardInterrupt, dropped where Python
     ignores exceptions, is raised again in :data:`REDELIVER` s; anything else goes to ``previous``."""
     global _dropped_signal
-    if _raised is None or unraisable.exc_value is not _raised:
+    if _raised is None:
         previous(unraisable)
         return
+    if unraisable.exc_value is not _raised:
+        return  # a consequence of the interrupt (a __del__ of an object it cut short: llvmlite's), not news
     _dropped_signal = signal.Signals[str(_raised)]
     timer = threading.Timer(REDELIVER, _redeliver)
     timer.daemon = True
@@ -100,7 +105,8 @@ def handled():
         with _lock:  # no timer raises the signal again from here on
             _active = False
         signal.getsignal(signal.SIGINT)  # a signal raised just before is handled here, by _interrupted: nothing
-        sys.unraisablehook = hook
+        # after an interrupt the command ends: what the destructors of objects it cut short raise is not printed
+        sys.unraisablehook = hook if _raised is None else (lambda unraisable: None)
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 

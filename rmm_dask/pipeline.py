@@ -37,7 +37,7 @@ from dask.base import tokenize
 from dask.layers import ArrayBlockwiseDep
 
 from .codes import MASK_DTYPE, BadPixel
-from .detectors import Detector, get_detector
+from .detectors import Detector, description, run_detector
 from .errors import InputError
 from .io.fingerprint import fingerprint
 from .io.regions import FrameSource, frame_sources
@@ -83,8 +83,7 @@ def check_runs(darks: dict, flat=None, *, detector=None, params: Params = Params
     """
     if not darks:
         raise ValueError("at least one dark run is needed")
-    first = next(iter(darks.values()))
-    detector = get_detector(detector or first.attrs.get("detector", "AGIPD1M"))
+    detector = run_detector({**{f"dark-{g}": run for g, run in darks.items()}, "flat": flat}, detector)
     unknown = set(darks) - set(detector.gain_stages)
     if unknown:
         raise ValueError(f"{detector.name} has gain stages {detector.gain_stages}, not {sorted(unknown)}")
@@ -328,7 +327,7 @@ def build_mask(
         inputs["flat"] = _describe(flat)
     attrs = {
         "detector": detector.name,
-        "detector_description": _jsonable(asdict(detector)),  # stores of detectors from your own YAML stay readable
+        "detector_description": description(detector),  # stores of detectors from your own YAML stay readable
         "gain_stages": list(stages),
         "flat_stage": flat_stage if flat is not None else None,
         "parameters": _jsonable(asdict(params)),

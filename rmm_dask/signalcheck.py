@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .detectors import Detector, get_detector
+from .detectors import Detector, run_detector
 from .errors import InputError
 from .flatcheck import SAMPLE_FRAMES
 
@@ -82,8 +82,7 @@ def check_signal(darks: dict, flat=None, *, detector: Detector | str | None = No
     """
     from .io.sample import sample_blocks, sample_frames
 
-    first = next(iter(darks.values()))
-    detector = get_detector(detector or first.attrs.get("detector", "AGIPD1M"))
+    detector = run_detector({**darks, "flat": flat}, detector)
     if detector.counting:
         return
     runs = [(f"{g} dark", ds) for g, ds in darks.items()] + ([("flat", flat)] if flat is not None else [])

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
+from rmm_dask.detectors import description, get_detector
 from rmm_dask.errors import InputError
 from rmm_dask.io import euxfel, open_run
 from rmm_dask.synth import EXPECTED, GAINS, Defect, SynthConfig, synthesize
@@ -398,12 +399,15 @@ def test_stack_one_module_float_with_nan(tmp_path):
     np.testing.assert_array_equal(ds.analog.values[0, 0], data)  # NaN == NaN for assert_array_equal
     assert ds.attrs == {
         "detector": "AGIPD1M",
+        "detector_description": description(get_detector("AGIPD1M")),
         "source": "/entry/data",
         "path": str(path),
         "run": -1,
         "format": "hdf5-stack (module layout)",
-        "notes": [],
+        "notes": ["read as one memory cell: AGIPD1M's 352 cells are those of EuXFEL runs; for a stack of several, "
+                  "describe it in a YAML file with cells: N (interleaved) or cell-ids: PATH"],
         "files": [str(path)],
+        "chips": "from the description",
     }
 
 

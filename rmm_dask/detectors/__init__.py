@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,18 @@ class Detector:
     #: (None: every ``asic_shape[0]`` rows); the windows are [b[i], b[i + 1])
     chip_rows: tuple[int, ...] | None = None
     chip_columns: tuple[int, ...] | None = None  #: the same along x
+    #: chip boundaries from a run's own pixel mask (the regions between runs of virtual and gap
+    #: pixels, :mod:`rmm_dask.chips`) where it marks them, over ``chip_rows``/``chip_columns`` and
+    #: ``asic_shape``; then a module may have any shape its files show (LAMBDA: 516 x 1556 Si,
+    #: 516 x 1554 GaAs/CdTe)
+    chips_from_mask: bool = False
+    #: raw values above (below) this are no measurement (NXmx ``saturation_value``/``underload_value``:
+    #: the detector's marks of gaps, dead or overflowing pixels): read as missing
+    saturation_value: float | None = None
+    underload_value: float | None = None
+    #: memory cells of HDF5 stacks with ``n_cells`` > 1: None, frames interleaved (frame i is cell
+    #: i mod n_cells); or the path of a dataset of each frame's cell id (EuXFEL ``image.cellId``)
+    cell_ids: str | None = None
 
     def __post_init__(self):
         self._check_types()
@@ -120,9 +132,16 @@ class Detector:
         for key, value in (("chip-rows", self.chip_rows), ("chip-columns", self.chip_columns)):
             if value is not None and not (isinstance(value, tuple) and all(map(whole, value))):
                 raise ValueError(f"{self.name}: {key} must be a list of integers, not {_short(value)}")
+        if not isinstance(self.counting, bool):
+            raise ValueError(f"{self.name}: counting must be true or false, not {_short(self.counting)}")
         if not (isinstance(self.gain_stages, tuple) and all(isinstance(g, str) for g in self.gain_stages)):
             raise ValueError(f"{self.name}: gain-stages must be a list of names, not {_short(self.gain_stages)}")
-        for key, value in (("dataset", self.dataset), ("pixel-mask", self.pixel_mask)):
+        for key, value in (("saturation-value", self.saturation_value), ("underload-value", self.underload_value)):
+            if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool)):
+                raise ValueError(f"{self.name}: {key} must be a number, not {_short(value)}")
+        if not isinstance(self.chips_from_mask, bool):
+            raise ValueError(f"{self.name}: chips-from-pixel-mask must be true or false, not {_short(self.chips_from_mask)}")
+        for key, value in (("dataset", self.dataset), ("pixel-mask", self.pixel_mask), ("cell-ids", self.cell_ids)):
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{self.name}: {key} must be the path of a dataset, not {_short(value)}")
 
@@ -233,6 +252,28 @@ class Detector:
         return edge
 
 
+def with_chips(det: Detector, module_shape: tuple[int, int], rows: tuple | None, columns: tuple | None) -> Detector:
+    """``det`` for modules of ``module_shape`` with the chip boundaries a run's pixel mask gives along
+    each axis (None: the description's, which must then be for as many pixels). Boundaries at a
+    uniform pitch become that pitch (``asic_shape``), others ``chip_rows``/``chip_columns``.
+    ValueError says which axis the description cannot give."""
+    asic, bounds = list(det.asic_shape), [det.chip_rows, det.chip_columns]
+    for axis, found in enumerate((rows, columns)):
+        size = module_shape[axis]
+        if found is None:
+            if size != det.module_shape[axis]:
+                what = ("rows", "columns")[axis]
+                raise ValueError(f"modules of {list(module_shape)} pixels, not {det.name}'s {list(det.module_shape)}, "
+                                 f"and the pixel mask marks no chip {what}")
+            continue
+        pitch = found[1] - found[0]
+        uniform = list(zip(found[:-1], found[1:])) == uniform_windows(size, pitch)
+        asic[axis] = pitch if uniform else max(b - a for a, b in zip(found, found[1:]))
+        bounds[axis] = None if uniform else tuple(found)
+    return replace(det, module_shape=tuple(module_shape), asic_shape=tuple(asic), chip_rows=bounds[0],
+                   chip_columns=bounds[1])
+
+
 def uniform_windows(size: int, pitch: int) -> list[tuple[int, int]]:
     """[start, stop) windows of ``pitch`` pixels from 0 along ``size`` pixels, the last one cut at the border."""
     return [(a, min(a + pitch, size)) for a in range(0, size, pitch)]
@@ -258,6 +299,35 @@ def detector_of(attrs, where: str | os.PathLike | None = None, shape: tuple | No
         text = err.args[0] if isinstance(err, KeyError) else str(err)
         problem = " ".join(str(text).split())
         raise InputError(where, f"its detector_description attribute is not usable: {problem}") from None
+
+
+def description(det: Detector) -> dict:
+    """``det`` as a JSON-able mapping of its fields (a run's and a store's ``detector_description``
+    attribute), read back by :func:`detector_of`."""
+    return {f.name: list(v) if isinstance(v := getattr(det, f.name), tuple) else v for f in fields(Detector)}
+
+
+def run_detector(runs: dict, detector=None) -> Detector:
+    """The detector the runs (``{name: dataset or None}``) were read as: the description their readers
+    recorded (``detector_description``: adapted to the files, e.g. chip boundaries from their pixel mask,
+    or built from an NXmx file), unless ``detector`` names another detector; else ``detector`` or the
+    first run's detector name; a :class:`Detector` given is used as it is. The runs must all be of one
+    description: InputError naming the run whose files describe another."""
+    if isinstance(detector, Detector):
+        return detector
+    runs = {k: v for k, v in runs.items() if v is not None}
+    own = {k: detector_of(run.attrs, run.attrs.get("path")) for k, run in runs.items()
+           if run.attrs.get("detector_description")}
+    named = get_detector(detector) if detector is not None else None
+    if not own or (named is not None and named.name != next(iter(own.values())).name):
+        return named or get_detector(next(iter(runs.values())).attrs.get("detector", "AGIPD1M"))
+    (key, first), *others = own.items()
+    for other, det in others:
+        if det != first:
+            differ = [f.name for f in fields(Detector) if getattr(det, f.name) != getattr(first, f.name)]
+            raise InputError(runs[other].attrs.get("path", other), f"its files describe {det.name} with other "
+                             f"{', '.join(differ)} than {key}'s ({runs[key].attrs.get('path', key)}): not one detector")
+    return first
 
 
 def _described(attrs) -> Detector:
@@ -303,6 +373,10 @@ KEYS = {
     "module-order": "row",
     "dataset": None,
     "pixel-mask": None,
+    "chips-from-pixel-mask": False,
+    "saturation-value": None,
+    "underload-value": None,
+    "cell-ids": None,
 }
 
 
@@ -358,6 +432,8 @@ def _from_mapping(d: dict) -> Detector:
     for key in ("modules", "cells", "edge-width"):
         if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool)):
             raise ValueError(f"{key} must be an integer, not {_short(d[key])}")
+    if "counting" in d and not isinstance(d["counting"], bool):
+        raise ValueError(f"counting must be true or false, not {_short(d['counting'])}")
     return Detector(
         name=str(d["name"]),
         n_modules=d["modules"],
@@ -365,7 +441,7 @@ def _from_mapping(d: dict) -> Detector:
         asic_shape=asic_shape,
         gain_stages=tuple(str(g) for g in stages),
         n_cells=d.get("cells", 1),
-        counting=bool(d.get("counting", False)),
+        counting=d.get("counting", False),
         edge_width=d.get("edge-width", 0),
         gain=str(d.get("gain", "none")),
         module_grid=_ints(d, "module-grid"),
@@ -375,7 +451,30 @@ def _from_mapping(d: dict) -> Detector:
         pixel_mask=d.get("pixel-mask"),
         chip_rows=chip_rows,
         chip_columns=chip_columns,
+        chips_from_mask=d.get("chips-from-pixel-mask", False),
+        saturation_value=d.get("saturation-value"),
+        underload_value=d.get("underload-value"),
+        cell_ids=d.get("cell-ids"),
     )
+
+
+#: Detector field -> its YAML key, where the two differ
+_YAML_KEYS = {"n_modules": "modules", "n_cells": "cells", "chips_from_mask": "chips-from-pixel-mask"}
+
+
+def to_mapping(det: Detector) -> dict:
+    """The YAML description of ``det`` (keys of :data:`KEYS`, defaults left out): what
+    :func:`load_detector` reads back as the same Detector. ``asic-shape`` is left out where
+    chip boundaries along both axes replace it."""
+    out = {}
+    for f in fields(Detector):
+        value = getattr(det, f.name)
+        if value == f.default and f.name != "gain_stages":
+            continue
+        if f.name == "asic_shape" and det.chip_rows is not None and det.chip_columns is not None:
+            continue
+        out[_YAML_KEYS.get(f.name, f.name.replace("_", "-"))] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 DETECTORS = {det.name.lower(): det for det in (load_detector(p, builtin=True) for p in sorted(HERE.glob("*.yaml")))}
@@ -391,6 +490,11 @@ ALIASES = {
     "eiger": "EIGER1M",
     "lambda": "LAMBDA2M",
 }
+
+
+def builtin(det: Detector) -> bool:
+    """True for a built-in description (this directory's YAML files) as it is."""
+    return DETECTORS.get(det.name.lower()) == det
 
 
 def get_detector(name: str | os.PathLike | Detector) -> Detector:

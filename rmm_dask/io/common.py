@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 from dask.highlevelgraph import HighLevelGraph
 
-from ..detectors import Detector, get_detector
+from ..detectors import Detector, description, get_detector
 from ..errors import InputError
 
 __all__ = [
@@ -98,16 +98,17 @@ def negative_as_nan(block: np.ndarray) -> np.ndarray:
     return out
 
 
-def one_cell_dataset(data: dict, modules: list, n_frames: int, det: Detector, **attrs) -> xr.Dataset:
-    """The Dataset of a run with one memory cell (id 0): ``data`` variables, coordinates and attrs."""
+def one_cell_dataset(data: dict, modules: list, n_frames: int, det: Detector, cells=(0,), **attrs) -> xr.Dataset:
+    """The Dataset of a run with one memory cell (id 0; or the ``cells`` given): ``data`` variables,
+    coordinates and attrs."""
     return xr.Dataset(
         data,
         coords={
             "module": ("module", np.asarray(modules, dtype=np.int64)),
-            "cell": ("cell", np.zeros(1, dtype=np.int64)),
+            "cell": ("cell", np.asarray(cells, dtype=np.int64)),
             "frame": ("frame", np.arange(n_frames, dtype=np.int64)),
         },
-        attrs={"detector": det.name, "run": -1, **attrs},
+        attrs={"detector": det.name, "detector_description": description(det), "run": -1, **attrs},
     )
 
 

@@ -37,7 +37,7 @@ import xarray as xr
 from dask.base import tokenize
 from h5py import h5s
 
-from ..detectors import Detector
+from ..detectors import Detector, description
 from ..errors import InputError
 from . import regions
 from .common import DIMS, file_token, graph_array, resolve_detector
@@ -275,6 +275,7 @@ def open_euxfel_run(
         coords=coords,
         attrs={
             "detector": det.name,
+            "detector_description": description(det),
             "source": detector_id,
             "path": run_dir,
             "run": run_number(run_dir, files),

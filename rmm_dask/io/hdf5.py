@@ -13,6 +13,7 @@ reader shares are in :mod:`rmm_dask.io.common`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -23,7 +24,8 @@ import xarray as xr
 from dask.base import tokenize
 from h5py import h5s
 
-from ..detectors import Detector
+from ..chips import boundaries
+from ..detectors import Detector, builtin, with_chips
 from ..errors import InputError
 from .common import (
     DIMS,
@@ -47,25 +49,31 @@ __all__ = ["open_hdf5_stack"]
 
 
 class _Region:
-    """One read task of a stack: one module's pixels in some frames, as (1, 1, frame, y, x).
+    """One read task of a stack: one module's pixels in some frames of some memory cells, as (1, cells, frame, y, x).
 
-    ``segments`` are the (file, dataset, first frame, frames) the frames are concatenated
+    ``segments`` are the (file, dataset, first frame, frames) the raw frames are concatenated
     from, in order (one dataset; the ``data_000001``, ... datasets of a NeXus master file;
     the part files of a series); ``index`` the fixed indices between the frame axis and the
     module's pixels (``()``, or the module's index); ``origin`` the module's first pixel
-    (y, x) in the frame; ``shape`` (frames, y, x) of the result. Holds paths, never open files.
+    (y, x) in the frame; ``shape`` (frames, y, x) of the result, frames per cell. The raw
+    frames cycle through ``period`` memory cells: frame ``f`` of the cell at ``phase`` p is
+    raw frame ``f * period + p``; ``phases`` are the region's cells. Holds paths, never open files.
     """
 
-    __slots__ = ("segments", "index", "origin", "shape", "dtype")
+    __slots__ = ("segments", "index", "origin", "shape", "dtype", "period", "phases")
 
-    def __init__(self, segments: tuple, index: tuple, origin: tuple, shape: tuple, dtype: str):
+    def __init__(self, segments: tuple, index: tuple, origin: tuple, shape: tuple, dtype: str,
+                 period: int = 1, phases: tuple = (0,)):
         self.segments, self.index, self.origin, self.shape, self.dtype = segments, index, origin, shape, dtype
+        self.period, self.phases = period, phases
 
     def __reduce__(self):
-        return type(self), (self.segments, self.index, self.origin, self.shape, self.dtype)
+        return type(self), (self.segments, self.index, self.origin, self.shape, self.dtype, self.period, self.phases)
 
     def __repr__(self):
-        return f"_Region({len(self.segments)} segments, index={self.index}, origin={self.origin}, shape={self.shape}, dtype={self.dtype})"
+        cells = f", cells {list(self.phases)} of {self.period}" if self.period > 1 else ""
+        return (f"_Region({len(self.segments)} segments, index={self.index}, origin={self.origin}, shape={self.shape}, "
+                f"dtype={self.dtype}{cells})")
 
     @property
     def n_frames(self) -> int:
@@ -77,23 +85,27 @@ class _Region:
         start, stop = max(0, int(start)), min(int(stop), self.shape[0])
         if stop <= start:
             raise ValueError(f"frames({start}, {stop}) of a region of {self.shape[0]} frames holds no frame")
+        raw_start, raw_stop = start * self.period, stop * self.period  # whole cycles of cells: phases kept
         segments, at = [], 0
         for path, dataset, first, count in self.segments:
-            lo, hi = max(start, at), min(stop, at + count)
+            lo, hi = max(raw_start, at), min(raw_stop, at + count)
             if lo < hi:
                 segments.append((path, dataset, first + lo - at, hi - lo))
             at += count
-        return _Region(tuple(segments), self.index, self.origin, (stop - start, *self.shape[1:]), self.dtype)
+        return _Region(tuple(segments), self.index, self.origin, (stop - start, *self.shape[1:]), self.dtype,
+                       self.period, self.phases)
 
 
 def _read_region(region: _Region) -> np.ndarray:
-    """Read one module of the region's frames, one HDF5 chunk of frames at a time, straight into the output.
+    """Read one module of the region's frames and cells, one HDF5 chunk of frames at a time, straight into the output.
 
-    One read per chunk: a single selection spanning many chunks is several times slower in HDF5 1.14.
+    One read per chunk and cell (a cell's frames within a chunk are one strided selection): a single
+    selection spanning many chunks is several times slower in HDF5 1.14.
     """
     n_frames, ny, nx = region.shape
-    out = np.empty((1, 1, n_frames, ny, nx), dtype=region.dtype)
-    ones, f0 = (1,) * len(region.index), 0
+    period = region.period
+    out = np.empty((1, len(region.phases), n_frames, ny, nx), dtype=region.dtype)
+    ones, at = (1,) * len(region.index), 0  # at: the region's raw frame at the segment's start
     for path, dataset, first, n_seg in region.segments:
         try:
             with h5py.File(path, "r") as f:
@@ -102,19 +114,49 @@ def _read_region(region: _Region) -> np.ndarray:
                     raise InputError(path, f"dataset {dataset} changed shape since it was opened: {ds.shape}")
                 step = ds.chunks[0] if ds.chunks else max(1, (4 << 20) // (ny * nx * ds.dtype.itemsize))
                 space = ds.id.get_space()
-                a = first
-                while a < first + n_seg:
-                    n = min(step - a % step, first + n_seg - a)  # up to the end of the HDF5 chunk a is in
-                    space.select_hyperslab((a, *region.index, *region.origin), (n, *ones, ny, nx))
-                    mem = (n, *ones, ny, nx)
-                    ds.id.read(h5s.create_simple(mem), space, out[0, 0, f0 + a - first : f0 + a - first + n].reshape(mem))
-                    a += n
+                for c, phase in enumerate(region.phases):
+                    r = at + (phase - at) % period  # the cell's first raw frame in this segment
+                    while r < at + n_seg:
+                        a = first + r - at  # in the file
+                        stop = min((a // step + 1) * step, first + n_seg)  # to the end of the HDF5 chunk a is in
+                        n = -(-(stop - a) // period)
+                        space.select_hyperslab((a, *region.index, *region.origin), (n, *ones, ny, nx),
+                                               (period, *ones, 1, 1))
+                        mem = (n, *ones, ny, nx)
+                        frame = (r - phase) // period
+                        ds.id.read(h5s.create_simple(mem), space, out[0, c, frame : frame + n].reshape(mem))
+                        r += n * period
         except InputError:
             raise
         except (OSError, KeyError, ValueError, TypeError) as e:
             raise InputError(path, f"cannot read dataset {dataset}: {e}") from None
-        f0 += n_seg
+        at += n_seg
     return out
+
+
+class _Measured:
+    """View of raw values as float32 with no measurement as NaN: below 0 (counting detectors' integers: gaps
+    and bad pixels, Dectris -1, -2), above ``saturation_value`` or below ``underload_value`` (NXmx: the
+    detector's marks of gap, dead and overflowing pixels, e.g. 2^32 - 1). Picklable, for the read tasks."""
+
+    __slots__ = ("negative", "low", "high")
+
+    def __init__(self, negative: bool, low=None, high=None):
+        self.negative, self.low, self.high = negative, low, high
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        out = negative_as_nan(block) if self.negative else block.astype(np.float32)
+        if self.high is not None:
+            out[block > self.high] = np.nan
+        if self.low is not None:
+            out[block < self.low] = np.nan
+        return out
+
+    def __reduce__(self):
+        return type(self), (self.negative, self.low, self.high)
+
+    def __dask_tokenize__(self):
+        return ("rmm-measured", self.negative, self.low, self.high)
 
 
 def _low_bits(raw: np.ndarray) -> np.ndarray:
@@ -340,6 +382,7 @@ def open_hdf5_stack(
     if dtype.kind not in "iuf":
         raise InputError(first.path, f"{where} holds {dtype} values, expected integer or float numbers")
     dtype = dtype.newbyteorder("=")  # read into native byte order
+    det, chips = _chips_of_run(opened, det, tuple(first.shape[1:]))
     frames = {m: sum(p.frames for p in parts) for m, parts in opened.items()}
     if None in opened:  # every file holds every module: the layout of the frames says where each module is
         try:
@@ -351,28 +394,36 @@ def open_hdf5_stack(
         n_frames = frames[None]
     else:  # one file per module
         if tuple(first.shape[1:]) != tuple(det.module_shape):
-            raise InputError(first.path, f"{where} has shape {first.shape}; one module's file of {det.name} holds (frame, {det.module_shape[0]}, {det.module_shape[1]})")
+            unmarked = " and its pixel mask marks no chip boundaries" if det.chips_from_mask and first.mask else ""
+            raise InputError(first.path, f"{where} has shape {first.shape}{unmarked}; one module's file of {det.name} holds "
+                                         f"(frame, {det.module_shape[0]}, {det.module_shape[1]})"
+                                         f"{'' if not unmarked else ': describe the module in a YAML file with its chip-rows and chip-columns'}")
         m0, n_frames = next(iter(frames.items()))
         for m, n in frames.items():
             if n != n_frames:
                 raise InputError(opened[m][0].path, f"module m{m + 1} has {n} frames, module m{m0 + 1} ({opened[m0][0].path}) has {n_frames}")
         available = {m: (tuple(s for part in parts for s in part.segments), (), (0, 0)) for m, parts in opened.items()}
         layout = "module files"
+    cells, phases, cell_note = _cells_of_run(opened, det, label, where, n_frames)
+    n_frames //= len(phases)
     if n_frames < 2:
-        raise InputError(label, f"{where} has {n_frames} frame(s), need at least 2")
+        raise InputError(label, f"{where} has {n_frames} frame(s){' per memory cell' if len(phases) > 1 else ''},"
+                                " need at least 2")
     wanted = select_modules(label, sorted(available), modules, where)
     files = sorted({name for parts in opened.values() for part in parts for name in part.files})
     frame_shape = (n_frames, *det.module_shape)
-    name = "hdf5-stack-" + tokenize(file_token(files), [available[m] for m in wanted], str(dtype), wanted, det)
-    grid = np.empty((len(wanted), 1), dtype=object)
-    for i, m in enumerate(wanted):
-        grid[i, 0] = _Region(*available[m], frame_shape, dtype.str)
-    tasks = {(i, 0, 0, 0, 0): (_read_region, grid[i, 0]) for i in range(len(wanted))}
-    chunks = ((1,) * len(wanted), (1,), (n_frames,), (det.module_shape[0],), (det.module_shape[1],))
+    name = "hdf5-stack-" + tokenize(file_token(files), [available[m] for m in wanted], str(dtype), wanted, det, phases)
+    blocks = [tuple(range(a, min(a + cells_per_chunk, len(cells)))) for a in range(0, len(cells), cells_per_chunk)]
+    grid = np.empty((len(wanted), len(blocks)), dtype=object)
+    for (i, m), (j, block) in itertools.product(enumerate(wanted), enumerate(blocks)):
+        grid[i, j] = _Region(*available[m], frame_shape, dtype.str, len(phases), tuple(phases[c] for c in block))
+    tasks = {(i, j, 0, 0, 0): (_read_region, grid[i, j]) for i, j in np.ndindex(grid.shape)}
+    chunks = ((1,) * len(wanted), tuple(map(len, blocks)), (n_frames,), (det.module_shape[0],), (det.module_shape[1],))
     raw = graph_array(name, tasks, chunks, dtype)
     views = {"analog": None}
-    if det.counting and dtype.kind == "i":  # counts below 0 mark gaps and bad pixels (Dectris -1, -2): missing
-        views = {"analog": negative_as_nan}
+    limits = (det.underload_value, det.saturation_value)
+    if (det.counting and dtype.kind == "i") or limits != (None, None):  # no measurement: missing
+        views = {"analog": _Measured(det.counting and dtype.kind == "i", *limits)}
     if det.gain == "bits":
         if dtype.kind != "u" or dtype.itemsize != 2:
             raise InputError(first.path, f"{where} holds {dtype}; {det.name} raw data with the gain in bits 14-15 is uint16")
@@ -387,7 +438,117 @@ def open_hdf5_stack(
     if mask is not None:
         data["pixel_mask"] = (("module", "y", "x"), mask)
     notes = [f"manufacturer pixel mask {det.pixel_mask} kept as its own layer"] if mask is not None else []
-    return one_cell_dataset(data, wanted, n_frames, det, source=dataset, path=label, format=f"hdf5-stack ({layout} layout)", notes=notes, files=files)
+    notes += [note for note in (chips, cell_note) if note]
+    return one_cell_dataset(data, wanted, n_frames, det, source=dataset, path=label, format=f"hdf5-stack ({layout} layout)",
+                            notes=notes, files=files, chips=chips or "from the description", cells=cells)
+
+
+def _cells_of_run(opened: dict, det: Detector, label: str, where: str, n_raw: int) -> tuple[list, list, str | None]:
+    """The memory cells of a stack's raw frames: (cell ids, the phase of each in the cycle, a note).
+
+    One cell (id 0) for a detector of one, and (with a note) for a built-in description, whose cells are
+    those of EuXFEL runs (AGIPD1M, JUNGFRAU1M); ``cells: N`` > 1: N cells interleaved (frame i is cell
+    i mod N); with ``cell-ids: PATH`` the cell of each frame from that dataset in the files (EuXFEL's
+    ``image.cellId``), which must repeat one sequence of distinct cells. InputError (one line) for a
+    frame count that is no whole number of cycles, or ids that do not repeat.
+    """
+    if det.n_cells == 1 and det.cell_ids is None:
+        return [0], [0], None
+    if det.cell_ids is None and builtin(det):
+        return [0], [0], (f"read as one memory cell: {det.name}'s {det.n_cells} cells are those of EuXFEL runs; for a "
+                          "stack of several, describe it in a YAML file with cells: N (interleaved) or cell-ids: PATH")
+    if det.cell_ids is None:
+        period, sequence = det.n_cells, list(range(det.n_cells))
+        how = f"frame i is cell i mod {period} (cells: {period} of {det.name})"
+        source = f"the {period} memory cells of {det.name}"
+    else:
+        ids = _read_cell_ids(opened, det.cell_ids, n_raw)
+        repeat = np.flatnonzero(ids[1:] == ids[0])
+        period = int(repeat[0]) + 1 if repeat.size else len(ids)
+        sequence = [int(c) for c in ids[:period]]
+        source = f"the cycle of {period} cells in {det.cell_ids}"
+        if len(set(sequence)) < period or period > det.n_cells:
+            raise InputError(label, f"{det.cell_ids}: the first {period} frames' cells {_cut(sequence)} are not "
+                                    f"one cycle of distinct cells of {det.name}'s {det.n_cells}")
+        if n_raw % period == 0:
+            wrong = np.flatnonzero(ids != np.tile(ids[:period], n_raw // period))
+            if wrong.size:
+                i = int(wrong[0])
+                raise InputError(label, f"{det.cell_ids}: frame {i} has cell {int(ids[i])}, but the cycle of the "
+                                        f"first {period} frames puts cell {sequence[i % period]} there: "
+                                        "not one repeating sequence of cells (a frame dropped?)")
+        how = f"cells {_cut(sorted(sequence))} from {det.cell_ids}, a cycle of {period} frames"
+    if n_raw % period:
+        raise InputError(label, f"{where} has {n_raw} frames, not a whole number of cycles of {source}: "
+                                f"{n_raw % period} frames more than {n_raw // period} cycles (a frame missing or extra?)")
+    cells = sorted(sequence)
+    return cells, [sequence.index(c) for c in cells], f"frames read as {period} memory cells: {how}"
+
+
+def _read_cell_ids(opened: dict, path: str, n_raw: int) -> np.ndarray:
+    """The cell id of every raw frame, from dataset ``path`` of each file of (the first module's) stack."""
+    parts = next(iter(opened.values()))
+    ids = []
+    for part in parts:
+        with open_hdf5(part.path) as f:
+            d = f.get(path)
+            if not isinstance(d, h5py.Dataset):
+                raise InputError(part.path, f"no dataset {path} (cell-ids: the memory cell of each frame)")
+            values = np.asarray(d[()])
+        if values.dtype.kind not in "iu" or values.reshape(len(values), -1).shape[1] != 1 or len(values) != part.frames:
+            raise InputError(part.path, f"cell-ids dataset {path} holds {values.dtype} {values.shape}: expected one "
+                                        f"integer per frame ({part.frames})")
+        ids.append(values.reshape(-1).astype(np.int64))
+    return np.concatenate(ids)
+
+
+def _cut(values: list) -> str:
+    return str(values) if len(values) <= 8 else f"[{values[0]}, ..., {values[-1]}] ({len(values)})"
+
+
+def _chips_of_run(opened: dict, det: Detector, tail: tuple) -> tuple[Detector, str | None]:
+    """``det`` with the chip boundaries (and, for a module's own files, the module shape) that the run's
+    pixel mask marks (:mod:`rmm_dask.chips`), and a note saying so, for a description that asks for it
+    (``chips-from-pixel-mask: true``); ``(det, None)`` otherwise, or where the files have no pixel mask or
+    mark none. Reads the pixel masks of each module's first file (metadata-sized).
+    Every module must mark the same boundaries (the detector has one layout); InputError otherwise."""
+    firsts = [parts[0] for parts in opened.values() if parts[0].mask]
+    if not det.chips_from_mask or not firsts:
+        return det, None
+    one_module = None not in opened or (len(tail) == 2 and tail != det.frame_shape)  # the files' frames: one module
+    shape = tail if one_module else tuple(det.module_shape)
+    found = {}
+    for part in firsts:
+        dataset = part.mask[0]
+        with open_hdf5(part.path) as f:
+            plane = np.asarray(f[dataset][()], dtype=np.uint32)
+        planes = plane.reshape(-1, *shape) if one_module and plane.size == np.prod(shape) else det.module_stack(plane)
+        if planes.ndim != 3 or planes.shape[1:] != shape:
+            return det, None  # a mask of another shape: refused with its shape by _pixel_mask
+        for m, module in enumerate(planes):
+            try:
+                bounds = (boundaries(module, 0), boundaries(module, 1))
+            except ValueError as e:
+                raise InputError(part.path, f"pixel mask {dataset}: {e}") from None
+            found.setdefault(bounds, part.path if len(planes) == 1 else f"{part.path} (module {m})")
+    if len(found) > 1:
+        (a, first_file), (b, other) = list(found.items())[:2]
+        raise InputError(other, f"its pixel mask marks chip rows {_listed(b[0])} and columns {_listed(b[1])}, but "
+                                f"{first_file}'s {_listed(a[0])} and {_listed(a[1])}: not one detector's modules")
+    (rows, columns), where = next(iter(found.items()))
+    if rows is None and columns is None:
+        return det, None
+    try:
+        adapted = with_chips(det, shape, rows, columns)
+    except ValueError as e:
+        raise InputError(where, f"{det.name}: {e}") from None
+    note = (f"chip rows {_listed(adapted.chip_rows or rows)}, columns {_listed(adapted.chip_columns or columns)} "
+            f"from the pixel mask {det.pixel_mask} of {where}")
+    return adapted, note
+
+
+def _listed(bounds) -> str:
+    return "as described" if bounds is None else str(list(bounds))
 
 
 def _read_pixel_mask(sources: tuple, det: Detector) -> np.ndarray:

@@ -30,7 +30,10 @@ from .counting import (
     FLAT_COUNTS,
     HOT_RATE,
     KNOWN_DEAD,
+    LAMBDA_GAAS,
+    LAMBDA_GAAS_GAP,
     NXMX_DEAD,
+    NXMX_GAP,
     NXMX_VIRTUAL,
     SMALL_COUNTING,
     SPLIT,
@@ -48,7 +51,8 @@ from .scoring import format_score, ideal_mask, score
 __all__ = [
     *model.__all__,
     "synthesize", "plant_hot", "ideal_mask", "score", "format_score", "COUNTING_KINDS",
-    "EXPECTED_COUNTING", "FLAT_COUNTS", "HOT_RATE", "KNOWN_DEAD", "NXMX_DEAD", "NXMX_VIRTUAL",
+    "EXPECTED_COUNTING", "FLAT_COUNTS", "HOT_RATE", "KNOWN_DEAD", "LAMBDA_GAAS", "LAMBDA_GAAS_GAP", "NXMX_DEAD", "NXMX_GAP",
+    "NXMX_VIRTUAL",
     "SPLIT", "SMALL_COUNTING", "CountingDark", "counting_dark", "virtual_pixels",
     "synthesize_counting", "synthesize_integrating",
 ]

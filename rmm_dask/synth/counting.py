@@ -46,25 +46,41 @@ EXPECTED_COUNTING: dict[Defect, BadPixel] = {
     Defect.OVER_RESPONDING: BadPixel.FLAT_HIGH,
     Defect.UNDER_RESPONDING: BadPixel.FLAT_LOW,
     Defect.DEAD: BadPixel.FLAT_LOW,
+    Defect.NO_DATA: BadPixel.NO_DATA,  #: the gap pixels of SynthConfig.gap_columns
 }
 HOT_RATE = (2.0, 20.0)  #: counts per frame of a hot pixel
 FLAT_COUNTS = 50.0  #: mean counts per frame under the flat beam
 KNOWN_DEAD = 4  #: dead pixels per module that the manufacturer's pixel mask flags (bit 1)
 NXMX_DEAD = 2  #: NeXus/Dectris pixel_mask bit value of a dead pixel
+NXMX_GAP = 1 << 0  #: NXmx pixel_mask bit of a gap pixel (no sensor: missing data)
 NXMX_VIRTUAL = 1 << 31  #: NXmx pixel_mask bit of a virtual pixel (information, not a defect)
 SPLIT = 3  #: logical pixels each large pixel at a LAMBDA chip boundary is split into
 
 
-def virtual_pixels(det: Detector) -> np.ndarray:
+#: a high-Z LAMBDA 2M (GaAs, CdTe) as the synthetic model makes it: modules of 516 x 1554, two sensor tiles
+#: of 3 chips each, 2 columns without sensor between them (LAMBDA_GAAS_GAP) and large (virtual) pixels at
+#: the chip boundaries inside each tile. The real layout is in each file's pixel mask (not published).
+LAMBDA_GAAS_GAP = (776, 777)
+LAMBDA_GAAS = Detector(
+    name="LAMBDA2M", n_modules=3, module_shape=(516, 1554), asic_shape=(258, 260), counting=True,
+    dataset="/entry/instrument/detector/data", pixel_mask="/entry/instrument/detector/pixel_mask",
+    chip_rows=(0, 258, 516), chip_columns=(0, 258, 518, 778, 1036, 1296, 1554), chips_from_mask=True,
+)
+
+
+def virtual_pixels(det: Detector, gap_columns=()) -> np.ndarray:
     """Bool (y, x): the virtual pixels of a module whose chip boundaries are given as lists (LAMBDA).
 
     At each inner boundary the two large pixels (3 x 55 um) are each split into SPLIT logical
-    pixels: the SPLIT rows (columns) on either side of the boundary. None for chips at a
+    pixels: the SPLIT rows (columns) on either side of the boundary; not at a boundary that a
+    gap (``gap_columns``, SynthConfig's) ends at: the tiles meet there. None for chips at a
     uniform pitch (the description gives no boundaries).
     """
     virtual = np.zeros(det.module_shape, dtype=bool)
     for axis, bounds in enumerate((det.chip_rows, det.chip_columns)):
         for b in (bounds or ())[1:-1]:
+            if axis == 1 and b - 1 in gap_columns:
+                continue
             index = [slice(None), slice(None)]
             index[axis] = slice(b - SPLIT, b + SPLIT)
             virtual[tuple(index)] = True
@@ -92,22 +108,28 @@ def synthesize_counting(config: SynthConfig) -> SyntheticCalibration:
     defects = np.zeros((config.modules, 1, 1, *det.module_shape), dtype=np.uint16)
     pixel_mask = np.zeros((config.modules, *det.module_shape), dtype=np.uint32)
     n = _pixels_per_kind(config)
-    virtual = virtual_pixels(det)
+    virtual = virtual_pixels(det, config.gap_columns)
+    gap = np.zeros(det.module_shape, dtype=bool)
+    gap[:, list(config.gap_columns)] = True
     for m in range(config.modules):
         rng = _rng(config, m, _DEFECTS)
         dead = np.zeros(det.module_shape, dtype=bool)
-        y0, x0 = (int(rng.integers(0, s - b)) for s, b in zip(det.module_shape, (8, 8)))
-        dead[y0 : y0 + 8, x0 : x0 + 8] = True
-        free = rng.permutation(np.flatnonzero(~(dead | virtual)))
+        while not dead.any() or (dead & gap).any():  # the dead block away from the gap (missing there, not dead)
+            dead[:] = False
+            y0, x0 = (int(rng.integers(0, s - b)) for s, b in zip(det.module_shape, (8, 8)))
+            dead[y0 : y0 + 8, x0 : x0 + 8] = True
+        free = rng.permutation(np.flatnonzero(~(dead | virtual | gap)))
         kinds = dict(zip(COUNTING_KINDS, free[: n * len(COUNTING_KINDS)].reshape(-1, n)))
         known = free[n * len(COUNTING_KINDS) : n * len(COUNTING_KINDS) + KNOWN_DEAD]
         dead.reshape(-1)[known] = True
         pixel_mask[m].reshape(-1)[known] = NXMX_DEAD
         pixel_mask[m][virtual] |= np.uint32(NXMX_VIRTUAL)
+        pixel_mask[m][gap] |= np.uint32(NXMX_GAP)
         plane = defects[m, 0, 0].reshape(-1)
         for kind, index in kinds.items():
             plane[index] |= np.uint16(kind)
         defects[m, 0, 0][dead] |= np.uint16(Defect.DEAD)
+        defects[m, 0, 0][gap] |= np.uint16(Defect.NO_DATA)
 
         params = _rng(config, m, _PARAMETERS)
         rate = np.full(det.module_shape, config.dark_rate)
@@ -128,6 +150,7 @@ def synthesize_counting(config: SynthConfig) -> SyntheticCalibration:
                 level += beam * response
             counts = r.poisson(level).astype(np.int32)
             counts[:, dead] = 0
+            counts[:, gap] = -1  # no sensor: the detector writes -1
             run.analog[m, 0] = counts
     truth = Truth(defects, {"high": np.zeros((config.modules, 1, config.frames), dtype=bool)}, det.asic_edges(), EXPECTED_COUNTING)
     return SyntheticCalibration(config, {"high": dark}, flat, truth, {"pixel_mask": pixel_mask})

@@ -150,6 +150,10 @@ class SynthConfig:
     dtype: str = "uint16"  #: "uint16" (raw) or "float32" (NO_DATA planted as NaN); counting detectors: int32
     detector: Detector = AGIPD1M
     dark_rate: float = DARK_RATE  #: counting detectors: counts per frame of a normal pixel in the dark
+    #: counting detectors: columns of each module without sensor (a LAMBDA GaAs/CdTe module's gap
+    #: between its two tiles, :data:`rmm_dask.synth.counting.LAMBDA_GAAS_GAP`): -1 counts (missing),
+    #: pixel mask bit 0, and no large (virtual) pixels at the chip boundary the gap ends at
+    gap_columns: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -162,6 +166,8 @@ class SynthConfig:
         for name in ("modules", "cells", "frames", "flat_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if any(not 0 <= c < self.detector.module_shape[1] for c in self.gap_columns):
+            raise ValueError(f"gap columns {list(self.gap_columns)} are not columns of a {self.detector.name} module")
         if self.seed < 0 or self.acquisition < 0:
             raise ValueError("seed and acquisition must be non-negative")
         if not 0.0 <= self.outlier_frame_fraction < 1.0:
