@@ -57,15 +57,10 @@ def _params(args):
 
 def _check_run_options(args):
     """What argparse cannot check: a dark run, a known detector, a flat stage with its dark."""
-    from .detectors import get_detector
-
     given = [g for g in GAIN_OPTIONS if getattr(args, f"dark_{g}")]
     if not given:
         raise InputError("--dark-high", "at least one dark run is needed")
-    try:
-        get_detector(args.detector)
-    except KeyError as err:
-        raise InputError("--detector", err.args[0]) from None
+    _check_detector(args)
     if args.flat and args.flat_stage and args.flat_stage not in given:
         raise InputError("--flat-stage", f"the flat run is in {args.flat_stage} gain, but no --dark-{args.flat_stage} run is given")
     if args.cells_per_chunk is not None and args.cells_per_chunk < 1:
@@ -73,6 +68,16 @@ def _check_run_options(args):
     _check_workers(args)
     if args.lam is not None and not (math.isfinite(args.lam) and args.lam > 0):
         raise InputError("--lambda", f"must be a finite number above 0, not {args.lam:g}")
+
+
+def _check_detector(args):
+    from .detectors import get_detector
+
+    if args.detector is not None:
+        try:
+            get_detector(args.detector)
+        except KeyError as err:
+            raise InputError("--detector", err.args[0]) from None
 
 
 def _check_workers(args):
@@ -154,11 +159,12 @@ def _user_mask(args, darks):
     """The --user-mask as uint8 (module, y, x) for the modules of the runs, or None."""
     if not args.user_mask:
         return None
-    from .detectors import get_detector
+    from .detectors import run_detector
     from .usermask import read_user_mask
 
     modules = next(iter(darks.values())).module.values
-    return read_user_mask(args.user_mask, get_detector(args.detector), modules, good_is_one=args.user_mask_good_is_one)
+    detector = run_detector(darks, args.detector)  # as the runs were read: the modules' shape their files show
+    return read_user_mask(args.user_mask, detector, modules, good_is_one=args.user_mask_good_is_one)
 
 
 def _show(args) -> int:
@@ -179,6 +185,8 @@ def _show(args) -> int:
     for name, info in attrs.get("inputs", {}).items():
         say(f"  {name}: {info.get('path')} ({info.get('frames')} frames per cell)")
     say(f"  parameters: {attrs.get('parameters')}")
+    for line in _detector_lines(root):
+        say(f"  {line}")
     tables.print_counts(console, args.store, per_cell=args.cells, root=root)
     if args.png:
         with publish.output(args.png, overwrite=args.overwrite, directory=True, what="the figures") as out:
@@ -190,6 +198,40 @@ def _show(args) -> int:
 
         say(f"report: {mask_report(args.store, args.html, overwrite=args.overwrite, geometry=args.geometry)}")
     return 0
+
+
+def _describe(args) -> int:
+    import yaml
+
+    from .detectors import detector_of, to_mapping
+    from .io import open_run
+
+    _check_detector(args)
+    ds = open_run(_run_spec(args.paths), args.detector, dataset=args.dataset)
+    det = detector_of(ds.attrs, ds.attrs.get("path"))
+    lines = [f"# rmm describe: the detector {printable(ds.attrs.get('path'))} is read as; edit and give with --detector",
+             f"# description: {printable(ds.attrs.get('detector_source'))}",
+             *(f"# {printable(note)}" for note in ds.attrs.get("notes", []))]
+    if det.chips_from_mask:
+        lines.append("# chips-from-pixel-mask: true reads the chips of each run from its pixel mask; "
+                     "false keeps the chip-rows/chip-columns below")
+    text = yaml.safe_dump(to_mapping(det), sort_keys=False, default_flow_style=None, width=100, allow_unicode=False)
+    print("\n".join(lines) + "\n" + text, end="")
+    return 0
+
+
+def _detector_lines(root) -> list[str]:
+    """What ``rmm show`` says of the store's detector: modules, chips, and where their description came from."""
+    from .detectors import detector_of
+
+    attrs = root.attrs
+    det = detector_of(attrs, None)
+    chips = attrs.get("chips") or "from the description"
+    if chips == "from the description":
+        rows, columns = ([a for a, _ in det.asic_windows(axis)] + [det.module_shape[axis]] for axis in (0, 1))
+        chips = f"chip rows {rows}, columns {columns} from the description"
+    return [f"detector: {det.name}, {det.n_modules} module(s) of {det.module_shape[0]} x {det.module_shape[1]} pixels; "
+            f"description: {attrs.get('detector_source') or 'by its name'}", f"chips: {chips}"]
 
 
 def _export(args) -> int:
@@ -277,7 +319,7 @@ def _add_mask_arguments(p) -> list[argparse.Action]:
         add("--flat", path=True, metavar="RUN", nargs="+", help=f"flat-field run: {run}"),
         add("--flat-stage", choices=GAIN_OPTIONS, help="gain stage of the flat run (default: the first dark given)"),
         add("--out", path=True, required=True, metavar="STORE", help="the Zarr store to publish"),
-        add("--detector", default="AGIPD1M", metavar="NAME|FILE.yaml", help="detector description: a name (AGIPD1M, JUNGFRAU1M, JUNGFRAU4M, CSPAD, PILATUS300K, PILATUS6M, EIGER1M, EIGER16M, LAMBDA750K, LAMBDA2M) or a YAML file (default: AGIPD1M)"),
+        add("--detector", metavar="NAME|FILE.yaml", help=DETECTOR_HELP),
         add("--dataset", metavar="PATH", help="dataset path inside HDF5 stack files"),
         add("--config", path=True, metavar="FILE", help="YAML with parameters under 'rmm-dask:' (see configs/rmm.yaml)"),
         add("--lambda", dest="lam", type=float, metavar="L", help="outlier threshold in robust sigmas (default 8)"),
@@ -290,6 +332,12 @@ def _add_mask_arguments(p) -> list[argparse.Action]:
         add("--accept-flat", action="store_true", help="use a flat run the check doubts (not lit, or in another gain stage); the store records it"),
         add("--overwrite", action="store_true", help="replace an existing store (and --report) in one atomic swap, once the new one is complete"),
     ]
+
+
+DETECTOR_HELP = (
+    "detector description: a name (AGIPD1M, JUNGFRAU1M, JUNGFRAU4M, CSPAD, PILATUS300K, PILATUS6M, EIGER1M, EIGER16M, "
+    "LAMBDA750K, LAMBDA2M) or a YAML file (default: from the files: NeXus/NXmx and LAMBDA files describe themselves "
+    "(rmm describe RUN prints it); AGIPD1M for EuXFEL runs)")
 
 
 def _mask_argv(args) -> list[str]:
@@ -434,6 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show what a pass would do; change nothing")
     p.add_argument("--status", action="store_true", help="print the catalog and the current versions")
     p.set_defaults(run=_nightly)
+
+    p = sub.add_parser("describe", help="print the detector description a run is read with, as YAML to keep and edit", description=(
+        "Open a run (metadata only) and print, as a YAML detector description (see README, 'Detectors and formats'), "
+        "what rmm reads it as: built from the files' NeXus/NXmx metadata without --detector (or the built-in LAMBDA "
+        "adapted to the files: module shape, chips from the pixel mask), or the description given, adapted to the files. "
+        "Save it (rmm describe RUN > my-detector.yaml), edit it and give it with --detector."))
+    p.add_argument("paths", nargs="+", metavar="RUN", help="a run: a directory, a glob pattern or the files of one acquisition")
+    p.add_argument("--detector", metavar="NAME|FILE.yaml", help=DETECTOR_HELP)
+    p.add_argument("--dataset", metavar="PATH", help="dataset path inside HDF5 stack files")
+    p.set_defaults(run=_describe)
 
     p = sub.add_parser("show", help="counts per bit, module, gain and cell; --png for figures, --html for a report", description=(
         "Print a mask store's inputs, parameters and counts per bit, module, gain stage (and cell), and its layers; "

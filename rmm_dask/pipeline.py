@@ -327,7 +327,9 @@ def build_mask(
         inputs["flat"] = _describe(flat)
     attrs = {
         "detector": detector.name,
-        "detector_description": description(detector),  # stores of detectors from your own YAML stay readable
+        "detector_description": description(detector),
+        "detector_source": ref.attrs.get("detector_source") or "given",
+        "chips": ref.attrs.get("chips") or "from the description",  # stores of detectors from your own YAML stay readable
         "gain_stages": list(stages),
         "flat_stage": flat_stage if flat is not None else None,
         "parameters": _jsonable(asdict(params)),

@@ -25,7 +25,7 @@ import re
 
 import xarray as xr
 
-from ..detectors import Detector
+from ..detectors import Detector, get_detector
 from ..errors import InputError
 from .cbf import open_cbf_series
 from .common import resolve_detector
@@ -35,12 +35,12 @@ from .hdf5 import open_hdf5_stack
 
 _EUXFEL_FILE = re.compile(r"^(RAW|CORR)-R\d+-")
 
-__all__ = ["open_run", "open_euxfel_run", "open_hdf5_stack", "open_cbf_series", "InputError"]
+__all__ = ["open_run", "describe_files", "open_euxfel_run", "open_hdf5_stack", "open_cbf_series", "InputError"]
 
 
 def open_run(
     path,
-    detector: str | Detector = "AGIPD1M",
+    detector: str | Detector | None = "AGIPD1M",
     *,
     dataset: str | None = None,
     cells_per_chunk: int = 1,
@@ -60,16 +60,56 @@ def open_run(
     ``path`` (what was given) and ``files`` (every file read, VDS sources included). Raises
     :class:`InputError` naming the file and the problem for anything unreadable,
     incomplete or mixed. ``modules`` selects module numbers; ``detector_id`` (e.g.
-    ``SPB_DET_AGIPD1M-1``) picks one detector of a EuXFEL run that holds several.
+    ``SPB_DET_AGIPD1M-1``) picks one detector of a EuXFEL run that holds several. ``detector``
+    None: the files describe it (:func:`describe_files`: NXmx and LAMBDA files; AGIPD1M for
+    EuXFEL runs); ``attrs["detector_source"]`` says where the description came from.
     """
-    det = resolve_detector(detector)
     label, paths = expand(path)
     directories = [p for p in paths if os.path.isdir(p)]
     if directories and len(paths) > 1:
         raise InputError(directories[0], "is a directory among other paths: a run is one directory, or the files of one acquisition")
+    if detector is None:
+        det, source = describe_files(paths)
+    else:
+        det = resolve_detector(detector)
+        source = f"given: {os.fspath(detector) if isinstance(detector, (str, os.PathLike)) else det.name}"
     if directories:
-        return _open_directory(paths[0], det, dataset=dataset, cells_per_chunk=cells_per_chunk, modules=modules, detector_id=detector_id)
-    return _open_files(label, paths, det, dataset=dataset, cells_per_chunk=cells_per_chunk, modules=modules)
+        ds = _open_directory(paths[0], det, dataset=dataset, cells_per_chunk=cells_per_chunk, modules=modules, detector_id=detector_id)
+    else:
+        ds = _open_files(label, paths, det, dataset=dataset, cells_per_chunk=cells_per_chunk, modules=modules)
+    ds.attrs["detector_source"] = source
+    return ds
+
+
+def describe_files(paths: list[str]) -> tuple[Detector, str]:
+    """The detector of a run's files when no description is given: (Detector, where it came from).
+
+    A EuXFEL RAW run of AGIPD is read as AGIPD1M (the default of rmm, as before); the HDF5 files
+    of NeXus/NXmx detectors are described by their own metadata (:func:`rmm_dask.io.nxmx.describe_nxmx`:
+    an NXmx master, or a LAMBDA's first module file). InputError (one line) for anything else: CBF
+    frames, other detectors of EuXFEL runs, HDF5 files that are not NXmx; they need ``--detector``.
+    """
+    from .nxmx import describe_nxmx
+
+    if len(paths) == 1 and os.path.isdir(paths[0]):
+        names = sorted(os.listdir(paths[0]))
+        if any(name.lower().endswith(".cbf") for name in names):
+            raise InputError(paths[0], "holds CBF frames: give --detector (PILATUS300K, PILATUS6M or a YAML file)")
+        raw = [name for name in names if _EUXFEL_FILE.match(name)]
+        if raw:
+            if not any("-AGIPD" in name for name in raw):
+                raise InputError(paths[0], f"is a EuXFEL run of another detector than AGIPD ({raw[0]}): give --detector "
+                                           "(JUNGFRAU1M, JUNGFRAU4M or a YAML file)")
+            return get_detector("AGIPD1M"), "AGIPD1M, the default for EuXFEL runs"
+        files = directory_files(paths[0])
+    else:
+        files = sorted(p for p in paths if not os.path.isdir(p))
+    masters = [p for p in files if os.path.basename(p).lower().endswith(("_master.h5", "_master.nxs"))]
+    if not files:
+        raise InputError(paths[0], "holds no HDF5 files to describe the detector from: give --detector")
+    first = (masters or files)[0]
+    det, notes = describe_nxmx(first)
+    return det, f"described by {first}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _open_directory(path: str, det: Detector, *, dataset, cells_per_chunk, modules, detector_id) -> xr.Dataset:
