@@ -19,9 +19,14 @@ def count_bits(store) -> dict:
     ``store``: a path, or a store opened by :func:`rmm_dask.store.open_store` or :func:`rmm_dask.store.open_tree`.
 
     Returns ``{"pixels": n pixel-planes, "total": {name: n}, "module": {id: {name: n}},
-    "gain": {...}, "cell": {...}, "layers": {name: masked pixels}}`` where the names are the bits, ``any`` and ``flagged``:
-    edge pixels are counted under ASIC_EDGE and in ``any``; ``flagged`` counts the pixels
-    with any other bit (found bad by the analysis).
+    "gain": {...}, "cell": {...}, "layers": {name: masked pixels}}`` where the names are the bits, ``any``,
+    ``flagged`` and ``gap``: edge pixels are counted under ASIC_EDGE and in ``any``; ``flagged``
+    counts the pixels with any other bit (found bad by the analysis: what ``rmm show``, the report and
+    the nightly service's flagged fraction call defects). ``gap`` counts the pixel-planes of gap pixels
+    (:func:`gap_pixels`: no sensor behind them), whatever their bits: their data is missing by design,
+    so their NO_DATA bit is counted nowhere else (not under NO_DATA, ``any`` or ``flagged``); any other
+    bit the analysis set on one is counted as usual. ``pixels`` counts every pixel-plane, gaps included.
+    The store's mask is not changed: it and the exports still mask the gaps.
     """
     tree = open_tree(store)
     mask = tree["mask"]
@@ -31,6 +36,9 @@ def count_bits(store) -> dict:
     total = _zero()
     for i, m in enumerate(modules):
         block = mask[i].values  # (gain, cell, y, x)
+        gap = gap_pixels(tree, i)
+        if gap.any():  # a gap's missing data is no defect
+            block = np.where(gap, block & np.uint8(0xFF ^ int(BadPixel.NO_DATA)), block)
         per["module"][int(m)] = row = _zero()
         for name, bits in _SELECTIONS:
             hit = (block & np.uint8(bits)) != 0
@@ -42,11 +50,37 @@ def count_bits(store) -> dict:
                 per["gain"][g][name] += int(n)
             for c, n in zip(cells, by_cell):
                 per["cell"][int(c)][name] += int(n)
+        n_gap = int(np.count_nonzero(gap))
+        row["gap"] = n_gap * len(gains) * len(cells)
+        total["gap"] += row["gap"]
+        for g in gains:
+            per["gain"][g]["gap"] += n_gap * len(cells)
+        for c in cells:
+            per["cell"][int(c)]["gap"] += n_gap * len(gains)
     layers = _layers(tree)
     per["layers"] = {name: int(np.count_nonzero(layers[name].values)) for name in sorted(layers)}
     if "manufacturer" in layers:
         per["manufacturer_bits"] = count_nexus_bits(layers["manufacturer"])
     return {"pixels": int(np.prod(mask.shape)), "total": total, **per}
+
+
+#: the NeXus ``pixel_mask`` bit of a gap pixel (NXmx bit 0: no sensor behind it, e.g. between a LAMBDA GaAs
+#: module's two sensor tiles or between EIGER chips)
+NEXUS_GAP = 1
+
+
+def gap_pixels(store, i: int) -> np.ndarray:
+    """(y, x) bool: the gap pixels of the store's module at index ``i``, from its manufacturer's layer (NeXus bit 0).
+
+    Gap pixels have no sensor behind them: their data is missing (read as NaN, hence the mask's
+    NO_DATA bit) and that is no defect, so counts and figures keep them apart. All False for a
+    store without a manufacturer's layer (nothing says where gaps are).
+    """
+    tree = open_tree(store)
+    layer = _layers(tree).get("manufacturer")
+    if layer is None:
+        return np.zeros(tree["mask"].shape[-2:], dtype=bool)
+    return (np.asarray(layer[i].values, dtype=np.uint32) & np.uint32(NEXUS_GAP)) != 0
 
 
 #: NeXus NXdetector ``pixel_mask`` bits (NXmx): software rejects a pixel with any bit of the low 16 set;
@@ -84,30 +118,66 @@ _SELECTIONS = [(b.name, int(b)) for b in BadPixel] + [("any", 0xFF), ("flagged",
 
 
 def _zero() -> dict:
-    return {name: 0 for name, _ in _SELECTIONS}
+    """A row of count_bits: each selection and ``gap``, at 0."""
+    return {name: 0 for name, _ in _SELECTIONS} | {"gap": 0}
+
+
+def masked_fraction(planes: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    """(plane, y, x) mask bits -> (y, x) float32: the fraction of the planes masked, what the figures draw.
+
+    Edge pixels (ASIC_EDGE alone: geometry) are left out, as are gap pixels (``gap``, from
+    :func:`gap_pixels`): those are NaN, no fraction at all, for the figures to draw in a colour of
+    their own (:data:`GAP_COLOUR`) rather than as masked.
+    """
+    fraction = ((planes != 0) & (planes != BadPixel.ASIC_EDGE)).mean(axis=0, dtype=np.float32)
+    fraction[gap] = np.nan
+    return fraction
 
 
 def detector_image(store, geometry: str | None = None) -> tuple[np.ndarray, str, str] | None:
     """The whole detector as one image: per pixel, the fraction of gain stages x cells masked (edges left out).
 
-    From the detector's description: EuXFEL detectors (AGIPD-1M, JUNGFRAU) are
-    assembled by EXtra-geom, from the CrystFEL ``geometry`` file given or its example
-    geometry (approximate module positions); detectors whose modules tile a stored frame
-    (``module_grid``) are laid out as that frame; other multi-module detectors have their
-    modules side by side with a small gap (:func:`modules_side_by_side`). Modules absent
-    from the store are NaN. Returns (image, how it was assembled, imshow origin), or
-    None for a detector of one module (its module image is the whole detector).
+    From the detector's description: detectors whose modules tile a stored frame
+    (``module_grid``, such as PILATUS, EIGER, or a JUNGFRAU as Jungfraujoch writes it) are laid out
+    as that frame; EuXFEL detectors (AGIPD-1M, JUNGFRAU without a module grid) are assembled by
+    EXtra-geom, from the CrystFEL ``geometry`` file given or its example geometry (approximate module
+    positions); other multi-module detectors have their modules side by side with a small gap
+    (:func:`modules_side_by_side`). Modules absent from the store are NaN, and so are gap pixels
+    (:func:`detector_gaps` tells them apart). Returns (image, how it was assembled, imshow origin),
+    or None for a detector of one module (its module image is the whole detector).
     """
+    tree = open_tree(store)
+    return _assemble(tree, lambda i: _module_fraction(tree, i), geometry)
+
+
+def _module_fraction(tree, i: int) -> np.ndarray:
+    """(y, x): the fraction of the gain stages x cells of module index ``i`` masked (:func:`masked_fraction`)."""
+    block = tree["mask"][i].values  # (gain, cell, y, x)
+    return masked_fraction(block.reshape(-1, *block.shape[-2:]), gap_pixels(tree, i))
+
+
+def detector_gaps(store, geometry: str | None = None) -> np.ndarray | None:
+    """Bool image laid out as :func:`detector_image`'s: True on the gap pixels (:func:`gap_pixels`),
+    for the figure to draw them apart from the masked pixels; None for a detector of one module."""
+    tree = open_tree(store)
+    assembled = _assemble(tree, lambda i: gap_pixels(tree, i).astype(np.float32), geometry)
+    return None if assembled is None else assembled[0] == 1
+
+
+def _assemble(tree, module_image, geometry: str | None) -> tuple[np.ndarray, str, str] | None:
+    """The per-module (y, x) float images ``module_image(i)`` of the store's modules (module index ``i``)
+    laid out as the whole detector, as :func:`detector_image` describes; absent modules NaN."""
     from .detectors import detector_of
 
-    tree = open_tree(store)
     det = detector_of(tree.attrs)
     if det.n_modules < 2:
         return None
     full = np.full((det.n_modules, *det.module_shape), np.nan, dtype=np.float32)
     for i, m in enumerate(tree["module"].values):
-        block = tree["mask"][i].values
-        full[int(m)] = ((block != 0) & (block != BadPixel.ASIC_EDGE)).reshape(-1, *det.module_shape).mean(axis=0)
+        full[int(m)] = module_image(i)
+    if det.frame_shape is not None:  # before the names: an NXmx JUNGFRAU (Jungfraujoch) has its module grid
+        how = f"{det.name} frame layout ({det.module_grid[0]} x {det.module_grid[1]} modules)"
+        return det.join_frame(full, fill=np.nan), how, "upper"
     name = det.name.upper()
     if name.startswith(("AGIPD1M", "JUNGFRAU")):
         from extra_geom import AGIPD_1MGeometry, JUNGFRAUGeometry
@@ -120,8 +190,6 @@ def detector_image(store, geometry: str | None = None) -> tuple[np.ndarray, str,
             how = f"EXtra-geom example {'AGIPD-1M' if cls is AGIPD_1MGeometry else det.name} geometry (approximate positions)"
         image, _ = geom.position_modules(full)
         return image, how, "lower"  # EXtra-geom: y up, as seen from the sample
-    if det.frame_shape is not None:
-        return det.join_frame(full, fill=np.nan), f"{det.name} frame layout ({det.module_grid[0]} x {det.module_grid[1]} modules)", "upper"
     image, axis = modules_side_by_side(full)
     return image, f"{det.n_modules} modules {'one above the other' if axis == 0 else 'side by side'} (no geometry in the description)", "upper"
 
@@ -141,11 +209,16 @@ def modules_side_by_side(modules: np.ndarray) -> tuple[np.ndarray, int]:
 
 #: the longest side of a figure's images and the shortest side of one image panel, in inches
 _LONG_SIDE, _SHORT_SIDE = 10.0, 1.6
+#: the colour of gap pixels in the mask figures: light blue, on no part of the magma scale of "fraction masked"
+GAP_COLOUR = "#8ecae6"
+GAP_LABEL = "gap (no sensor: missing data)"
+_LEGEND_ROOM = 0.3  #: inches below the images for the gap colour's legend
 
 
-def _image_figure(shape: tuple[int, int], n: int, *, title_room: float = 0.5):
+def _image_figure(shape: tuple[int, int], n: int, *, title_room: float = 0.5, legend_room: float = 0.0):
     """A Figure with ``n`` image axes of ``shape`` (y, x) pixels each, sized so that each axes box has the
-    image's aspect ratio: panels one above the other for wide images, side by side for tall ones.
+    image's aspect ratio: panels one above the other for wide images, side by side for tall ones;
+    ``legend_room`` inches more at the bottom, below the tick labels, for a legend.
     Returns (figure, axes, colorbar axes)."""
     from matplotlib.figure import Figure
 
@@ -156,17 +229,37 @@ def _image_figure(shape: tuple[int, int], n: int, *, title_room: float = 0.5):
     scale = min(scale, 1.6 * _LONG_SIDE / max(group))  # ... up to a bounded long side
     pw, ph = nx * scale, ny * scale  # one panel, inches
     gap, margin, bar = 0.35, 0.7, 0.9  # between panels; left/bottom for labels; right for the colorbar
+    bottom = margin + legend_room
     width = margin + (pw * n + gap * (n - 1) if across else pw) + bar
-    height = margin + (ph if across else ph * n + (gap + 0.25) * (n - 1)) + title_room + 0.3
+    height = bottom + (ph if across else ph * n + (gap + 0.25) * (n - 1)) + title_room + 0.3
     fig = Figure(figsize=(width, height))
     axes = []
     for i in range(n):
         x0 = margin + (i * (pw + gap) if across else 0)
-        y0 = margin + (0 if across else (n - 1 - i) * (ph + gap + 0.25))
+        y0 = bottom + (0 if across else (n - 1 - i) * (ph + gap + 0.25))
         axes.append(fig.add_axes([x0 / width, y0 / height, pw / width, ph / height]))
     right = margin + (pw * n + gap * (n - 1) if across else pw)
-    cax = fig.add_axes([(right + 0.15) / width, margin / height, 0.15 / width, (height - margin - title_room - 0.3) / height])
+    bar_height = height - bottom - title_room - 0.3
+    cax = fig.add_axes([(right + 0.15) / width, bottom / height, 0.15 / width, bar_height / height])
     return fig, axes, cax
+
+
+def _draw_gaps(ax, gap: np.ndarray, origin: str) -> None:
+    """Draw the gap pixels (``gap``: bool, the image's shape) over an image in :data:`GAP_COLOUR`, the
+    other pixels left transparent: missing data by design, not on the scale of the masked fraction."""
+    from matplotlib.colors import ListedColormap
+
+    ax.imshow(np.ma.masked_array(np.zeros(gap.shape, np.float32), mask=~gap), cmap=ListedColormap([GAP_COLOUR]),
+              vmin=0, vmax=1, interpolation="nearest", origin=origin, aspect="equal")
+
+
+def _gap_legend(fig, ax) -> None:
+    """The legend of the gap colour, in the room left below the images, from the left of ``ax``."""
+    from matplotlib.patches import Patch
+
+    patch = Patch(facecolor=GAP_COLOUR, edgecolor="0.4", label=GAP_LABEL)
+    fig.legend(handles=[patch], loc="lower left", bbox_to_anchor=(ax.get_position().x0, 0.0), fontsize=8, frameon=False,
+               borderaxespad=0.2)
 
 
 def write_figures(store, out_dir, *, lam: float | None = None, geometry: str | None = None) -> list[Path]:
@@ -209,23 +302,33 @@ def _figures(tree, *, lam: float | None = None, geometry: str | None = None):
     shape = tuple(mask.shape[-2:])
     for i, m in enumerate(tree["module"].values):
         block = mask[i].values  # (gain, cell, y, x)
-        fig, axes, cax = _image_figure(shape, len(gains))
+        gap = gap_pixels(tree, i)
+        fig, axes, cax = _image_figure(shape, len(gains), legend_room=_LEGEND_ROOM if gap.any() else 0.0)
         for ax, g, plane in zip(axes, gains, block):
-            bad = ((plane != 0) & (plane != BadPixel.ASIC_EDGE)).mean(axis=0)
-            im = ax.imshow(bad, cmap="magma", vmin=0, vmax=1, interpolation="nearest", aspect="equal")
+            fraction = masked_fraction(plane, gap)
+            im = ax.imshow(fraction, cmap="magma", vmin=0, vmax=1, interpolation="nearest", aspect="equal")
+            if gap.any():
+                _draw_gaps(ax, gap, "upper")
             ax.set_title(f"{g} gain", fontsize=9)
             ax.tick_params(labelsize=7)
-        fig.colorbar(im, cax=cax, label="fraction of cells masked (edges left out)")
+        fig.colorbar(im, cax=cax, label=f"fraction of cells masked (edges{' and gaps' if gap.any() else ''} left out)")
+        if gap.any():
+            _gap_legend(fig, axes[-1])
         fig.suptitle(f"module {int(m)}: masked pixels", y=1 - 0.15 / fig.get_figheight(), va="top")
         yield f"mask_module{int(m):02d}.png", fig
 
     assembled = detector_image(tree, geometry)
     if assembled is not None:
         image, how, origin = assembled
-        fig, (ax,), cax = _image_figure(image.shape, 1)
+        gap = detector_gaps(tree, geometry)
+        fig, (ax,), cax = _image_figure(image.shape, 1, legend_room=_LEGEND_ROOM if gap.any() else 0.0)
         im = ax.imshow(image, cmap="magma", vmin=0, vmax=1, interpolation="nearest", origin=origin, aspect="equal")
+        if gap.any():
+            _draw_gaps(ax, gap, origin)
+            _gap_legend(fig, ax)
         ax.tick_params(labelsize=7)
-        fig.colorbar(im, cax=cax, label="fraction of gain stages x cells masked")
+        label = "fraction of gain stages x cells masked" + (" (gaps left out)" if gap.any() else "")
+        fig.colorbar(im, cax=cax, label=label)
         fig.suptitle(f"{tree.attrs.get('detector')}: {how}", fontsize=9, y=1 - 0.15 / fig.get_figheight(), va="top")
         yield "detector.png", fig
 

@@ -77,8 +77,17 @@ def counts_tables(counts: dict, per_cell: bool) -> list:
     return [totals, breakdown]
 
 
+def gap_line(counts: dict) -> str:
+    """What ``rmm show`` says of the gap pixels of ``summary.count_bits``' counts: how many, and that they
+    are missing data by design, not defects, so that a reader does not take the table's NODAT for them."""
+    pixels = (counts.get("manufacturer_bits") or {}).get("gap", 0)
+    return (f"gap pixels: {pixels} ({counts['total']['gap']} pixel-planes), no sensor behind them (manufacturer's "
+            "bit 0): missing data, not defects; their NO_DATA is not counted above (the mask and exports still mask them)")
+
+
 def print_counts(console, store, per_cell: bool, root=None) -> None:
-    """Print the counts of a store (per bit; per module, gain stage and, with ``per_cell``, cell) and its layers.
+    """Print the counts of a store (per bit; per module, gain stage and, with ``per_cell``, cell), its gap pixels
+    (missing data, counted apart from the defects: :func:`gap_line`) and its layers.
 
     ``root``: the store as :func:`rmm_dask.store.open_store` opened it already (verified once, not twice)."""
     from .integrity import note
@@ -95,6 +104,8 @@ def print_counts(console, store, per_cell: bool, root=None) -> None:
     if not per_cell and len(counts["cell"]) > 1:
         any_bad = [row["any"] for row in counts["cell"].values()]
         console.print(f"per cell (any bit): min {min(any_bad)}, max {max(any_bad)} over {len(any_bad)} cells; --cells lists them")
+    if counts["total"].get("gap"):
+        console.print(folded(gap_line(counts), console.width), soft_wrap=True)
     bits = counts.get("manufacturer_bits")
     for name, n in counts.get("layers", {}).items():
         if name == "manufacturer" and bits:  # gaps and virtual pixels are information, not defects

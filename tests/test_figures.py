@@ -110,3 +110,16 @@ def test_manufacturer_bits_are_counted_per_bit(wide, tmp_path, capsys):
     page = (tmp_path / "r.html").read_text()
     assert "<th>virtual</th>" in page and "<td>50</td>" in page and "<th>user</th>" in page
     assert (tmp_path / "png" / "manufacturer_bits.png").stat().st_size > 1000
+
+
+def test_a_jungfrau_with_a_module_grid_is_assembled_as_its_frame(tmp_path):
+    """A JUNGFRAU as Jungfraujoch writes it (NXmx: modules tiling one frame) is laid out by its frame;
+    only a JUNGFRAU described without a module grid (EuXFEL: a file per module) goes to EXtra-geom."""
+    det = Detector(name="JUNGFRAU-JFJ", n_modules=2, module_shape=(64, 128), asic_shape=(64, 64), module_grid=(2, 1),
+                   module_gap=(6, 0))
+    store = make_store(tmp_path / "m.zarr", det, 2)
+    image, how, origin = detector_image(store)
+    assert image.shape == det.frame_shape == (134, 128) and origin == "upper"
+    assert how == "JUNGFRAU-JFJ frame layout (2 x 1 modules)"
+    assert np.isnan(image[64:70]).all() and np.isfinite(image[det.gap_mask() == 0]).all()
+    assert "detector.png" in {p.name for p in write_figures(store, tmp_path / "png")}
