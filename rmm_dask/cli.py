@@ -185,7 +185,7 @@ def _show(args) -> int:
     for name, info in attrs.get("inputs", {}).items():
         say(f"  {name}: {info.get('path')} ({info.get('frames')} frames per cell)")
     say(f"  parameters: {attrs.get('parameters')}")
-    for line in _detector_lines(root):
+    for line in tables.detector_lines(root):
         say(f"  {line}")
     tables.print_counts(console, args.store, per_cell=args.cells, root=root)
     if args.png:
@@ -211,6 +211,7 @@ def _describe(args) -> int:
     det = detector_of(ds.attrs, ds.attrs.get("path"))
     lines = [f"# rmm describe: the detector {printable(ds.attrs.get('path'))} is read as; edit and give with --detector",
              f"# description: {printable(ds.attrs.get('detector_source'))}",
+             *(f"#   {printable(note)}" for note in ds.attrs.get("detector_notes", [])),
              *(f"# {printable(note)}" for note in ds.attrs.get("notes", []))]
     if det.chips_from_mask:
         lines.append("# chips-from-pixel-mask: true reads the chips of each run from its pixel mask; "
@@ -218,20 +219,6 @@ def _describe(args) -> int:
     text = yaml.safe_dump(to_mapping(det), sort_keys=False, default_flow_style=None, width=100, allow_unicode=False)
     print("\n".join(lines) + "\n" + text, end="")
     return 0
-
-
-def _detector_lines(root) -> list[str]:
-    """What ``rmm show`` says of the store's detector: modules, chips, and where their description came from."""
-    from .detectors import detector_of
-
-    attrs = root.attrs
-    det = detector_of(attrs, None)
-    chips = attrs.get("chips") or "from the description"
-    if chips == "from the description":
-        rows, columns = ([a for a, _ in det.asic_windows(axis)] + [det.module_shape[axis]] for axis in (0, 1))
-        chips = f"chip rows {rows}, columns {columns} from the description"
-    return [f"detector: {det.name}, {det.n_modules} module(s) of {det.module_shape[0]} x {det.module_shape[1]} pixels; "
-            f"description: {attrs.get('detector_source') or 'by its name'}", f"chips: {chips}"]
 
 
 def _export(args) -> int:

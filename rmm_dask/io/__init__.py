@@ -30,7 +30,7 @@ from ..errors import InputError
 from .cbf import open_cbf_series
 from .common import resolve_detector
 from .euxfel import open_euxfel_run
-from .files import acquisition, directory_files, expand
+from .files import acquisition, classify, directory_files, expand
 from .hdf5 import open_hdf5_stack
 
 _EUXFEL_FILE = re.compile(r"^(RAW|CORR)-R\d+-")
@@ -62,27 +62,29 @@ def open_run(
     incomplete or mixed. ``modules`` selects module numbers; ``detector_id`` (e.g.
     ``SPB_DET_AGIPD1M-1``) picks one detector of a EuXFEL run that holds several. ``detector``
     None: the files describe it (:func:`describe_files`: NXmx and LAMBDA files; AGIPD1M for
-    EuXFEL runs); ``attrs["detector_source"]`` says where the description came from.
+    EuXFEL runs); ``attrs["detector_source"]`` says where the description came from, and
+    ``attrs["detector_notes"]`` where its values did.
     """
     label, paths = expand(path)
     directories = [p for p in paths if os.path.isdir(p)]
     if directories and len(paths) > 1:
         raise InputError(directories[0], "is a directory among other paths: a run is one directory, or the files of one acquisition")
     if detector is None:
-        det, source = describe_files(paths)
+        det, source, notes = describe_files(paths)
     else:
-        det = resolve_detector(detector)
+        det, notes = resolve_detector(detector), []
         source = f"given: {os.fspath(detector) if isinstance(detector, (str, os.PathLike)) else det.name}"
     if directories:
         ds = _open_directory(paths[0], det, dataset=dataset, cells_per_chunk=cells_per_chunk, modules=modules, detector_id=detector_id)
     else:
         ds = _open_files(label, paths, det, dataset=dataset, cells_per_chunk=cells_per_chunk, modules=modules)
-    ds.attrs["detector_source"] = source
+    ds.attrs["detector_source"], ds.attrs["detector_notes"] = source, notes
     return ds
 
 
-def describe_files(paths: list[str]) -> tuple[Detector, str]:
-    """The detector of a run's files when no description is given: (Detector, where it came from).
+def describe_files(paths: list[str]) -> tuple[Detector, str, list[str]]:
+    """The detector of a run's files when no description is given: (Detector, where it came from, notes
+    saying where each of its values came from).
 
     A EuXFEL RAW run of AGIPD is read as AGIPD1M (the default of rmm, as before); the HDF5 files
     of NeXus/NXmx detectors are described by their own metadata (:func:`rmm_dask.io.nxmx.describe_nxmx`:
@@ -100,7 +102,7 @@ def describe_files(paths: list[str]) -> tuple[Detector, str]:
             if not any("-AGIPD" in name for name in raw):
                 raise InputError(paths[0], f"is a EuXFEL run of another detector than AGIPD ({raw[0]}): give --detector "
                                            "(JUNGFRAU1M, JUNGFRAU4M or a YAML file)")
-            return get_detector("AGIPD1M"), "AGIPD1M, the default for EuXFEL runs"
+            return get_detector("AGIPD1M"), "AGIPD1M, the default for EuXFEL runs", []
         files = directory_files(paths[0])
     else:
         files = sorted(p for p in paths if not os.path.isdir(p))
@@ -109,7 +111,10 @@ def describe_files(paths: list[str]) -> tuple[Detector, str]:
         raise InputError(paths[0], "holds no HDF5 files to describe the detector from: give --detector")
     first = (masters or files)[0]
     det, notes = describe_nxmx(first)
-    return det, f"described by {first}" + (f" ({'; '.join(notes)})" if notes else "")
+    if det == get_detector("LAMBDA2M") and {classify(p).module for p in files} == {0}:  # one module: a 750K
+        det = get_detector("LAMBDA750K")
+        notes.append("one module file (m1): LAMBDA750K")
+    return det, f"described by {first}", notes
 
 
 def _open_directory(path: str, det: Detector, *, dataset, cells_per_chunk, modules, detector_id) -> xr.Dataset:
