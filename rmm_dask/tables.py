@@ -85,6 +85,22 @@ def gap_line(counts: dict) -> str:
             "bit 0): missing data, not defects; their NO_DATA is not counted above (the mask and exports still mask them)")
 
 
+def detector_lines(root) -> list[str]:
+    """What ``rmm show`` and the HTML reports say of a store's detector (``root``: the open store, or its tree):
+    modules, chips, and where their description came from, so that a reader sees which layout the mask was
+    made for (chips from the run's own pixel mask or from the description) without reading its attributes."""
+    from .detectors import detector_of
+
+    attrs = root.attrs
+    det = detector_of(attrs, None)
+    chips = attrs.get("chips") or "from the description"
+    if chips == "from the description":
+        rows, columns = ([a for a, _ in det.asic_windows(axis)] + [det.module_shape[axis]] for axis in (0, 1))
+        chips = f"chip rows {rows}, columns {columns} from the description"
+    return [f"detector: {det.name}, {det.n_modules} module(s) of {det.module_shape[0]} x {det.module_shape[1]} pixels; "
+            f"description: {attrs.get('detector_source') or 'by its name'}", f"chips: {chips}"]
+
+
 def print_counts(console, store, per_cell: bool, root=None) -> None:
     """Print the counts of a store (per bit; per module, gain stage and, with ``per_cell``, cell), its gap pixels
     (missing data, counted apart from the defects: :func:`gap_line`) and its layers.
