@@ -3,8 +3,10 @@
 :func:`open_hdf5_stack` reads a dataset of frames, full detector frames ``(frame, Y, X)``,
 ``(frame, module, y, x)`` or ``(frame, y, x)``, in one file, in part files joined along
 frames, or in one file per module, as the same lazy dataset as a EuXFEL run: dims
-``(module, cell, frame, y, x)`` with a single memory cell (id 0). One read task per
-module, ``(_read_region, region)``; a region carries file paths, never an open file, and
+``(module, cell, frame, y, x)``: one memory cell (id 0), or the cells of a description with
+``cells: N`` (interleaved) or ``cell-ids`` (:func:`_cells_of_run`). The chip boundaries may come
+from the files' pixel mask (``chips-from-pixel-mask``: :func:`_chips_of_run`). One read task per
+module and block of cells, ``(_read_region, region)``; a region carries file paths, never an open file, and
 ``region.frames(start, stop)`` is the same region limited to those frames (a sample, or
 one block of frames streamed through the pipeline; see :mod:`rmm_dask.io.regions`).
 Which files make one acquisition is decided in :mod:`rmm_dask.io.files`; the helpers every
@@ -354,8 +356,9 @@ def open_hdf5_stack(
     ``gain`` (bits 14-15); otherwise only ``analog``. The detector's manufacturer mask
     (``pixel_mask``, e.g. NXmx ``/entry/instrument/detector/pixel_mask``), when the file
     has it (the first part; each module's first part for module files), becomes the
-    variable ``pixel_mask`` uint32 ``(module, y, x)``. One memory cell (id 0), one read
-    task per module; ``modules`` selects module numbers. Only metadata is read here.
+    variable ``pixel_mask`` uint32 ``(module, y, x)``. Memory cells as the description says
+    (:func:`_cells_of_run`), ``cells_per_chunk`` of them per read task; ``modules`` selects
+    module numbers. Only metadata is read here (and the pixel mask where the chips come from it).
     """
     det = resolve_detector(detector)
     if cells_per_chunk < 1:
