@@ -311,3 +311,21 @@ def test_an_nxmx_master_masks_without_detector_as_with_its_builtin_description(t
     text = capsys.readouterr().out
     assert "#   module shape [514, 1030] from /entry/instrument/detector/module_0/data_size (all 2 modules)" in text
     assert yaml.safe_load(text)["module-grid"] == [2, 1]
+
+
+def test_a_jungfraujoch_master_of_converted_photons_masks_without_detector(tmp_path):
+    """Jungfraujoch's int32 photon counts (darks count ~nothing): judged as counts, only the hot pixel found;
+    negative counts down to its underload value are data, its flagged pixels (INT32_MIN) missing."""
+    from rmm_dask.synth.write_nxmx import write_jungfraujoch_nxmx
+
+    rng = np.random.default_rng(0)
+    frames = rng.poisson(0.01, (10, 1064, 1030)).astype(np.int32)
+    frames[:, 100, 100] = rng.poisson(5, 10)
+    frames[:, 700, 40] = -1  # always a negative count: data (not missing), and a cold pixel
+    master = write_jungfraujoch_nxmx(tmp_path / "jf_master.h5", frames)
+    assert main(["mask", "--dark-high", str(master), "--out", str(tmp_path / "m.zarr")]) == 0
+    tree = open_tree(tmp_path / "m.zarr")
+    assert tree.attrs["detector_description"]["counting"] is True
+    mask = tree["mask"].values[:, 0, 0]
+    np.testing.assert_array_equal(np.argwhere(mask != 0), [[0, 100, 100], [1, 700 - 514 - 36, 40]])
+    assert mask[1, 150, 40] & BadPixel.OFFSET and not mask[1, 150, 40] & BadPixel.NO_DATA

@@ -108,7 +108,7 @@ def test_jungfraujoch_master_is_described_field_by_field(jungfrau, tmp_path):
     saturation, underload = jungfraujoch_limits(2)
     assert (saturation, underload) == (65530, -65532)
     assert det == Detector(
-        name="JUNGFRAU 1M", n_modules=2, module_shape=(514, 1030), asic_shape=(258, 258), counting=False,
+        name="JUNGFRAU 1M", n_modules=2, module_shape=(514, 1030), asic_shape=(258, 258), counting=True,
         module_grid=(2, 1), module_gap=(36, 0), dataset="/entry/data/data", pixel_mask=f"{DET}/pixel_mask",
         saturation_value=saturation, underload_value=underload, chips_from_mask=True,
     )
@@ -120,6 +120,8 @@ def test_jungfraujoch_master_is_described_field_by_field(jungfrau, tmp_path):
         f"2 modules on a 2 x 1 grid with gaps [36, 0], numbered along rows, from the data_origin of {DET}/ARRAY_D0M0, "
         f"{DET}/ARRAY_D0M1",
         f"counting: false (integrating), from {DET}/type 'adaptive gain switching pixel array detector'",
+        "counting: true after all: its frames are int32 photon counts converted from the raw values (signed "
+        "integers), judged as counts (values down to underload_value are data)",
         "asic shape [258, 258] from the JUNGFRAU family's chips",
         f"saturation value 65530 from {DET}/saturation_value",
         f"underload value -65532 from {DET}/underload_value",

@@ -138,7 +138,8 @@ def _read_region(region: _Region) -> np.ndarray:
 
 class _Measured:
     """View of raw values as float32 with no measurement as NaN: below 0 (counting detectors' integers: gaps
-    and bad pixels, Dectris -1, -2), above ``saturation_value`` or below ``underload_value`` (NXmx: the
+    and bad pixels, Dectris -1, -2; unless an underload value is given), above ``saturation_value`` or below
+    ``underload_value`` (NXmx: the
     detector's marks of gap, dead and overflowing pixels, e.g. 2^32 - 1). Picklable, for the read tasks."""
 
     __slots__ = ("negative", "low", "high")
@@ -425,8 +426,9 @@ def open_hdf5_stack(
     raw = graph_array(name, tasks, chunks, dtype)
     views = {"analog": None}
     limits = (det.underload_value, det.saturation_value)
-    if (det.counting and dtype.kind == "i") or limits != (None, None):  # no measurement: missing
-        views = {"analog": _Measured(det.counting and dtype.kind == "i", *limits)}
+    negative = det.counting and dtype.kind == "i" and det.underload_value is None  # else: below underload missing
+    if negative or limits != (None, None):  # no measurement: missing
+        views = {"analog": _Measured(negative, *limits)}
     if det.gain == "bits":
         if dtype.kind != "u" or dtype.itemsize != 2:
             raise InputError(first.path, f"{where} holds {dtype}; {det.name} raw data with the gain in bits 14-15 is uint16")

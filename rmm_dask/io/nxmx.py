@@ -93,6 +93,8 @@ class _Reader:
         dataset, frame = self.frames(entry, detector, origins, shape)
         layout = self.layout(modules, origins, shape, frame)
         counting = self.counting(detector, description, kind)
+        if not counting and self.converted(dataset):
+            counting = True
         name = _name(description, self.path)
         self.notes.insert(0, f"name {name!r} from {detector.name}/description {description!r}" if description
                           else f"name {name!r} from the file's name ({detector.name}/description is missing)")
@@ -248,6 +250,23 @@ class _Reader:
         kind_of = "true (photon counting)" if verdict else "false (integrating)"
         self.notes.append(f"counting: {kind_of}, from {detector.name}/{key} {text!r}")
         return verdict
+
+    def converted(self, dataset: str) -> bool:
+        """True when an integrating detector's frames are signed integers: photon counts converted from its raw
+        ADC values (Jungfraujoch writes int32 photons; raw JUNGFRAU values are uint16), whose darks count
+        almost nothing, as a counting detector's (an integrating detector's model would find every pixel's
+        zero variance bad). Where the dtype cannot be seen (a data file absent), False."""
+        try:
+            obj = self.f[dataset]
+            d = obj if isinstance(obj, h5py.Dataset) else obj[sorted(n for n in obj if _DATA_LINK.match(n))[0]]
+            kind = d.dtype.kind
+        except (OSError, KeyError, IndexError, ValueError):
+            return False
+        if kind != "i":
+            return False
+        self.notes.append(f"counting: true after all: its frames are {d.dtype} photon counts converted from the raw "
+                          "values (signed integers), judged as counts (values down to underload_value are data)")
+        return True
 
     def chips(self, family: str | None, shape: tuple[int, int]) -> tuple[int, int]:
         """The chip pitch of the family's modules; the whole module (and a note) where it is not known."""
