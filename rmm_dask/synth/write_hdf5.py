@@ -21,30 +21,19 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .. import publish
 from ..detectors import Detector
-from .write_nxmx import dectris_style, write_nxmx_files
+from .write_nxmx import dectris_style, output_file, prepare_file, write_nxmx_files
 
 __all__ = ["write_cxi", "write_nxmx"]
 
 
-def _new(path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return publish.prepare(path, what="the synthetic file")
-
-
-def _output(path: Path):
-    return publish.output(path, what="the synthetic file", read_only=False)
-
-
 def write_cxi(path, frames, det: Detector, *, pixel_size: float = 110e-6, distance: float = 0.1) -> Path:
     """Write ``(frame, Y, X)`` frames (the detector's full-frame layout) as a CXI file."""
-    path = _new(path)
+    path = prepare_file(path)
     frames = np.asarray(frames)
     if frames.ndim != 3 or frames.shape[1:] != det.frame_shape:
         raise ValueError(f"{det.name} CXI frames are (frame, {det.frame_shape[0]}, {det.frame_shape[1]}), not {frames.shape}")
-    with _output(path) as tmp:
+    with output_file(path) as tmp:
         with h5py.File(tmp.tmp, "w") as f:
             f["cxi_version"] = np.int32(130)
             group = f.create_group("entry_1/instrument_1/detector_1")

@@ -114,7 +114,7 @@ def write_nxmx_files(path, frames, det: Detector, style: Style, *, pixel_mask=No
     ``pixel_mask`` (uint32 ``(Y, X)``, NeXus bits) defaults to the gaps between modules (bit 0).
     Returns the master's path; on failure the data files already published are removed again.
     """
-    path = _new(path)
+    path = prepare_file(path)
     frames = np.asarray(frames)
     if frames.ndim != 3 or frames.shape[1:] != det.frame_shape:
         raise ValueError(f"{det.name} frames are (frame, {det.frame_shape[0]}, {det.frame_shape[1]}), "
@@ -125,13 +125,13 @@ def write_nxmx_files(path, frames, det: Detector, style: Style, *, pixel_mask=No
     try:
         for i, start in enumerate(range(0, len(frames), frames_per_file)):
             data_path = path.with_name(f"{stem}_data_{i + 1:06d}.h5")
-            with _output(data_path) as tmp, h5py.File(tmp.tmp, "w") as f:
+            with output_file(data_path) as tmp, h5py.File(tmp.tmp, "w") as f:
                 part = frames[start : start + frames_per_file]
                 d = f.create_dataset("entry/data/data", data=part, chunks=(1, *part.shape[1:]))
                 d.attrs["image_nr_low"] = start + 1
                 d.attrs["image_nr_high"] = start + len(part)
             written.append((data_path, start, len(part)))
-        with _output(path) as tmp, h5py.File(tmp.tmp, "w") as f:
+        with output_file(path) as tmp, h5py.File(tmp.tmp, "w") as f:
             entry = _group(f, "entry", "NXentry")
             entry["definition"] = "NXmx"
             _frames(_group(entry, "data", "NXdata"), frames, written, style)
@@ -144,13 +144,15 @@ def write_nxmx_files(path, frames, det: Detector, style: Style, *, pixel_mask=No
     return path
 
 
-def _new(path) -> Path:
+def prepare_file(path) -> Path:
+    """``path`` checked as a new synthetic file (its directory made), by :func:`rmm_dask.publish.prepare`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return publish.prepare(path, what="the synthetic file")
 
 
-def _output(path: Path):
+def output_file(path: Path):
+    """The publication of a synthetic file: writable, as a detector's own files are (tests corrupt them)."""
     return publish.output(path, what="the synthetic file", read_only=False)
 
 
