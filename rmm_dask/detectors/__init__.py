@@ -432,8 +432,6 @@ def _from_mapping(d: dict) -> Detector:
     for key in ("modules", "cells", "edge-width"):
         if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool)):
             raise ValueError(f"{key} must be an integer, not {_short(d[key])}")
-    if "counting" in d and not isinstance(d["counting"], bool):
-        raise ValueError(f"counting must be true or false, not {_short(d['counting'])}")
     return Detector(
         name=str(d["name"]),
         n_modules=d["modules"],
