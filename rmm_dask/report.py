@@ -2,7 +2,8 @@
 
 :func:`mask_report` is ``rmm show STORE --html FILE``: what was masked, from what, with which
 parameters, the counts per bit, module, gain stage and cell, the layers, and the figures
-(per-module images, the assembled detector, SNR histograms with the lambda threshold).
+(per-module images, the assembled detector, SNR histograms with the lambda threshold), with the
+lines ``rmm show`` prints of the detector, its chips and its gap pixels.
 :func:`summary_html` is the nightly version page: status and changes, then the same report.
 Both are rendered from the jinja2 template ``templates/report.html.j2`` with autoescape: a
 path, attribute or parameter of a store is shown as text, never taken as markup. A small
@@ -18,6 +19,7 @@ import os
 from pathlib import Path
 
 from .codes import BadPixel
+from .errors import printable
 
 TEMPLATE = "report.html.j2"
 
@@ -35,8 +37,14 @@ def _figure(path) -> dict:
     return {"name": Path(name).stem, "data": base64.b64encode(raw).decode()}
 
 
-def mask_context(attrs, counts: dict, figures: list) -> dict:
-    """What the template shows of one store: inputs, parameters, counts (from count_bits), layers, figures."""
+def mask_context(root, counts: dict, figures: list) -> dict:
+    """What the template shows of one store (``root``: the open store or its tree): its detector and chips
+    (:func:`rmm_dask.tables.detector_lines`), inputs, parameters, counts (from count_bits), its gap pixels
+    (:func:`rmm_dask.tables.gap_line`), layers and figures: the lines ``rmm show`` prints, so that the page
+    and the terminal say the same of the mask."""
+    from .tables import detector_lines, gap_line
+
+    attrs = root.attrs
     names = [b.name for b in BadPixel] + ["any"]
     rows = [["all", *(counts["total"][n] for n in names)]]
     rows += [["fraction", *(f"{counts['total'][n] / counts['pixels']:.2e}" for n in names)]]
@@ -44,6 +52,8 @@ def mask_context(attrs, counts: dict, figures: list) -> dict:
         rows += [[f"{axis} {k}", *(row[n] for n in names)] for k, row in counts[axis].items()]
     inputs = [[role, info.get("path"), info.get("format"), info.get("frames"), "; ".join(info.get("notes") or [])] for role, info in attrs.get("inputs", {}).items()]
     return {
+        "detector": [printable(line) for line in detector_lines(root)],
+        "gap": gap_line(counts) if counts["total"].get("gap") else None,
         "inputs": inputs,
         **{key: str(attrs.get(key)) for key in ("software", "host", "start_time", "end_time")},
         "parameters": json.dumps(attrs.get("parameters", {}), indent=1),
@@ -71,7 +81,7 @@ def mask_report(store, out, *, overwrite: bool = False, geometry: str | None = N
     publish.prepare(out, overwrite=overwrite, what="the report")
     figures = figures_png(tree, geometry=geometry)
     title = f"{tree.attrs.get('detector')} mask {Path(os.fspath(store)).name}"
-    text = _render(title=title, path=str(Path(store).absolute()), mask=mask_context(tree.attrs, count_bits(tree), figures))
+    text = _render(title=title, path=str(Path(store).absolute()), mask=mask_context(tree, count_bits(tree), figures))
     with publish.output(out, overwrite=overwrite, what="the report") as tmp:
         Path(tmp.tmp).write_text(text, encoding="utf-8", errors="surrogateescape")  # any locale
     return tmp.target
@@ -96,5 +106,5 @@ def summary_html(summary: dict, root, counts: dict, figures: list) -> str:
         summary=summary,
         diff=diff,
         timings=[[k, f"{v:.1f}"] for k, v in summary["timings"].items()],
-        mask=mask_context(root.attrs, counts, figures),
+        mask=mask_context(root, counts, figures),
     )

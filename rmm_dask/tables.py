@@ -82,7 +82,8 @@ def gap_line(counts: dict) -> str:
     are missing data by design, not defects, so that a reader does not take the table's NODAT for them."""
     pixels = (counts.get("manufacturer_bits") or {}).get("gap", 0)
     return (f"gap pixels: {pixels} ({counts['total']['gap']} pixel-planes), no sensor behind them (manufacturer's "
-            "bit 0): missing data, not defects; their NO_DATA is not counted above (the mask and exports still mask them)")
+            "bit 0): missing data, not defects; their NO_DATA is not counted above "
+            "(the mask and exports still mask them)")
 
 
 def detector_lines(root) -> list[str]:

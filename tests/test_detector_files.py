@@ -251,7 +251,7 @@ def test_cells_that_do_not_fit_the_frames_are_one_line(tmp_path, capsys, case):
     ids = np.tile([0, 1], 10)
     extra = "cells: 2\ncell-ids: /cellId\n"
     if case == "not-divisible":
-        raw, ids, extra, needles = raw[:19], None, "cells: 2\n", ("has 19 frames, not a whole number of cycles", "1 frames more")
+        raw, ids, extra, needles = raw[:19], None, "cells: 2\n", ("has 19 frames, not a whole number of cycles", "1 frame(s) more")
     elif case == "not-repeating":
         ids = ids.copy()
         ids[9] = 0  # frame 9 of cell 0 again: one dropped

@@ -2,6 +2,8 @@
 ``rmm show`` counts them apart and its figures draw them in a colour of their own, while the mask and
 its exports still mask them."""
 
+from html.parser import HTMLParser
+
 import dask
 import h5py
 import numpy as np
@@ -15,9 +17,11 @@ from rmm_dask.codes import BadPixel
 from rmm_dask.detectors import get_detector
 from rmm_dask.io import open_run
 from rmm_dask.pipeline import build_mask
-from rmm_dask.store import open_tree, write_store
+from rmm_dask.report import summary_html
+from rmm_dask.store import open_store, open_tree, write_store
 from rmm_dask.summary import GAP_COLOUR, GAP_LABEL, _figures, count_bits, gap_pixels, write_figures
 from rmm_dask.synth.write_lambda import write_lambda_run
+from rmm_dask.tables import CONTINUATION, detector_lines, gap_line
 
 from .stores import store_arrays
 
@@ -158,3 +162,58 @@ def test_figures_draw_gaps_in_their_own_colour_beside_the_defects(gappy, tmp_pat
     assert [near(c, e) for c, e in zip(colours, [gap_colour, masked, gap_colour, masked, clean])] == [True] * 5
     assert near(between, (1, 1, 1))  # no module: the figure's white, neither gap nor masked
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [GAP_LABEL]
+
+
+class Paragraphs(HTMLParser):
+    """The text of a page's ``<p class=...>`` elements, per class (entities decoded)."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.found: dict[str, list[str]] = {}
+        self._in = None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "p":
+            self._in = dict(attrs).get("class")
+            self.found.setdefault(self._in, []).append("")
+
+    def handle_endtag(self, tag):
+        self._in = None if tag == "p" else self._in
+
+    def handle_data(self, data):
+        if self._in is not None:
+            self.found[self._in][-1] += data
+
+
+def test_html_report_and_nightly_page_say_what_rmm_show_says(gappy, run, tmp_path, capsys):
+    """`rmm show --html` and the nightly summary.html carry the detector lines and the gap line `rmm show` prints."""
+    before = store_arrays(gappy)
+    report = tmp_path / "r.html"
+    assert main(["show", str(gappy), "--html", str(report)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    printed = captured.out.replace("\n" + CONTINUATION, " ").splitlines()  # show folds long lines
+    root = open_store(gappy)
+    counts = count_bits(root)
+    lines = detector_lines(root)
+    assert lines == ["detector: GAPPY, 2 module(s) of 40 x 90 pixels; description: given: GAPPY",
+                     "chips: chip rows [0, 40], columns [0, 45, 90] from the description"]
+    assert [f"  {line}" for line in lines] == [ln for ln in printed if ln.startswith(("  detector:", "  chips:"))]
+    assert gap_line(counts) in printed
+    page = Paragraphs(report.read_text())
+    assert page.found["detector"] == lines and page.found["gap"] == [gap_line(counts)]
+    nightly = {"detector": "GAPPY", "version": "v0001", "status": "published", "reasons": [], "diff": None,
+               "timings": {"total": 1.0}}
+    page = Paragraphs(summary_html(nightly, root, counts, []))
+    assert page.found["detector"] == lines and page.found["gap"] == [gap_line(counts)]
+    after = store_arrays(gappy)  # only read: the store is as it was, the report published beside nothing else
+    assert before.keys() == after.keys()
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+    # a store whose runs say nothing of gaps: no gap line on the page (its missing pixels are NO_DATA defects)
+    (tmp_path / "plain").mkdir()
+    plain = mask_store(run, tmp_path / "plain" / "m.zarr", layer=False)
+    page = Paragraphs(summary_html(nightly, open_store(plain), count_bits(plain), []))
+    assert "gap" not in page.found and page.found["detector"] == lines

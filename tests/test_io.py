@@ -408,6 +408,8 @@ def test_stack_one_module_float_with_nan(tmp_path):
                   "describe it in a YAML file with cells: N (interleaved) or cell-ids: PATH"],
         "files": [str(path)],
         "chips": "from the description",
+        "detector_source": "given: AGIPD1M",
+        "detector_notes": [],
     }
 
 

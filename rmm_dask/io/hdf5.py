@@ -485,7 +485,7 @@ def _cells_of_run(opened: dict, det: Detector, label: str, where: str, n_raw: in
         how = f"cells {_cut(sorted(sequence))} from {det.cell_ids}, a cycle of {period} frames"
     if n_raw % period:
         raise InputError(label, f"{where} has {n_raw} frames, not a whole number of cycles of {source}: "
-                                f"{n_raw % period} frames more than {n_raw // period} cycles (a frame missing or extra?)")
+                                f"{n_raw % period} frame(s) more than {n_raw // period} cycles (a frame missing or extra?)")
     cells = sorted(sequence)
     return cells, [sequence.index(c) for c in cells], f"frames read as {period} memory cells: {how}"
 
