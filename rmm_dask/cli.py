@@ -240,7 +240,8 @@ def _diff(args) -> int:
     if args.json:
         args.outcome.expect(publish.prepare(args.json, overwrite=args.overwrite, what="the JSON counts"))
     result = diff_masks(args.old, args.new)
-    say(f"{args.old} -> {args.new}: {result['newly_bad']} pixels newly bad, {result['recovered']} recovered")
+    say(f"{args.old} -> {args.new}: {result['newly_bad']} pixel-planes newly bad ({result['newly_bad_distinct']} "
+        f"distinct pixels), {result['recovered']} recovered ({result['recovered_distinct']} distinct pixels)")
     for table in tables.diff_tables(result, args.cells):
         console.print(table)
     if args.json:

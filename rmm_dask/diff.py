@@ -15,7 +15,9 @@ def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
     """Compare two published stores; a JSON-able dict of counts and pixels.
 
     Counts are of pixel-planes (module, gain, cell, y, x): ``newly_bad``: good in ``old``
-    (0), bad in ``new``; ``recovered``: the reverse; per bit ``set`` / ``cleared``: the
+    (0), bad in ``new``; ``recovered``: the reverse (``newly_bad_distinct``, ``recovered_distinct``:
+    the distinct pixels (module, y, x) with such a plane in any gain stage or cell, overall and per
+    module: a pixel bad in 352 cells is one pixel, 352 planes); per bit ``set`` / ``cleared``: the
     bit absent in old and present in new, and the reverse. ``newly_bad_pixels`` and
     ``recovered_pixels`` list the pixels (module, y, x) with such planes: how many planes,
     and the bits of the bad side ('OFFSET|NOISE') (``new`` for newly bad, ``old`` for recovered); at most
@@ -36,6 +38,8 @@ def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
         "new": str(new),
         "newly_bad": 0,
         "recovered": 0,
+        "newly_bad_distinct": 0,
+        "recovered_distinct": 0,
         "bits": {bit.name: {"set": 0, "cleared": 0} for bit in BadPixel},
         "module": {},
         "gain": {g: {"newly_bad": 0, "recovered": 0} for g in gains},
@@ -53,6 +57,8 @@ def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
             per_cell = hit.sum(axis=(0, 2, 3))
             row[key] = int(per_gain.sum())
             out[key] += row[key]
+            row[f"{key}_distinct"] = int(np.count_nonzero(hit.any(axis=(0, 1))))
+            out[f"{key}_distinct"] += row[f"{key}_distinct"]
             for g, n in zip(gains, per_gain):
                 out["gain"][g][key] += int(n)
             for c, n in zip(cells, per_cell):

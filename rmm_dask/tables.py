@@ -140,12 +140,14 @@ def diff_tables(result: dict, per_cell: bool) -> list:
         bits.add_column(col, justify="left" if col == "bit" else "right", no_wrap=True)
     for name, row in result["bits"].items():
         bits.add_row(name, str(row["set"]), str(row["cleared"]))
-    changes = table("newly bad / recovered (pixel-planes)")
+    changes = table("newly bad / recovered (pixel-planes; px: distinct pixels)")
     for col in ("", "newly bad", "recovered"):
         changes.add_column(col, justify="left" if not col else "right", no_wrap=True)
     for axis in ("module", "gain") + (("cell",) if per_cell else ()):
         for key, row in result[axis].items():
-            changes.add_row(f"{axis} {key}", str(row["newly_bad"]), str(row["recovered"]))
+            cells = [str(row[k]) + (f" ({row[k + '_distinct']} px)" if k + "_distinct" in row else "")
+                     for k in ("newly_bad", "recovered")]
+            changes.add_row(f"{axis} {key}", *cells)
     from rich.text import Text
 
     return [bits, changes, *(Text(f"note: {n}") for n in result.get("notes") or [])]  # stores read unverified

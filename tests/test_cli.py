@@ -172,14 +172,23 @@ def test_diff(store, tmp_path, capsys):
     bad = np.argwhere(mask[0, 0, 1] == BadPixel.OFFSET)[:2]  # 2 offset-only pixels of cell 1, high gain
     for y, x in bad:
         mask[0, 0, 1, y, x] = 0
+    clean = (mask[0] == 0).all(axis=(0, 1))
+    clean[tuple(good[:, 1:].T)] = False  # not one of the 5
+    everywhere = np.argwhere(clean)[0]  # a pixel good in every plane ...
+    mask[0, :, :, everywhere[0], everywhere[1]] = BadPixel.NOISE  # ... bad in every gain and cell: 1 pixel
+    planes = mask.shape[1] * mask.shape[2]
     root["mask"][:] = mask
     assert main(["diff", str(store), str(new), "--cells", "--json", str(tmp_path / "d.json")]) == 0
     result = json.loads((tmp_path / "d.json").read_text())
-    assert result["newly_bad"] == 5 and result["recovered"] == len(bad) == 2
-    assert result["bits"]["NOISE"]["set"] == 5 and result["bits"]["OFFSET"]["cleared"] == 2
-    assert result["cell"]["0"]["newly_bad"] == 5 and result["cell"]["1"]["recovered"] == 2
-    assert result["module"]["0"] == {"newly_bad": 5, "recovered": 2}
-    assert "5 pixels newly bad, 2 recovered" in capsys.readouterr().out
+    assert result["newly_bad"] == 5 + planes and result["recovered"] == len(bad) == 2
+    assert result["newly_bad_distinct"] == 5 + 1 and result["recovered_distinct"] == 2
+    assert result["bits"]["NOISE"]["set"] == 5 + planes and result["bits"]["OFFSET"]["cleared"] == 2
+    assert result["cell"]["1"]["recovered"] == 2
+    assert result["module"]["0"] == {"newly_bad": 5 + planes, "recovered": 2, "newly_bad_distinct": 6,
+                                     "recovered_distinct": 2}
+    out = " ".join(capsys.readouterr().out.split())
+    assert (f"{5 + planes} pixel-planes newly bad (6 distinct pixels), 2 recovered (2 distinct pixels)" in out)
+    assert f"module 0 {5 + planes} (6 px) 2 (2 px)" in out
     assert main(["diff", str(store), str(tmp_path / "nothing.zarr")]) == 2
     one_line_error(capsys, "nothing.zarr", "no such mask store")
 

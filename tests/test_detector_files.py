@@ -329,3 +329,18 @@ def test_a_jungfraujoch_master_of_converted_photons_masks_without_detector(tmp_p
     mask = tree["mask"].values[:, 0, 0]
     np.testing.assert_array_equal(np.argwhere(mask != 0), [[0, 100, 100], [1, 700 - 514 - 36, 40]])
     assert mask[1, 150, 40] & BadPixel.OFFSET and not mask[1, 150, 40] & BadPixel.NO_DATA
+
+
+def test_a_run_opened_with_a_description_file_keeps_the_description(gaas, tmp_path):
+    """From Python: the run carries its description, not only its name, so later calls work without the file."""
+    _, runs = gaas
+    own = tmp_path / "own.yaml"
+    own.write_text("name: LAMBDA-GaAs-1554\nmodules: 1\nmodule-shape: [516, 1554]\nchip-rows: [0, 258, 516]\n"
+                   f"chip-columns: {GAAS_COLUMNS}\ncounting: true\ndataset: /entry/instrument/detector/data\n"
+                   "pixel-mask: /entry/instrument/detector/pixel_mask\n")
+    dark = open_run(runs["dark"], str(own))
+    own.unlink()  # gone: nothing reads it again
+    with raise_if_dask_computes():
+        ds = build_mask({"high": dark}, None)
+    assert ds.attrs["detector"] == "LAMBDA-GaAs-1554" and ds["mask"].shape == (1, 1, 1, 516, 1554)
+    assert ds.attrs["detector_source"] == f"given: {own}"

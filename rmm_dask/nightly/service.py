@@ -259,7 +259,8 @@ def process_set(settings: Settings, watch: Watch, cset: CalibrationSet, catalog:
             newly_bad=diff.get("newly_bad"),
             recovered=diff.get("recovered"),
         )
-        changes = f", {diff['newly_bad']} newly bad and {diff['recovered']} recovered against {diff['against']}" if diff else ""
+        changes = (f", {diff['newly_bad']} pixel-planes newly bad ({diff['newly_bad_distinct']} distinct pixels) and "
+                   f"{diff['recovered']} recovered ({diff['recovered_distinct']}) against {diff['against']}") if diff else ""
         say(f"{final} {summary['status']}: {summary['counts']['bad_fraction']:.2e} of pixel-planes flagged{changes} ({summary['timings']['total']:.0f} s)")
         return summary["status"]
     except KeyboardInterrupt:
@@ -355,7 +356,8 @@ def make_version(settings: Settings, watch: Watch, cset: CalibrationSet, version
         "software": f"rmm-dask {__version__}",
         "parameters": dataclasses.asdict(params),
         "counts": counts,
-        "diff": None if diff is None else {k: diff[k] for k in ("against", "newly_bad", "recovered", "bits", "newly_bad_pixels", "pixels_truncated")},
+        "diff": None if diff is None else {k: diff[k] for k in ("against", "newly_bad", "recovered", "newly_bad_distinct", "recovered_distinct", "bits",
+                                             "newly_bad_pixels", "pixels_truncated")},
         "timings": timings,
         "started": started,
         "finished": _stamp(),
