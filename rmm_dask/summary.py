@@ -232,7 +232,7 @@ def _image_figure(shape: tuple[int, int], n: int, *, title_room: float = 0.5, le
     bottom = margin + legend_room
     width = margin + (pw * n + gap * (n - 1) if across else pw) + bar
     height = bottom + (ph if across else ph * n + (gap + 0.25) * (n - 1)) + title_room + 0.3
-    fig = Figure(figsize=(width, height))
+    fig = Figure(figsize=(width, height), dpi=FIGURE_DPI)
     axes = []
     for i in range(n):
         x0 = margin + (i * (pw + gap) if across else 0)
@@ -244,13 +244,60 @@ def _image_figure(shape: tuple[int, int], n: int, *, title_room: float = 0.5, le
     return fig, axes, cax
 
 
-def _draw_gaps(ax, gap: np.ndarray, origin: str) -> None:
+FIGURE_DPI = 80  #: the figures' resolution: the images are pooled for it (:func:`_draw_image`)
+
+
+def pooled(fraction: np.ndarray, gap: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) masked fractions (NaN: gap or absent) and gap pixels in blocks of ``factor`` x ``factor``: each
+    block shows its most masked pixel, so that a figure with fewer screen pixels than detector pixels
+    loses no bad pixel (a single bad column stays a column); a block of no masked pixel with a gap
+    pixel is drawn as gap (NaN fraction, gap True), a block of absent pixels only stays NaN."""
+    if factor <= 1:
+        return fraction, gap
+    ny, nx = fraction.shape
+    py, px = -ny % factor, -nx % factor
+    f = np.pad(fraction, ((0, py), (0, px)), constant_values=np.nan)
+    g = np.pad(gap, ((0, py), (0, px)), constant_values=False)
+    blocks = f.reshape(f.shape[0] // factor, factor, f.shape[1] // factor, factor)
+    gaps = g.reshape(blocks.shape).any(axis=(1, 3))
+    measured = ~np.isnan(blocks)
+    most = np.where(measured.any(axis=(1, 3)), np.where(measured, blocks, -1).max(axis=(1, 3)), np.nan)
+    drawn_gap = gaps & ~(most > 0)
+    return np.where(drawn_gap, np.nan, most).astype(np.float32), drawn_gap
+
+
+def _draw_image(ax, fraction: np.ndarray, gap: np.ndarray, origin: str):
+    """Draw a (y, x) masked fraction (and its gap pixels) into ``ax``, pooled (:func:`pooled`) so that each
+    drawn block has at least one screen pixel at FIGURE_DPI: every bad pixel stays visible at the
+    figure's size. Axes in detector pixels, named. Returns the image (for the colorbar)."""
+    box = ax.get_position()
+    width, height = ax.figure.get_size_inches()
+    screen = (box.height * height * FIGURE_DPI, box.width * width * FIGURE_DPI)  # (y, x) screen pixels
+    factor = max(1, *(int(np.ceil(n / max(s, 1.0))) for n, s in zip(fraction.shape, screen)))
+    image, drawn_gap = pooled(fraction, gap, factor)
+    ny, nx = fraction.shape
+    extent = (-0.5, image.shape[1] * factor - 0.5, image.shape[0] * factor - 0.5, -0.5)
+    if origin == "lower":
+        extent = (extent[0], extent[1], extent[3], extent[2])
+    im = ax.imshow(image, cmap="magma", vmin=0, vmax=1, interpolation="nearest", origin=origin, aspect="equal",
+                   extent=extent, zorder=3)  # over the axes' frame: a bad border column is not hidden under it
+    if drawn_gap.any():
+        _draw_gaps(ax, drawn_gap, origin, extent)
+    ax.set_xlim(-0.5, nx - 0.5)
+    ax.set_ylim(*((ny - 0.5, -0.5) if origin == "upper" else (-0.5, ny - 0.5)))
+    ax.set_xlabel("x: fast scan (pixels)" + (f"; {factor} x {factor} px per drawn block, its most masked" if factor > 1
+                                             else ""), fontsize=7)
+    ax.set_ylabel("y: slow scan (pixels)", fontsize=7)
+    return im
+
+
+def _draw_gaps(ax, gap: np.ndarray, origin: str, extent=None) -> None:
     """Draw the gap pixels (``gap``: bool, the image's shape) over an image in :data:`GAP_COLOUR`, the
     other pixels left transparent: missing data by design, not on the scale of the masked fraction."""
     from matplotlib.colors import ListedColormap
 
     ax.imshow(np.ma.masked_array(np.zeros(gap.shape, np.float32), mask=~gap), cmap=ListedColormap([GAP_COLOUR]),
-              vmin=0, vmax=1, interpolation="nearest", origin=origin, aspect="equal")
+              vmin=0, vmax=1, interpolation="nearest", origin=origin, aspect="equal", extent=extent, zorder=3.1)
 
 
 def _gap_legend(fig, ax) -> None:
@@ -275,7 +322,7 @@ def write_figures(store, out_dir, *, lam: float | None = None, geometry: str | N
     written = []
     for name, fig in _figures(open_tree(store), lam=lam, geometry=geometry):
         path = out_dir / name
-        fig.savefig(path, dpi=80)
+        fig.savefig(path, dpi=FIGURE_DPI)
         written.append(path)
     return written
 
@@ -287,7 +334,7 @@ def figures_png(store, *, lam: float | None = None, geometry: str | None = None)
     out = []
     for name, fig in _figures(open_tree(store), lam=lam, geometry=geometry):
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
+        fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
         out.append((name, buffer.getvalue()))
     return out
 
@@ -305,13 +352,11 @@ def _figures(tree, *, lam: float | None = None, geometry: str | None = None):
         gap = gap_pixels(tree, i)
         fig, axes, cax = _image_figure(shape, len(gains), legend_room=_LEGEND_ROOM if gap.any() else 0.0)
         for ax, g, plane in zip(axes, gains, block):
-            fraction = masked_fraction(plane, gap)
-            im = ax.imshow(fraction, cmap="magma", vmin=0, vmax=1, interpolation="nearest", aspect="equal")
-            if gap.any():
-                _draw_gaps(ax, gap, "upper")
+            im = _draw_image(ax, masked_fraction(plane, gap), gap, "upper")
             ax.set_title(f"{g} gain", fontsize=9)
             ax.tick_params(labelsize=7)
-        fig.colorbar(im, cax=cax, label=f"fraction of cells masked (edges{' and gaps' if gap.any() else ''} left out)")
+        what = "fraction of cells masked" if block.shape[1] > 1 else "masked (1: yes)"
+        fig.colorbar(im, cax=cax, label=f"{what} (edges{' and gaps' if gap.any() else ''} left out)")
         if gap.any():
             _gap_legend(fig, axes[-1])
         fig.suptitle(f"module {int(m)}: masked pixels", y=1 - 0.15 / fig.get_figheight(), va="top")
@@ -322,9 +367,8 @@ def _figures(tree, *, lam: float | None = None, geometry: str | None = None):
         image, how, origin = assembled
         gap = detector_gaps(tree, geometry)
         fig, (ax,), cax = _image_figure(image.shape, 1, legend_room=_LEGEND_ROOM if gap.any() else 0.0)
-        im = ax.imshow(image, cmap="magma", vmin=0, vmax=1, interpolation="nearest", origin=origin, aspect="equal")
+        im = _draw_image(ax, image, gap, origin)
         if gap.any():
-            _draw_gaps(ax, gap, origin)
             _gap_legend(fig, ax)
         ax.tick_params(labelsize=7)
         label = "fraction of gain stages x cells masked" + (" (gaps left out)" if gap.any() else "")

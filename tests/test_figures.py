@@ -123,3 +123,63 @@ def test_a_jungfrau_with_a_module_grid_is_assembled_as_its_frame(tmp_path):
     assert how == "JUNGFRAU-JFJ frame layout (2 x 1 modules)"
     assert np.isnan(image[64:70]).all() and np.isfinite(image[det.gap_mask() == 0]).all()
     assert "detector.png" in {p.name for p in write_figures(store, tmp_path / "png")}
+
+
+@pytest.mark.parametrize("shape", [(516, 1554), (512, 128), (1065, 1030), (4362, 4148)])
+def test_every_single_bad_column_and_row_is_visible_in_the_png(shape, tmp_path):
+    """A module figure with fewer screen pixels than detector pixels pools blocks by their most masked
+    pixel: each single bad column and row (and an isolated bad pixel) is drawn, found in the PNG's pixels."""
+    import matplotlib.image
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from rmm_dask.summary import FIGURE_DPI, _draw_image, _image_figure
+
+    ny, nx = shape
+    fraction = np.zeros(shape, np.float32)
+    columns, rows = [1, nx // 3, nx // 3 + 2, nx - 2], [ny // 2 + 1]
+    fraction[:, columns] = 1.0
+    fraction[rows, :] = 1.0
+    fraction[ny // 5, nx // 2 + 5] = 1.0  # one pixel alone
+    gap = np.zeros(shape, bool)
+    fig, (ax,), cax = _image_figure(shape, 1)
+    FigureCanvasAgg(fig)
+    im = _draw_image(ax, fraction, gap, "upper")
+    fig.colorbar(im, cax=cax)
+    fig.savefig(tmp_path / "f.png", dpi=FIGURE_DPI)
+    png = matplotlib.image.imread(tmp_path / "f.png")[..., :3]
+    height = png.shape[0]
+    bright = np.all(np.abs(png - np.asarray(im.cmap(1.0)[:3])) < 0.02, axis=-1)  # the colour of "masked"
+
+    def at(x, y):  # the PNG pixel (row, column) of detector pixel (x, y)
+        dx, dy = ax.transData.transform((x, y))
+        return int(height - dy), int(dx)
+
+    for x in columns:
+        top, col = at(x, ny * 0.1)
+        bottom, _ = at(x, ny * 0.4)
+        band = bright[top:bottom, max(col - 1, 0) : col + 2]
+        assert band.any(axis=1).mean() > 0.95, (shape, "column", x)
+    for y in rows:
+        row, left = at(nx * 0.4, y)
+        _, right = at(nx * 0.3 + nx * 0.3, y)
+        band = bright[max(row - 1, 0) : row + 2, left:right]
+        assert band.any(axis=0).mean() > 0.95, (shape, "row", y)
+    r, c = at(nx // 2 + 5, ny // 5)
+    assert bright[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].any(), (shape, "pixel")
+
+
+def test_pooled_blocks_show_their_most_masked_pixel_then_gaps():
+    from rmm_dask.summary import pooled
+
+    fraction = np.zeros((4, 6), np.float32)
+    gap = np.zeros((4, 6), bool)
+    fraction[0, 1] = 0.25  # block (0, 0): masked in a quarter of the cells
+    gap[:, 2] = True  # block (0, 1) and (1, 1): gap pixels, one of them beside a masked pixel
+    fraction[:, 2] = np.nan
+    fraction[3, 3] = 1.0
+    fraction[2:, 4:] = np.nan  # block (1, 2): absent pixels only (between modules)
+    image, drawn_gap = pooled(fraction, gap, 2)
+    np.testing.assert_array_equal(image[0, :2], [0.25, np.nan])
+    assert image[1, 1] == 1.0 and not drawn_gap[1, 1]  # a bad pixel wins over the gap beside it
+    assert drawn_gap[0, 1] and not drawn_gap[0, 0] and np.isnan(image[1, 2]) and not drawn_gap[1, 2]
+    assert pooled(fraction, gap, 1)[0] is fraction
