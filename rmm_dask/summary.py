@@ -266,10 +266,11 @@ def pooled(fraction: np.ndarray, gap: np.ndarray, factor: int) -> tuple[np.ndarr
     return np.where(drawn_gap, np.nan, most).astype(np.float32), drawn_gap
 
 
-def _draw_image(ax, fraction: np.ndarray, gap: np.ndarray, origin: str):
+def _draw_image(ax, fraction: np.ndarray, gap: np.ndarray, origin: str, labels=("x: fast scan", "y: slow scan")):
     """Draw a (y, x) masked fraction (and its gap pixels) into ``ax``, pooled (:func:`pooled`) so that each
     drawn block has at least one screen pixel at FIGURE_DPI: every bad pixel stays visible at the
-    figure's size. Axes in detector pixels, named. Returns the image (for the colorbar)."""
+    figure's size. Axes in pixels, named (``labels``: a module's scan directions by default). Returns the
+    image (for the colorbar)."""
     box = ax.get_position()
     width, height = ax.figure.get_size_inches()
     screen = (box.height * height * FIGURE_DPI, box.width * width * FIGURE_DPI)  # (y, x) screen pixels
@@ -285,9 +286,9 @@ def _draw_image(ax, fraction: np.ndarray, gap: np.ndarray, origin: str):
         _draw_gaps(ax, drawn_gap, origin, extent)
     ax.set_xlim(-0.5, nx - 0.5)
     ax.set_ylim(*((ny - 0.5, -0.5) if origin == "upper" else (-0.5, ny - 0.5)))
-    ax.set_xlabel("x: fast scan (pixels)" + (f"; {factor} x {factor} px per drawn block, its most masked" if factor > 1
-                                             else ""), fontsize=7)
-    ax.set_ylabel("y: slow scan (pixels)", fontsize=7)
+    pooling = f"; {factor} x {factor} px per drawn block, its most masked" if factor > 1 else ""
+    ax.set_xlabel(f"{labels[0]} (pixels){pooling}", fontsize=7)
+    ax.set_ylabel(f"{labels[1]} (pixels)", fontsize=7)
     return im
 
 
@@ -367,7 +368,7 @@ def _figures(tree, *, lam: float | None = None, geometry: str | None = None):
         image, how, origin = assembled
         gap = detector_gaps(tree, geometry)
         fig, (ax,), cax = _image_figure(image.shape, 1, legend_room=_LEGEND_ROOM if gap.any() else 0.0)
-        im = _draw_image(ax, image, gap, origin)
+        im = _draw_image(ax, image, gap, origin, labels=("x, assembled", "y, assembled"))
         if gap.any():
             _gap_legend(fig, ax)
         ax.tick_params(labelsize=7)
