@@ -42,18 +42,24 @@ def mask_context(root, counts: dict, figures: list) -> dict:
     (:func:`rmm_dask.tables.detector_lines`), inputs, parameters, counts (from count_bits), its gap pixels
     (:func:`rmm_dask.tables.gap_line`), layers and figures: the lines ``rmm show`` prints, so that the page
     and the terminal say the same of the mask."""
-    from .tables import detector_lines, gap_line
+    from .tables import detector_lines, gap_line, untested, untested_line
 
     attrs = root.attrs
+    missing = untested(attrs)
     names = [b.name for b in BadPixel] + ["any"]
-    rows = [["all", *(counts["total"][n] for n in names)]]
-    rows += [["fraction", *(f"{counts['total'][n] / counts['pixels']:.2e}" for n in names)]]
+
+    def cells(values: dict, shown) -> list:
+        return ["not tested" if n in missing else shown(values[n]) for n in names]
+
+    rows = [["all", *cells(counts["total"], str)]]
+    rows += [["fraction", *cells(counts["total"], lambda n: f"{n / counts['pixels']:.2e}")]]
     for axis in ("module", "gain", "cell"):
-        rows += [[f"{axis} {k}", *(row[n] for n in names)] for k, row in counts[axis].items()]
+        rows += [[f"{axis} {k}", *cells(row, str)] for k, row in counts[axis].items()]
     inputs = [[role, info.get("path"), info.get("format"), info.get("frames"), "; ".join(info.get("notes") or [])] for role, info in attrs.get("inputs", {}).items()]
     return {
         "detector": [printable(line) for line in detector_lines(root)],
         "gap": gap_line(counts) if counts["total"].get("gap") else None,
+        "untested": untested_line(missing) if missing else None,
         "inputs": inputs,
         **{key: str(attrs.get(key)) for key in ("software", "host", "start_time", "end_time")},
         "parameters": json.dumps(attrs.get("parameters", {}), indent=1),

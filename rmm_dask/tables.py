@@ -55,25 +55,67 @@ def table(title: str | None = None, caption: str | None = None):
     return Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, title_justify="left", caption_justify="left")
 
 
-def counts_tables(counts: dict, per_cell: bool) -> list:
+#: the bits each feature of ``Params.features`` sets
+FEATURE_BITS = {"offset": ("OFFSET",), "noise": ("NOISE",), "gain_separation": ("GAIN_SEPARATION",),
+                "gain_level": ("GAIN_LEVEL",), "flat": ("FLAT_HIGH", "FLAT_LOW")}
+
+
+def untested(attrs) -> dict:
+    """The bits a store's analysis could not set, and why: ``{bit name: reason}`` (no flat run, no gain
+    recorded, one gain stage, a feature not asked for), so that a report says "not tested", never 0."""
+    from .detectors import detector_of
+
+    out = {}
+    asked = (attrs.get("parameters") or {}).get("features")
+    for feature, bits in FEATURE_BITS.items():
+        if asked is not None and feature not in asked:
+            out.update(dict.fromkeys(bits, f"{feature} not among the features asked for"))
+    try:
+        det = detector_of(attrs)
+    except (KeyError, ValueError):
+        det = None
+    if not attrs.get("flat_stage"):
+        out.update(dict.fromkeys(FEATURE_BITS["flat"], "no flat run"))
+    if det is not None and det.gain == "none":
+        out.update(dict.fromkeys(("GAIN_SEPARATION", "GAIN_LEVEL"), f"{det.name} records no gain stage"))
+    elif len(attrs.get("gain_stages") or ()) < 2:
+        out.setdefault("GAIN_SEPARATION", "one gain stage's dark run: nothing to separate")
+    return out
+
+
+def untested_line(missing: dict) -> str:
+    """"not tested: FLAT_HIGH, FLAT_LOW (no flat run); ..." for :func:`untested`'s result."""
+    by_reason = {}
+    for bit, reason in missing.items():
+        by_reason.setdefault(reason, []).append(bit)
+    return "not tested: " + "; ".join(f"{', '.join(bits)} ({reason})" for reason, bits in by_reason.items())
+
+
+def counts_tables(counts: dict, per_cell: bool, missing: dict | None = None) -> list:
     """The counts of ``summary.count_bits`` as two tables that fit 80 columns: per bit (exact,
-    with the short names), and per module, gain stage (and cell) with the short names."""
+    with the short names), and per module, gain stage (and cell) with the short names. The bits
+    in ``missing`` (:func:`untested`) read "not tested" and "-", not 0."""
     from .codes import BadPixel
 
+    missing = missing or {}
     names = [b.name for b in BadPixel] + ["any"]
     per_plane = counts["pixels"]
     totals = table()
     for col, justify in (("bit", "left"), ("column", "left"), ("pixel-planes", "right"), ("fraction", "right")):
         totals.add_column(col, justify=justify, no_wrap=True)
     for n in names:
-        totals.add_row(n, SHORT[n], str(counts["total"][n]), f"{counts['total'][n] / per_plane:.2e}")
-    breakdown = table(caption="columns: the bits above; counts of 100000 and more rounded: k = 10^3, M = 10^6, G = 10^9")
+        if n in missing:
+            totals.add_row(n, SHORT[n], "not tested", "-")
+        else:
+            totals.add_row(n, SHORT[n], str(counts["total"][n]), f"{counts['total'][n] / per_plane:.2e}")
+    caption = "columns: the bits above; counts of 100000 and more rounded: k = 10^3, M = 10^6, G = 10^9"
+    breakdown = table(caption=caption + ("; -: not tested" if missing else ""))
     breakdown.add_column("", no_wrap=True)
     for n in names:
         breakdown.add_column(SHORT[n], justify="right", no_wrap=True)
     for axis in ("module", "gain") + (("cell",) if per_cell else ()):
         for key, row in counts[axis].items():
-            breakdown.add_row(f"{axis} {key}", *(compact(row[n]) for n in names))
+            breakdown.add_row(f"{axis} {key}", *("-" if n in missing else compact(row[n]) for n in names))
     return [totals, breakdown]
 
 
@@ -116,8 +158,11 @@ def print_counts(console, store, per_cell: bool, root=None) -> None:
     if note(root.attrs):
         console.print(f"note: {note(root.attrs)}")
     console.print(folded(printable(f"masked pixel-planes in {store}:"), console.width), soft_wrap=True)
-    for t in counts_tables(counts, per_cell):
+    missing = untested(root.attrs)
+    for t in counts_tables(counts, per_cell, missing):
         console.print(t)
+    if missing:
+        console.print(folded(untested_line(missing), console.width), soft_wrap=True)
     if not per_cell and len(counts["cell"]) > 1:
         any_bad = [row["any"] for row in counts["cell"].values()]
         console.print(f"per cell (any bit): min {min(any_bad)}, max {max(any_bad)} over {len(any_bad)} cells; --cells lists them")

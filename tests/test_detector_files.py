@@ -344,3 +344,25 @@ def test_a_run_opened_with_a_description_file_keeps_the_description(gaas, tmp_pa
         ds = build_mask({"high": dark}, None)
     assert ds.attrs["detector"] == "LAMBDA-GaAs-1554" and ds["mask"].shape == (1, 1, 1, 516, 1554)
     assert ds.attrs["detector_source"] == f"given: {own}"
+
+
+def test_what_a_mask_could_not_test_reads_not_tested_never_0(gaas, store, tmp_path, capsys):
+    """A darks-only LAMBDA mask: no flat run, no gain recorded: rmm show and the HTML report say "not tested"
+    for FLAT_*, GAIN_*; a mask of three gain stages and a flat tests everything."""
+    from rmm_dask.tables import untested
+
+    _, runs = gaas
+    out = tmp_path / "dark-only.zarr"
+    assert main(["mask", "--dark-high", str(runs["dark"]), "--out", str(out)]) == 0
+    assert untested(open_tree(out).attrs) == {"FLAT_HIGH": "no flat run", "FLAT_LOW": "no flat run",
+                                              "GAIN_SEPARATION": "LAMBDA750K records no gain stage",
+                                              "GAIN_LEVEL": "LAMBDA750K records no gain stage"}
+    capsys.readouterr()
+    assert main(["show", str(out), "--html", str(tmp_path / "r.html")]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "FLAT_HIGH FHIGH not tested -" in shown and "GAIN_LEVEL GLVL not tested -" in shown
+    assert ("not tested: FLAT_HIGH, FLAT_LOW (no flat run); GAIN_SEPARATION, GAIN_LEVEL (LAMBDA750K records no "
+            "gain stage)") in shown
+    page = (tmp_path / "r.html").read_text()
+    assert "not tested: FLAT_HIGH, FLAT_LOW (no flat run)" in page and page.count("<td>not tested</td>") >= 8
+    assert untested(open_tree(store).attrs) == {}
