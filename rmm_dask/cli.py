@@ -163,7 +163,7 @@ def _user_mask(args, darks):
     from .usermask import read_user_mask
 
     modules = next(iter(darks.values())).module.values
-    detector = run_detector(darks, args.detector)  # as the runs were read: the modules' shape their files show
+    detector = run_detector(darks, None, args.detector)  # as the runs were read: the modules' shape their files show
     return read_user_mask(args.user_mask, detector, modules, good_is_one=args.user_mask_good_is_one)
 
 

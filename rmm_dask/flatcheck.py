@@ -184,7 +184,7 @@ def check_flat(darks: dict, flat, *, detector: Detector | str | None = None, fla
     """
     from .io.sample import sample_blocks, sample_frames
 
-    detector = run_detector({**{f"dark-{g}": run for g, run in darks.items()}, "flat": flat}, detector)
+    detector = run_detector(darks, flat, detector)
     flat_stage = flat_stage or next(g for g in detector.gain_stages if g in darks)
     pieces = []
     for m, b in sample_blocks(flat):

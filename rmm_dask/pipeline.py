@@ -83,7 +83,7 @@ def check_runs(darks: dict, flat=None, *, detector=None, params: Params = Params
     """
     if not darks:
         raise ValueError("at least one dark run is needed")
-    detector = run_detector({**{f"dark-{g}": run for g, run in darks.items()}, "flat": flat}, detector)
+    detector = run_detector(darks, flat, detector)
     unknown = set(darks) - set(detector.gain_stages)
     if unknown:
         raise ValueError(f"{detector.name} has gain stages {detector.gain_stages}, not {sorted(unknown)}")
@@ -327,9 +327,9 @@ def build_mask(
         inputs["flat"] = _describe(flat)
     attrs = {
         "detector": detector.name,
-        "detector_description": description(detector),
+        "detector_description": description(detector),  # stores of detectors from your own YAML stay readable
         "detector_source": ref.attrs.get("detector_source") or "given",
-        "chips": ref.attrs.get("chips") or "from the description",  # stores of detectors from your own YAML stay readable
+        "chips": ref.attrs.get("chips") or "from the description",
         "gain_stages": list(stages),
         "flat_stage": flat_stage if flat is not None else None,
         "parameters": _jsonable(asdict(params)),

@@ -82,7 +82,7 @@ def check_signal(darks: dict, flat=None, *, detector: Detector | str | None = No
     """
     from .io.sample import sample_blocks, sample_frames
 
-    detector = run_detector({**{f"dark-{g}": run for g, run in darks.items()}, "flat": flat}, detector)
+    detector = run_detector(darks, flat, detector)
     if detector.counting:
         return
     runs = [(f"{g} dark", ds) for g, ds in darks.items()] + ([("flat", flat)] if flat is not None else [])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .chips import NEXUS_GAP
 from .codes import BadPixel
 from .store import gain_names, open_tree
 
@@ -64,11 +65,6 @@ def count_bits(store) -> dict:
     return {"pixels": int(np.prod(mask.shape)), "total": total, **per}
 
 
-#: the NeXus ``pixel_mask`` bit of a gap pixel (NXmx bit 0: no sensor behind it, e.g. between a LAMBDA GaAs
-#: module's two sensor tiles or between EIGER chips)
-NEXUS_GAP = 1
-
-
 def gap_pixels(store, i: int) -> np.ndarray:
     """(y, x) bool: the gap pixels of the store's module at index ``i``, from its manufacturer's layer (NeXus bit 0).
 
@@ -80,7 +76,7 @@ def gap_pixels(store, i: int) -> np.ndarray:
     layer = _layers(tree).get("manufacturer")
     if layer is None:
         return np.zeros(tree["mask"].shape[-2:], dtype=bool)
-    return (np.asarray(layer[i].values, dtype=np.uint32) & np.uint32(NEXUS_GAP)) != 0
+    return (np.asarray(layer[i].values, dtype=np.uint32) & NEXUS_GAP) != 0
 
 
 #: NeXus NXdetector ``pixel_mask`` bits (NXmx): software rejects a pixel with any bit of the low 16 set;

@@ -307,15 +307,15 @@ def description(det: Detector) -> dict:
     return {f.name: list(v) if isinstance(v := getattr(det, f.name), tuple) else v for f in fields(Detector)}
 
 
-def run_detector(runs: dict, detector=None) -> Detector:
-    """The detector the runs (``{name: dataset or None}``) were read as: the description their readers
-    recorded (``detector_description``: adapted to the files, e.g. chip boundaries from their pixel mask,
-    or built from an NXmx file), unless ``detector`` names another detector; else ``detector`` or the
-    first run's detector name; a :class:`Detector` given is used as it is. The runs must all be of one
-    description: InputError naming the run whose files describe another."""
+def run_detector(darks: dict, flat=None, detector=None) -> Detector:
+    """The detector the runs (dark runs ``{gain stage: dataset}``, a flat dataset or None) were read as:
+    the description their readers recorded (``detector_description``: adapted to the files, e.g. chip
+    boundaries from their pixel mask, or built from an NXmx file), unless ``detector`` names another
+    detector; else ``detector`` or the first run's detector name; a :class:`Detector` given is used as
+    it is. The runs must all be of one description: InputError naming the run whose files describe another."""
     if isinstance(detector, Detector):
         return detector
-    runs = {k: v for k, v in runs.items() if v is not None}
+    runs = {f"dark-{g}": run for g, run in darks.items()} | ({"flat": flat} if flat is not None else {})
     own = {k: detector_of(run.attrs, run.attrs.get("path")) for k, run in runs.items()
            if run.attrs.get("detector_description")}
     named = get_detector(detector) if detector is not None else None

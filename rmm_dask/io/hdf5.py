@@ -139,8 +139,8 @@ def _read_region(region: _Region) -> np.ndarray:
 class _Measured:
     """View of raw values as float32 with no measurement as NaN: below 0 (counting detectors' integers: gaps
     and bad pixels, Dectris -1, -2; unless an underload value is given), above ``saturation_value`` or below
-    ``underload_value`` (NXmx: the
-    detector's marks of gap, dead and overflowing pixels, e.g. 2^32 - 1). Picklable, for the read tasks."""
+    ``underload_value`` (NXmx: the detector's marks of gap, dead and overflowing pixels, e.g. 2^32 - 1).
+    Picklable, for the read tasks."""
 
     __slots__ = ("negative", "low", "high")
 
@@ -398,10 +398,13 @@ def open_hdf5_stack(
         n_frames = frames[None]
     else:  # one file per module
         if tuple(first.shape[1:]) != tuple(det.module_shape):
-            unmarked = " and its pixel mask marks no chip boundaries" if det.chips_from_mask and first.mask else ""
-            raise InputError(first.path, f"{where} has shape {first.shape}{unmarked}; one module's file of {det.name} holds "
-                                         f"(frame, {det.module_shape[0]}, {det.module_shape[1]})"
-                                         f"{'' if not unmarked else ': describe the module in a YAML file with its chip-rows and chip-columns'}")
+            unmarked = det.chips_from_mask and first.mask  # the shape would have come from the marks
+            problem = f"{where} has shape {first.shape}"
+            expected = f"one module's file of {det.name} holds (frame, {det.module_shape[0]}, {det.module_shape[1]})"
+            if unmarked:
+                problem += " and its pixel mask marks no chip boundaries"
+                expected += ": describe the module in a YAML file with its chip-rows and chip-columns"
+            raise InputError(first.path, f"{problem}; {expected}")
         m0, n_frames = next(iter(frames.items()))
         for m, n in frames.items():
             if n != n_frames:

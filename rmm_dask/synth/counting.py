@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..chips import NEXUS_GAP, NEXUS_VIRTUAL
 from ..codes import BadPixel
 from ..detectors import Detector
 from .defects import _pixels_per_kind
@@ -52,8 +53,8 @@ HOT_RATE = (2.0, 20.0)  #: counts per frame of a hot pixel
 FLAT_COUNTS = 50.0  #: mean counts per frame under the flat beam
 KNOWN_DEAD = 4  #: dead pixels per module that the manufacturer's pixel mask flags (bit 1)
 NXMX_DEAD = 2  #: NeXus/Dectris pixel_mask bit value of a dead pixel
-NXMX_GAP = 1 << 0  #: NXmx pixel_mask bit of a gap pixel (no sensor: missing data)
-NXMX_VIRTUAL = 1 << 31  #: NXmx pixel_mask bit of a virtual pixel (information, not a defect)
+NXMX_GAP = int(NEXUS_GAP)  #: NXmx pixel_mask bit of a gap pixel (no sensor: missing data)
+NXMX_VIRTUAL = int(NEXUS_VIRTUAL)  #: NXmx pixel_mask bit of a virtual pixel (information, not a defect)
 SPLIT = 3  #: logical pixels each large pixel at a LAMBDA chip boundary is split into
 
 
