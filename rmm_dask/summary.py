@@ -79,6 +79,43 @@ def gap_pixels(store, i: int) -> np.ndarray:
     return (np.asarray(layer[i].values, dtype=np.uint32) & NEXUS_GAP) != 0
 
 
+#: codes of :func:`manufacturer_verdict`: rmm's verdict on a pixel against its manufacturer's
+VERDICTS = {1: "known", 2: "new", 3: "not confirmed"}  #: 0: good for both; gaps are 0 (no sensor, no verdict)
+
+
+def manufacturer_verdict(store, i: int) -> np.ndarray:
+    """(y, x) uint8: rmm's verdict on each pixel of the module at index ``i`` against the manufacturer's layer.
+
+    1 ``known``: found bad by the analysis (any bit but ASIC_EDGE, in any gain stage or cell) and
+    rejected by the manufacturer (NeXus bits 1-15); 2 ``new``: found bad, not rejected by the
+    manufacturer; 3 ``not confirmed``: rejected by the manufacturer, good in every plane of rmm's
+    mask; 0 otherwise, and on gap pixels (bit 0: no sensor, nothing to judge). A store without a
+    manufacturer's layer has no verdict: all 0 but ``new``.
+    """
+    tree = open_tree(store)
+    planes = tree["mask"][i].values  # (gain, cell, y, x)
+    found = ((planes & np.uint8(0xFF ^ int(BadPixel.ASIC_EDGE))) != 0).any(axis=(0, 1))
+    layer = _layers(tree).get("manufacturer")
+    words = np.zeros(found.shape, np.uint32) if layer is None else np.asarray(layer[i].values, dtype=np.uint32)
+    gap = (words & NEXUS_GAP) != 0
+    rejected = (words & np.uint32(0xFFFF ^ int(NEXUS_GAP))) != 0
+    verdict = np.where(found, np.where(rejected, 1, 2), np.where(rejected, 3, 0)).astype(np.uint8)
+    verdict[gap] = 0
+    return verdict
+
+
+def verdict_counts(store) -> dict | None:
+    """Pixels per :data:`VERDICTS` name over all modules (``{"known": n, "new": n, "not confirmed": n}``),
+    or None for a store without a manufacturer's layer (nothing to compare with)."""
+    tree = open_tree(store)
+    if "manufacturer" not in _layers(tree):
+        return None
+    per = np.zeros(4, dtype=np.int64)
+    for i in range(tree["mask"].shape[0]):
+        per += np.bincount(manufacturer_verdict(tree, i).ravel(), minlength=4)
+    return {name: int(per[code]) for code, name in VERDICTS.items()}
+
+
 #: NeXus NXdetector ``pixel_mask`` bits (NXmx): software rejects a pixel with any bit of the low 16 set;
 #: the high 16 tag properties that are no reason to reject it alone (bit 31: a virtual pixel)
 NEXUS_BITS = {0: "gap", 1: "dead", 2: "under-responding", 3: "over-responding", 4: "noisy", 6: "cluster", 8: "user", 31: "virtual"}
