@@ -9,6 +9,8 @@ dask nor distributed):
 - :func:`open_mask`, :func:`bad_pixels` (:mod:`rmm_dask.apply`): a published store as a lazy
   Dataset, and a boolean bad-pixel array for a group of bits, labelled to go with the data;
 - :func:`export` (:mod:`rmm_dask.exports`): a store in the formats downstream programs read;
+- :func:`count_bits`, :func:`figures_png` (:mod:`rmm_dask.summary`): what ``rmm show`` counts
+  and draws of a store (pixels per bit, module, gain stage and cell; the figures as PNG bytes);
 - :class:`BadPixel`, :func:`robust_gaussian`, :func:`fit_gaussian`: the bit codes and the estimator.
 """
 
@@ -35,6 +37,8 @@ _API = {
     "open_mask": ".apply",
     "bad_pixels": ".apply",
     "export": ".exports",
+    "count_bits": ".summary",
+    "figures_png": ".summary",
     "BadPixel": ".codes",
     "fit_gaussian": ".robust",
     "robust_gaussian": ".robust",

@@ -46,6 +46,7 @@ from .defects import plant_hot
 from .integrating import synthesize_integrating
 from .model import *  # noqa: F403  (its constants, Defect, SynthConfig and the result classes: model.__all__)
 from .model import SynthConfig, SyntheticCalibration
+from .on_disk import write_synthetic
 from .scoring import format_score, ideal_mask, score
 
 __all__ = [
@@ -54,7 +55,7 @@ __all__ = [
     "EXPECTED_COUNTING", "FLAT_COUNTS", "HOT_RATE", "KNOWN_DEAD", "LAMBDA_GAAS", "LAMBDA_GAAS_GAP", "NXMX_DEAD", "NXMX_GAP",
     "NXMX_VIRTUAL",
     "SPLIT", "SMALL_COUNTING", "CountingDark", "counting_dark", "virtual_pixels",
-    "synthesize_counting", "synthesize_integrating",
+    "synthesize_counting", "synthesize_integrating", "write_synthetic",
 ]
 
 
