@@ -4,7 +4,9 @@ bad pixels for Bragg peaks? The paper's Tables 1-3 in miniature.
 A synthetic PILATUS 300K (photon counting, 3 modules) with planted bad pixels (hot,
 flickering, over- and under-responding, dead) records a dark run, a flat run and a run of
 EMPTY frames (no crystal: a background of about one count per pixel). Masks are made from
-the dark and flat runs, written as DIALS masks, and `dials.find_spots` (Debian package
+the dark and flat runs and given to DIALS the documented way (README, "DIALS: from an rmm
+mask to `dials.import`"): `rmm export --to nexus`, `python -m rmm_dask.dials_mask` against the imported
+experiments, `dials.import ... mask=mask.pickle`; then `dials.find_spots` (Debian package
 `dials`) runs on the empty frames as stills with `spotfinder.filter.min_spot_size=1`, as
 one-pixel peak finders do, with:
 
@@ -18,7 +20,8 @@ one-pixel peak finders do, with:
 It prints spots per empty frame and the fraction of empty frames counted as hits (>= 10
 spots): with no mask every empty frame is a hit; the RMM mask must bring that to <= 5%.
 Exit code 1 if it does not. DIALS runs in Debian's own Python (/usr/bin/python3), which
-also converts the masks; rmm-dask runs in this one.
+writes the pickles (rmm_dask/dials_pickle.py); rmm-dask runs in this one. The two masks that
+are no rmm store (naive, planted) go through the same rmm_dask.dials_mask.write_pickle.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import dask
 import numpy as np
 
 from rmm_dask.detectors import get_detector
-from rmm_dask.exports import export
+from rmm_dask.dials_mask import dials_panels, dials_python, write_pickle
 from rmm_dask.io import open_run
 from rmm_dask.mask import Params
 from rmm_dask.pipeline import build_mask
@@ -47,18 +50,7 @@ from rmm_dask.synth.write_cbf import write_cbf_series
 
 HIT = 10  #: spots that make a frame a "hit"
 GOAL = 0.05  #: largest fraction of empty frames the RMM mask may leave as hits
-DIALS_PYTHON = "/usr/bin/python3"
-
-TO_PICKLE = r"""
-import pickle, sys
-import numpy as np
-from dials.array_family import flex
-good = np.load(sys.argv[1])
-mask = flex.bool(good.ravel().tolist())
-mask.reshape(flex.grid(*good.shape))
-with open(sys.argv[2], "wb") as f:
-    pickle.dump((mask,), f)
-"""
+RMM = str(Path(sys.executable).with_name("rmm"))  #: the `rmm` command of this environment
 
 COUNT_SPOTS = r"""
 import sys, collections
@@ -76,21 +68,25 @@ def run(cmd: list, cwd: Path, log: Path) -> None:
         sys.exit(f"{' '.join(map(str, cmd))} failed (exit {proc.returncode}); see {log}")
 
 
-def dials_mask(good: np.ndarray, path: Path) -> Path:
-    npy = path.with_suffix(".npy")
-    np.save(npy, good.astype(bool))
-    subprocess.run([DIALS_PYTHON, "-c", TO_PICKLE, str(npy), str(path)], check=True)
-    return path
+def rmm_to_dials(store: Path, experiments: Path, work: Path) -> tuple[Path, np.ndarray]:
+    """The documented path: ``rmm export --to nexus``, ``python -m rmm_dask.dials_mask``; the pickle and its panel."""
+    nexus, pickle = work / f"{store.stem}.nxs", work / f"{store.stem}.pickle"
+    run([RMM, "export", str(store), "--to", "nexus", "--out", str(nexus)], work, work / f"export_{store.stem}.log")
+    run([sys.executable, "-m", "rmm_dask.dials_mask", str(nexus), str(experiments), "--out", str(pickle)],
+        work, work / f"dials_mask_{store.stem}.log")
+    (good,) = dials_panels(nexus, experiments)  # what went into the pickle: one panel, the full frame
+    return pickle, good
 
 
-def find_spots(work: Path, experiments: Path, mask: Path | None, name: str, n_frames: int, nproc: int) -> np.ndarray:
-    """Spots per frame found by dials.find_spots on the empty stills, with ``mask``."""
+def find_spots(work: Path, cbfs: list[str], mask: Path | None, name: str, n_frames: int, nproc: int) -> np.ndarray:
+    """Spots per frame found by dials.find_spots on the empty stills, imported with ``dials.import ... mask=``."""
+    experiments = work / f"{name}.expt"
+    imported = ["dials.import", *cbfs, "convert_sequences_to_stills=True", f"output.experiments={experiments}"]
+    run(imported + ([f"mask={mask}"] if mask is not None else []), work, work / f"import_{name}.log")
     refl = work / f"{name}.refl"
     cmd = ["dials.find_spots", str(experiments), "spotfinder.filter.min_spot_size=1", f"nproc={nproc}", f"output.reflections={refl}"]
-    if mask is not None:
-        cmd.append(f"lookup.mask={mask}")
     run(cmd, work, work / f"find_spots_{name}.log")
-    out = subprocess.run([DIALS_PYTHON, "-c", COUNT_SPOTS, str(refl), str(n_frames)], check=True, capture_output=True, text=True)
+    out = subprocess.run([dials_python(), "-c", COUNT_SPOTS, str(refl), str(n_frames)], check=True, capture_output=True, text=True)
     return np.array(out.stdout.split(), dtype=int)
 
 
@@ -100,14 +96,6 @@ def make_mask(runs: dict, det, method: str, out: Path) -> Path:
     with dask.config.set(scheduler="threads"):
         store = write_store(ds, out / f"{method}.zarr", compute=lambda c: dask.compute(c))
     return store
-
-
-def good_map(store: Path, det, out: Path) -> np.ndarray:
-    (cheetah,) = export(store, "cheetah", out / f"{store.stem}.cheetah.h5")
-    import h5py
-
-    with h5py.File(cheetah) as f:
-        return f["data/data"][()] != 0
 
 
 def main() -> int:
@@ -136,29 +124,26 @@ def main() -> int:
     print(f"synthetic {det.name}: {int(planted.sum())} planted bad pixels of {planted.size}; dark and flat runs of {args.frames} frames, "
           f"{args.empty} empty frames (mean {empty.analog.mean():.2f} counts per pixel) in {work}")
 
-    masks = {"no mask": None}
-    dark_mean = calib.dark["high"].analog[:, 0].mean(axis=1)  # (module, y, x)
-    naive = dark_mean > dark_mean.mean() + 3 * dark_mean.std()
-    masks["naive mean threshold"] = (det.join_frame((~naive).astype(np.uint8), fill=0) != 0, 0.0)
-    for label, method in (("non-robust (mean/std)", "nonrobust"), ("RMM", "rmm")):
-        t = time.perf_counter()
-        good = good_map(make_mask(runs, det, method, work), det, work)
-        masks[label] = (good, time.perf_counter() - t)
-    masks["planted pixels (ideal)"] = (det.join_frame((~planted).astype(np.uint8), fill=0) != 0, 0.0)
-
     cbfs = sorted(str(p) for p in runs["empty"].glob("*.cbf"))
     run(["dials.import", *cbfs, "convert_sequences_to_stills=True", "output.experiments=empty.expt"], work, work / "import.log")
+    masks = {"no mask": None}  # label -> (mask.pickle, its good pixels)
+    dark_mean = calib.dark["high"].analog[:, 0].mean(axis=1)  # (module, y, x)
+    naive = det.join_frame((dark_mean <= dark_mean.mean() + 3 * dark_mean.std()).astype(np.uint8), fill=0) != 0
+    masks["naive mean threshold"] = (write_pickle([naive], work / "naive.pickle"), naive)
+    for label, method in (("non-robust (mean/std)", "nonrobust"), ("RMM", "rmm")):
+        masks[label] = rmm_to_dials(make_mask(runs, det, method, work), work / "empty.expt", work)
+    ideal = det.join_frame((~planted).astype(np.uint8), fill=0) != 0
+    masks["planted pixels (ideal)"] = (write_pickle([ideal], work / "ideal.pickle"), ideal)
     print(f"\ndials.find_spots on {args.empty} empty frames (stills, min_spot_size=1); a hit has >= {HIT} spots")
     print(f"{'mask':<26}{'masked px':>10}{'missed':>8}{'spots/frame':>13}{'max':>6}{'false hits':>12}")
     results = {}
     for label, entry in masks.items():
         mask_file, masked, missed = None, 0, int(planted.sum())
         if entry is not None:
-            good, _ = entry
-            mask_file = dials_mask(good, work / f"mask_{len(results)}.pickle")
+            mask_file, good = entry
             masked = int((~good & ~det.gap_mask()).sum())
             missed = int((planted & det.split_frame(good)).sum())
-        spots = find_spots(work, work / "empty.expt", mask_file, f"m{len(results)}", args.empty, args.nproc)
+        spots = find_spots(work, cbfs, mask_file, f"m{len(results)}", args.empty, args.nproc)
         hits = float((spots >= HIT).mean())
         results[label] = hits
         print(f"{label:<26}{masked:>10}{missed:>8}{spots.mean():>13.1f}{spots.max():>6}{100 * hits:>11.1f}%")

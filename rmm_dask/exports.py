@@ -181,8 +181,26 @@ def _nexus(mask: _Mask, out, overwrite) -> list[Path]:
         d = detector.create_dataset("pixel_mask", data=pixel_mask, compression="gzip", compression_opts=1)
         d.attrs["description"] = "NeXus NXdetector bits: 0 gap, 1 dead, 2 under-responding, 3 over-responding, 4 noisy, 5 ASIC edge, 8 user"
         detector["pixel_mask_applied"] = False
+        _nx_modules(detector, mask.det)
 
     return [_write_h5(out, overwrite, fill, pixel_mask.nbytes)]
+
+
+def _nx_modules(detector: h5py.Group, det) -> None:
+    """One ``NXdetector_module`` per module with its ``data_origin``/``data_size`` in ``pixel_mask``.
+
+    NXmx's way to say where a module's pixels are (dxtbx slices a master's pixel_mask so, one
+    panel per module); :mod:`rmm_dask.dials_mask` reads them to split the mask into DIALS' panels.
+    """
+    for m in range(det.n_modules):
+        if det.frame_shape:
+            origin, size = det.module_origins()[m], det.module_shape
+        else:
+            origin, size = (m, 0, 0), (1, *det.module_shape)
+        group = detector.create_group(f"module{m:02d}")
+        group.attrs["NX_class"] = "NXdetector_module"
+        group["data_origin"] = np.asarray(origin, dtype=np.int64)
+        group["data_size"] = np.asarray(size, dtype=np.int64)
 
 
 def _euxfel(mask: _Mask, out, overwrite) -> list[Path]:
@@ -238,6 +256,8 @@ def _crystfel(mask: _Mask, out, overwrite) -> list[Path]:
         return mask.union(i).astype(np.uint32) | user | maker
 
     data = mask.frame(mask.per_module(words, int(BadPixel.NO_DATA)), int(BadPixel.NO_DATA))
+    if _one_module_files(mask):  # the data is (frame, y, x): so is the mask, less the frame axis
+        data = data[0]
 
     def fill(f, ensure_room):
         _provenance(f, mask, "crystfel")
@@ -280,14 +300,36 @@ def _both_or_neither(target: Path, geom: Path, overwrite: bool, write_mask, line
     return [published, tmp.target]
 
 
+#: pixel size (m) by the start of a detector's name, for CrystFEL's ``res``; a detector of your own: add it yourself
+PIXEL_SIZE = {"AGIPD": 200e-6, "JUNGFRAU": 75e-6, "CSPAD": 110e-6, "PILATUS": 172e-6, "EIGER": 75e-6, "LAMBDA": 55e-6}
+
+
 def geometry_lines(path: Path, dataset: str, mask: _Mask) -> list[str]:
-    """CrystFEL geometry lines for the mask file: three masks (0.10+), and the one-mask form of 0.9."""
-    layout = "(Y, X) frames, as the data's `dim0 = %`, `dim1 = ss`, `dim2 = fs`" if mask.det.frame_shape else (
-        "(module, y, x), as the data's `dim0 = %`, `dim1 = <module>`, `dim2 = ss`, `dim3 = fs` (EXtra-geom's layout)"
-    )
-    return [
-        f"; rmm-dask mask of {mask.det.name} ({mask.tree.attrs.get('software')}): put these lines before the panels",
-        f"; mask dataset: {layout}; any memory cell or gain stage bad = bad",
+    """CrystFEL geometry lines for the mask file: three masks (0.10+), the one-mask form of 0.9, and the panels.
+
+    Full frames (PILATUS, EIGER, CSPAD, a JUNGFRAU or any detector stored as one frame): one
+    panel per module, its ``min_fs``..``max_ss`` its place in the frame, the gaps in none.
+    Modules stored apart (LAMBDA's module files): one panel per module of a ``(frame, module, y,
+    x)`` dataset (``dim1`` = the module), which the user joins the files into. EuXFEL runs:
+    the mask lines only, for the panels EXtra-geom writes. What rmm does not know (distance,
+    photon energy, beam centre or module positions) is left to add, in lines that say so.
+    """
+    det, euxfel = mask.det, _euxfel_runs(mask)
+    if det.frame_shape:
+        layout = (f"{det.frame_shape[0]} x {det.frame_shape[1]} full frames (ss x fs), as the data's "
+                  "`dim0 = %`, `dim1 = ss`, `dim2 = fs`")
+    elif euxfel:
+        layout = "(module, y, x), as the data's `dim0 = %`, `dim1 = <module>`, `dim2 = ss`, `dim3 = fs` (EXtra-geom)"
+    elif _one_module_files(mask):
+        layout = f"(y, x) = {det.module_shape}, as the data's `dim0 = %`, `dim1 = ss`, `dim2 = fs`"
+    else:
+        layout = (f"(module, y, x) = ({det.n_modules}, {det.module_shape[0]}, {det.module_shape[1]}), as data "
+                  "`dim0 = %`, `dim1 = <module>`, `dim2 = ss`, `dim3 = fs`")
+    lines = [
+        f"; rmm-dask mask of {det.name} ({mask.tree.attrs.get('software')}) for CrystFEL 0.10+",
+        f"; mask dataset: {layout}",
+        "; a pixel bad in any memory cell or gain stage is bad",
+        "; these lines go before the panels: a value without a panel name holds for the panels named after it",
         f"mask0_file = {path}",
         f"mask0_data = {dataset}",
         "mask0_goodbits = 0x0",
@@ -307,3 +349,69 @@ def geometry_lines(path: Path, dataset: str, mask: _Mask) -> list[str]:
         ";   mask_bad = 0xffffffff",
         ";   (0.9 reads the mask as 16 bits: the manufacturer's bits 16-31 are not seen there)",
     ]
+    if euxfel:
+        return lines + ["; panels: EXtra-geom's write_crystfel_geom() writes them for this (module, y, x) layout"]
+    return lines + _beam_lines(det) + (_frame_panels(det) if det.frame_shape else _module_panels(det))
+
+
+def _euxfel_runs(mask: _Mask) -> bool:
+    """True when the store was made from EuXFEL runs (EXtra-geom's (module, y, x) layout)."""
+    runs = (mask.tree.attrs.get("inputs") or {}).values()
+    return any(str(run.get("format", "")).startswith("euxfel") for run in runs)
+
+
+def _one_module_files(mask: _Mask) -> bool:
+    """True for a one-module detector stored apart (LAMBDA 750K, a stack of your own): its data is (frame, y, x)."""
+    return mask.det.frame_shape is None and mask.det.n_modules == 1 and not _euxfel_runs(mask)
+
+
+def _beam_lines(det) -> list[str]:
+    """What holds for every panel: what rmm knows (pixel size, counting) and what the user must add."""
+    size = next((v for k, v in PIXEL_SIZE.items() if det.name.upper().startswith(k)), None)
+    res = f"res = {1 / size:.1f}            ; 1 / pixel size in m ({size * 1e6:.0f} um)" if size else (
+        "; add: res = <1 / pixel size in m>  (not known to rmm for this detector)")
+    lines = [
+        "; add: clen = <sample-detector distance> m   (or clen = /path/to/distance/in/the/data mm)",
+        "; add: photon_energy = <energy> eV           (or photon_energy = /path/in/the/data eV)",
+        res,
+        "adu_per_photon = 1            ; photon counting" if det.counting else "; add: adu_per_eV or adu_per_photon",
+        "; add: data = <the frames' dataset>   (HDF5 input; CBF files need no data line)"
+        + (f", e.g. {det.dataset}" if det.dataset and not det.dataset.endswith("/entry/data") else ""),
+        "dim0 = %",
+    ]
+    stacked = det.n_modules > 1 and not det.frame_shape  # dim1 = <module>, per panel
+    return lines + (["dim2 = ss", "dim3 = fs"] if stacked else ["dim1 = ss", "dim2 = fs"])
+
+
+def _frame_panels(det) -> list[str]:
+    """One panel per module of a full frame, its pixels where the module lies in the frame."""
+    (ny, nx), lines = det.module_shape, [
+        "; one panel per module; fs = +1.0x, ss = +1.0y is the frame as stored, without a flip: check it against",
+        "; your beamline's orientation. The corners put the frame's first pixel at the beam: subtract your beam",
+        "; centre (fs, ss in pixels) from every corner_x, corner_y. The gaps between modules are in no panel.",
+    ]
+    for m, (y, x) in enumerate(det.module_origins()):
+        lines += [f"m{m}/min_fs = {x}", f"m{m}/max_fs = {x + nx - 1}", f"m{m}/min_ss = {y}",
+                  f"m{m}/max_ss = {y + ny - 1}", f"m{m}/fs = +1.0x", f"m{m}/ss = +1.0y",
+                  f"m{m}/corner_x = {x}", f"m{m}/corner_y = {y}"]
+    return lines
+
+
+def _module_panels(det) -> list[str]:
+    """One panel per module of a ``(frame, module, y, x)`` dataset: modules written to files of their own (LAMBDA)."""
+    if det.n_modules == 1:
+        return ["; one panel, the module; add its corner_x, corner_y (pixels from the beam to its first pixel)",
+                "m0/min_fs = 0", f"m0/max_fs = {det.module_shape[1] - 1}", "m0/min_ss = 0",
+                f"m0/max_ss = {det.module_shape[0] - 1}", "; add: m0/corner_x = ...", "; add: m0/corner_y = ...",
+                "m0/fs = +1.0x", "m0/ss = +1.0y"]
+    (ny, nx), lines = det.module_shape, [
+        "; one panel per module. CrystFEL reads a frame's panels from one file: join the module files",
+        "; (LAMBDA: <acq>_m1_..., _m2_..., _m3_...) into one (frame, module, y, x) dataset first, e.g. an HDF5",
+        "; virtual dataset (README, \"CrystFEL\"), and name it in `data`. rmm does not know where the modules are:",
+        "; add each panel's corner_x, corner_y (pixels from the beam) and fs, ss directions as your beamline has them.",
+    ]
+    for m in range(det.n_modules):
+        lines += [f"m{m}/dim1 = {m}", f"m{m}/min_fs = 0", f"m{m}/max_fs = {nx - 1}", f"m{m}/min_ss = 0",
+                  f"m{m}/max_ss = {ny - 1}", f"; add: m{m}/corner_x = ...", f"; add: m{m}/corner_y = ...",
+                  f"m{m}/fs = +1.0x", f"m{m}/ss = +1.0y"]
+    return lines
