@@ -18,7 +18,8 @@ def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
     (0), bad in ``new``; ``recovered``: the reverse (``newly_bad_distinct``, ``recovered_distinct``:
     the distinct pixels (module, y, x) with such a plane in any gain stage or cell, overall and per
     module: a pixel bad in 352 cells is one pixel, 352 planes); per bit ``set`` / ``cleared``: the
-    bit absent in old and present in new, and the reverse. ``newly_bad_pixels`` and
+    bit absent in old and present in new, and the reverse (``set_distinct``, ``cleared_distinct``: in how many
+    distinct pixels). ``newly_bad_pixels`` and
     ``recovered_pixels`` list the pixels (module, y, x) with such planes: how many planes,
     and the bits of the bad side ('OFFSET|NOISE') (``new`` for newly bad, ``old`` for recovered); at most
     ``max_pixels`` each, in (module, y, x) order, with ``pixels_truncated`` saying so.
@@ -40,7 +41,7 @@ def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
         "recovered": 0,
         "newly_bad_distinct": 0,
         "recovered_distinct": 0,
-        "bits": {bit.name: {"set": 0, "cleared": 0} for bit in BadPixel},
+        "bits": {bit.name: {"set": 0, "cleared": 0, "set_distinct": 0, "cleared_distinct": 0} for bit in BadPixel},
         "module": {},
         "gain": {g: {"newly_bad": 0, "recovered": 0} for g in gains},
         "cell": {c: {"newly_bad": 0, "recovered": 0} for c in cells},
@@ -66,8 +67,9 @@ def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
             out["pixels_truncated"] |= _list_pixels(out[f"{key}_pixels"], int(m), hit, mb if key == "newly_bad" else ma, max_pixels)
         for bit in BadPixel:
             va, vb = (ma & np.uint8(bit)) != 0, (mb & np.uint8(bit)) != 0
-            out["bits"][bit.name]["set"] += int((~va & vb).sum())
-            out["bits"][bit.name]["cleared"] += int((va & ~vb).sum())
+            for key, hit in (("set", ~va & vb), ("cleared", va & ~vb)):
+                out["bits"][bit.name][key] += int(hit.sum())
+                out["bits"][bit.name][f"{key}_distinct"] += int(np.count_nonzero(hit.any(axis=(0, 1))))
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,10 +16,12 @@ SHORT = {
 
 
 def console():
-    """The console of the commands' output: wide enough for the count tables in a log, not a terminal."""
+    """The console of the commands' output: a terminal's width (or ``COLUMNS``, which rich reads, also when the
+    output goes to a pipe or a file), else wide enough for the count tables in a log."""
     from rich.console import Console
 
-    return Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 160)  # '[/b]' in a path: text
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160
+    return Console(highlight=False, markup=False, width=width)  # markup off: '[/b]' in a path is text
 
 
 #: what a folded line's continuation starts with: a line of its own never does (it cannot be forged by a path)
@@ -144,6 +147,14 @@ def detector_lines(root) -> list[str]:
             f"description: {attrs.get('detector_source') or 'by its name'}", f"chips: {chips}"]
 
 
+def _say(console):
+    """Print one line of text on ``console``, control characters escaped, folded to its width
+    (:func:`folded`): a long path or list stays within an 80-column terminal."""
+    def say(text: str) -> None:
+        console.print(folded(printable(text), console.width), soft_wrap=True)
+    return say
+
+
 def print_counts(console, store, per_cell: bool, root=None) -> None:
     """Print the counts of a store (per bit; per module, gain stage and, with ``per_cell``, cell), its gap pixels
     (missing data, counted apart from the defects: :func:`gap_line`) and its layers.
@@ -153,50 +164,110 @@ def print_counts(console, store, per_cell: bool, root=None) -> None:
     from .store import open_store
     from .summary import count_bits
 
+    say = _say(console)
     root = open_store(store) if root is None else root
     counts = count_bits(root)
     if note(root.attrs):
-        console.print(f"note: {note(root.attrs)}")
-    console.print(folded(printable(f"masked pixel-planes in {store}:"), console.width), soft_wrap=True)
+        say(f"note: {note(root.attrs)}")
+    say(f"masked pixel-planes in {store}:")
     missing = untested(root.attrs)
     for t in counts_tables(counts, per_cell, missing):
         console.print(t)
     if missing:
-        console.print(folded(untested_line(missing), console.width), soft_wrap=True)
+        say(untested_line(missing))
     if not per_cell and len(counts["cell"]) > 1:
         any_bad = [row["any"] for row in counts["cell"].values()]
-        console.print(f"per cell (any bit): min {min(any_bad)}, max {max(any_bad)} over {len(any_bad)} cells; --cells lists them")
+        say(f"per cell (any bit): min {min(any_bad)}, max {max(any_bad)} over {len(any_bad)} cells; --cells lists them")
     if counts["total"].get("gap"):
-        console.print(folded(gap_line(counts), console.width), soft_wrap=True)
+        say(gap_line(counts))
     bits = counts.get("manufacturer_bits")
     for name, n in counts.get("layers", {}).items():
         if name == "manufacturer" and bits:  # gaps and virtual pixels are information, not defects
             per_bit = ", ".join(f"{bit} {k}" for bit, k in bits.items() if bit not in ("reject", "any"))
-            console.print(f"layer manufacturer: {bits['reject']} pixels rejected (NeXus bits 0-15), {bits['any']} with any bit: {per_bit}")
+            say(f"layer manufacturer: {bits['reject']} pixels rejected (NeXus bits 0-15), {bits['any']} with any bit: "
+                f"{per_bit}")
         else:
-            console.print(f"layer {name}: {n} pixels masked (kept apart from the bits above; exports combine them)")
+            say(f"layer {name}: {n} pixels masked (kept apart from the bits above; exports combine them)")
 
+
+def print_inputs(console, tree, files: bool = False) -> None:
+    """Print what a store was made from (``tree``: its :func:`rmm_dask.store.open_tree`): per run its path,
+    frames per cell and how many files of what size, the frames F1 rejected of each dark run (per module
+    where the modules differ, with their train ids), and with ``files`` every file (name, size, time) in a
+    table; without, a line saying how many there are and that ``--files`` lists them."""
+    from .report_text import file_rows, input_line, rejected_frames, rejected_line
+
+    say = _say(console)
+    rejected = rejected_frames(tree)
+    listed = table("input files", caption="modified: the time the job found on the file, UTC")
+    for col, justify in (("run", "left"), ("file", "left"), ("size", "right"), ("modified", "left")):
+        listed.add_column(col, justify=justify, no_wrap=col != "file", overflow="fold")
+    for role, info in (tree.attrs.get("inputs") or {}).items():
+        say(f"  {input_line(role, info)}")
+        if role in rejected:
+            say(f"  {role}, rejected by F1: {rejected_line(rejected[role])}")
+        for row in file_rows(info):
+            listed.add_row(role, *(printable(cell) for cell in row))
+    if files and listed.row_count:
+        console.print(listed)
+    elif listed.row_count:
+        say(f"  files: {listed.row_count} (--files lists them with their sizes and times)")
+
+
+def print_parameters(console, attrs) -> None:
+    """Print a store's parameters as a table of name, value and meaning (:func:`rmm_dask.report_text.parameter_rows`);
+    on a narrow console the values wrap before the meanings do."""
+    from .report_text import parameter_rows
+
+    params = table("parameters")
+    params.add_column("name", no_wrap=True)
+    params.add_column("value", max_width=None if console.width >= 120 else max(12, console.width // 4))
+    params.add_column("meaning")
+    for row in parameter_rows(attrs):
+        params.add_row(*(printable(cell) for cell in row))
+    console.print(params)
+
+
+def print_verdict(console, counts: dict | None) -> None:
+    """Print rmm's verdict against the manufacturer's pixel mask (:func:`rmm_dask.summary.verdict_counts`'
+    ``counts``) as a table of pixels with what each verdict means, or a line saying there is none."""
+    from .report_text import NO_VERDICT, VERDICT_TITLE, verdict_rows
+
+    if counts is None:
+        _say(console)(NO_VERDICT)
+        return
+    verdict = table(VERDICT_TITLE)
+    verdict.add_column("verdict", no_wrap=True)
+    verdict.add_column("pixels", justify="right", no_wrap=True)
+    verdict.add_column("meaning")
+    for row in verdict_rows(counts):
+        verdict.add_row(*row)
+    console.print(verdict)
+
+
+def _with_pixels(row: dict, key: str) -> str:
+    """A count of pixel-planes, with its distinct pixels where the row has them: "15750 (2701 px)"."""
+    return str(row[key]) + (f" ({row[key + '_distinct']} px)" if key + "_distinct" in row else "")
 
 
 def diff_tables(result: dict, per_cell: bool) -> list:
-    """``diff.diff_masks``'s counts as two narrow tables: per bit, and per module, gain (and cell); then its notes."""
-    bits = table("bits set and cleared (pixel-planes)")
+    """``diff.diff_masks``'s counts as two narrow tables: per bit, and per module, gain (and cell), each count
+    of pixel-planes with the distinct pixels it is in where known; then its notes (control characters escaped)."""
+    from rich.text import Text
+
+    bits = table("bits set and cleared")
     for col in ("bit", "set", "cleared"):
         bits.add_column(col, justify="left" if col == "bit" else "right", no_wrap=True)
     for name, row in result["bits"].items():
-        bits.add_row(name, str(row["set"]), str(row["cleared"]))
-    changes = table("newly bad / recovered (pixel-planes; px: distinct pixels)")
+        bits.add_row(name, _with_pixels(row, "set"), _with_pixels(row, "cleared"))
+    changes = table("newly bad / recovered")
     for col in ("", "newly bad", "recovered"):
         changes.add_column(col, justify="left" if not col else "right", no_wrap=True)
     for axis in ("module", "gain") + (("cell",) if per_cell else ()):
         for key, row in result[axis].items():
-            cells = [str(row[k]) + (f" ({row[k + '_distinct']} px)" if k + "_distinct" in row else "")
-                     for k in ("newly_bad", "recovered")]
-            changes.add_row(f"{axis} {key}", *cells)
-    from rich.text import Text
-
-    return [bits, changes, *(Text(f"note: {n}") for n in result.get("notes") or [])]  # stores read unverified
-
+            changes.add_row(f"{axis} {key}", _with_pixels(row, "newly_bad"), _with_pixels(row, "recovered"))
+    counted = Text("counts of pixel-planes (module, gain, cell, y, x); px: the distinct pixels (module, y, x) they are in")
+    return [bits, changes, counted, *(Text(printable(f"note: {n}")) for n in result.get("notes") or [])]  # unverified
 
 
 def status_table(rows: list[dict]) -> list:

@@ -23,7 +23,7 @@ def test_mask_show_export(store, tmp_path, capsys):
     out = capsys.readouterr().out
     for word in ("OFFSET", "NOISE", "module 0", "gain high", "cell 1"):
         assert word in out
-    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["detector.png", "mask_module00.png", "snr_histograms.png"]
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["detector.png", "mask_module00.png", "snr_module00.png"]
     assert main(["export", str(store), "--to", "h5", "--out", str(tmp_path / "m.h5")]) == 0
     import h5py
 
