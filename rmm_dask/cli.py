@@ -168,8 +168,9 @@ def _user_mask(args, darks):
 
 
 def _show(args) -> int:
-    from .store import open_store
-    from .summary import write_figures
+    from .report_text import made_line
+    from .store import open_store, open_tree
+    from .summary import verdict_counts, write_figures
 
     console = tables.console()
     say = _say(console)
@@ -179,15 +180,15 @@ def _show(args) -> int:
     for path, directory, what in ((args.png, True, "the figures"), (args.html, False, "the report")):
         if path:  # both outputs checked before anything is written
             args.outcome.expect(publish.prepare(path, overwrite=args.overwrite, directory=directory, what=what))
-    attrs = root.attrs
-    say(f"{args.store}: {attrs.get('detector')} mask, {attrs.get('software')}, "
-        f"{attrs.get('start_time')} - {attrs.get('end_time')}")
-    for name, info in attrs.get("inputs", {}).items():
-        say(f"  {name}: {info.get('path')} ({info.get('frames')} frames per cell)")
-    say(f"  parameters: {attrs.get('parameters')}")
+    tree = open_tree(root)
+    say(f"{args.store}: {tree.attrs.get('detector')} mask")
+    say(f"  {made_line(tree.attrs)}")
+    tables.print_inputs(console, tree, files=args.files)
+    tables.print_parameters(console, tree.attrs)
     for line in tables.detector_lines(root):
         say(f"  {line}")
     tables.print_counts(console, args.store, per_cell=args.cells, root=root)
+    tables.print_verdict(console, verdict_counts(tree))
     if args.png:
         with publish.output(args.png, overwrite=args.overwrite, directory=True, what="the figures") as out:
             names = [p.name for p in write_figures(root, out.tmp, geometry=args.geometry)]
@@ -256,6 +257,7 @@ def _nightly(args) -> int:
     from .config import check_effective, check_sections, params_from_config, scoped
     from .nightly import read_settings, run_nightly
 
+    decision = _decision_option(args)
     settings = read_settings(args.config)
     args.scope.enter_context(scoped(check_sections(settings.path, settings.sections)))
     check_effective()
@@ -265,6 +267,12 @@ def _nightly(args) -> int:
         raise InputError(settings.path, f"invalid parameters under 'rmm-dask:': {err}") from None
     args.outcome.note = "versions published before stay published; the set in progress is resumed by the next pass"
     with _catalog_errors(settings):
+        if decision is not None:
+            from .nightly.decide import decide
+
+            args.outcome.note = ("the version's summary, current and the catalog each change in one step; run the same"
+                                 " command again to complete the decision")
+            return decide(settings, decision, getattr(args, decision), args.reason, echo=_say(tables.console()))
         if args.status:
             tables.print_status(tables.console(), settings)
             return 0
@@ -272,6 +280,28 @@ def _nightly(args) -> int:
         # control characters escaped (printable: idempotent, whatever the service escaped itself)
         return run_nightly(settings, once=args.once, dry_run=args.dry_run,
                            echo=lambda line: print(printable(line), flush=True))
+
+
+def _decision_option(args) -> str | None:
+    """'release' or 'hold' when the command is an operator's decision on a version, else None; InputError
+    for options that do not go together."""
+    given = [name for name in ("release", "hold") if getattr(args, name)]
+    if len(given) > 1:
+        raise InputError("--release", "give --release or --hold, not both; nothing was changed")
+    if not given:
+        if args.reason is not None:
+            raise InputError("--reason", "goes with --release or --hold; nothing was changed")
+        return None
+    others = [f"--{o.replace('_', '-')}" for o in ("once", "dry_run", "status") if getattr(args, o)]
+    if others:
+        raise InputError(f"--{given[0]}", f"is a command of its own, not with {', '.join(others)}; nothing was changed")
+    return given[0]
+
+
+def _remove(args) -> int:
+    from .remove import remove_outputs
+
+    return remove_outputs(args.paths, echo=_say(tables.console()))
 
 
 @contextlib.contextmanager
@@ -469,7 +499,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="one pass, then exit (for timers, cron and scrontab)")
     p.add_argument("--dry-run", action="store_true", help="show what a pass would do; change nothing")
     p.add_argument("--status", action="store_true", help="print the catalog and the current versions")
+    p.add_argument("--release", metavar="NAME/vNNNN", help="make a held version current (the previous current stays "
+                   "published, in the history); needs --reason")
+    p.add_argument("--hold", metavar="NAME/vNNNN", help="hold a published version: if it is current, the previous "
+                   "published one becomes current again (or none); needs --reason")
+    p.add_argument("--reason", metavar="TEXT", help="why: recorded with your user name and the time in the catalog "
+                   "and the version's summary")
     p.set_defaults(run=_nightly)
+
+    p = sub.add_parser("remove", help="delete rmm outputs (stores, nightly versions, exports, reports, figures), "
+                       "which are published read-only", description=(
+        "Delete outputs of rmm, which are published read-only (directories too, so rm -rf fails for their owner): each "
+        "PATH is checked to be a mask store, a nightly version that is not current, an export, a report, the JSON of "
+        "rmm diff or a figures directory of rmm show --png, then renamed away in one step and removed, never following a "
+        "link. Anything else is refused and nothing is removed (see README, 'Stores')."))
+    p.add_argument("paths", nargs="+", metavar="PATH", help="an rmm output to delete")
+    p.set_defaults(run=_remove)
 
     p = sub.add_parser("describe", help="print the detector description a run is read with, as YAML to keep and edit", description=(
         "Open a run (metadata only) and print, as a YAML detector description (see README, 'Detectors and formats'), "
@@ -486,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
         "write figures (--png) or one self-contained HTML page (--html)."))
     p.add_argument("store", help="the mask store (Zarr) to show")
     _add_cells(p)
+    p.add_argument("--files", action="store_true", help="list every input file of every run (size, modification time)")
     p.add_argument("--png", metavar="DIR", help="write per-module mask images, the assembled detector and SNR histograms here")
     p.add_argument("--geometry", metavar="FILE.geom", help="CrystFEL geometry for the assembled image of EuXFEL detectors (default: EXtra-geom's example)")
     p.add_argument("--html", metavar="FILE.html", help="write a self-contained HTML report (figures embedded)")

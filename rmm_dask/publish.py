@@ -67,7 +67,7 @@ from .fstree import Parent, describe, leftovers, link_value, read_only_modes, se
 from .fstree import owned_name as _owned_name  # the tests plant links at the names it gives
 
 __all__ = ["output", "prepare", "hold", "tidy", "remove", "create_temporary", "commit", "discard", "publish_symlink", "leftovers",
-           "STEPS"]
+           "STEPS", "withdraw", "reopened"]
 
 #: the points of the protocol, in order; a test hook (``_HOOK``) is called at each
 STEPS = ("prepared", "created", "written", "sealed", "set-aside", "swapped", "removing", "removed-old", "synced")
@@ -471,3 +471,69 @@ def publish_symlink(value: str, target, *, what: str = "the link") -> Path:
                 os.unlink(name, dir_fd=parent.fd)
         parent.close()
     return target
+
+
+# ------------------------------------------------------------------------------------- withdrawing and amending
+
+def withdraw(target, *, what: str = "the output") -> Path:
+    """Remove a published output (``rmm remove``) so that no reader ever sees half of it.
+
+    The target is first renamed, in one step, to a hidden temporary of this process beside it
+    (``.NAME.partial-<host>-<pid>-<random>``): from then on its name is free and nothing reads
+    the tree; then the tree is given back ``u+w`` directory by directory and removed, never
+    following a link. A kill in between leaves a dead temporary that the next job on that name
+    (:func:`prepare`) or the next ``rmm remove`` of it removes. InputError on failure, naming
+    the target; the target is then as it was (or gone, if only the removal of the renamed copy failed).
+    """
+    target = Path(os.path.abspath(os.fspath(target)))
+    parent = Parent(target, what)
+    try:
+        _tidy(parent)
+        if parent.lstat() is None:
+            raise InputError(target, f"no such {what}")
+        name = None
+        for _ in range(100):
+            candidate = _owned_name(parent.name, "partial")
+            if parent.lstat(candidate) is None:
+                name = candidate
+                break
+        if name is None:
+            raise InputError(target, "cannot find a free temporary name beside it")
+        with interrupts.held():  # a Ctrl-C now is raised once the tree has its new name
+            _rename_noreplace(parent, parent.name, name, directory=stat.S_ISDIR(parent.lstat().st_mode))
+            parent.fsync()
+        _step("swapped")
+        _remove_entry(parent.fd, name)
+        _step("removed-old")
+        parent.fsync()
+        _step("synced")
+    except OSError as err:
+        raise InputError(target, f"cannot remove {what}: {describe(err)}") from None
+    finally:
+        parent.close()
+    return target
+
+
+@contextlib.contextmanager
+def reopened(directory, *, what: str = "the directory"):
+    """Give a published (read-only) directory ``u+w`` for the block and its mode back after it, so
+    that a file in it can be replaced through :func:`output` (``overwrite=True``: one atomic swap,
+    never written in place). The directory is opened without following a link and must be
+    owned by this user; InputError otherwise. The directory's other entries stay as they are."""
+    path = Path(os.path.abspath(os.fspath(directory)))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        raise InputError(path, f"cannot open {what}: {describe(err)}") from None
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        try:
+            os.fchmod(fd, mode | stat.S_IWUSR)
+        except OSError as err:
+            raise InputError(path, f"cannot change {what}: {describe(err)}") from None
+        try:
+            yield path
+        finally:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)

@@ -21,7 +21,10 @@ Tables:
 * ``runs``: what the service saw of each run at its last pass: the digest of its files'
   names, sizes and modification times and since when (a run whose files changed between
   passes waits ``settle`` from the pass that saw it), and the digest of the files the
-  reader last opened without complaint (not opened again until they change).
+  reader last opened without complaint (not opened again until they change);
+* ``decisions``: an operator's release of a held version or hold of a published one
+  (``rmm nightly --release/--hold NAME/vNNNN --reason TEXT``, decide.py): who, when, why,
+  and where ``current`` pointed before and after.
 
 A catalog of an earlier rmm-dask (no ``inputs`` column, no ``runs`` table) is brought up
 to date when it is opened for writing.
@@ -83,6 +86,18 @@ CREATE TABLE IF NOT EXISTS runs (
     changed  INTEGER NOT NULL,
     opened   TEXT,
     PRIMARY KEY (detector, path)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id       INTEGER PRIMARY KEY,
+    set_id   INTEGER REFERENCES sets(id),
+    detector TEXT NOT NULL,
+    version  INTEGER NOT NULL,
+    action   TEXT NOT NULL,
+    user     TEXT NOT NULL,
+    time     TEXT NOT NULL,
+    reason   TEXT NOT NULL,
+    current_before INTEGER,
+    current_after  INTEGER
 );
 """
 
@@ -172,8 +187,25 @@ class Catalog:
         """Every set of ``detector`` made of these runs (whatever their files were), newest version first."""
         return [r for r in reversed(self.sets(detector)) if json.loads(r["runs"]) == runs]
 
+    def of_darks(self, detector: str, runs: dict) -> list[sqlite3.Row]:
+        """Every set of ``detector`` made of the same dark runs as ``runs`` (whatever its flat), newest first."""
+        def darks(r: dict) -> dict:
+            return {role: path for role, path in r.items() if role != "flat"}
+
+        return [r for r in reversed(self.sets(detector)) if darks(json.loads(r["runs"])) == darks(runs)]
+
     def of_version(self, detector: str, version: int) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM sets WHERE detector = ? AND version = ?", (detector, version)).fetchone()
+
+    def decisions(self, detector: str | None = None) -> list[sqlite3.Row]:
+        """The operators' releases and holds, in order (none in a catalog of an earlier rmm-dask opened read-only)."""
+        tables = "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'decisions'"
+        if self.db.execute(tables).fetchone() is None:
+            return []
+        sql, args = "SELECT * FROM decisions", ()
+        if detector is not None:
+            sql, args = sql + " WHERE detector = ?", (detector,)
+        return self.db.execute(sql + " ORDER BY id", args).fetchall()
 
     def opened(self, detector: str, path: str) -> str | None:
         """The digest of the run's files when the reader last opened them without complaint, or None."""
@@ -291,6 +323,43 @@ class Catalog:
                 (detector, version, now()),
             )
             self._event(set_id, detector, "current", f"current -> v{version:04d}")
+
+    def decide(self, set_id: int, decision: dict) -> None:
+        """Record an operator's decision (``decision``: action 'released' or 'held', user, time, reason,
+        current_before, current_after) in one transaction: the set's status, the decision, the events, and
+        the pointer ``current`` (removed when ``current_after`` is None)."""
+        status = {"released": "published", "held": "held"}[decision["action"]]
+        with self._transaction():
+            row = self.db.execute("SELECT * FROM sets WHERE id = ?", (set_id,)).fetchone()
+            self.db.execute("UPDATE sets SET status = ? WHERE id = ?", (status, set_id))
+            self._insert_decision(set_id, row["detector"], row["version"], decision)
+            self._event(set_id, row["detector"], decision["action"],
+                        f"by {decision['user']}: {decision['reason']}")
+            after = decision["current_after"]
+            if after is None:
+                self.db.execute("DELETE FROM pointers WHERE detector = ?", (row["detector"],))
+                self._event(set_id, row["detector"], "current", "current -> none")
+            elif after != decision["current_before"]:
+                self.db.execute(
+                    "INSERT INTO pointers (detector, version, switched) VALUES (?, ?, ?)"
+                    " ON CONFLICT (detector) DO UPDATE SET version = excluded.version, switched = excluded.switched",
+                    (row["detector"], after, now()),
+                )
+                self._event(set_id, row["detector"], "current", f"current -> v{after:04d}")
+
+    def restore_decisions(self, set_id: int, detector: str, version: int, decisions: list[dict]) -> None:
+        """Record again the decisions a version's summary lists (the catalog was lost; recover.py)."""
+        with self._transaction():
+            for decision in decisions:
+                self._insert_decision(set_id, detector, version, decision)
+
+    def _insert_decision(self, set_id: int, detector: str, version: int, d: dict) -> None:
+        self.db.execute(
+            "INSERT INTO decisions (set_id, detector, version, action, user, time, reason, current_before,"
+            " current_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (set_id, detector, version, d["action"], d["user"], d["time"], d["reason"], d.get("current_before"),
+             d.get("current_after")),
+        )
 
     def _event(self, set_id, detector: str, event: str, detail: str | None) -> None:
         self.db.execute("INSERT INTO events (set_id, detector, time, event, detail) VALUES (?, ?, ?, ?, ?)", (set_id, detector, now(), event, detail))

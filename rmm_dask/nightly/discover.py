@@ -9,7 +9,26 @@ list, or else from the first rule whose patterns all match the run's metadata: t
 
 Runs are taken in run-number order; a set is complete when a dark run of every
 required gain has been seen since the previous set (a repeated dark replaces the
-earlier one), and it takes the newest flat run before its last dark.
+earlier one). Its flat run (:func:`choose_flat`), by the watch's ``flat-window``:
+
+* a window (``flat-window: 2h``): the flat runs of the tree taken at most that long
+  before the set's first dark or after its last dark (or between its darks) are its
+  candidates, and it takes the nearest in time; at equal distance the earlier one (the
+  flat before the darks). A run's time is the newest modification time of its files (the
+  end of its acquisition; ``rsync -a`` and ``cp -p`` keep it). A flat taken later could
+  still be nearer until ``last dark + distance of the nearest candidate`` (``+ window``
+  when there is none): the set waits until then, plus ``settle`` for a run being copied
+  in, and while its tree's scan stops at a run not ready yet that may be that flat
+  (its files' newest modification time is within the reach); a note says until when.
+  Then it is decided, with its flat or darks only. A flat that arrives even later (a
+  copy days late, with its old modification time) makes another set of the same darks:
+  masked as a new version that names the one it replaces (service.py);
+* no window (``flat-window`` absent or null, the rule of earlier versions): the newest
+  flat run before its last dark by run number, at any distance in time; a flat run
+  after its darks (before the next set's) is not used, and the set's note says so.
+
+Each set carries a note (``flat_note``) saying which flat it took and why, or why none,
+for the service's log and the version's summary.
 
 A run is used only once it is complete, as far as the run itself can tell:
 
@@ -37,10 +56,12 @@ file replaced), the set is new to the catalog and is masked again
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -100,6 +121,7 @@ class CalibrationSet:
     flat: Path | None
     mtime: float  #: newest file of its runs
     inputs: dict = field(default_factory=dict)  #: run path -> the fingerprints of its files (:func:`run_files`)
+    flat_note: str = ""  #: which flat run the set took and why, or why none (:func:`choose_flat`)
 
     @property
     def key(self) -> str:
@@ -266,6 +288,15 @@ def scan_tree(tree: Path, watch: Watch, *, settle: float, not_before: float | No
     never forms across a run whose role or files are not known yet, and runs after it wait
     for the next pass. ``memory`` (the catalog) remembers each run's file set between passes.
     """
+    runs, notes, _ = scan_tree_until(tree, watch, settle=settle, not_before=not_before, now=now, memory=memory)
+    return runs, notes
+
+
+def scan_tree_until(tree: Path, watch: Watch, *, settle: float, not_before: float | None, now: float | None = None,
+                    memory=None) -> tuple[list[Run], list[str], tuple[Path, float] | None]:
+    """:func:`scan_tree`, and where the scan stopped: the run not ready yet and the newest modification
+    time of its files so far (``now`` when unknown), or None when it read the whole tree. The sets
+    before it whose flat may be that run wait for it (:func:`group_sets`)."""
     now = time.time() if now is None else now
     listed = _run_list(watch.run_list)
     runs, notes = [], []
@@ -286,7 +317,7 @@ def scan_tree(tree: Path, watch: Watch, *, settle: float, not_before: float | No
             files = run_files(entry)
         except OSError as err:  # unreadable, or removed since the listing
             notes.append(f"{entry}: cannot list the run ({err.strerror}); it and later runs wait for the next pass{_SKIP_HINT}")
-            break
+            return runs, notes, (entry, now)
         if not_before is not None and mtime < not_before:
             continue
         seen = memory.seen_change(watch.name, str(entry), listing_digest(files), now) if memory is not None else None
@@ -296,11 +327,11 @@ def scan_tree(tree: Path, watch: Watch, *, settle: float, not_before: float | No
                 f" files: a file copied in counts from its arrival), less than settle = {settle:g} s;"
                 " it and later runs wait"
             )
-            break
+            return runs, notes, (entry, mtime)
         if seen is not None and now - seen < settle:
             notes.append(f"{entry}: its files differ from those the previous pass saw, less than settle = {settle:g} s"
                          " ago; it and later runs wait")
-            break
+            return runs, notes, (entry, mtime)
         if number in listed:
             role = listed[number]
         else:
@@ -308,49 +339,125 @@ def scan_tree(tree: Path, watch: Watch, *, settle: float, not_before: float | No
                 meta = run_metadata(entry)
             except InputError as err:
                 notes.append(f"{err}; it and later runs wait for the next pass{_SKIP_HINT}")
-                break
+                return runs, notes, (entry, mtime)
             role = role_of({**meta, "run": number, "path": str(entry)}, watch.roles)
         if _used(role, watch):
             problem = not_readable(entry, watch, files, memory)
             if problem is not None:
                 notes.append(f"{problem}: not complete or not readable yet; it and later runs wait for the next pass"
                              f"{_SKIP_HINT}")
-                break
+                return runs, notes, (entry, mtime)
         if role is not None:
             runs.append(Run(entry, number, role, mtime, tuple(files)))
-    return runs, notes
+    return runs, notes, None
 
 
-def group_sets(runs: list[Run], watch: Watch) -> list[CalibrationSet]:
-    """Complete sets from the runs of one tree, in run-number order (see the module docstring)."""
-    sets, pending, flat = [], {}, None
-    for run in sorted(runs, key=lambda r: r.number):
-        if run.role == "flat":
-            flat = run
-            continue
-        gain = run.role.removeprefix("dark-")
-        if gain not in watch.gains:
+def group_sets(runs: list[Run], watch: Watch, *, now: float | None = None, settle: float = 0.0,
+               stop: tuple[Path, float] | None = None) -> tuple[list[CalibrationSet], list[str]]:
+    """Complete sets from the runs of one tree, in run-number order (see the module docstring), and
+    notes on the sets that wait for their flat (``stop``: where the tree's scan stopped, see
+    :func:`scan_tree_until`)."""
+    now = time.time() if now is None else now
+    ordered = sorted(runs, key=lambda r: r.number)
+    flats = [r for r in ordered if r.role == "flat"]
+    groups, pending = [], {}
+    for run in ordered:
+        gain = (run.role or "").removeprefix("dark-")
+        if run.role == "flat" or gain not in watch.gains:
             continue
         pending[gain] = run
         if len(pending) == len(watch.gains):
-            use_flat = flat if watch.flat == "latest" else None
-            members = [pending[g] for g in watch.gains] + ([use_flat] if use_flat else [])
-            sets.append(
-                CalibrationSet(
-                    watch.name,
-                    {g: pending[g].path for g in watch.gains},
-                    use_flat.path if use_flat else None,
-                    max(r.mtime for r in members),
-                    {str(r.path): list(r.files) for r in members},
-                )
-            )
+            groups.append([pending[g] for g in watch.gains])
             pending = {}
-    return sets
+    sets, notes = [], []
+    for i, darks in enumerate(groups):
+        following = groups[i + 1][0].number if i + 1 < len(groups) else None
+        flat, note, decided = choose_flat(darks, flats, watch, following=following, settle=settle)
+        members = darks + ([flat] if flat else [])
+        cset = CalibrationSet(
+            watch.name, {g: d.path for g, d in zip(watch.gains, darks)}, flat.path if flat else None,
+            max(r.mtime for r in members), {str(r.path): list(r.files) for r in members}, note,
+        )
+        if now < decided and flat is None:
+            notes.append(f"{cset.describe()}: waits until {_clock(decided)} for a flat run taken after its darks"
+                         f" (none within flat-window {_span(watch.flat_window)} so far; then darks only)")
+        elif now < decided:
+            notes.append(f"{cset.describe()}: waits until {_clock(decided)}: a flat run taken after its darks could"
+                         f" still be nearer than {note.split(':')[0]}")
+        elif stop is not None and decided > -math.inf and stop[1] <= decided - settle:
+            notes.append(f"{cset.describe()}: waits for {stop[0].name}, not ready yet, which may be its flat ({note})")
+        else:
+            sets.append(cset)
+    return sets, notes
+
+
+def choose_flat(darks: list[Run], flats: list[Run], watch: Watch, *, following: int | None = None,
+                settle: float = 0.0) -> tuple[Run | None, str, float]:
+    """The flat run of a set of ``darks`` among the tree's ``flats`` (see the module docstring), a note
+    saying which and why (or why none), and the time from which no flat run taken later can change the
+    choice (``-inf``: never, without a window or with ``flat: none``).
+
+    ``following``: the number of the next set's first dark run (a flat after this set's darks and
+    before it is named in the note of the rule without a window).
+    """
+    last = max(d.number for d in darks)
+    if watch.flat != "latest":
+        return None, "darks only (flat: none)", -math.inf
+    if watch.flat_window is None:
+        before = [f for f in flats if f.number < last]
+        after = [f for f in flats if f.number > last and (following is None or f.number < following)]
+        unused = (f"; flat {after[0].path.name} after its darks not used (without flat-window only a flat before"
+                  " the last dark is taken)") if after else ""
+        if before:
+            return before[-1], f"flat {before[-1].path.name}: the newest before its last dark{unused}", -math.inf
+        return None, f"no flat run before its last dark: darks only{unused}", -math.inf
+    window = watch.flat_window
+    first_t, last_t = min(d.mtime for d in darks), max(d.mtime for d in darks)
+
+    def distance(f: Run) -> float:
+        return first_t - f.mtime if f.mtime < first_t else f.mtime - last_t if f.mtime > last_t else 0.0
+
+    candidates = [f for f in flats if distance(f) <= window]
+    if not candidates:
+        nearest = min(flats, key=distance, default=None)
+        beyond = f" (nearest: {nearest.path.name}, {_relative(nearest, distance(nearest), last_t)})" if nearest else ""
+        note = f"no flat run within flat-window {_span(window)} of its darks{beyond}: darks only"
+        return None, note, last_t + window + settle
+    best = min(candidates, key=lambda f: (distance(f), f.mtime > last_t, -f.number))
+    note = (f"flat {best.path.name}, {_relative(best, distance(best), last_t)}: the nearest within flat-window"
+            f" {_span(window)}")
+    others = [f.path.name for f in candidates if f is not best]
+    if others:
+        note += f" (also within it: {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+    return best, note, last_t + distance(best) + settle
+
+
+def _relative(flat: Run, distance: float, last_t: float) -> str:
+    """Where a flat run lies in time from a set's darks: '35 min before its darks', 'between its darks'."""
+    if distance == 0:
+        return "between its darks"
+    return f"{_span(distance)} {'after' if flat.mtime > last_t else 'before'} its darks"
+
+
+def _span(seconds: float | None) -> str:
+    """A duration in the largest unit that keeps it readable: 40 s, 35 min, 2.5 h, 3 d."""
+    if seconds is None:
+        return "none"
+    for unit, size, least in (("d", 86400, 2 * 86400), ("h", 3600, 3600), ("min", 60, 60)):
+        if seconds >= least:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def _clock(t: float) -> str:
+    return dt.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
 def find_sets(watch: Watch, *, settle: float, not_before: float | None = None,
-              memory=None) -> tuple[list[CalibrationSet], list[str]]:
-    """Every complete set in the watch's trees (oldest first), and notes on skipped runs."""
+              memory=None, now: float | None = None) -> tuple[list[CalibrationSet], list[str]]:
+    """Every complete set in the watch's trees (oldest first) whose flat is decided, and notes on
+    skipped runs and on sets that wait for their flat."""
+    now = time.time() if now is None else now
     sets, notes = [], []
     trees = sorted({Path(p) for pattern in watch.trees for p in glob.glob(pattern)})
     if not trees:
@@ -358,9 +465,10 @@ def find_sets(watch: Watch, *, settle: float, not_before: float | None = None,
     for tree in trees:
         if not tree.is_dir():
             continue
-        runs, skipped = scan_tree(tree, watch, settle=settle, not_before=not_before, memory=memory)
-        sets += group_sets(runs, watch)
-        notes += skipped
+        runs, skipped, stop = scan_tree_until(tree, watch, settle=settle, not_before=not_before, now=now, memory=memory)
+        found, waiting = group_sets(runs, watch, now=now, settle=settle, stop=stop)
+        sets += found
+        notes += skipped + waiting
     return sorted(sets, key=lambda s: (s.mtime, s.key)), notes
 
 

@@ -9,7 +9,8 @@ readers use. Before every pass (under the service lock):
   the log, and a new one is created;
 * every version on disk whose set the catalog does not hold is recorded again from its
   summary (status published or held, runs and the fingerprints of their files, parameters,
-  times, counts, changes: an event ``rebuilt``), and the catalog's pointer follows ``current``.
+  times, counts, changes, the operators' releases and holds: an event ``rebuilt``), and the
+  catalog's pointer follows ``current``.
 
 So no published set is masked a second time, and ``current`` never moves to an older mask.
 Sets that failed or were interrupted left no version: they are processed again, as new.
@@ -78,7 +79,7 @@ def adopt_published(catalog: Catalog, settings: Settings, say, *, dry_run: bool 
                 say(f"{versions.path(version)}: the catalog gives {version_name(version)} to other runs; not recorded")
                 continue
             diff = summary.get("diff") or {}
-            catalog.adopt(
+            set_id = catalog.adopt(
                 watch.name, key, runs, version, status, source=str(path),
                 parameters=json.dumps(summary.get("parameters")), software=summary.get("software"),
                 started=summary.get("started"), finished=summary.get("finished"),
@@ -88,6 +89,11 @@ def adopt_published(catalog: Catalog, settings: Settings, say, *, dry_run: bool 
                 message="; ".join(summary.get("reasons") or []) or None,
                 inputs=None if inputs is None else json.dumps(inputs),
             )
+            decisions = [d for d in summary.get("decisions") or [] if isinstance(d, dict)]
+            try:
+                catalog.restore_decisions(set_id, watch.name, version, decisions)
+            except (KeyError, sqlite3.Error) as err:  # a summary edited by hand: the set stays recorded
+                say(f"{path}: its operators' decisions cannot be recorded again ({err}); the set is recorded")
             adopted += 1
         current = versions.current()
         if current is not None and catalog.pointer(watch.name) != current:

@@ -132,7 +132,8 @@ def _timestamped(echo):
 
 def match_set(catalog: Catalog, watch: Watch, cset: CalibrationSet) -> tuple:
     """The set's catalog row (or None: new to the catalog) and, for a set whose runs were masked
-    before with other files, the newest such row (else None).
+    before with other files, or whose darks were masked before with another flat run (or none: a
+    flat that arrived after the set was decided), the newest such row (else None).
 
     A row of these runs made before rmm-dask recorded inputs is given the files as they are now
     (:meth:`Catalog.record_inputs`) and is the set's row.
@@ -141,8 +142,9 @@ def match_set(catalog: Catalog, watch: Watch, cset: CalibrationSet) -> tuple:
     if row is not None:
         return row, None
     earlier = catalog.of_runs(watch.name, cset.runs)
-    if not earlier:
-        return None, None
+    if not earlier:  # the same darks with another flat (one that came late): a new version of them
+        same_darks = catalog.of_darks(watch.name, cset.runs)
+        return None, same_darks[0] if same_darks else None
     if earlier[0]["inputs"] is None:
         catalog.record_inputs(earlier[0]["id"], cset.key, cset.inputs)
         return catalog.get(watch.name, cset.key), None
@@ -150,11 +152,21 @@ def match_set(catalog: Catalog, watch: Watch, cset: CalibrationSet) -> tuple:
 
 
 def changes_since(prior, cset: CalibrationSet) -> list[str]:
-    """What changed in the set's runs since the set ``prior`` (a catalog row of the same runs) was made."""
+    """What changed in the set's runs since the set ``prior`` (a catalog row of the same darks) was made:
+    another flat run, and the files of the runs both have."""
     label = f"{version_name(prior['version'])} ({prior['status']})"
-    found = input_changes(json.loads(prior["inputs"]), cset.inputs)
-    return [f"run {Path(path).name} changed since {label}: {what}" for path, what in found.items()] or [
-        f"its files differ from {label}'s"]
+    before = json.loads(prior["runs"])
+    out = []
+    old_flat, new_flat = before.get("flat"), cset.runs.get("flat")
+    if old_flat != new_flat:
+        old_name = "no flat" if old_flat is None else f"flat {Path(old_flat).name}"
+        new_name = "no flat" if new_flat is None else f"flat {Path(new_flat).name}"
+        out.append(f"{new_name} instead of {old_name} of {label}: the flat runs of its tree changed after that was"
+                   f" decided ({cset.flat_note})")
+    inputs = json.loads(prior["inputs"] or "{}")
+    found = input_changes(inputs, {path: records for path, records in cset.inputs.items() if path in inputs})
+    out += [f"run {Path(path).name} changed since {label}: {what}" for path, what in found.items()]
+    return out or [f"its files differ from {label}'s"]
 
 
 def dry_run_pass(settings: Settings, say) -> int:
@@ -170,7 +182,7 @@ def dry_run_pass(settings: Settings, say) -> int:
         n += 1
         where = version_name(row["version"]) if row else "a new version"
         why = f" ({'; '.join(changes_since(prior, cset))})" if prior is not None else ""
-        say(f"would {what}: {cset.describe()} -> {watch.name}/{where}{why}")
+        say(f"would {what}: {cset.describe()} -> {watch.name}/{where}{why}; {cset.flat_note}")
     say(f"dry run: {n} set(s) would be processed; nothing was changed")
     catalog.close()
     return 0
@@ -196,7 +208,7 @@ def nightly_pass(settings: Settings, say) -> int:
                     if row["status"] not in DONE:
                         say(f"{cset.describe()}: {row['status']} after {row['attempts']} attempts, not retried ({row['message']})")
                     continue
-                say(f"{what}: {cset.describe()}")
+                say(f"{what}: {cset.describe()}; {cset.flat_note}")
                 replaces = prior if prior is not None and prior["status"] in ("published", "held") else None
                 status = process_set(settings, watch, cset, catalog, say, replaces=replaces, changes=changes)
                 failed += status == "failed"
@@ -280,8 +292,8 @@ def _name_or_none(version: int | None) -> str:
 
 
 def _first_version(catalog: Catalog, detector: str, runs: dict) -> int | None:
-    """The first version number given to a set of these runs: the sets' order of discovery."""
-    return min((r["version"] for r in catalog.of_runs(detector, runs)), default=None)
+    """The first version number given to a set of these dark runs (whatever its flat): the sets' order of discovery."""
+    return min((r["version"] for r in catalog.of_darks(detector, runs)), default=None)
 
 
 def _newer_than(catalog: Catalog, detector: str, current: int | None, cset: CalibrationSet) -> bool:
@@ -351,6 +363,7 @@ def make_version(settings: Settings, watch: Watch, cset: CalibrationSet, version
         "status": "held" if reasons else "published",
         "reasons": reasons,
         "runs": cset.runs,
+        "flat": cset.flat_note,
         "inputs": cset.inputs,
         **(provenance or {"replaces": None, "changes": []}),
         "software": f"rmm-dask {__version__}",
@@ -414,12 +427,26 @@ def sanity_problems(counts: dict, diff: dict | None, sanity: Sanity) -> list[str
     return problems
 
 
-def _printable_row(row: dict) -> dict:
+def _printable_row(row: dict, decided: str = "") -> dict:
     """A catalog row for display: control characters in its detector, runs' paths and message escaped,
-    so that a path with a newline cannot forge a row of --status."""
+    so that a path with a newline cannot forge a row of --status; ``decided``: its operators' decisions
+    (:func:`decision_text`), after the message."""
     runs = {printable(role): printable(p) for role, p in json.loads(row["runs"]).items()}
+    message = "; ".join(m for m in (row["message"], decided) if m) or None
     return row | {"detector": printable(row["detector"]), "runs": json.dumps(runs),
-                  "message": None if row["message"] is None else printable(row["message"])}
+                  "message": None if message is None else printable(message)}
+
+
+def decision_text(decisions) -> dict[int, str]:
+    """Per set id, its operators' releases and holds for --status: 'released by alice at 2026-12-08 10:00
+    UTC (current v0002 -> v0003): checked the column by hand'."""
+    out: dict[int, list[str]] = {}
+    for d in decisions:
+        stamp = (d["time"] or "")[:16].replace("T", " ")
+        moved = "" if d["current_before"] == d["current_after"] else (
+            f" (current {_name_or_none(d['current_before'])} -> {_name_or_none(d['current_after'])})")
+        out.setdefault(d["set_id"], []).append(f"{d['action']} by {d['user']} at {stamp} UTC{moved}: {d['reason']}")
+    return {set_id: "; ".join(texts) for set_id, texts in out.items()}
 
 
 def status_rows(settings: Settings) -> tuple[list, dict]:
@@ -430,7 +457,8 @@ def status_rows(settings: Settings) -> tuple[list, dict]:
     try:
         with Catalog(path, readonly=True) as catalog:
             catalog.verify()
-            rows = [_printable_row(dict(r)) for r in catalog.sets()]
+            decided = decision_text(catalog.decisions())
+            rows = [_printable_row(dict(r), decided.get(r["id"], "")) for r in catalog.sets()]
             pointers = {printable(w.name): catalog.pointer(w.name) for w in settings.detectors}
     except sqlite3.DatabaseError as err:
         raise InputError(path, f"is not a readable catalog ({' '.join(str(err).split())}); the next pass moves it aside and rebuilds it from the published versions") from None

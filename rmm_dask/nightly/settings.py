@@ -18,6 +18,7 @@ import datetime as dt
 import fnmatch
 import glob
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,8 +53,11 @@ class Watch:
     run_list: Path | None = None  #: YAML {run number: role or "skip"}, taking precedence over the rules
     detector_id: str | None = None  #: e.g. SPB_DET_AGIPD1M-1, for runs holding several detectors
     gains: tuple[str, ...] = ()  #: the dark roles a set needs (dark-<gain>); default: every gain stage
-    flat: str = "latest"  #: "latest": the newest flat run before the set in the same tree; "none"
+    flat: str = "latest"  #: "latest": a flat run of the same tree (by ``flat_window``); "none": darks only
     cells_per_chunk: int = 1
+    #: seconds: a flat run taken up to this long before the set's first dark or after its last dark
+    #: belongs to it (the nearest one; see discover.py); None: the newest flat run before its last dark
+    flat_window: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,11 @@ class Settings:
 
 
 _TOP = {"nightly", "rmm-dask", "jobqueue"}
-_NIGHTLY = {"state", "publish", "detectors", "interval", "settle", "max-attempts", "not-before", "cluster", "workers", "sanity"}
-_WATCH = {"name", "detector", "trees", "roles", "run-list", "detector-id", "gains", "flat", "cells-per-chunk"}
+_NIGHTLY = {"state", "publish", "detectors", "interval", "settle", "max-attempts", "not-before", "cluster", "workers",
+            "sanity", "flat-window"}
+_WATCH = {"name", "detector", "trees", "roles", "run-list", "detector-id", "gains", "flat", "cells-per-chunk",
+          "flat-window"}
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
 def read_settings(path: str | os.PathLike) -> Settings:
@@ -105,7 +112,8 @@ def read_settings(path: str | os.PathLike) -> Settings:
             path=path,
             state=resolve(n["state"]),
             publish=resolve(n["publish"]),
-            detectors=tuple(_watch(path, w, resolve) for w in _as_list(path, n["detectors"], "detectors")),
+            detectors=tuple(_watch(path, w, resolve, duration(path, "flat-window", n.get("flat-window")))
+                            for w in _as_list(path, n["detectors"], "detectors")),
             interval=float(n.get("interval", Settings.interval)),
             settle=float(n.get("settle", Settings.settle)),
             max_attempts=int(n.get("max-attempts", Settings.max_attempts)),
@@ -177,7 +185,24 @@ def _relation(path: str, pattern: str) -> str | None:
     return "is" if len(parts) == len(pattern_parts) else "is inside" if len(parts) > len(pattern_parts) else "contains"
 
 
-def _watch(path: Path, w, resolve) -> Watch:
+def duration(path: Path, key: str, value) -> float | None:
+    """A duration setting in seconds: a number of seconds or a text with a unit (``90 s``, ``30m``, ``12h``,
+    ``2d``); None for null. InputError naming the key otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-z]*)\s*", str(value).lower())
+        if m is None or m.group(2) not in (*_UNITS, ""):
+            raise InputError(path, f"{key}: {value!r} is not a duration (seconds, or a number with s, m, h or d: 12h)")
+        seconds = float(m.group(1)) * _UNITS.get(m.group(2), 1)
+    if not 0 <= seconds < float("inf"):
+        raise InputError(path, f"{key}: {value!r} must be a duration of 0 or more")
+    return seconds
+
+
+def _watch(path: Path, w, resolve, flat_window: float | None = None) -> Watch:
     if not isinstance(w, dict):
         raise InputError(path, f"each entry of 'detectors:' must be a mapping, not {w!r}")
     _no_unknown(path, w, _WATCH, "keys of a detector entry")
@@ -214,6 +239,7 @@ def _watch(path: Path, w, resolve) -> Watch:
         gains=gains,
         flat=w.get("flat", "latest"),
         cells_per_chunk=int(w.get("cells-per-chunk", 1)),
+        flat_window=duration(path, f"{name}: flat-window", w["flat-window"]) if "flat-window" in w else flat_window,
     )
 
 
