@@ -21,25 +21,11 @@ def _dials_mask(c, *args, expect: int, needles=()):
     return c.judge(fc.Proc(argv, done.returncode, done.stdout, done.stderr, time.monotonic() - t0), expect, needles)
 
 
-def _geometry(text: str) -> tuple[dict, dict]:
-    """A .geom as CrystFEL reads it: global key = value, and {panel: {key: value}}; comments dropped."""
-    top, panels = {}, {}
-    for line in text.splitlines():
-        key, _, value = line.split(";", 1)[0].partition("=")
-        if not _:
-            continue
-        key, value = key.strip(), value.strip()
-        if "/" in key:
-            panel, key = key.split("/", 1)
-            panels.setdefault(panel, {})[key] = value
-        else:
-            top[key] = value
-    return top, panels
-
-
 def register(case) -> None:
     """Add this area's cases with the campaign's ``@case(section, title)`` decorator."""
     import h5py
+
+    from rmm_dask.exports import parse_geometry
 
     @case("downstream-22", "dials mask: experiments whose panels do not match the export")
     def case_dials_mask_wrong_panels(c):
@@ -64,7 +50,7 @@ def register(case) -> None:
         if not (c.dir / "m.geom").is_file():
             c.fail("no m.geom beside m.h5")
             return
-        top, panels = _geometry((c.dir / "m.geom").read_text())
+        top, panels = parse_geometry((c.dir / "m.geom").read_text())
         with h5py.File(top.get("mask0_file", c.dir / "m.h5")) as f:
             shape = f[top["mask0_data"]].shape if top.get("mask0_data") in f else None
         c.expect(shape == (64, 64), f"the mask dataset {top.get('mask0_data')} is {shape}, not the module's (64, 64)")

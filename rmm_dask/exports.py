@@ -415,3 +415,19 @@ def _module_panels(det) -> list[str]:
                   f"m{m}/max_ss = {ny - 1}", f"; add: m{m}/corner_x = ...", f"; add: m{m}/corner_y = ...",
                   f"m{m}/fs = +1.0x", f"m{m}/ss = +1.0y"]
     return lines
+
+
+def parse_geometry(text: str) -> tuple[dict, dict]:
+    """CrystFEL's reading of a .geom: (global key = value, {panel: {key: value}}), comments (;) dropped."""
+    top, panels = {}, {}
+    for line in text.splitlines():
+        line = line.split(";", 1)[0].strip()
+        if "=" not in line:
+            continue
+        key, value = (s.strip() for s in line.split("=", 1))
+        if "/" in key:
+            panel, key = key.split("/", 1)
+            panels.setdefault(panel, {})[key] = value
+        else:
+            top[key] = value
+    return top, panels

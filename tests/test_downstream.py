@@ -18,7 +18,7 @@ import pytest
 
 from rmm_dask import dials_mask
 from rmm_dask.detectors import get_detector
-from rmm_dask.exports import export
+from rmm_dask.exports import export, parse_geometry
 from rmm_dask.io import open_run
 from rmm_dask.pipeline import build_mask
 from rmm_dask.store import write_store
@@ -140,22 +140,6 @@ def test_the_pickle_is_what_dials_reads(made, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- CrystFEL
-
-
-def parse_geometry(text: str) -> tuple[dict, dict]:
-    """CrystFEL's reading of a .geom: (global key = value, {panel: {key: value}}), comments (;) dropped."""
-    top, panels = {}, {}
-    for line in text.splitlines():
-        line = line.split(";", 1)[0].strip()
-        if "=" not in line:
-            continue
-        key, value = (s.strip() for s in line.split("=", 1))
-        if "/" in key:
-            panel, key = key.split("/", 1)
-            panels.setdefault(panel, {})[key] = value
-        else:
-            top[key] = value
-    return top, panels
 
 
 def test_crystfel_geometry_panels_cover_the_mask(made, tmp_path):
