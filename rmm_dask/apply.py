@@ -40,6 +40,7 @@ from functools import reduce
 import numpy as np
 import xarray as xr
 
+from .chips import NEXUS_REJECT
 from .codes import BadPixel, describe
 from .store import gain_names, open_tree
 
@@ -54,7 +55,6 @@ PRESETS = {
 }
 #: the store's layers, by their name in the Dataset of open_mask
 LAYERS = {"manufacturer": "pixel_mask", "user": "user_mask"}
-NEXUS_REJECT = np.uint32(0xFFFF)  #: NXmx pixel_mask: software rejects a pixel with any of bits 0-15
 
 
 def open_mask(store) -> xr.Dataset:

@@ -24,6 +24,7 @@ __all__ = ["NEXUS_GAP", "NEXUS_VIRTUAL", "MIN_CHIP", "boundaries", "lines"]
 
 NEXUS_GAP = np.uint32(1 << 0)  #: NXmx pixel_mask: a gap pixel (no sensor behind it)
 NEXUS_VIRTUAL = np.uint32(1 << 31)  #: NXmx pixel_mask: a virtual pixel (a large pixel's counts split over it)
+NEXUS_REJECT = np.uint32(0xFFFF)  #: NXmx pixel_mask: software rejects a pixel with any of bits 0-15 (16-31: information)
 MIN_CHIP = 8  #: the narrowest chip a mask may give (pixels): fewer means the marks are not chip boundaries
 
 

@@ -46,12 +46,12 @@ import h5py
 import numpy as np
 
 from . import publish
+from .chips import NEXUS_REJECT
 from .errors import InputError, printable
 
 __all__ = ["dials_panels", "experiment_panels", "export_modules", "write_pickle", "main"]
 
 PIXEL_MASK = "entry/instrument/detector/pixel_mask"
-NEXUS_REJECT = 0xFFFF  #: NXmx pixel_mask: bits 0-15 reject a pixel; 16-31 are information
 PICKLER = Path(__file__).with_name("dials_pickle.py")
 
 
