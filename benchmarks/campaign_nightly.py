@@ -114,7 +114,7 @@ def register(case) -> None:
         listed = file_names(summary(c, "v0001").get("inputs", {}).get(str(tree / "r0004"), []))
         c.expect(listed == SEQ, f"v0001's provenance lists {listed} of r0004, not all of {SEQ}")
         c.same(before, tree, "the watched tree")
-        c.only(fc.published(c), ["v0001", "current"])
+        c.only(fc.published(c), ["v0001", "current", "history.zarr"])
         c.only(c.dir, ["TMP", "daq", "facility", "state", "masks", "nightly.yaml"])
 
     @case(
@@ -158,7 +158,7 @@ def register(case) -> None:
         c.same(v1, fc.published(c) / "v0001", "the published v0001")
         p = c.rmm("nightly", "--config", cfg, "--once", expect=0)
         c.expect("0 set(s) processed" in p.out and fc.versions(c) == ["v0001", "v0002"], "a third pass masked again")
-        c.only(fc.published(c), ["v0001", "v0002", "current"])
+        c.only(fc.published(c), ["v0001", "v0002", "current", "history.zarr"])
 
     @case(
         SECTION,

@@ -67,7 +67,7 @@ def register(case) -> None:
         c.expect(fc.versions(c) == ["v0001"] and fc.current(c) == "v0001" and runs.get("flat", "").endswith("r0005"),
                  f"versions {fc.versions(c)}, current {fc.current(c)}, runs of v0001 {runs}")
         c.same(before, tree, "the watched tree")
-        c.only(fc.published(c), ["v0001", "current"])
+        c.only(fc.published(c), ["v0001", "current", "history.zarr"])
 
     @case(SECTION, "a held version released: without --reason refused in one line; with it current -> v0001, "
                    "the summary republished read-only with who, when and why")
@@ -96,7 +96,7 @@ def register(case) -> None:
         status = c.rmm("nightly", "--config", cfg, "--status", expect=0)
         c.expect("checked by hand" in " ".join(status.out.split()), "--status does not show the reason")
         c.same(before, tree, "the watched tree")
-        c.only(fc.published(c), ["v0001", "current"])
+        c.only(fc.published(c), ["v0001", "current", "history.zarr"])
         c.only(v1, ["figures", "mask.zarr", "summary.html", "summary.json"])
 
     @case(SECTION, "rmm remove: a directory that is not an rmm store refused (nothing removed), then a read-only "

@@ -163,7 +163,7 @@ def register(case) -> None:
                 row = f"<tr><td>{bit}</td>" + "".join(f"<td>{r[k]}</td>" for k in
                                                        ("set", "set_distinct", "cleared", "cleared_distinct"))
                 c.expect(row in page, f"v0002's page: no per-bit row {row!r}")
-        c.only(fc.published(c), ["v0001", "v0002", "current"])
+        c.only(fc.published(c), ["v0001", "v0002", "current", "history.zarr"])
         c.only(c.dir, ["TMP", "facility", "state", "masks", "nightly.yaml"])
 
     @case(SECTION, "COLUMNS=80: every line of `rmm show --files` (LAMBDA, its layer) and `rmm diff` within 80")

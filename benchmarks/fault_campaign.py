@@ -1294,7 +1294,7 @@ def case_nightly_first_pass(c):
         ro_published(c, v1)
         names = sorted(os.listdir(v1))
         c.expect({"mask.zarr", "summary.json", "summary.html"} <= set(names), f"v0001 holds {names}")
-    c.only(published(c), ["v0001", "current"])
+    c.only(published(c), ["v0001", "current", "history.zarr"])
     c.only(c.dir, ["TMP", "state", "masks", "nightly.yaml"])
     work = c.shared.base / "p1"
     work.mkdir(exist_ok=True)
@@ -1352,7 +1352,7 @@ def case_nightly_kill9(c):
     c.rmm("nightly", "--config", cfg, "--once", expect=0)
     c.expect(current(c) == "v0001" and versions(c) == ["v0001"], f"current {current(c)}, versions {versions(c)}")
     c.expect([s[:2] for s in catalog_sets(c)] == [(1, "published")], f"catalog {catalog_sets(c)}")
-    c.only(published(c), ["v0001", "current"])
+    c.only(published(c), ["v0001", "current", "history.zarr"])
 
 
 @case("nightly", "a planted .vNNNN.partial-* link to another directory, retried after a kill")
@@ -1364,7 +1364,7 @@ def case_nightly_planted_partial_link(c):
     c.rmm("nightly", "--config", cfg, "--once", expect=0)
     c.same(before, c.dir / "elsewhere", "the directory a planted .v0001.partial link pointed to")
     c.expect(current(c) == "v0001", f"current {current(c)}")
-    c.only(published(c), ["v0001", "current"])
+    c.only(published(c), ["v0001", "current", "history.zarr"])
 
 
 @case("nightly", "a second pass while the first holds the lock")
@@ -1377,7 +1377,7 @@ def case_nightly_lock(c):
     c.expect("another nightly pass is running" in p.out and str(live.proc.pid) in p.out, f"second pass said: {p.out[-300:]!r}")
     c.judge(live.finish(), 0)
     c.expect(versions(c) == ["v0001"] and current(c) == "v0001", f"versions {versions(c)}, current {current(c)}")
-    c.only(published(c), ["v0001", "current"])
+    c.only(published(c), ["v0001", "current", "history.zarr"])
 
 
 @case("nightly", "Ctrl-C to the group of a pass while it masks")
@@ -1624,7 +1624,7 @@ def run_case(name, section, title, fn, work, shared, keep) -> Case:
 
 # ---- the cases of issue 20 (no silent wrong mask), one module per area, each registering its own
 
-AREAS = ("inputs", "stores", "config", "nightly", "outputs", "describe", "layouts", "figures", "reports", "nightly_ops", "downstream")
+AREAS = ("inputs", "stores", "config", "nightly", "outputs", "describe", "layouts", "figures", "reports", "nightly_ops", "downstream", "history")
 for _area in AREAS:
     __import__(f"campaign_{_area}").register(case)
 

@@ -253,6 +253,37 @@ def _diff(args) -> int:
     return 0
 
 
+def _history(args) -> int:
+    import json
+
+    from .history_tables import history_tables
+    from .nightly.history import report, update
+
+    console = tables.console()
+    say = _say(console)
+    if args.last is not None and args.last < 1:
+        raise InputError("--last", f"must be at least 1, not {args.last}")
+    if args.json:
+        args.outcome.expect(publish.prepare(args.json, overwrite=args.overwrite, what="the JSON history"))
+    root = Path(args.root)
+    if args.rebuild:
+        if not root.is_dir():
+            raise InputError(root, "no such directory (give PUBLISH/NAME: the directory of one nightly detector's versions)")
+        args.outcome.expect(root / "history.zarr")
+        update(root, say, rebuild=True)
+    result = report(root, args.last)
+    say(f"{result['history']}: {result['nights']} night(s), the last {result['last']} counted;"
+        f" {result['pixels']} pixels")
+    for renderable in history_tables(result):
+        console.print(renderable)
+    if args.json:
+        with publish.output(args.json, overwrite=args.overwrite, what="the JSON history") as out:
+            with open(out.tmp, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=1)
+        say(f"json: {out.target}")
+    return 0
+
+
 def _nightly(args) -> int:
     from .config import check_effective, check_sections, params_from_config, scoped
     from .nightly import read_settings, run_nightly
@@ -506,6 +537,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", metavar="TEXT", help="why: recorded with your user name and the time in the catalog "
                    "and the version's summary")
     p.set_defaults(run=_nightly)
+
+    p = sub.add_parser("history", help="pixels bad in k of the last N nights, newly bad and healed per night, the "
+                       "pixels that changed state most often", description=(
+        "Read the pixel history the nightly service keeps in PUBLISH/NAME/history.zarr (see README, 'Pixel history'): "
+        "distinct pixels bad in k of the last N nights, per night the pixel-planes flagged, newly bad and healed, and "
+        "the pixel-planes that changed state most often."))
+    p.add_argument("root", metavar="PUBLISH/NAME", help="the directory of one nightly detector's versions")
+    p.add_argument("--last", type=int, metavar="N", help="count over the last N nights (1 to 64; default: all, up to 64)")
+    p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    p.add_argument("--rebuild", action="store_true", help="first rebuild history.zarr from the published versions")
+    _add_overwrite(p, "an existing --json file")
+    p.set_defaults(run=_history)
 
     p = sub.add_parser("remove", help="delete rmm outputs (stores, nightly versions, exports, reports, figures), "
                        "which are published read-only", description=(

@@ -14,6 +14,10 @@ readers use. Before every pass (under the service lock):
 
 So no published set is masked a second time, and ``current`` never moves to an older mask.
 Sets that failed or were interrupted left no version: they are processed again, as new.
+
+After the pass's sets, each detector's pixel history is brought to the published versions the
+same way (:func:`histories_for_pass`): appended night by night, or rebuilt from the versions
+when it is missing, damaged or records other nights.
 """
 
 from __future__ import annotations
@@ -115,6 +119,27 @@ def catalog_for_pass(settings: Settings, path: Path, say) -> Catalog:
         catalog.close()
         raise
     return catalog
+
+
+def histories_for_pass(settings: Settings, say) -> int:
+    """Bring every watched detector's pixel history (``<publish>/<name>/history.zarr``) to its published versions,
+    as the catalog is brought to them (:func:`rmm_dask.nightly.history.update`: appended, or rebuilt when missing,
+    damaged or of other nights); how many could not be written (each said in one line: the old history stays, the
+    next pass tries again)."""
+    from ..errors import InputError
+    from .history import update
+
+    failed = 0
+    for watch in settings.detectors:
+        root = settings.publish / watch.name
+        if not root.is_dir():
+            continue
+        try:
+            update(root, say)
+        except (InputError, OSError) as err:
+            say(f"{watch.name} history: not updated: {err}; the versions are as published, the next pass tries again")
+            failed += 1
+    return failed
 
 
 def catalog_for_dry_run(settings: Settings, path: Path, say) -> Catalog:

@@ -15,7 +15,9 @@ One pass (``--once``; without it, a pass every ``interval`` seconds):
    ``current`` points to, check the sanity bounds, check that no run changed meanwhile,
    write diff.json, summary.json (with the fingerprint of every input file) and
    summary.html, rename the version into place; then, if it passed, switch ``current`` to
-   it, and record the outcome.
+   it, and record the outcome;
+4. bring each detector's pixel history (``<publish>/<name>/history.zarr``, history.py) to
+   the published versions: the new nights appended, or rebuilt when missing or damaged.
 
 A set's identity is its runs and their files' fingerprints: when a run of a published set
 changes later (sequence files added, a file replaced), the set is masked again as a new
@@ -46,7 +48,7 @@ from .. import __version__
 from ..errors import ClusterError, InputError, printable
 from .catalog import DONE, Catalog
 from .discover import CalibrationSet, current_inputs, find_sets, input_changes
-from .recover import catalog_for_dry_run, catalog_for_pass
+from .recover import catalog_for_dry_run, catalog_for_pass, histories_for_pass
 from .settings import Sanity, Settings, Watch
 from .versions import Versions, version_name
 
@@ -213,8 +215,9 @@ def nightly_pass(settings: Settings, say) -> int:
                 status = process_set(settings, watch, cset, catalog, say, replaces=replaces, changes=changes)
                 failed += status == "failed"
                 done += 1
+            unwritten = histories_for_pass(settings, say)
             say(f"pass complete: {done} set(s) processed, {failed} failed")
-            return 1 if failed else 0
+            return 1 if failed or unwritten else 0
     except Locked as err:
         say(f"another nightly pass is running ({err}); nothing done")
         return 0
