@@ -54,6 +54,9 @@ sys.modules.setdefault("fault_campaign", sys.modules[__name__])
 ROOT = Path(__file__).resolve().parents[1]
 HOST = socket.gethostname()
 NOBODY = 65534
+#: the user's own numba cache setting: importing rmm_dask here (campaign modules do) sets NUMBA_CACHE_DIR in this
+#: process, which the cases' rmm must not inherit (it would skip the checks of the cache the ops cases test)
+USER_NUMBA_CACHE = os.environ.get("NUMBA_CACHE_DIR")
 NOISE = ("Traceback", "Compute Failed", "still alive", "CancelledError", "Task exception", "KeyboardInterrupt",
          "Segmentation fault", "core dumped", "Fatal Python error")
 #: a process that dies of these crashed (a signal such as SIGINT ending it is a wrong exit status)
@@ -223,6 +226,9 @@ class Case:
         env["PYTHONUNBUFFERED"] = "1"
         env["TMPDIR"] = str(self.tmp)
         env.pop("COLUMNS", None)
+        env.pop("NUMBA_CACHE_DIR", None)
+        if USER_NUMBA_CACHE is not None:
+            env["NUMBA_CACHE_DIR"] = USER_NUMBA_CACHE
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
