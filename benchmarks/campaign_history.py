@@ -1,5 +1,5 @@
-"""Fault campaign cases of issue 23 items 1 and 2: the pixel history a nightly pass keeps (history.zarr) and
-`rmm history`.
+"""Fault campaign cases of issue 23 items 1 and 2: the pixel history a nightly pass keeps (history.zarr),
+`rmm history` (its tables, --png and --html) and `rmm export HISTORY --to frequency`.
 
 Registered into benchmarks/fault_campaign.py (``make campaign``) by :func:`register`.
 """
@@ -75,4 +75,100 @@ def register(case) -> None:
         p = c.rmm("history", root, "--rebuild", expect=0, env=c.env(COLUMNS="80"))
         c.expect(max(len(line) for line in p.out.splitlines()) <= 80 and "pixels bad in k of the last 1" in p.out,
                  f"not the tables within 80 columns: {p.out[:400]!r}")
+        c.only(root, ["v0001", "current", "history.zarr"])
+
+    def versions(c, n: int = 3):
+        """``n`` published nightly versions of the shared store (each its own darks) under c.dir/masks/AGIPD, their
+        history built by `rmm history --rebuild`: a history in seconds, without a nightly pass."""
+        import json
+
+        root = c.dir / "masks" / "AGIPD"
+        for number in range(1, n + 1):
+            version = root / f"v{number:04d}"
+            version.mkdir(parents=True)
+            fc.copy_store(c, "mask.zarr", version)
+            runs = {f"dark-{g}": f"/raw/r{number:04d}-{g}" for g in ("high", "medium", "low")}
+            started = f"2026-12-0{number}T01:00:00+00:00"
+            summary = {"runs": runs, "status": "published", "inputs": {}, "started": started}
+            (version / "summary.json").write_text(json.dumps(summary))
+        c.rmm("history", root, "--rebuild", expect=0)
+        c.planted.add("masks")
+        return root
+
+    def flip(chunk):
+        data = chunk.read_bytes()
+        chunk.chmod(0o644)
+        chunk.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+
+    @case(SECTION, "rmm history --png DIR where DIR is a planted symbolic link to another directory (with --json "
+                   "and --html): one line, exit 2, the link's target untouched, neither JSON nor page written")
+    def case_history_png_link(c):
+        root = versions(c)
+        fc.planted_link(c, ["history", root, "--png", c.dir / "png", "--json", c.dir / "h.json", "--html",
+                            c.dir / "h.html"], "png", directory=True, needles=("is a symbolic link",
+                                                                               "the history figures"))
+
+    @case(SECTION, "rmm history --png DIR --html FILE: both published read-only (counts.png, frequency.png; one "
+                   "page with both embedded); again without --overwrite: one line, exit 2, both as they were")
+    def case_history_figures(c):
+        root = versions(c)
+        c.rmm("history", root, "--png", c.dir / "png", "--html", c.dir / "h.html", expect=0)
+        names = sorted(os.listdir(c.dir / "png")) if (c.dir / "png").is_dir() else []
+        c.expect(names == ["counts.png", "frequency.png"], f"the figures directory holds {names}")
+        page = (c.dir / "h.html").read_text() if (c.dir / "h.html").exists() else ""
+        c.expect(page.count("data:image/png;base64,") == 2 and "What this does not tell" in page,
+                 "the page does not embed both figures and say what it does not tell")
+        c.expect(not any(os.stat(p).st_mode & 0o222 for p in (c.dir / "png", c.dir / "h.html")),
+                 "the figures or the page are writable")
+        before = fc.snapshot(c.dir / "png")
+        c.rmm("history", root, "--png", c.dir / "png", expect=2, needles=("exists already", "--overwrite"))
+        c.same(before, c.dir / "png", "the figures published before")
+        c.only(c.dir, ["TMP", "png", "h.html"])
+
+    @case(SECTION, "rmm export PUBLISH/NAME --to frequency of a damaged history (one chunk of recent_seen flipped): "
+                   "one line naming the chunk and how the history comes back, exit 2, nothing written")
+    def case_frequency_damaged(c):
+        root = versions(c)
+        flip(root / "history.zarr" / "recent_seen" / "c.0.0.0.0.0")
+        c.rmm("export", root, "--to", "frequency", "--out", c.dir / "f.h5", expect=2,
+              needles=("damaged history: chunk recent_seen/c.0.0.0.0.0 does not match its checksum",
+                       "the next nightly pass rebuilds it"))
+        c.only(c.dir, ["TMP"])
+
+    @case(SECTION, "rmm export --to frequency of a mask store, and of a history --to h5: one line each, exit 2, "
+                   "nothing written; --to frequency of the history then writes /frequency, /seen, /bad")
+    def case_frequency_wrong_input(c):
+        root = versions(c)
+        c.rmm("export", c.shared.store, "--to", "frequency", "--out", c.dir / "f.h5", expect=2,
+              needles=("is a mask store, not a pixel history", "nothing was written"))
+        c.rmm("export", root / "history.zarr", "--to", "h5", "--out", c.dir / "f.h5", expect=2,
+              needles=("is a pixel history, not a mask store", "--to frequency"))
+        c.only(c.dir, ["TMP"])
+        c.rmm("export", root, "--to", "frequency", "--last", "2", "--out", c.dir / "f.h5", expect=0)
+        import h5py
+
+        with h5py.File(c.dir / "f.h5") as f:
+            c.expect(sorted(f) == ["bad", "frequency", "seen"] and int(f.attrs["N"]) == 2,
+                     f"the file holds {sorted(f)}, N = {f.attrs.get('N')}")
+        c.only(c.dir, ["TMP", "f.h5"])
+
+    @case(SECTION, "a history.zarr of an older rmm (format 1): rmm history refuses it in one line (exit 2) saying "
+                   "the next pass rebuilds it; the next nightly pass does, and rmm history reads it")
+    def case_history_older_format(c):
+        import json
+
+        cfg = night(c)
+        c.rmm("nightly", "--config", cfg, "--once", expect=0)
+        root = c.dir / "masks" / "AGIPD"
+        meta = root / "history.zarr" / "zarr.json"
+        doc = json.loads(meta.read_text())
+        doc["attributes"]["format"] = "rmm-dask pixel history 1"
+        os.chmod(meta.parent, 0o755)
+        os.chmod(meta, 0o644)
+        meta.write_text(json.dumps(doc))
+        c.rmm("history", root, expect=2, needles=("a history of an older rmm", "the next nightly pass rebuilds it"))
+        p = c.rmm("nightly", "--config", cfg, "--once", expect=0)
+        c.expect("AGIPD history: rebuilt from 1 published version(s), as it was of an older rmm" in
+                 " ".join(p.out.split()), f"the pass did not rebuild it: {p.out[-400:]!r}")
+        c.rmm("history", root, expect=0)
         c.only(root, ["v0001", "current", "history.zarr"])

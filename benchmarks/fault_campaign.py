@@ -1630,7 +1630,7 @@ def run_case(name, section, title, fn, work, shared, keep) -> Case:
 
 # ---- the cases of issue 20 (no silent wrong mask), one module per area, each registering its own
 
-AREAS = ("inputs", "stores", "config", "nightly", "outputs", "describe", "layouts", "figures", "reports", "nightly_ops", "downstream", "history")
+AREAS = ("inputs", "stores", "config", "nightly", "outputs", "describe", "layouts", "figures", "reports", "nightly_ops", "downstream", "history", "remember")
 for _area in AREAS:
     __import__(f"campaign_{_area}").register(case)
 

@@ -4,7 +4,9 @@
 chunks, nothing read until computed): ``mask`` uint8 ``(module, gain, cell, y, x)`` with
 the gain stages by name on ``gain``, and the layers kept apart from the bits, when the
 store has them: ``pixel_mask`` (the manufacturer's, uint32 NeXus bits, ``(module, y, x)``)
-and ``user_mask`` (uint8, non-zero = masked by the user). ``bad_pixels(mask, "dark")``
+and ``user_mask`` (uint8, non-zero = masked by the user), and ``history_mask`` (uint8 ``(module,
+gain, cell, y, x)``, 1 = kept masked by a mask that remembers: bad on enough of the last nights,
+nightly ``history:``). ``bad_pixels(mask, "dark")``
 is one boolean array, True = bad, for a named group of bits:
 
 =========  ==========================================================  =================
@@ -17,7 +19,8 @@ preset     bits                                                        from
 
 or any :class:`~rmm_dask.codes.BadPixel` combination (``BadPixel.NOISE | BadPixel.ASIC_EDGE``),
 a bit's name, or a list of these (their union). The layers are included by default
-(``layers=False``: the analysis alone; ``layers=("user",)``: one of them); a manufacturer's
+(``layers=False``: the analysis alone; ``layers=("user",)``: one of them; ``"history"``: the
+remembered pixel-planes, reduced over gain as the bits are); a manufacturer's
 pixel is bad when it has any of the NeXus reject bits 0-15 (bit 31, virtual, alone is not).
 
 Its dims are ``(module, cell, y, x)`` with the store's module and memory-cell ids as
@@ -54,7 +57,7 @@ PRESETS = {
     "all": BadPixel(0xFF),
 }
 #: the store's layers, by their name in the Dataset of open_mask
-LAYERS = {"manufacturer": "pixel_mask", "user": "user_mask"}
+LAYERS = {"manufacturer": "pixel_mask", "user": "user_mask", "history": "history_mask"}
 
 
 def open_mask(store) -> xr.Dataset:
@@ -94,22 +97,27 @@ def bits_of(which) -> BadPixel:
 def bad_pixels(mask, which="all", *, layers=True, gain: str | int | None = None, like: xr.DataArray | None = None) -> xr.DataArray:
     """Bool DataArray, True = bad: the pixels with any of ``which``'s bits (see the module's docstring), lazily.
 
-    ``mask``: the Dataset of :func:`open_mask`, or a store path. ``layers``: True (both),
-    False (none) or the names to include (``"user"``, ``"manufacturer"``). ``gain``: None
+    ``mask``: the Dataset of :func:`open_mask`, or a store path. ``layers``: True (all the store has),
+    False (none) or the names to include (``"user"``, ``"manufacturer"``, ``"history"``). ``gain``: None
     (bad in any gain stage) or one stage by name or index. ``like``: data to align with
     (EXtra-data's labels). Dims ``(module, cell, y, x)``, or ``like``'s pixel dims.
     """
     ds = mask if isinstance(mask, xr.Dataset) else open_mask(mask)
     bits = np.uint8(bits_of(which))
-    codes = ds["mask"]
-    if gain is not None:
-        codes = codes.sel(gain=gain) if isinstance(gain, str) else codes.isel(gain=int(gain))
-    bad = (codes & bits) != 0
+
+    def stage(var):
+        if gain is None:
+            return var
+        return var.sel(gain=gain) if isinstance(gain, str) else var.isel(gain=int(gain))
+
+    bad = (stage(ds["mask"]) & bits) != 0
+    if "history" in _layer_names(layers) and LAYERS["history"] in ds:  # per pixel-plane, as the mask
+        bad = bad | (stage(ds[LAYERS["history"]]) != 0)
     if "gain" in bad.dims:
         bad = bad.any("gain")
     for name in _layer_names(layers):
         var = ds.get(LAYERS[name])
-        if var is not None:
+        if var is not None and name != "history":
             bad = bad | ((var & NEXUS_REJECT) != 0 if name == "manufacturer" else var != 0)
     bad = bad.transpose("module", "cell", "y", "x").rename("bad_pixels")
     bad.attrs = {"bits": describe(int(bits)), "layers": ",".join(_layer_names(layers)), "store": ds.attrs.get("store", "")}

@@ -224,9 +224,15 @@ def _describe(args) -> int:
 
 def _export(args) -> int:
     from .exports import export
+    from .frequency import check_export, export_frequency
 
     args.outcome.expect(args.out)
-    for path in export(args.store, args.to, args.out, overwrite=args.overwrite):
+    check_export(args.store, args.to, args.last)  # a history exports only --to frequency, and only a history does
+    if args.to == "frequency":
+        paths = export_frequency(args.store, args.out, last=args.last, overwrite=args.overwrite, say=print)
+    else:
+        paths = export(args.store, args.to, args.out, overwrite=args.overwrite)
+    for path in paths:
         print(printable(f"exported: {path}"))
     return 0
 
@@ -263,8 +269,11 @@ def _history(args) -> int:
     say = _say(console)
     if args.last is not None and args.last < 1:
         raise InputError("--last", f"must be at least 1, not {args.last}")
-    if args.json:
-        args.outcome.expect(publish.prepare(args.json, overwrite=args.overwrite, what="the JSON history"))
+    outputs = ((args.json, False, "the JSON history"), (args.png, True, "the history figures"),
+               (args.html, False, "the history page"))
+    for path, directory, what in outputs:
+        if path:  # every output checked before anything is read or written
+            args.outcome.expect(publish.prepare(path, overwrite=args.overwrite, directory=directory, what=what))
     root = Path(args.root)
     if args.rebuild:
         if not root.is_dir():
@@ -281,6 +290,18 @@ def _history(args) -> int:
             with open(out.tmp, "w", encoding="utf-8") as f:
                 json.dump(result, f, indent=1)
         say(f"json: {out.target}")
+    if args.png or args.html:
+        from .history_figures import figures_png, write_figures
+        from .history_page import write_page
+
+        pngs = figures_png(result)  # drawn once for both
+        if args.png:
+            with publish.output(args.png, overwrite=args.overwrite, directory=True, what="the history figures") as out:
+                names = [p.name for p in write_figures(pngs, out.tmp)]
+            for name in names:
+                say(f"figure: {out.target / name}")
+        if args.html:
+            say(f"page: {write_page(result, pngs, args.html, overwrite=args.overwrite)}")
     return 0
 
 
@@ -457,7 +478,7 @@ class _Formats:
     def __iter__(self):
         from .exports import FORMATS
 
-        return iter(FORMATS)
+        return iter((*FORMATS, "frequency"))  # frequency: of a pixel history (rmm_dask.frequency)
 
 
 def _add_overwrite(p, what: str) -> None:
@@ -505,9 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_synth)
 
     p = sub.add_parser("export", help="export a mask store to another format", description=(
-        "Write the mask of a store in the format analysis software reads; the user's and the manufacturer's layers are combined into it."))
-    p.add_argument("store", help="the mask store (Zarr) to export")
-    p.add_argument("--to", required=True, choices=_Formats(), metavar="FORMAT", help="h5: the store's layout; crystfel: mask file + geometry lines; nexus: NXmx pixel_mask; euxfel: BadPixels; cheetah: 0/1 good map")
+        "Write the mask of a store in the format analysis software reads; the user's and the manufacturer's layers are combined into it. "
+        "--to frequency exports a pixel history instead (PUBLISH/NAME or its history.zarr): per pixel-plane the "
+        "fraction of the nights it was bad."))
+    p.add_argument("store", help="the mask store (Zarr) to export; for --to frequency: PUBLISH/NAME or its "
+                   "history.zarr")
+    p.add_argument("--to", required=True, choices=_Formats(), metavar="FORMAT", help="h5: the store's layout; crystfel: "
+                   "mask file + geometry lines; nexus: NXmx pixel_mask; euxfel: BadPixels; cheetah: 0/1 good map; "
+                   "frequency (of a pixel history): nights bad / nights seen")
+    p.add_argument("--last", type=int, metavar="N", help="--to frequency: over the last N nights (1 to 64; default: "
+                   "all, up to 64)")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
     _add_overwrite(p, "an existing export")
     p.set_defaults(run=_export)
@@ -542,12 +570,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "pixels that changed state most often", description=(
         "Read the pixel history the nightly service keeps in PUBLISH/NAME/history.zarr (see README, 'Pixel history'): "
         "distinct pixels bad in k of the last N nights, per night the pixel-planes flagged, newly bad and healed, and "
-        "the pixel-planes that changed state most often."))
+        "the pixel-planes that changed state most often; --png and --html draw them."))
     p.add_argument("root", metavar="PUBLISH/NAME", help="the directory of one nightly detector's versions")
     p.add_argument("--last", type=int, metavar="N", help="count over the last N nights (1 to 64; default: all, up to 64)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    p.add_argument("--png", metavar="DIR", help="write the figures here: counts.png (per night flagged, newly bad, "
+                   "healed; per bit; per module) and frequency.png (per module, the fraction of the nights each pixel "
+                   "was bad)")
+    p.add_argument("--html", metavar="FILE.html", help="write one self-contained HTML page: the tables and the figures")
     p.add_argument("--rebuild", action="store_true", help="first rebuild history.zarr from the published versions")
-    _add_overwrite(p, "an existing --json file")
+    _add_overwrite(p, "an existing --json file, --png directory or --html page")
     p.set_defaults(run=_history)
 
     p = sub.add_parser("remove", help="delete rmm outputs (stores, nightly versions, exports, reports, figures), "

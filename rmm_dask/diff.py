@@ -24,6 +24,12 @@ def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
     and the bits of the bad side ('OFFSET|NOISE') (``new`` for newly bad, ``old`` for recovered); at most
     ``max_pixels`` each, in (module, y, x) order, with ``pixels_truncated`` saying so.
     ``notes``: what to know about a store read unverified (format 1, :func:`rmm_dask.integrity.note`).
+
+    When either store has the layer of a mask that remembers (``layers/history``), ``history`` counts it
+    apart from the mask: ``history_newly`` (planes in new's layer, not in old's; a store without the layer
+    has none), ``history_cleared`` (the reverse), and ``union`` the planes newly bad and recovered of what
+    each version masks, its mask or its layer (a remembered pixel that looks good tonight is no change):
+    what the nightly sanity check's max-change counts. Without the layer in both: ``history`` is None.
     Both stores are verified when opened and read (a damaged one raises InputError naming it).
     """
     a, b = open_tree(old), open_tree(new)
@@ -50,8 +56,15 @@ def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
         "pixels_truncated": False,
         "notes": [f"{path}: {note(tree.attrs)}" for path, tree in ((old, a), (new, b)) if note(tree.attrs)],
     }
+    ha, hb = _history(a), _history(b)
+    history = None if ha is None and hb is None else {
+        "history_newly": 0, "history_cleared": 0, "history_newly_distinct": 0, "history_cleared_distinct": 0,
+        "union": {"newly_bad": 0, "recovered": 0, "newly_bad_distinct": 0, "recovered_distinct": 0}}
+    out["history"] = history
     for i, m in enumerate(b["module"].values):
         ma, mb = a["mask"][i].values, b["mask"][i].values  # (gain, cell, y, x)
+        if history is not None:
+            _diff_history(history, ma, mb, _plane(ha, i, ma.shape), _plane(hb, i, mb.shape))
         row = out["module"][int(m)] = {}
         for key, hit in (("newly_bad", (ma == 0) & (mb != 0)), ("recovered", (ma != 0) & (mb == 0))):
             per_gain = hit.sum(axis=(1, 2, 3))
@@ -71,6 +84,28 @@ def diff_masks(old, new, *, max_pixels: int = 1000) -> dict:
                 out["bits"][bit.name][key] += int(hit.sum())
                 out["bits"][bit.name][f"{key}_distinct"] += int(np.count_nonzero(hit.any(axis=(0, 1))))
     return out
+
+
+def _history(tree):
+    """The store's layer of a mask that remembers, or None."""
+    return tree["layers"]["history"] if "layers" in tree.children and "history" in tree["layers"].data_vars else None
+
+
+def _plane(layer, i: int, shape: tuple) -> np.ndarray:
+    """Bool (gain, cell, y, x): module index ``i`` of the history layer (all False without one)."""
+    return np.zeros(shape, dtype=bool) if layer is None else layer[i].values != 0
+
+
+def _diff_history(history: dict, ma, mb, ha, hb) -> None:
+    """Add one module's changes of the history layers ``ha`` -> ``hb`` and of the union (mask or layer) to
+    ``history``."""
+    ua, ub = (ma != 0) | ha, (mb != 0) | hb
+    for key, hit in (("history_newly", ~ha & hb), ("history_cleared", ha & ~hb)):
+        history[key] += int(np.count_nonzero(hit))
+        history[f"{key}_distinct"] += int(np.count_nonzero(hit.any(axis=(0, 1))))
+    for key, hit in (("newly_bad", ~ua & ub), ("recovered", ua & ~ub)):
+        history["union"][key] += int(np.count_nonzero(hit))
+        history["union"][f"{key}_distinct"] += int(np.count_nonzero(hit.any(axis=(0, 1))))
 
 
 def _list_pixels(rows: list, module: int, hit: np.ndarray, bad_side: np.ndarray, limit: int) -> bool:

@@ -4,7 +4,9 @@ Each format says "bad" in its own words; the tables below are the whole mapping 
 README). Masks are combined over gain stages and memory cells where a format has no
 such axes (a pixel bad in any of them is bad); the EuXFEL export keeps them. The
 store's layers stay apart where the format allows: the manufacturer's pixel mask
-(NeXus bits) and the user's mask.
+(NeXus bits), the user's mask and the history layer of a mask that remembers (nightly
+``history:``: pixel-planes bad on enough of the last nights, masked on a night they look
+good; a bit of its own in every format, so that users see why a pixel is masked).
 
 =============  ===================  ====================  ======================
 rmm-dask bit   NeXus pixel_mask     EuXFEL BadPixels      CrystFEL mask word
@@ -18,13 +20,19 @@ FLAT_LOW       2 under-responding   8 FF_GAIN_DEVIATION   bit 5 (mask0)
 ASIC_EDGE      5 (undefined; edge)  22 NON_STANDARD_SIZE  bit 6 (mask0)
 NO_DATA        1 dead               3 NO_DARK_DATA        bit 7 (mask0)
 user layer     8 user               19 NON_SENSITIVE *    bit 8 (mask1)
+history layer  9 (undefined; hist)  30 USER1 **           bit 9 (mask3)
 manufacturer   its own bits         kept apart *          bits 16-31 (mask2)
 gaps (frame)   0 gap                -                     (not in the data)
 =============  ===================  ====================  ======================
 
-(*) in separate datasets ``/user_mask`` and ``/manufacturer_mask`` of the EuXFEL export.
+(*) in separate datasets ``/user_mask`` and ``/manufacturer_mask`` of the EuXFEL export;
+(**) ``/history_mask`` uint32 (module, gain, cell, y, x) as ``/mask``: USER1 (1 << 30), the bit
+BadPixels leaves to its users' own reasons, as no EuXFEL reason says "bad on earlier nights".
+NeXus bit 9 is undefined by NXdetector and within the reject bits 0-15 that analysis software
+masks, so a remembered pixel is masked everywhere and still told apart from one found noisy
+tonight (bit 4). CrystFEL's mask3 lines are written only for a store with the layer.
 Cheetah/OM: ``/data/data`` 1 = good, 0 = bad (any bit or layer), and ``/data/rmm``,
-``/data/user``, ``/data/manufacturer`` with each source alone.
+``/data/user``, ``/data/manufacturer`` (and ``/data/history``) with each source alone.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ __all__ = ["export", "FORMATS", "NEXUS", "EUXFEL", "lookup"]
 FORMATS = ("h5", "crystfel", "nexus", "euxfel", "cheetah")
 
 NEXUS_GAP, NEXUS_DEAD, NEXUS_UNDER, NEXUS_OVER, NEXUS_NOISY, NEXUS_EDGE, NEXUS_USER = (1 << b for b in (0, 1, 2, 3, 4, 5, 8))
+NEXUS_HISTORY = 1 << 9  #: the history layer (undefined by NeXus, within the reject bits 0-15)
 NEXUS = {
     BadPixel.OFFSET: NEXUS_NOISY,
     BadPixel.NOISE: NEXUS_NOISY,
@@ -70,7 +79,8 @@ EUXFEL = {
     BadPixel.NO_DATA: 1 << EUXFEL_FLAGS["NO_DARK_DATA"],
 }
 EUXFEL_USER = 1 << EUXFEL_FLAGS["NON_SENSITIVE"]
-CRYSTFEL_USER, CRYSTFEL_MANUFACTURER = 1 << 8, 0xFFFF0000
+EUXFEL_HISTORY = 1 << 30  #: BadPixels.USER1: the history layer, in /history_mask
+CRYSTFEL_USER, CRYSTFEL_HISTORY, CRYSTFEL_MANUFACTURER = 1 << 8, 1 << 9, 0xFFFF0000
 
 
 def lookup(mapping: dict) -> np.ndarray:
@@ -93,6 +103,7 @@ class _Mask:
         layers = self.tree["layers"].data_vars if "layers" in self.tree.children else {}
         self.manufacturer = layers.get("manufacturer")
         self.user = layers.get("user")
+        self.history = layers.get("history")  #: (module, gain, cell, y, x), or None
 
     def union(self, i: int) -> np.ndarray:
         """uint8 (y, x): the bits of module index ``i`` in any gain stage and cell."""
@@ -104,6 +115,13 @@ class _Mask:
     def user_layer(self, i: int) -> np.ndarray:
         """uint32 (y, x): 1 where the user masked the pixel."""
         return (self.layer(self.user, i, np.uint32) != 0).astype(np.uint32)
+
+    def history_layer(self, i: int) -> np.ndarray:
+        """uint32 (y, x): 1 where the history layer keeps the pixel masked in any gain stage and cell."""
+        if self.history is None:
+            return np.zeros(self.det.module_shape, np.uint32)
+        planes = np.asarray(self.history[i].values).reshape(-1, *self.det.module_shape)
+        return (planes != 0).any(axis=0).astype(np.uint32)
 
     def per_module(self, words, missing) -> np.ndarray:
         """(all modules of the detector, y, x): ``words(i)`` for the store's modules, ``missing`` for the rest."""
@@ -170,7 +188,8 @@ def _nexus(mask: _Mask, out, overwrite) -> list[Path]:
     table = lookup(NEXUS)
 
     def words(i):
-        return table[mask.union(i)] | mask.layer(mask.manufacturer, i, np.uint32) | (mask.user_layer(i) * NEXUS_USER)
+        return (table[mask.union(i)] | mask.layer(mask.manufacturer, i, np.uint32) | (mask.user_layer(i) * NEXUS_USER)
+                | (mask.history_layer(i) * NEXUS_HISTORY))
 
     stack = mask.per_module(words, NEXUS_DEAD)
     pixel_mask = mask.frame(stack, NEXUS_GAP)
@@ -179,7 +198,9 @@ def _nexus(mask: _Mask, out, overwrite) -> list[Path]:
         _provenance(f, mask, "nexus")
         detector = nx_detector(f)
         d = detector.create_dataset("pixel_mask", data=pixel_mask, compression="gzip", compression_opts=1)
-        d.attrs["description"] = "NeXus NXdetector bits: 0 gap, 1 dead, 2 under-responding, 3 over-responding, 4 noisy, 5 ASIC edge, 8 user"
+        remembered = ", 9 bad on earlier nights (history)" if mask.history is not None else ""
+        d.attrs["description"] = ("NeXus NXdetector bits: 0 gap, 1 dead, 2 under-responding, 3 over-responding, 4 noisy,"
+                                  " 5 ASIC edge, 8 user" + remembered)
         detector["pixel_mask_applied"] = False
         _nx_modules(detector, mask.det)
 
@@ -221,6 +242,16 @@ def _euxfel(mask: _Mask, out, overwrite) -> list[Path]:
         f["cell"] = tree["cell"].values
         f["gain"] = np.asarray(gains, dtype=h5py.string_dtype())
         ensure_room(sum(a.nbytes for a in (mask.user, mask.manufacturer) if a is not None))
+        if mask.history is not None:  # as /mask: per module, gain stage and cell
+            h = f.create_dataset("history_mask", shape=tree["mask"].shape, dtype=np.uint32,
+                                 chunks=(1, 1, 1, *mask.det.module_shape), compression="gzip", compression_opts=1)
+            for i in range(len(mask.modules)):
+                words = (np.asarray(mask.history[i].values) != 0).astype(np.uint32) * EUXFEL_HISTORY
+                ensure_room(words.nbytes)
+                h[i] = words
+            h.attrs["dims"] = ["module", "gain", "cell", "y", "x"]
+            h.attrs["description"] = ("USER1 (1 << 30): bad on enough of the last nights (the pixel history of the"
+                                      " nightly service); combine it with /mask")
         if mask.user is not None:
             f.create_dataset("user_mask", data=(mask.user.values != 0).astype(np.uint32) * EUXFEL_USER, compression="gzip")
         if mask.manufacturer is not None:
@@ -235,13 +266,15 @@ def _cheetah(mask: _Mask, out, overwrite) -> list[Path]:
         "user": lambda i: (mask.layer(mask.user, i, np.uint8) == 0).astype(np.uint8),
         "manufacturer": lambda i: ((mask.layer(mask.manufacturer, i, np.uint32) & 0xFFFF) == 0).astype(np.uint8),
     }
+    if mask.history is not None:
+        sources["history"] = lambda i: (mask.history_layer(i) == 0).astype(np.uint8)
     maps = {name: mask.frame(mask.per_module(fn, 0), 0) for name, fn in sources.items()}
     if not mask.det.frame_shape:  # Cheetah and OM stack the modules along y: (modules * y, x)
         maps = {k: v.reshape(-1, v.shape[-1]) for k, v in maps.items()}
 
     def fill(f, ensure_room):
         _provenance(f, mask, "cheetah")
-        good = maps["rmm"] & maps["user"] & maps["manufacturer"]
+        good = np.bitwise_and.reduce(list(maps.values()))
         f.create_dataset("data/data", data=good, compression="gzip").attrs["description"] = "1 = good, 0 = bad (any source)"
         for name, m in maps.items():
             f.create_dataset(f"data/{name}", data=m, compression="gzip").attrs["description"] = f"1 = good, 0 = bad by the {name} mask alone"
@@ -253,7 +286,7 @@ def _crystfel(mask: _Mask, out, overwrite) -> list[Path]:
     def words(i):
         user = mask.user_layer(i) * CRYSTFEL_USER
         maker = (mask.layer(mask.manufacturer, i, np.uint32) & 0xFFFF) << 16
-        return mask.union(i).astype(np.uint32) | user | maker
+        return mask.union(i).astype(np.uint32) | user | maker | (mask.history_layer(i) * CRYSTFEL_HISTORY)
 
     data = mask.frame(mask.per_module(words, int(BadPixel.NO_DATA)), int(BadPixel.NO_DATA))
     if _one_module_files(mask):  # the data is (frame, y, x): so is the mask, less the frame axis
@@ -262,7 +295,8 @@ def _crystfel(mask: _Mask, out, overwrite) -> list[Path]:
     def fill(f, ensure_room):
         _provenance(f, mask, "crystfel")
         d = f.create_dataset("data/mask", data=data, compression="gzip")
-        d.attrs["description"] = "bits 0-7 rmm-dask (mask0), bit 8 user (mask1), bits 16-31 manufacturer (mask2)"
+        d.attrs["description"] = ("bits 0-7 rmm-dask (mask0), bit 8 user (mask1), bits 16-31 manufacturer (mask2)"
+                                  + (", bit 9 history (mask3)" if mask.history is not None else ""))
 
     geom = Path(out).absolute().with_suffix(".geom")
     target = publish.prepare(out, overwrite=overwrite, what="the export")  # both checked before either is written
@@ -349,6 +383,9 @@ def geometry_lines(path: Path, dataset: str, mask: _Mask) -> list[str]:
         ";   mask_bad = 0xffffffff",
         ";   (0.9 reads the mask as 16 bits: the manufacturer's bits 16-31 are not seen there)",
     ]
+    if mask.history is not None:  # a mask that remembers: its own mask line, before the panels with the others
+        lines[16:16] = [f"mask3_file = {path}", f"mask3_data = {dataset}", "mask3_goodbits = 0x0",
+                        f"mask3_badbits = {CRYSTFEL_HISTORY:#x}         ; bad on earlier nights (the pixel history)"]
     if euxfel:
         return lines + ["; panels: EXtra-geom's write_crystfel_geom() writes them for this (module, y, x) layout"]
     return lines + _beam_lines(det) + (_frame_panels(det) if det.frame_shape else _module_panels(det))

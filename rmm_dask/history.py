@@ -12,14 +12,19 @@ A night is one published nightly version (one set of dark runs). For every pixel
 * ``state``: the verdict of the last night seen (0 none yet, 1 good, 2 bad), what the next
   night's change is counted against;
 * ``recent``: the bad verdicts of the last 64 nights, bit 0 the newest, so that counts over
-  the last N <= 64 nights are exact.
+  the last N <= 64 nights are exact;
+* ``recent_seen``: the same of the nights seen (with data), so that the fraction of the last N
+  nights a pixel was bad counts only the nights it was seen (``seen`` and ``bad`` are over all nights).
 
 :func:`add_night` updates one block of these in place from the same block of a mask; no
 Dask, no files (the store is rmm_dask/nightly/history.py). :func:`bad_in_last` and
-:func:`pixel_recent` answer the queries of ``rmm history``.
+:func:`pixel_recent` answer the queries of ``rmm history``; :func:`frequency` the fraction of
+nights bad that ``rmm export --to frequency`` writes.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -41,6 +46,7 @@ FIELDS = {
     "changes": (np.uint16, 0),
     "state": (np.uint8, 0),
     "recent": (np.uint64, 0),
+    "recent_seen": (np.uint64, 0),
 }
 MAX_NIGHTS = np.iinfo(np.int16).max  #: night indices are int16
 
@@ -86,6 +92,8 @@ def add_night(h: dict[str, np.ndarray], code: np.ndarray, night: int) -> dict[st
     h["state"][seen] = np.where(bad[seen], 2, 1).astype(np.uint8)
     h["recent"] <<= np.uint64(1)
     h["recent"] |= bad.astype(np.uint64)
+    h["recent_seen"] <<= np.uint64(1)
+    h["recent_seen"] |= seen.astype(np.uint64)
     return {"seen": _per_first(seen), "flagged": _per_first(bad), "newly_bad": _per_first(newly),
             "healed": _per_first(healed), "bits": bits}
 
@@ -120,3 +128,27 @@ def pixel_recent(recent: np.ndarray, plane_axes: tuple[int, ...]) -> np.ndarray:
 def bad_in_last(recent: np.ndarray, n: int) -> np.ndarray:
     """Per element, on how many of the last ``n`` nights it was bad (from its ``recent`` bitset)."""
     return _popcount(recent & last_bits(n))
+
+
+def frequency(recent: np.ndarray, recent_seen: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fraction, seen, bad) over the last ``n`` nights, per element of the ``recent`` and ``recent_seen`` bitsets:
+    nights bad, nights seen (uint16) and their ratio (float32, NaN where never seen): a night without data says
+    nothing, so it is in neither count."""
+    window = last_bits(n)
+    bad = _popcount(recent & window).astype(np.uint16)
+    seen = _popcount(recent_seen & window).astype(np.uint16)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = np.where(seen > 0, bad.astype(np.float32) / seen, np.float32(np.nan)).astype(np.float32)
+    return fraction, seen, bad
+
+
+def remembered(recent: np.ndarray, nights: int, min_fraction: float, skip: int = 0) -> np.ndarray:
+    """uint8, 1 where an element was bad on at least ``min_fraction`` of ``nights`` nights: those before the ``skip``
+    newest of its ``recent`` bitset (``skip`` 1: the history before its newest night, which a version of the same
+    darks replaces). The caller counts ``nights`` within the window (``skip + nights`` <= 64); at least one bad night
+    is needed, whatever the fraction. What a mask that remembers keeps masked (``layers/history``)."""
+    if not 1 <= nights or skip + nights > RECENT or not 0 <= skip:
+        raise ValueError(f"{nights} nights after skipping {skip}: the history keeps {RECENT} nights")
+    need = max(1, math.ceil(round(min_fraction * nights, 9)))  # 0.2 x 10 is 2 nights, not 3 by a rounding error
+    before = recent >> np.uint64(skip)
+    return (bad_in_last(before, nights) >= need).astype(np.uint8)

@@ -82,7 +82,7 @@ def _start_zarr_loop() -> None:
 
 
 def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=None, report=None, overwrite=False, echo=print,
-             flat_stage=None, user_mask=None, accept_flat=False, outcome=None):
+             flat_stage=None, user_mask=None, accept_flat=False, outcome=None, history=None):
     """Build the mask graph of the opened runs, compute it on a cluster and publish the store.
 
     Before any cluster is started, the output is checked (:func:`rmm_dask.publish.prepare`: not a
@@ -95,6 +95,7 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
     raises :class:`InputError` naming the store; a worker that dies again and again (out of
     memory) raises :class:`ClusterError`. ``outcome`` (:class:`rmm_dask.outcome.Outcome`), if
     given, follows the stages and the outputs, for an honest line when the job is interrupted.
+    ``history``: the layer of a mask that remembers (:func:`rmm_dask.pipeline.build_mask`), or None.
     """
     from . import publish
     from .cluster import compute, dask_client
@@ -124,7 +125,8 @@ def run_mask(darks, flat, out, *, params, detector, cluster="local", n_workers=N
             checked = check_flat(darks, flat, detector=detector, flat_stage=flat_stage, params=params, accept=accept_flat)
             if checked.get("accepted_by_option"):
                 echo(printable(f"flat run {flat.attrs.get('path')}: {checked['problem']}; used as flat because of --accept-flat"))
-        ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage, user_mask=user_mask, flat_check=checked)
+        ds = build_mask(darks, flat, detector=detector, params=params, flat_stage=flat_stage, user_mask=user_mask,
+                        flat_check=checked, history=history)
         check_room(target, store_nbytes(ds))  # before any cluster is started
         outcome.expect(target)
         notice = compile_notice()  # the first run after an install or upgrade: numba compiles, once

@@ -226,6 +226,7 @@ def build_mask(
     flat_stage: str | None = None,
     user_mask=None,
     flat_check: dict | None = None,
+    history: xr.DataArray | None = None,
 ) -> xr.Dataset:
     """The lazy mask of the given runs.
 
@@ -241,6 +242,12 @@ def build_mask(
     module, y, x), and ``user_mask`` (uint8 module, y, x; non-zero = masked by the user:
     beamstop, shadows), from :func:`rmm_dask.usermask.read_user_mask`. Pixels in either
     are kept out of the model fits; exports combine the layers as their formats allow.
+
+    ``history`` (a lazy uint8 DataArray (module, gain, cell, y, x), 1 = bad on enough of the
+    last nights: :func:`rmm_dask.nightly.remember.history_layer`) becomes the layer
+    ``history`` of a mask that remembers, with its attrs. It is NOT kept out of the fits nor
+    merged into the mask's bits: tonight's verdicts stay tonight's, and the pixel history,
+    which counts those, never counts a remembered pixel as bad again.
 
     ``flat_check`` is the result of :func:`rmm_dask.flatcheck.check_flat` on these runs
     (it reads a few frames: call it before starting a cluster); it is recorded in the
@@ -322,6 +329,11 @@ def build_mask(
         data_vars["pixel_mask"] = (("module", "y", "x"), manufacturer, {"role": "layer", "layer": "manufacturer", "source": ref.attrs.get("path", "")})
     if user_mask is not None:
         data_vars["user_mask"] = (("module", "y", "x"), user_mask, {"role": "layer", "layer": "user"})
+    if history is not None:
+        if history.shape != pieces["mask"].shape:
+            raise ValueError(f"the history layer is {history.shape}, expected the mask's {pieces['mask'].shape}")
+        remembered = da.asarray(history.data).astype(np.uint8).rechunk(pieces["mask"].chunks)  # on the mask's grid
+        data_vars["history_layer"] = (DIMS, remembered, {**history.attrs, "role": "layer", "layer": "history"})
     inputs = {f"dark-{g}": _describe(darks[g]) for g in stages}
     if flat is not None:
         inputs["flat"] = _describe(flat)

@@ -49,7 +49,7 @@ def mask_context(root, counts: dict, figures: list) -> dict:
     pixel mask and the figures: what ``rmm show`` prints, so that the page and the terminal say the same."""
     from . import report_text as words
     from .store import open_tree
-    from .summary import verdict_counts
+    from .summary import history_line, verdict_counts
     from .tables import detector_lines, gap_line, untested, untested_line
 
     tree = open_tree(root)
@@ -94,6 +94,7 @@ def mask_context(root, counts: dict, figures: list) -> dict:
         "header": ["", *names],
         "rows": rows,
         "layers": list(counts.get("layers", {}).items()),
+        "history": history_line(counts["history"]) if counts.get("history") else None,
         "manufacturer_bits": counts.get("manufacturer_bits"),
         "figures": [_figure(p) for p in figures],
     }
@@ -118,6 +119,16 @@ def mask_report(store, out, *, overwrite: bool = False, geometry: str | None = N
     return tmp.target
 
 
+def _history_changes(h: dict | None) -> str | None:
+    """The history layer's changes against the previous current version (diff_masks' ``history``), in words."""
+    if not h:
+        return None
+    return (f"History layer: {h['history_newly']} pixel-planes newly remembered ({h['history_newly_distinct']} pixels),"
+            f" {h['history_cleared']} no longer ({h['history_cleared_distinct']} pixels). What each version masks"
+            f" (mask or history layer): {h['union']['newly_bad']} pixel-planes newly bad, {h['union']['recovered']}"
+            f" recovered: what the sanity check's max-change counts.")
+
+
 def summary_html(summary: dict, root, counts: dict, figures: list) -> str:
     """The page of one nightly version: status, the changes against the previous current version (distinct
     pixels and pixel-planes newly bad and recovered, per bit; "first version" when there was none), timings,
@@ -138,6 +149,7 @@ def summary_html(summary: dict, root, counts: dict, figures: list) -> str:
             "pixels": pixels,
             "truncated": diff.get("pixels_truncated"),
             "shown": [[p["module"], p["y"], p["x"], p["planes"], p["bits"]] for p in pixels[:100]],
+            "history": _history_changes(diff.get("history")),
         }
     reasons = [*(summary.get("reasons") or []), *(summary.get("held_for") or [])]  # held_for: reasons of a release
     unlike = [r for r in reasons if r.startswith("cannot compare with ")]

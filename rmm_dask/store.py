@@ -8,6 +8,8 @@ Layout (DESIGN.md, Stores), the same in Zarr and HDF5:
     /rejected_frames/<stage>   bool (module, cell, frame): F1
     /layers/manufacturer       uint32 (module, y, x): the detector's own pixel mask (NeXus bits), if any
     /layers/user               uint8 (module, y, x): the user's mask (beamstop, shadows), if given
+    /layers/history            uint8 (module, gain, cell, y, x): a mask that remembers (nightly ``history:``):
+                               1 = bad on enough of the last nights; attrs min_fraction, last, nights, versions
     /module, /gain, /cell      coordinates; /rejected_frames/train_id_<stage>
     attrs                      software version, parameters, inputs, detector, start/end time
 

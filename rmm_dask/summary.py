@@ -28,6 +28,12 @@ def count_bits(store) -> dict:
     so their NO_DATA bit is counted nowhere else (not under NO_DATA, ``any`` or ``flagged``); any other
     bit the analysis set on one is counted as usual. ``pixels`` counts every pixel-plane, gaps included.
     The store's mask is not changed: it and the exports still mask the gaps.
+
+    A store with the layer of a mask that remembers (``layers/history``) also gets ``history``:
+    ``planes`` (pixel-planes in the layer), ``kept`` (of those, the planes tonight's mask does not flag:
+    what the history adds), ``flagged`` (the union: planes flagged tonight or remembered, what the
+    published version masks), ``pixels`` (distinct pixels with a plane in the layer), and the layer's
+    ``min_fraction``, ``last``, ``nights`` and ``versions``.
     """
     tree = open_tree(store)
     mask = tree["mask"]
@@ -35,11 +41,23 @@ def count_bits(store) -> dict:
     gains = gain_names(tree)
     per = {"module": {}, "gain": {g: _zero() for g in gains}, "cell": {int(c): _zero() for c in cells}}
     total = _zero()
+    layers = _layers(tree)
+    remembered = layers.get("history")
+    history = None if remembered is None else {
+        "planes": 0, "kept": 0, "flagged": 0, "pixels": 0,
+        **{k: remembered.attrs.get(k) for k in ("min_fraction", "last", "nights", "versions")}}
     for i, m in enumerate(modules):
         block = mask[i].values  # (gain, cell, y, x)
         gap = gap_pixels(tree, i)
         if gap.any():  # a gap's missing data is no defect
             block = np.where(gap, block & np.uint8(0xFF ^ int(BadPixel.NO_DATA)), block)
+        if history is not None:
+            kept = remembered[i].values != 0
+            flagged = (block & np.uint8(_FLAGGED)) != 0
+            history["planes"] += int(np.count_nonzero(kept))
+            history["kept"] += int(np.count_nonzero(kept & ~flagged))
+            history["flagged"] += int(np.count_nonzero(kept | flagged))
+            history["pixels"] += int(np.count_nonzero(kept.any(axis=(0, 1))))
         per["module"][int(m)] = row = _zero()
         for name, bits in _SELECTIONS:
             hit = (block & np.uint8(bits)) != 0
@@ -58,11 +76,23 @@ def count_bits(store) -> dict:
             per["gain"][g]["gap"] += n_gap * len(cells)
         for c in cells:
             per["cell"][int(c)]["gap"] += n_gap * len(gains)
-    layers = _layers(tree)
-    per["layers"] = {name: int(np.count_nonzero(layers[name].values)) for name in sorted(layers)}
+    per["layers"] = {name: history["planes"] if name == "history" else int(np.count_nonzero(layers[name].values))
+                     for name in sorted(layers)}
     if "manufacturer" in layers:
         per["manufacturer_bits"] = count_nexus_bits(layers["manufacturer"])
+    if history is not None:
+        per["history"] = history
     return {"pixels": int(np.prod(mask.shape)), "total": total, **per}
+
+
+def history_line(history: dict) -> str:
+    """The one line ``rmm show``, the report and the nightly summary give a mask that remembers (``count_bits``'s
+    ``history``): what its layer keeps masked beyond tonight's verdicts."""
+    fraction, last = history.get("min_fraction"), history.get("last")
+    rule = f"bad in >= {fraction:.0%} of the last {last} nights" if fraction is not None else "its rule not recorded"
+    return (f"kept by the history: {history['kept']} pixel-planes, {rule} (counted over {history.get('nights')}"
+            f" night(s); layers/history holds {history['planes']} pixel-planes in {history['pixels']} distinct pixels);"
+            f" the version masks {history['flagged']} pixel-planes: flagged tonight or remembered")
 
 
 def gap_pixels(store, i: int) -> np.ndarray:
@@ -124,7 +154,7 @@ NEXUS_BITS = {0: "gap", 1: "dead", 2: "under-responding", 3: "over-responding", 
 
 
 def _layers(tree) -> dict:
-    """The store's layers by name (``manufacturer``, ``user``), those it has."""
+    """The store's layers by name (``manufacturer``, ``user``, ``history``), those it has."""
     return dict(tree["layers"].data_vars) if "layers" in tree.children else {}
 
 
@@ -149,7 +179,8 @@ def count_nexus_bits(layer) -> dict:
 
 
 #: what count_bits counts: each bit, "any" bit, and "flagged" (any bit but ASIC_EDGE: by the analysis)
-_SELECTIONS = [(b.name, int(b)) for b in BadPixel] + [("any", 0xFF), ("flagged", 0xFF ^ int(BadPixel.ASIC_EDGE))]
+_FLAGGED = 0xFF ^ int(BadPixel.ASIC_EDGE)  #: found bad by the analysis (edges are geometry)
+_SELECTIONS = [(b.name, int(b)) for b in BadPixel] + [("any", 0xFF), ("flagged", _FLAGGED)]
 
 
 def _zero() -> dict:

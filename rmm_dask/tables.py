@@ -186,6 +186,10 @@ def print_counts(console, store, per_cell: bool, root=None) -> None:
             per_bit = ", ".join(f"{bit} {k}" for bit, k in bits.items() if bit not in ("reject", "any"))
             say(f"layer manufacturer: {bits['reject']} pixels rejected (NeXus bits 0-15), {bits['any']} with any bit: "
                 f"{per_bit}")
+        elif name == "history" and counts.get("history"):  # a mask that remembers: pixel-planes, not pixels
+            from .summary import history_line
+
+            say(history_line(counts["history"]))
         else:
             say(f"layer {name}: {n} pixels masked (kept apart from the bits above; exports combine them)")
 
@@ -267,7 +271,14 @@ def diff_tables(result: dict, per_cell: bool) -> list:
         for key, row in result[axis].items():
             changes.add_row(f"{axis} {key}", _with_pixels(row, "newly_bad"), _with_pixels(row, "recovered"))
     counted = Text("counts of pixel-planes (module, gain, cell, y, x); px: the distinct pixels (module, y, x) they are in")
-    return [bits, changes, counted, *(Text(printable(f"note: {n}")) for n in result.get("notes") or [])]  # unverified
+    h = result.get("history")
+    remembered = [] if not h else [Text(  # the layer of a mask that remembers, apart from the mask's bits
+        f"history layer: {h['history_newly']} pixel-planes newly remembered ({h['history_newly_distinct']} px),"
+        f" {h['history_cleared']} no longer ({h['history_cleared_distinct']} px); what each version masks (mask or"
+        f" layer): {h['union']['newly_bad']} newly bad ({h['union']['newly_bad_distinct']} px),"
+        f" {h['union']['recovered']} recovered ({h['union']['recovered_distinct']} px)")]
+    return [bits, changes, counted, *remembered,
+            *(Text(printable(f"note: {n}")) for n in result.get("notes") or [])]  # unverified
 
 
 def status_table(rows: list[dict]) -> list:

@@ -89,6 +89,7 @@ def truth(nights: list[np.ndarray]) -> dict[str, np.ndarray]:
         "last_bad": np.where(ever, n - 1 - bad[::-1].argmax(0), -1),
         "changes": changes,
         "recent": (bad.astype(np.uint64) * weights).sum(0, dtype=np.uint64),
+        "recent_seen": (seen.astype(np.uint64) * weights).sum(0, dtype=np.uint64),
     }
 
 
@@ -129,8 +130,16 @@ def test_kernel_counts_one_block_exactly():
     assert got["flagged"].tolist() == bad.reshape(2, -1).sum(1).tolist()  # per module
     last = truth(nights[-64:])["recent"]  # 70 nights: the bitset keeps the last 64
     np.testing.assert_array_equal(h["recent"], last)
+    np.testing.assert_array_equal(h["recent_seen"], truth(nights[-64:])["recent_seen"])
     for n in (1, 7, 64):
         np.testing.assert_array_equal(kernels.bad_in_last(h["recent"], n), truth(nights[-n:])["bad"])
+        fraction, seen, bad = kernels.frequency(h["recent"], h["recent_seen"], n)
+        expect_n = truth(nights[-n:])
+        np.testing.assert_array_equal(seen, expect_n["seen"])
+        np.testing.assert_array_equal(bad, expect_n["bad"])
+        assert seen.dtype == bad.dtype == np.uint16 and fraction.dtype == np.float32
+        assert np.isnan(fraction[seen == 0]).all() and (n > 1 or (seen == 0).any())  # never seen: no fraction
+        np.testing.assert_allclose(fraction[seen > 0], (bad / np.maximum(seen, 1))[seen > 0], rtol=1e-6)
     with pytest.raises(ValueError, match="last 64 nights"):
         kernels.last_bits(65)
 
@@ -260,6 +269,34 @@ def test_a_kill_at_every_publish_step_leaves_the_old_or_the_new_history(tree, tm
 
 
 # ------------------------------------------------------------------------------------------ failures
+
+
+def test_a_history_of_an_older_rmm_is_refused_and_the_next_pass_rebuilds_it(tree, capsys):
+    """Format 1 (no ``recent_seen``): refused in one line by readers, rebuilt by the next pass, read again."""
+    root, nights = tree
+    history.update(root, lambda line: None)
+    path = root / "history.zarr"
+    meta = json.loads((path / "zarr.json").read_text())  # what an older rmm wrote: format 1, no recent_seen
+    meta["attributes"]["format"] = "rmm-dask pixel history 1"
+    for name in ("recent_seen", "undo/recent_seen"):
+        del meta["attributes"]["arrays"][name]
+        meta.get("consolidated_metadata", {}).get("metadata", {}).pop(name, None)
+    for part in (path, path / "undo"):
+        part.chmod(0o755)
+    (path / "zarr.json").chmod(0o644)
+    (path / "zarr.json").write_text(json.dumps(meta))
+    for name in ("recent_seen", "undo/recent_seen"):
+        shutil.rmtree(path / name)
+    assert main(["history", str(root)]) == 2
+    one_line_error(capsys, f"{path}: a history of an older rmm (format 'rmm-dask pixel history 1', this rmm reads "
+                           f"'{history.FORMAT}'): the next nightly pass rebuilds it", f"rmm history {root} --rebuild")
+    assert history.FORMAT == "rmm-dask pixel history 2"
+    said, say = log()
+    assert history.update(root, say)["kind"] == "rebuild"
+    assert "rebuilt from 6 published version(s), as it was of an older rmm (format 'rmm-dask pixel history 1')" in \
+        said[0]
+    np.testing.assert_array_equal(arrays(path)["recent_seen"], truth(nights)["recent_seen"])
+    assert main(["history", str(root)]) == 0
 
 
 def test_a_link_at_history_zarr_and_a_full_disk_leave_the_history_as_it_was(tree, tmp_path, monkeypatch, capsys):

@@ -152,3 +152,56 @@ def test_night_in_the_future_refused(tmp_path):
         write_night(tmp_path / "facility", truth, 1)
     assert not (tmp_path / "facility").exists()
     assert not list(Path(tmp_path).iterdir())
+
+
+def test_ten_nights_remembered(tmp_path, capsys):
+    """Issue #23's acceptance: the 10-night tree (the NightsPlan defaults: 300 intermittent pixels bad on 3 nights
+    each, 100 from night 4, 100 up to night 6) masked by one pass with ``history: {min-fraction: 0.2, last: 20}``.
+    The history's counts are the published masks' verdicts exactly, and per pixel those of the truth; night 10's
+    remembering mask (mask | layers/history) catches every intermittent pixel (its mask alone ~30%), flags the
+    healed ones while within ``last`` (with last: 3, nights 7-9, none), and at most 1e-4 of the always-good."""
+    from rmm_dask import history as kernels
+
+    facility = tmp_path / "facility"
+    truth = write_nights(facility, 10)
+    config = write_nightly_config(tmp_path / "nightly.yaml", facility, state=tmp_path / "state",
+                                  publish_dir=tmp_path / "masks", extra={"history": {"min-fraction": 0.2, "last": 20}})
+    assert main(["nightly", "--config", str(config), "--once"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "pass complete: 10 set(s) processed, 0 failed" in out
+    det = tmp_path / "masks" / "AGIPD"
+    versions = [f"v{n:04d}" for n in range(1, 11)]
+    masks = [zarr.open_group(det / v / "mask.zarr", mode="r")["mask"][()] for v in versions]
+    assert all(json.loads((det / v / "summary.json").read_text())["status"] == "published" for v in versions)
+
+    # the history: every counter as the masks' verdicts give it, and per pixel the truth's nights bad
+    history = zarr.open_group(det / "history.zarr", mode="r")
+    assert [n["version"] for n in history.attrs["nights"]] == versions
+    seen, bad = (np.sum(x, axis=0) for x in zip(*(kernels.verdicts(m) for m in masks)))
+    assert np.array_equal(history["seen"][()], seen) and np.array_equal(history["bad"][()], bad)
+    assert (seen == 10).all()  # every plane has data every night
+    per_pixel = kernels.bad_in_last(kernels.pixel_recent(history["recent"][()], (1, 2)), 10)  # (module, y, x)
+    nights_bad = truth.nights_bad()
+    for kind in (*VARYING, NightKind.ALWAYS_GOOD, NightKind.ALWAYS_BAD):
+        of = truth.of_kind(kind)
+        assert np.array_equal(per_pixel[of], nights_bad[of]), (kind.name, int((per_pixel[of] != nights_bad[of]).sum()))
+    assert not per_pixel[truth.of_kind(NightKind.EDGE)].any()  # edges are geometry: never a bad night
+
+    # night 10: its layer is the history's nights 1-9, and the remembering mask catches what the truth planted
+    root = zarr.open_group(det / "v0010" / "mask.zarr", mode="r")
+    layer = root["layers/history"]
+    assert layer.attrs["nights"] == 9 and layer.attrs["versions"] == versions[:9]
+    assert np.array_equal(layer[()], kernels.remembered(history["recent"][()], 9, 0.2, skip=1))
+    tonight = flagged_pixels(masks[-1])
+    remembering = tonight | layer[()].astype(bool).any(axis=(1, 2))
+    intermittent = truth.of_kind(NightKind.INTERMITTENT)
+    alone, caught = (np.count_nonzero(x & intermittent) / intermittent.sum() for x in (tonight, remembering))
+    assert 0.2 < alone < 0.4 and caught >= 0.99, (alone, caught)
+    healing = truth.of_kind(NightKind.HEALING)
+    assert not (tonight & healing).any() and (remembering & healing).sum() >= 0.99 * healing.sum()
+    within_3 = kernels.remembered(history["recent"][()], 3, 0.2, skip=1).astype(bool).any(axis=(1, 2))
+    assert not (within_3 & healing).any()  # last: 3 is nights 7-9, all good for them
+    good = truth.of_kind(NightKind.ALWAYS_GOOD)
+    assert np.count_nonzero(remembering & good) <= 1e-4 * good.sum()
+    summary = json.loads((det / "v0010" / "summary.json").read_text())
+    assert summary["history"]["kept"] > 0 and summary["counts"]["bad_fraction"] <= 0.10

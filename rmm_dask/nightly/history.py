@@ -39,7 +39,9 @@ from ..errors import InputError, printable
 from .versions import Versions, version_name
 
 NAME = "history.zarr"
-FORMAT = "rmm-dask pixel history 1"
+FORMAT = "rmm-dask pixel history 2"
+#: formats of older rmm versions, rebuilt by the next pass (1: without ``recent_seen``)
+OLDER = ("rmm-dask pixel history 1",)
 ARRAYS = tuple(kernels.FIELDS)
 BITS = [bit.name for bit in BadPixel]
 WHAT = "the pixel history"
@@ -131,15 +133,29 @@ def plan(recorded: list[dict], expected: list[dict]) -> tuple[str, int] | None:
 
 
 class Damaged(InputError):
-    """A damaged history: its one line says how it comes back; ``what`` is the damage alone (for the pass's log)."""
+    """A damaged history: its one line says how it comes back; ``what`` is the damage alone, ``why`` the reason the
+    pass's log gives for rebuilding it."""
 
     def __init__(self, path, what: str):
         self.what = what
+        self.why = f"it was damaged: {what}"
         super().__init__(path, f"damaged history: {what}; the next nightly pass rebuilds it from the published "
                                f"versions (or: rmm history {Path(path).parent} --rebuild)")
 
     def __reduce__(self):
         return type(self), (self.path, self.what)
+
+
+class Outdated(Damaged):
+    """A history an older rmm wrote (:data:`OLDER`): nothing wrong with it, but it lacks what this rmm reads, so it
+    is refused as a damaged one is and the next pass rebuilds it from the published versions."""
+
+    def __init__(self, path, what: str):
+        InputError.__init__(self, path, f"a history of an older rmm (format {what!r}, this rmm reads {FORMAT!r}): the "
+                                        f"next nightly pass rebuilds it from the published versions (or: rmm history"
+                                        f" {Path(path).parent} --rebuild)")
+        self.what = what
+        self.why = f"it was of an older rmm (format {what!r})"
 
 
 def damaged(path, problem: str) -> Damaged:
@@ -164,6 +180,8 @@ def open_history(path) -> zarr.Group:
     except InputError as err:
         raise damaged(path, err.problem) from None
     attrs = meta.get("attributes") or {}
+    if attrs.get("format") in OLDER:
+        raise Outdated(path, attrs["format"])
     if attrs.get("format") != FORMAT:
         raise damaged(path, f"format {printable(attrs.get('format'))!r}, not {FORMAT!r}")
     arrays, nights, counts = attrs.get("arrays"), attrs.get("nights"), attrs.get("counts")
@@ -214,6 +232,27 @@ def read_block(group, base: str, region: tuple, path) -> dict[str, np.ndarray]:
         raise damaged(path, err.problem) from None
 
 
+def read_array(group, name: str, region: tuple, path) -> np.ndarray:
+    """One array's ``region`` of the history (checked as it is read); Damaged for a damaged chunk."""
+    try:
+        return group[name][region]
+    except InputError as err:
+        raise damaged(path, err.problem) from None
+
+
+def pixel_nights(group, path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bad, seen), uint8 ``(module, y, x)``: on how many of the last ``n`` nights each distinct pixel was bad (any
+    of its planes, gain and cell, bad) and seen (any plane with data), from the ``recent`` bitsets, read chunk by
+    chunk: what the frequency map of ``rmm history --png`` draws."""
+    shape, chunks = tuple(group["recent"].shape), tuple(group["recent"].chunks)
+    acc = {name: np.zeros((shape[0], *shape[3:]), dtype=np.uint64) for name in ("recent", "recent_seen")}
+    for region in chunk_regions(shape, chunks):
+        where = (region[0], region[3], region[4])
+        for name, out in acc.items():
+            out[where] |= kernels.pixel_recent(read_array(group, name, region, path), (1, 2))
+    return kernels.bad_in_last(acc["recent"], n), kernels.bad_in_last(acc["recent_seen"], n)
+
+
 def chunk_regions(shape: tuple, chunks: tuple):
     """The regions (tuples of slices) of a chunk grid, module first."""
     ranges = [range(0, s, c) for s, c in zip(shape, chunks)]
@@ -235,6 +274,7 @@ class Mask:
         root = open_store(self.path)
         self.mask = root["mask"]
         self.gain_stages = list(root.attrs.get("gain_stages") or [])
+        self.modules = [int(m) for m in root["module"][...]] if "module" in root else list(range(self.mask.shape[0]))
 
     def block(self, region: tuple) -> np.ndarray:
         return self.mask[region]
@@ -313,7 +353,7 @@ def build(path: Path, nights: list[dict], how: tuple[str, int], *, old=None) -> 
 
     attrs = {"format": FORMAT, "software": f"rmm-dask {__version__}", "nights": nights,
              "counts": counts + new_counts, "bits": BITS, "shape": list(shape),
-             "gain_stages": masks[-1].gain_stages,
+             "gain_stages": masks[-1].gain_stages, "modules": masks[-1].modules,
              "dims": ["module", "gain", "cell", "y", "x"]}
     with publish.output(path, overwrite=True, directory=True, what=WHAT) as out:
         _write(Path(out.tmp), shape, chunks, blocks(), attrs)
@@ -346,14 +386,14 @@ def update(root: Path, say, *, rebuild: bool = False) -> dict | None:
         try:
             old = open_history(path)
         except Damaged as err:
-            old, why = None, f"it was damaged: {err.what}"
+            old, why = None, err.why
     how = ("rebuild", 0) if old is None else plan(old.attrs["nights"], expected)
     try:
         if how is None:  # up to date: every chunk still checked (a history written now reads its base checked)
             check_checksums(old)
             return None
     except Damaged as err:
-        old, why, how = None, f"it was damaged: {err.what}", ("rebuild", 0)
+        old, why, how = None, err.why, ("rebuild", 0)
     if how == ("undo", len(expected)):  # the newest night is gone (held) and none new: nothing to add to
         how = ("rebuild", 0)
     if how[0] == "rebuild" and why is None:
@@ -363,7 +403,7 @@ def update(root: Path, say, *, rebuild: bool = False) -> dict | None:
     except Damaged as err:
         if old is None or err.path != str(path):
             raise
-        why = f"it was damaged: {err.what}"
+        why = err.why
         done = build(path, expected, ("rebuild", 0))
     n, took = len(expected), f"{done['seconds']:.1f} s"
     if done["kind"] == "append":
@@ -379,6 +419,27 @@ def update(root: Path, say, *, rebuild: bool = False) -> dict | None:
 
 
 # ----------------------------------------------------------------------------------- the report of `rmm history`
+
+
+def window(nights: list, last: int | None) -> tuple[int, list[str]]:
+    """N, the nights counted for ``--last`` ``last`` (None: all, up to 64) of a history of ``nights``, and the note
+    to say when more were asked than there are; InputError outside 1..64."""
+    n = min(len(nights), kernels.RECENT) if last is None else last
+    if not 1 <= n <= kernels.RECENT:
+        raise InputError("--last", f"{n}: give 1 to {kernels.RECENT} nights (the history keeps the verdicts of the"
+                                   f" last {kernels.RECENT} nights per pixel)")
+    if n > len(nights):
+        return len(nights), [f"--last {n}: the history has {len(nights)} night(s); counted over those"]
+    return n, []
+
+
+def behind(root: Path, nights: list) -> list[str]:
+    """The note to say when a history of ``nights`` is not (yet) that of the published versions of ``root``."""
+    expected = nights_on_disk(root)
+    if _same(nights, expected):
+        return []
+    return [f"the history has {len(nights)} night(s), the published versions make {len(expected)}: the next nightly"
+            " pass brings it up to date"]
 
 
 def _bins(n: int) -> list[tuple[int, int]]:
@@ -406,18 +467,8 @@ def report(root: Path, last: int | None = None, top: int = 10) -> dict:
                                f" builds it, or: rmm history {root} --rebuild")
     group = open_history(path)
     nights, counts = group.attrs["nights"], group.attrs["counts"]
-    n = min(len(nights), kernels.RECENT) if last is None else last
-    if not 1 <= n <= kernels.RECENT:
-        raise InputError("--last", f"{n}: give 1 to {kernels.RECENT} nights (the history keeps the verdicts of the"
-                                   f" last {kernels.RECENT} nights per pixel)")
-    notes = []
-    if n > len(nights):
-        notes.append(f"--last {n}: the history has {len(nights)} night(s); counted over those")
-        n = len(nights)
-    expected = nights_on_disk(root)
-    if not _same(nights, expected):
-        notes.append(f"the history has {len(nights)} night(s), the published versions make {len(expected)}:"
-                     " the next nightly pass brings it up to date")
+    n, notes = window(nights, last)
+    notes += behind(root, nights)
     recent = group["recent"]
     shape, chunks = tuple(recent.shape), tuple(recent.chunks)
     per_k = np.zeros(n + 1, dtype=np.int64)
@@ -458,6 +509,7 @@ def report(root: Path, last: int | None = None, top: int = 10) -> dict:
         "history": str(path),
         "nights": len(nights),
         "last": n,
+        "modules": list(group.attrs.get("modules") or range(shape[0])),
         "pixels": int(per_k.sum()),
         "bad_in_k_of_last": [{"k": k, "pixels": int(v)} for k, v in enumerate(per_k)],
         "bins": [{"k": [a, b], "pixels": int(per_k[a:b + 1].sum())} for a, b in _bins(n)],

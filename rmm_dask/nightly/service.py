@@ -18,6 +18,10 @@ One pass (``--once``; without it, a pass every ``interval`` seconds):
    it, and record the outcome;
 4. bring each detector's pixel history (``<publish>/<name>/history.zarr``, history.py) to
    the published versions: the new nights appended, or rebuilt when missing or damaged.
+   A detector with ``history:`` (a mask that remembers, remember.py) brings it up to date
+   before each of its sets too, and the set's version gets the layer ``layers/history``:
+   the pixel-planes bad on enough of the last nights before it; the sanity bounds then count
+   what the version masks (its mask or that layer).
 
 A set's identity is its runs and their files' fingerprints: when a run of a published set
 changes later (sequence files added, a file replaced), the set is masked again as a new
@@ -340,14 +344,19 @@ def make_version(settings: Settings, watch: Watch, cset: CalibrationSet, version
     flat = opened.pop("flat", None)
     darks = {role.removeprefix("dark-"): ds for role, ds in opened.items()}
     timings["open"], t = time.perf_counter() - t, time.perf_counter()
-    store = run_mask(darks, flat, tmp / "mask.zarr", params=params, detector=det, cluster=settings.cluster, n_workers=settings.workers, echo=say)
+    layer = remembering(versions, watch, cset, darks, det, say)
+    store = run_mask(darks, flat, tmp / "mask.zarr", params=params, detector=det, cluster=settings.cluster,
+                     n_workers=settings.workers, echo=say, history=None if layer is None else layer.data)
     timings["mask"], t = time.perf_counter() - t, time.perf_counter()
 
     root = open_store(store)
     counts = count_bits(root)
-    counts["flagged"] = counts["total"]["flagged"]
+    # what the version masks: tonight's flagged planes, or remembered ones (the history layer), if it has one
+    counts["flagged"] = counts["history"]["flagged"] if "history" in counts else counts["total"]["flagged"]
     counts["bad_fraction"] = counts["flagged"] / counts["pixels"]
     reasons = layout_problems(root, det, watch)
+    if layer is not None and layer.problem:
+        reasons.append(layer.problem)
     current = versions.current()
     diff = None
     if current is not None:
@@ -372,8 +381,12 @@ def make_version(settings: Settings, watch: Watch, cset: CalibrationSet, version
         "software": f"rmm-dask {__version__}",
         "parameters": dataclasses.asdict(params),
         "counts": counts,
-        "diff": None if diff is None else {k: diff[k] for k in ("against", "newly_bad", "recovered", "newly_bad_distinct", "recovered_distinct", "bits",
-                                             "newly_bad_pixels", "pixels_truncated")},
+        "diff": None if diff is None else {k: diff[k] for k in (
+            "against", "newly_bad", "recovered", "newly_bad_distinct", "recovered_distinct", "bits", "newly_bad_pixels",
+            "pixels_truncated", *(("history",) if diff.get("history") else ()))},
+        **({} if layer is None else {"history": {
+            "min_fraction": watch.history.min_fraction, "last": watch.history.last, "layer": layer.data is not None,
+            "note": layer.note, **layer.attrs, **(counts.get("history") or {})}}),
         "timings": timings,
         "started": started,
         "finished": _stamp(),
@@ -384,6 +397,20 @@ def make_version(settings: Settings, watch: Watch, cset: CalibrationSet, version
     (tmp / "summary.html").write_text(summary_html(summary, root, counts, figures), encoding="utf-8", errors="surrogateescape")
     check_inputs_unchanged(cset)
     return summary | {"path": str(versions.publish(tmp, version))}
+
+
+def remembering(versions: Versions, watch: Watch, cset: CalibrationSet, darks: dict, det, say):
+    """The history layer of a detector with ``history:`` (:func:`rmm_dask.nightly.remember.history_layer`: the
+    pixel history brought up to date first), its line said; None without the setting (the masks of today)."""
+    if watch.history is None:
+        return None
+    from .remember import history_layer
+
+    ref = next(iter(darks.values()))
+    shape = (ref.sizes["module"], len(darks), ref.sizes["cell"], *det.module_shape)
+    layer = history_layer(versions.root, cset.runs, watch.history, shape, list(watch.gains), say)
+    say(f"{watch.name}: {layer.note}")
+    return layer
 
 
 def check_inputs_unchanged(cset: CalibrationSet) -> None:
@@ -415,17 +442,21 @@ def layout_problems(root, det, watch: Watch) -> list[str]:
 
 
 def sanity_problems(counts: dict, diff: dict | None, sanity: Sanity) -> list[str]:
-    """Why a mask should not become current: flagged fraction or change outside the bounds."""
+    """Why a mask should not become current: flagged fraction or change outside the bounds. With a history layer,
+    both count what the version masks (``counts["bad_fraction"]``: flagged or remembered; the change of that)."""
     problems = []
     lo, hi = sanity.bad_fraction
     if not lo <= counts["bad_fraction"] <= hi:
         problems.append(f"{counts['bad_fraction']:.2%} of pixel-planes flagged, outside the bounds [{lo:.2%}, {hi:.2%}]")
     if diff is not None and sanity.max_change is not None:
-        change = (diff["newly_bad"] + diff["recovered"]) / counts["pixels"]
+        # with a history layer in either: changes of what the versions mask (a remembered pixel good tonight: none)
+        changed = (diff.get("history") or {}).get("union") or diff
+        change = (changed["newly_bad"] + changed["recovered"]) / counts["pixels"]
+        of = " of what the versions mask (mask or history layer)" if changed is not diff else ""
         if change > sanity.max_change:
             problems.append(
-                f"{change:.2%} of pixel-planes changed against {diff['against']} ({diff['newly_bad']} newly bad,"
-                f" {diff['recovered']} recovered), more than max-change {sanity.max_change:.2%}"
+                f"{change:.2%} of pixel-planes changed{of} against {diff['against']} ({changed['newly_bad']} newly"
+                f" bad, {changed['recovered']} recovered), more than max-change {sanity.max_change:.2%}"
             )
     return problems
 

@@ -43,6 +43,18 @@ class Sanity:
 
 
 @dataclass(frozen=True)
+class Remember:
+    """``history: {min-fraction: 0.2, last: 20}``: a pixel-plane bad on at least ``min_fraction`` of the last
+    ``last`` nights of the pixel history before a version stays masked in it, as its layer ``layers/history``."""
+
+    min_fraction: float  #: in (0, 1]
+    last: int  #: nights, 1..64 (the history's ``recent`` bitset)
+
+    def describe(self) -> str:
+        return f"bad in >= {self.min_fraction:.0%} of the last {self.last} nights"
+
+
+@dataclass(frozen=True)
 class Watch:
     """One detector: where its runs appear and how to tell what they are."""
 
@@ -58,6 +70,8 @@ class Watch:
     #: seconds: a flat run taken up to this long before the set's first dark or after its last dark
     #: belongs to it (the nearest one; see discover.py); None: the newest flat run before its last dark
     flat_window: float | None = None
+    #: a mask that remembers (``history:``; nightly-wide or per detector): None, today's masks alone
+    history: Remember | None = None
 
 
 @dataclass(frozen=True)
@@ -78,9 +92,9 @@ class Settings:
 
 _TOP = {"nightly", "rmm-dask", "jobqueue"}
 _NIGHTLY = {"state", "publish", "detectors", "interval", "settle", "max-attempts", "not-before", "cluster", "workers",
-            "sanity", "flat-window"}
+            "sanity", "flat-window", "history"}
 _WATCH = {"name", "detector", "trees", "roles", "run-list", "detector-id", "gains", "flat", "cells-per-chunk",
-          "flat-window"}
+          "flat-window", "history"}
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
@@ -112,7 +126,8 @@ def read_settings(path: str | os.PathLike) -> Settings:
             path=path,
             state=resolve(n["state"]),
             publish=resolve(n["publish"]),
-            detectors=tuple(_watch(path, w, resolve, duration(path, "flat-window", n.get("flat-window")))
+            detectors=tuple(_watch(path, w, resolve, duration(path, "flat-window", n.get("flat-window")),
+                                   remember(path, "history", n.get("history")))
                             for w in _as_list(path, n["detectors"], "detectors")),
             interval=float(n.get("interval", Settings.interval)),
             settle=float(n.get("settle", Settings.settle)),
@@ -123,6 +138,8 @@ def read_settings(path: str | os.PathLike) -> Settings:
             sanity=Sanity((lo, hi), None if change is None else float(change)),
             sections={k: data[k] for k in ("rmm-dask", "jobqueue") if k in data},
         )
+    except InputError:  # a key's own line (flat-window, history), already naming the file
+        raise
     except (TypeError, ValueError) as err:
         raise InputError(path, f"invalid setting: {err}") from None
     if not 0 <= lo <= hi <= 1:
@@ -202,7 +219,30 @@ def duration(path: Path, key: str, value) -> float | None:
     return seconds
 
 
-def _watch(path: Path, w, resolve, flat_window: float | None = None) -> Watch:
+def remember(path: Path, key: str, value) -> Remember | None:
+    """The ``history:`` setting (``{min-fraction: 0.2, last: 20}``; null: none); InputError naming the key otherwise.
+    Both keys are required: a mask that remembers is a promise to its users, so nothing about it is guessed."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InputError(path, f"{key}: expected {{min-fraction: 0.2, last: 20}} (or null), not {value!r}")
+    unknown = sorted(set(value) - {"min-fraction", "last"})
+    if unknown:
+        raise InputError(path, f"{key}: unknown keys {unknown}; known: ['last', 'min-fraction']")
+    missing = [k for k in ("min-fraction", "last") if k not in value]
+    if missing:
+        raise InputError(path, f"{key}: {' and '.join(missing)} missing (e.g. {{min-fraction: 0.2, last: 20}})")
+    fraction, last = value["min-fraction"], value["last"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise InputError(path, f"{key}: min-fraction must be a number in (0, 1] (0.2: bad on 20% of the nights),"
+                               f" not {fraction!r}")
+    if isinstance(last, bool) or not isinstance(last, int) or not 1 <= last <= 64:
+        raise InputError(path, f"{key}: last must be a whole number of nights from 1 to 64 (the pixel history keeps"
+                               f" the verdicts of the last 64 nights), not {last!r}")
+    return Remember(float(fraction), int(last))
+
+
+def _watch(path: Path, w, resolve, flat_window: float | None = None, history: Remember | None = None) -> Watch:
     if not isinstance(w, dict):
         raise InputError(path, f"each entry of 'detectors:' must be a mapping, not {w!r}")
     _no_unknown(path, w, _WATCH, "keys of a detector entry")
@@ -240,6 +280,7 @@ def _watch(path: Path, w, resolve, flat_window: float | None = None) -> Watch:
         flat=w.get("flat", "latest"),
         cells_per_chunk=int(w.get("cells-per-chunk", 1)),
         flat_window=duration(path, f"{name}: flat-window", w["flat-window"]) if "flat-window" in w else flat_window,
+        history=remember(path, f"{name}: history", w["history"]) if "history" in w else history,
     )
 
 
